@@ -1,0 +1,42 @@
+# Sanctum: two commands do all the set-up on a fresh Debian machine.
+#   make demo   the whole platform on embedded defaults, a chat with retrieval, a receipt
+#   make test   installs what is missing, starts the services the tests need, runs them
+#   make bench  the benchmarks (not part of make test); results go to docs/benchmarks.md
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test bench lint setup setup-python setup-system services clean
+
+setup-python:
+	@scripts/setup.sh python
+
+setup-system:
+	@scripts/setup.sh system
+
+setup: setup-system setup-python
+
+demo: setup-python
+	$(VENV)/bin/sanctum demo
+
+services: setup
+	@scripts/test-services.sh start
+
+lint: setup-python
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+	shellcheck infra/scripts/*.sh scripts/*.sh .ci/run
+
+test: setup services lint
+	$(PY) -m pytest
+	DATABASE_URL=$$(scripts/test-services.sh database-url) $(PY) -m pytest -m postgres_suite tests/control_plane
+
+bench: setup services
+	$(PY) -m tests.bench
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The inference engine: one component per pinned model, behind a small interface."""

@@ -1,0 +1,154 @@
+"""What the rest of the data plane may ask of an engine, and the pieces every engine needs.
+
+An engine owns one loaded model. Each session gets its own :class:`Sequence`: its own KV
+cells, never shared with another sequence (no prompt cache, no common prefix). A
+generation takes the whole prompt of the turn; the engine reuses only the KV cells the
+same sequence already holds for the matching prefix.
+"""
+
+from __future__ import annotations
+
+import abc
+import codecs
+from collections.abc import AsyncIterator, Sequence as Seq
+from dataclasses import dataclass, field
+
+
+class EngineError(Exception):
+    """Base for engine errors (messages hold counts and ids, never content)."""
+
+
+class ContextOverflow(EngineError):
+    """The prompt does not fit the context."""
+
+    def __init__(self, prompt_tokens: int, context_size: int) -> None:
+        super().__init__(
+            f"prompt is {prompt_tokens} tokens; the model's context holds {context_size}"
+        )
+        self.prompt_tokens = prompt_tokens
+        self.context_size = context_size
+
+
+class EngineBusy(EngineError):
+    """No sequence slot is free and the queue is full."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    sha256: str
+    context_size: int  # tokens one sequence may hold
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Generation:
+    """Counts of one generation, filled in as it runs."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None  # "stop" or "length"
+
+
+@dataclass
+class Sequence:
+    """A session's KV sequence. ``tokens`` mirrors exactly what its KV cells hold."""
+
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    closed: bool = False
+
+
+class Engine(abc.ABC):
+    """One loaded model. Safe to call from the event loop; heavy work runs off it."""
+
+    info: ModelInfo
+
+    @abc.abstractmethod
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """Tokens of ``text``; ``special`` parses control tokens written in the text."""
+
+    @abc.abstractmethod
+    def render_chat(self, messages: Seq[dict[str, str]]) -> str:
+        """The prompt text for a chat, with the generation prompt for the assistant."""
+
+    @abc.abstractmethod
+    async def open_sequence(self) -> Sequence:
+        """A fresh, empty sequence for a new session (raises EngineBusy)."""
+
+    @abc.abstractmethod
+    def generate(
+        self, seq: Sequence, prompt: list[int], params: SamplingParams, result: Generation
+    ) -> AsyncIterator[str]:
+        """Stream the completion text of ``prompt`` in ``seq``; fills ``result``.
+
+        Raises ContextOverflow before any output if the prompt does not fit. Cancelling
+        the iteration stops decoding at once and leaves the sequence consistent.
+        """
+
+    @abc.abstractmethod
+    async def close_sequence(self, seq: Sequence) -> None:
+        """Remove every KV cell of ``seq`` and forget its tokens."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Stop, cancel what runs, and free the model."""
+
+
+class StopMatcher:
+    """Holds back text that may be the start of a stop string.
+
+    ``feed`` returns the text that is safe to emit; once a stop string appears, the text
+    before it is returned and ``stopped`` turns true.
+    """
+
+    def __init__(self, stops: Seq[str]) -> None:
+        self._stops = [s for s in stops if s]
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        if not self._stops:
+            return text
+        buf = self._held + text
+        cut = min((i for i in (buf.find(s) for s in self._stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._held = ""
+            return buf[:cut]
+        keep = 0
+        for stop in self._stops:
+            for n in range(min(len(stop) - 1, len(buf)), 0, -1):
+                if buf.endswith(stop[:n]):
+                    keep = max(keep, n)
+                    break
+        self._held = buf[len(buf) - keep :] if keep else ""
+        return buf[: len(buf) - keep]
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return "" if self.stopped else held
+
+
+class TextDecoder:
+    """Turns token pieces (bytes) into text without splitting a UTF-8 character."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, piece: bytes) -> str:
+        return self._decoder.decode(piece)
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)

@@ -1,0 +1,145 @@
+"""The config bundle: what the control plane tells a data-plane node to serve.
+
+It holds no client content: model pins, clients with *hashes* of their API keys, what
+each client may use, and limits. It travels signed (``shared.envelope``, typ
+``sanctum-config+jws``) and a node applies it only if the signature, the version and
+every pinned file's sha256 check out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from shared import envelope
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+API_KEY_PREFIX = "sk-snc"
+_API_KEY_RE = re.compile(rf"^{API_KEY_PREFIX}-([A-Za-z0-9]{{8}})-([A-Za-z0-9_-]{{32,}})$")
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Contract):
+    """A pinned GGUF model: the node loads ``path`` only if its sha256 is ``sha256``."""
+
+    name: Name
+    version: str = Field(min_length=1, max_length=64)
+    sha256: Sha256Hex
+    path: str = Field(min_length=1, description="GGUF file path on the node")
+    context_size: int = Field(ge=128, le=1_048_576)
+    chat_template: str | None = Field(
+        default=None, description="Jinja chat template; the GGUF's own when null"
+    )
+
+
+class ApiKeySpec(_Contract):
+    """An API key as the node knows it: its public prefix and the SHA-256 of the key."""
+
+    prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{8}$")]
+    sha256: Sha256Hex
+    expires_at: datetime | None = None
+
+
+class ClientLimits(_Contract):
+    max_sessions: int = Field(default=8, ge=1, le=10_000)
+    max_tokens_per_request: int = Field(default=2048, ge=1, le=1_000_000)
+
+
+class ClientSpec(_Contract):
+    """A client: its keys, the models and knowledge bases it may use, its limits."""
+
+    id: Name
+    name: str = Field(default="", max_length=200)
+    api_keys: tuple[ApiKeySpec, ...] = ()
+    models: tuple[Name, ...] = ()
+    knowledge_bases: tuple[Name, ...] = ()
+    embeddings: bool = Field(default=False, description="may call /v1/embeddings")
+    limits: ClientLimits = ClientLimits()
+
+
+class ConfigBundle(_Contract):
+    """Version ``version`` of one node's config. Versions only ever go up."""
+
+    version: int = Field(ge=1)
+    issued_at: datetime
+    node: Name
+    models: tuple[ModelSpec, ...] = ()
+    clients: tuple[ClientSpec, ...] = ()
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, models: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
+        names = [m.name for m in models]
+        if len(names) != len(set(names)):
+            raise ValueError("model names must be unique")
+        return models
+
+    @field_validator("clients")
+    @classmethod
+    def _unique_clients(cls, clients: tuple[ClientSpec, ...]) -> tuple[ClientSpec, ...]:
+        ids = [c.id for c in clients]
+        if len(ids) != len(set(ids)):
+            raise ValueError("client ids must be unique")
+        return clients
+
+    def model(self, name: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def document(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def sign_bundle(bundle: ConfigBundle, key: Any) -> str:
+    """The bundle in its signed envelope, ready for ``PUT /internal/config``."""
+    return envelope.sign(bundle.document(), key, envelope.TYP_CONFIG)
+
+
+def open_bundle(token: str | bytes, trusted: Any) -> ConfigBundle:
+    """Verify the envelope and parse the bundle (raises EnvelopeError / ValidationError)."""
+    return ConfigBundle.model_validate(envelope.verify(token, trusted, envelope.TYP_CONFIG))
+
+
+# --- API keys -------------------------------------------------------------------------
+
+
+def new_api_key() -> tuple[str, str, str]:
+    """Make a key. Returns ``(key, prefix, sha256)``; only the last two are ever stored."""
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
+    prefix = "".join(secrets.choice(alphabet) for _ in range(8))
+    key = f"{API_KEY_PREFIX}-{prefix}-{secrets.token_urlsafe(32)}"
+    return key, prefix, hash_api_key(key)
+
+
+def hash_api_key(key: str) -> str:
+    """SHA-256 of the key. Keys carry 256 random bits, so a fast hash is the right one."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def api_key_prefix(key: str) -> str | None:
+    """The public prefix of a well-formed key, or None."""
+    match = _API_KEY_RE.match(key)
+    return match.group(1) if match else None
+
+
+def api_key_matches(key: str, stored_sha256: str) -> bool:
+    """Constant-time comparison of a presented key against a stored hash."""
+    return hmac.compare_digest(hash_api_key(key), stored_sha256)
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

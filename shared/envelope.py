@@ -1,0 +1,109 @@
+"""The signed envelope: compact JWS (RFC 7515) with ``alg: EdDSA`` over Ed25519.
+
+Every document that crosses between the planes travels in one: config bundles, gateway
+config, usage records, signed management requests. The protected header carries
+``kid`` (the signer's RFC 7638 thumbprint) and ``typ`` (what the document is), so a
+config bundle can't be replayed as a usage record or the other way round. The payload
+is the document's canonical JSON.
+
+The JWS itself is made and checked by joserfc; this module pins the algorithm, the key
+type and the header rules in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import OKPKey
+
+from shared.canonical import canonical_json
+from shared.keys import key_id
+
+ALGORITHM = "EdDSA"
+
+TYP_CONFIG = "sanctum-config+jws"
+TYP_GATEWAY_CONFIG = "sanctum-gateway-config+jws"
+TYP_USAGE_RECORD = "sanctum-usage-record+jws"
+TYP_REQUEST = "sanctum-request+jws"
+TYP_TREE_HEAD = "sanctum-tree-head+jws"
+
+
+class EnvelopeError(ValueError):
+    """The envelope is malformed, of the wrong type, or not signed by a trusted key.
+
+    The message names what failed and never includes the payload.
+    """
+
+
+def _okp(key: Ed25519PrivateKey | Ed25519PublicKey) -> OKPKey:
+    return OKPKey.import_key(key)
+
+
+def sign(document: dict[str, Any], key: Ed25519PrivateKey, typ: str) -> str:
+    """Sign ``document`` (its canonical JSON) and return the compact JWS."""
+    header = {"alg": ALGORITHM, "typ": typ, "kid": key_id(key.public_key())}
+    with warnings.catch_warnings():
+        # RFC 9864 prefers the fully specified "Ed25519" name; our contract says EdDSA,
+        # which every JOSE library verifies, so the library's deprecation note is noise.
+        warnings.simplefilter("ignore")
+        return jws.serialize_compact(
+            header, canonical_json(document), _okp(key), algorithms=[ALGORITHM]
+        )
+
+
+def peek_header(token: str) -> dict[str, Any]:
+    """The protected header, unverified (to pick a key by ``kid``)."""
+    try:
+        obj = jws.extract_compact(token.encode("ascii"))
+    except (JoseError, ValueError, UnicodeError):
+        raise EnvelopeError("malformed envelope: not a compact JWS") from None
+    return dict(obj.headers())
+
+
+def verify(
+    token: str | bytes,
+    trusted: Ed25519PublicKey | Iterable[Ed25519PublicKey],
+    typ: str,
+) -> dict[str, Any]:
+    """Check the envelope against the trusted key(s) and return the document.
+
+    Raises :class:`EnvelopeError` unless the header says ``alg: EdDSA`` and ``typ``,
+    its ``kid`` names one of the trusted keys, and the signature verifies.
+    """
+    if isinstance(token, bytes):
+        try:
+            token = token.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise EnvelopeError("malformed envelope: not ASCII") from None
+    keys = [trusted] if isinstance(trusted, Ed25519PublicKey) else list(trusted)
+    header = peek_header(token)
+    if header.get("alg") != ALGORITHM:
+        raise EnvelopeError(f"envelope algorithm must be {ALGORITHM}")
+    if header.get("typ") != typ:
+        raise EnvelopeError(f"envelope type is {header.get('typ')!r}, expected {typ!r}")
+    by_kid = {key_id(k): k for k in keys}
+    key = by_kid.get(str(header.get("kid")))
+    if key is None:
+        raise EnvelopeError("envelope signed by an untrusted key")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = jws.deserialize_compact(token, _okp(key), algorithms=[ALGORITHM])
+    except JoseError:
+        raise EnvelopeError("envelope signature does not verify") from None
+    try:
+        document = json.loads(obj.payload)
+    except ValueError:
+        raise EnvelopeError("envelope payload is not JSON") from None
+    if not isinstance(document, dict):
+        raise EnvelopeError("envelope payload is not a JSON object")
+    return document
