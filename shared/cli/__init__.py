@@ -1,0 +1,1 @@
+"""The ``sanctum`` command line. Each subcommand lives in its own module."""
