@@ -21,11 +21,13 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from data_plane.api import management
-from data_plane.api.routes import openai, sessions
+from data_plane.api import knowledge_bases, management
+from data_plane.api.routes import embeddings, openai, sessions
 from data_plane.errors import ApiError, PayloadTooLarge
 from data_plane.runtime import Runtime
 from data_plane.services.inference import InferenceService
+from data_plane.services.knowledge_bases import KnowledgeBaseService
+from data_plane.services.retrieval import RetrievalService
 from data_plane.settings import Settings
 
 logger = logging.getLogger("data_plane.access")
@@ -169,14 +171,18 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.state.runtime = runtime
     app.state.inference = InferenceService(runtime)
+    app.state.retrieval = RetrievalService(runtime)
+    app.state.inference.context_assemblers.append(app.state.retrieval.assemble)
     app.include_router(openai.router)
+    app.include_router(embeddings.router)
     app.include_router(sessions.router)
     _install_common(app, runtime.settings.max_body_bytes)
     return app
 
 
 def create_management_app(runtime: Runtime) -> FastAPI:
-    """The management listener: signed config and health, on the management address."""
+    """The management listener on the management address: signed config, health, and
+    knowledge-base loading (each request signed by the control plane's key)."""
     app = FastAPI(
         title="Sanctum data plane (management)",
         version="1",
@@ -185,6 +191,9 @@ def create_management_app(runtime: Runtime) -> FastAPI:
         openapi_url=None,
     )
     app.state.runtime = runtime
+    app.state.retrieval = RetrievalService(runtime)
+    app.state.knowledge_bases = KnowledgeBaseService(runtime)
     app.include_router(management.router)
+    app.include_router(knowledge_bases.router)
     _install_common(app, runtime.settings.max_management_body_bytes)
     return app

@@ -1,7 +1,8 @@
 """The node's components, built once and shared by both listeners.
 
-``Runtime`` owns the config store, one engine per pinned model, and the sessions. It is
-started before the listeners open and stopped after they close.
+``Runtime`` owns the config store, one engine per pinned model, the sessions and the
+retrieval components (embedder, knowledge-base index). It is started before the
+listeners open and stopped after they close.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import time
 from data_plane.config_store import ConfigRejected, ConfigStore
 from data_plane.engine.base import Engine, ModelInfo
 from data_plane.engine.llama import EngineConfig, LlamaEngine
+from data_plane.rag import Retrieval
 from data_plane.sessions import SessionStore
 from data_plane.settings import Settings
 from shared.config import ConfigBundle, ModelSpec
 from shared.keys import load_public_key
+from shared.signed_request import SignedRequestVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -79,18 +82,20 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config = ConfigStore(
-            settings.data_dir / "state",
-            load_public_key(settings.control_plane_key_path),
-            settings.node_id,
-        )
+        control_plane_key = load_public_key(settings.control_plane_key_path)
+        self.config = ConfigStore(settings.data_dir / "state", control_plane_key, settings.node_id)
+        # Management calls other than a config bundle carry a request signed by that key.
+        self.signed_requests = SignedRequestVerifier(control_plane_key)
         self.engines = EnginePool(settings)
         self.sessions = SessionStore()
+        self.retrieval = Retrieval(settings) if settings.retrieval.enabled else None
         self.started_at = time.time()
         self._apply_lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self.retrieval is not None:
+            await self.retrieval.start()
         bundle = self.config.load_saved()
         if bundle is not None:
             for spec in bundle.models:
@@ -104,6 +109,8 @@ class Runtime:
                 await self._sweeper
         await self.sessions.end_all("shutdown")
         await self.engines.aclose()
+        if self.retrieval is not None:
+            await self.retrieval.stop()
 
     async def apply_config(self, token: str) -> ConfigBundle:
         """Verify, load what the bundle pins, then switch; the old config serves until then."""

@@ -209,5 +209,8 @@ class SessionStore:
             if not session.closed:
                 await self.end(session, ended_by)
 
+    def open_sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
     def by_engine(self, engine: Engine) -> list[Session]:
         return [s for s in self._sessions.values() if s.engine is engine]

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,67 @@ class SessionSettings(BaseModel):
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
 
 
+class RetrievalSettings(BaseModel):
+    """Retrieval: the embedder, the knowledge-base index (Qdrant) and context assembly.
+
+    Knowledge bases live in Qdrant's local mode under ``data_dir/qdrant`` unless
+    ``qdrant_url`` names a Qdrant server; the code path is the same either way.
+    """
+
+    enabled: bool = Field(default=True, description="load the embedder and the index")
+    embedding_model: str = Field(
+        default="all-MiniLM-L6-v2", min_length=1, max_length=200, description="its API name"
+    )
+    embedder_path: Path | None = Field(
+        default=None, description="sentence-transformers model folder (default: the bundled one)"
+    )
+    embedder_threads: int = Field(
+        default=1,
+        ge=1,
+        description="torch threads; one leaves the other cores to llama.cpp, and a short "
+        "query is no faster on more",
+    )
+    embed_batch_size: int = Field(default=32, ge=1, le=1024)
+    qdrant_path: Path | None = Field(
+        default=None, description="local mode's folder (default: data_dir/qdrant)"
+    )
+    qdrant_url: str | None = Field(
+        default=None, description="a Qdrant server instead of local mode"
+    )
+    qdrant_api_key: SecretStr | None = None
+    collection_prefix: str = Field(
+        default="sanctum", pattern=r"^[a-z][a-z0-9_]{0,31}$", description="namespace in Qdrant"
+    )
+    chunk_tokens: int = Field(default=128, ge=16, le=254, description="embedder tokens a chunk")
+    chunk_overlap_tokens: int = Field(default=24, ge=0)
+    top_k_default: int = Field(default=4, ge=1)
+    top_k_max: int = Field(default=16, ge=1, le=256)
+    max_document_bytes: int = Field(
+        default=16 * 1_048_576, ge=1024, description="one file loaded into a knowledge base"
+    )
+    max_session_document_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="one session document's text (UTF-8)"
+    )
+    max_session_documents: int = Field(default=32, ge=1, description="documents per session")
+    max_embedding_inputs: int = Field(default=256, ge=1, description="inputs per embeddings call")
+    max_context_tokens: int = Field(
+        default=1024, ge=64, description="model tokens of retrieved context per turn, at most"
+    )
+    answer_reserve_tokens: int = Field(
+        default=256,
+        ge=16,
+        description="model tokens kept free for the answer when the request sets no max_tokens",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RetrievalSettings:
+        if self.chunk_overlap_tokens >= self.chunk_tokens // 2:
+            raise ValueError("chunk_overlap_tokens must be less than half of chunk_tokens")
+        if self.top_k_default > self.top_k_max:
+            raise ValueError("top_k_default must not exceed top_k_max")
+        return self
+
+
 class Settings(BaseSettings):
     """A node's settings. Nothing here is client content."""
 
@@ -61,6 +122,7 @@ class Settings(BaseSettings):
     listen: ListenSettings = ListenSettings()
     engine: EngineSettings = EngineSettings()
     sessions: SessionSettings = SessionSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
 
     @model_validator(mode="after")
     def _production_needs_explicit_keys(self) -> Settings:
@@ -74,6 +136,10 @@ class Settings(BaseSettings):
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.retrieval.qdrant_path or self.data_dir / "qdrant"
 
     @property
     def control_plane_key_path(self) -> Path:

@@ -10,7 +10,10 @@ from fastapi import Depends, Header, Request
 from data_plane.errors import Unauthorized
 from data_plane.runtime import Runtime
 from data_plane.services.inference import InferenceService
+from data_plane.services.knowledge_bases import KnowledgeBaseService
+from data_plane.services.retrieval import RetrievalService
 from shared.config import ClientSpec
+from shared.signed_request import SignedRequestError
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -23,8 +26,38 @@ def get_inference(request: Request) -> InferenceService:
     return service
 
 
+def get_retrieval(request: Request) -> RetrievalService:
+    service: RetrievalService = request.app.state.retrieval
+    return service
+
+
+def get_knowledge_bases(request: Request) -> KnowledgeBaseService:
+    service: KnowledgeBaseService = request.app.state.knowledge_bases
+    return service
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 InferenceDep = Annotated[InferenceService, Depends(get_inference)]
+RetrievalDep = Annotated[RetrievalService, Depends(get_retrieval)]
+KnowledgeBasesDep = Annotated[KnowledgeBaseService, Depends(get_knowledge_bases)]
+
+
+async def signed_by_control_plane(request: Request, runtime: RuntimeDep) -> None:
+    """401 unless the request carries a valid, fresh signature of the control plane's key
+    over its method, path with query, and body (``shared.signed_request``)."""
+    body = await request.body()
+    path = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string") or b""
+    target = path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+    try:
+        runtime.signed_requests.verify(
+            request.headers.get("authorization"), request.method, target, body
+        )
+    except SignedRequestError as exc:
+        raise Unauthorized(f"management request refused: {exc}", code="invalid_signature") from None
+
+
+SignedByControlPlane = Depends(signed_by_control_plane)
 
 
 def current_client(

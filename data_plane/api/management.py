@@ -1,7 +1,8 @@
 """The management listener's routes: signed config in, health out.
 
 Bound to the management address only. A config bundle authenticates itself (its
-signature); health is metadata for the control plane's poller.
+signature); health is metadata for the control plane's poller, the knowledge bases'
+names and counts included. Knowledge-base loading is in ``knowledge_bases``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from data_plane.api.deps import RuntimeDep
+from data_plane.api.deps import RetrievalDep, RuntimeDep
 from data_plane.config_store import ConfigRejected
 
 router = APIRouter(prefix="/internal", tags=["management"])
@@ -47,8 +48,11 @@ async def put_config(request: Request, runtime: RuntimeDep) -> dict[str, Any] | 
 
 
 @router.get("/health")
-async def health(runtime: RuntimeDep) -> dict[str, Any]:
+async def health(runtime: RuntimeDep, retrieval: RetrievalDep) -> dict[str, Any]:
     bundle = runtime.config.current
+    knowledge_bases = (
+        await runtime.retrieval.store.knowledge_bases() if runtime.retrieval is not None else []
+    )
     return {
         "status": "ok",
         "node": runtime.settings.node_id,
@@ -63,5 +67,8 @@ async def health(runtime: RuntimeDep) -> dict[str, Any]:
             for e in runtime.engines.loaded()
         ],
         "sessions_open": len(runtime.sessions),
+        "retrieval": runtime.retrieval is not None,
+        "knowledge_bases": [kb.as_dict() for kb in knowledge_bases],
+        "session_documents": retrieval.session_document_count(),
         "uptime_seconds": int(time.time() - runtime.started_at),
     }

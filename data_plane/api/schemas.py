@@ -122,6 +122,41 @@ class SessionCreate(BaseModel):
     ttl: int | None = Field(default=None, ge=1, description="idle seconds before it expires")
 
 
+class EmbeddingRequest(BaseModel):
+    """``POST /v1/embeddings`` in OpenAI's shape."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={"examples": [{"model": "all-MiniLM-L6-v2", "input": ["some text"]}]},
+    )
+
+    model: str = Field(min_length=1, max_length=200)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+    def texts(self) -> list[str] | None:
+        """The inputs as texts, or None when they are token arrays."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if all(isinstance(x, str) for x in self.input):
+            return [str(x) for x in self.input]
+        return None if self.input else []
+
+
+class SessionDocumentCreate(BaseModel):
+    """A document for one session's retrieval, held in RAM until the session ends."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "notes.md", "text": "The meeting is at 10."}]},
+    )
+
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")
+    text: str
+
+
 class SessionInfo(BaseModel):
     id: str
     object: Literal["session"] = "session"

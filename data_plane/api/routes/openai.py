@@ -10,7 +10,7 @@ import anyio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from data_plane.api.deps import ClientDep, InferenceDep, SessionHeader
+from data_plane.api.deps import ClientDep, InferenceDep, RetrievalDep, SessionHeader
 from data_plane.api.schemas import ChatCompletionRequest, CompletionRequest
 from data_plane.services.inference import InferenceService, Turn
 
@@ -20,8 +20,24 @@ SESSION_HEADER = "X-Sanctum-Session"
 
 
 @router.get("/models")
-async def list_models(client: ClientDep, service: InferenceDep) -> dict[str, Any]:
-    """The models this key may use."""
+async def list_models(
+    client: ClientDep, service: InferenceDep, retrieval: RetrievalDep
+) -> dict[str, Any]:
+    """The models this key may use (the embedding model too, if it may embed)."""
+    embedding_model = retrieval.embedding_model(client)
+    embedding = (
+        [
+            {
+                "id": embedding_model,
+                "object": "model",
+                "created": 0,
+                "owned_by": "sanctum",
+                "sanctum": {"type": "embedding", "dimensions": retrieval.dimensions},
+            }
+        ]
+        if embedding_model
+        else []
+    )
     return {
         "object": "list",
         "data": [
@@ -37,7 +53,8 @@ async def list_models(client: ClientDep, service: InferenceDep) -> dict[str, Any
                 },
             }
             for m in service.allowed_models(client)
-        ],
+        ]
+        + embedding,
     }
 
 

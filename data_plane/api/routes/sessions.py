@@ -1,4 +1,5 @@
-"""Sessions: open one, continue it with the X-Sanctum-Session header, tear it down."""
+"""Sessions: open one, continue it with the X-Sanctum-Session header, add documents to
+it, tear it down."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from data_plane.api.deps import ClientDep, InferenceDep, RuntimeDep
-from data_plane.api.schemas import SessionCreate, SessionInfo
+from data_plane.api.deps import ClientDep, InferenceDep, RetrievalDep, RuntimeDep
+from data_plane.api.schemas import SessionCreate, SessionDocumentCreate, SessionInfo
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -32,3 +33,15 @@ async def delete_session(session_id: str, client: ClientDep, runtime: RuntimeDep
     """Tear the session down (KV cleared, transcript dropped); returns its usage."""
     summary, extra = await runtime.sessions.teardown(client.id, session_id)
     return {"object": "session.usage", **summary.model_dump(mode="json"), **extra}
+
+
+@router.post("/{session_id}/documents", status_code=status.HTTP_201_CREATED)
+async def add_document(
+    session_id: str, body: SessionDocumentCreate, client: ClientDep, service: RetrievalDep
+) -> dict[str, Any]:
+    """Add a document to this session's retrieval (RAM only, dropped at teardown).
+
+    Every chat turn of the session then searches it; a document of the same name is
+    replaced.
+    """
+    return await service.add_session_document(client, session_id, body.name, body.text)

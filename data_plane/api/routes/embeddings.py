@@ -1,0 +1,44 @@
+"""``POST /v1/embeddings`` in OpenAI's shape, for clients allowed to use it."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from data_plane.api.deps import ClientDep, RetrievalDep
+from data_plane.api.schemas import EmbeddingRequest
+from data_plane.errors import BadRequest
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+@router.post("/embeddings", response_model=None)
+async def create_embeddings(
+    body: EmbeddingRequest, client: ClientDep, service: RetrievalDep
+) -> JSONResponse:
+    """Vectors of a string or a list of strings (normalised; cosine = dot product)."""
+    texts = body.texts()
+    if texts is None:
+        raise BadRequest("token arrays are not supported; send text", param="input")
+    vectors, tokens = await service.embed(client, body.model, texts, body.dimensions)
+    data: list[dict[str, Any]] = []
+    for i, vector in enumerate(vectors):
+        embedding: str | list[float]
+        if body.encoding_format == "base64":
+            embedding = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+        else:
+            embedding = np.asarray(vector, dtype=np.float64).tolist()
+        data.append({"object": "embedding", "index": i, "embedding": embedding})
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        },
+        headers={"Cache-Control": "no-store"},
+    )
