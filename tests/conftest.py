@@ -252,3 +252,93 @@ def wait_until(predicate: Any, timeout: float = 30, interval: float = 0.1) -> bo
             return True
         time.sleep(interval)
     return False
+
+
+# --- retrieval -----------------------------------------------------------------------------
+
+RAG_DATA = REPO / "tests" / "data" / "rag"
+RAG_CORPUS = RAG_DATA / "corpus"
+
+
+def management(node: Node, **kwargs: Any) -> httpx.Client:
+    """An httpx client for the node's management listener, signing every request with
+    the node's trusted control-plane key."""
+    from shared.signed_request import SignedRequestAuth
+
+    return httpx.Client(
+        base_url=node.management,
+        auth=SignedRequestAuth(node.cp_key),
+        timeout=kwargs.pop("timeout", 300),
+        **kwargs,
+    )
+
+
+def ingest(node: Node, client_id: str, kb: str, files: dict[str, bytes]) -> dict[str, Any]:
+    """Load ``files`` (name: bytes) into a knowledge base through the signed API."""
+    import base64
+
+    with management(node) as m:
+        r = m.post(
+            f"/internal/knowledge-bases/{client_id}/{kb}/documents",
+            json={
+                "documents": [
+                    {"name": name, "content": base64.b64encode(data).decode()}
+                    for name, data in files.items()
+                ]
+            },
+        )
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def corpus_files() -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(RAG_CORPUS.iterdir())}
+
+
+@dataclass
+class RagTenants:
+    acme: Tenant  # knowledge bases handbook (the test corpus) and extra; may embed
+    globex: Tenant  # its own handbook and secrets; may not embed
+
+
+# What only globex's knowledge bases say: acme must never see it.
+GLOBEX_MARKER = "GLOBEXONLY7731"
+
+
+@pytest.fixture(scope="session")
+def rag_tenants() -> RagTenants:
+    return RagTenants(
+        acme=make_tenant(
+            "acme", (DEFAULT_MODEL_NAME,), knowledge_bases=("handbook", "extra"), embeddings=True
+        ),
+        globex=make_tenant(
+            "globex", (DEFAULT_MODEL_NAME,), knowledge_bases=("handbook", "secrets")
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def rag_node(
+    tmp_path_factory: pytest.TempPathFactory, model_spec: ModelSpec, rag_tenants: RagTenants
+) -> Iterator[Node]:
+    """A node with the model, two clients and their knowledge bases loaded: acme's
+    handbook is the test corpus; globex has a handbook of its own (same document names,
+    other facts) and a base named secrets."""
+    n = new_node(tmp_path_factory.mktemp("rag-node"))
+    n.start()
+    n.push([model_spec], [rag_tenants.acme, rag_tenants.globex])
+    ingest(n, "acme", "handbook", corpus_files())
+    globex_travel = (
+        "# Travel and expenses policy\n\n## Hotels\n\nAt Globex, hotel rooms on business trips "
+        f"are capped at 95 euros per night, code {GLOBEX_MARKER}.\n"
+    )
+    ingest(n, "globex", "handbook", {"travel-policy.md": globex_travel.encode()})
+    ingest(
+        n,
+        "globex",
+        "secrets",
+        {"plans.md": f"The merger with Initrode closes in May ({GLOBEX_MARKER}).".encode()},
+    )
+    yield n
+    n.stop()

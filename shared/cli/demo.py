@@ -2,7 +2,9 @@
 
 The walk-through speaks plain HTTP to the printed API base, as any OpenAI-compatible
 client would: it opens a session, streams a chat, continues it, and tears it down to
-show the usage summary that is all the platform keeps.
+show the usage summary that is all the platform keeps. Then it loads a small document
+set (``demo_docs/``) into the demo client's knowledge base with ``sanctum kb ingest``,
+as an operator would, and asks a question those documents answer, showing the sources.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 import httpx
 
 READY_TIMEOUT = 300
+DEMO_DOCS = Path(__file__).resolve().parent / "demo_docs"
+DEMO_QUESTION = "What is the late fee for an unpaid invoice?"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -92,21 +96,30 @@ def say(text: str = "") -> None:
 
 
 def stream_chat(
-    client: httpx.Client, body: dict[str, Any], session: str, on_text: Callable[[str], None]
+    client: httpx.Client,
+    body: dict[str, Any],
+    session: str | None,
+    on_text: Callable[[str], None],
+    sanctum: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """POST a streamed chat; call ``on_text`` per delta; return the last chunk (usage)."""
+    """POST a streamed chat; call ``on_text`` per delta; return the last chunk (usage).
+
+    The ``sanctum`` fields of the stream (sources, in its last chunk) go in ``sanctum``.
+    """
     last: dict[str, Any] = {}
     with client.stream(
         "POST",
         "/chat/completions",
         json={**body, "stream": True, "stream_options": {"include_usage": True}},
-        headers={"X-Sanctum-Session": session},
+        headers={"X-Sanctum-Session": session} if session else {},
     ) as response:
         response.raise_for_status()
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
+            if sanctum is not None and "sanctum" in chunk:
+                sanctum.update(chunk["sanctum"])
             for choice in chunk.get("choices", []):
                 text = choice.get("delta", {}).get("content")
                 if text:
@@ -144,6 +157,60 @@ def walk_through(lines: dict[str, str]) -> None:
         say(json.dumps({k: v for k, v in summary.items() if k != "usage_record"}, indent=2))
 
 
+def load_demo_documents(lines: dict[str, str], data_dir: Path) -> bool:
+    """``sanctum kb ingest`` the demo documents into the demo client's ``docs`` base."""
+    command = [
+        sys.executable,
+        "-m",
+        "shared.cli",
+        "kb",
+        "ingest",
+        "--client",
+        lines["SANCTUM_CLIENT_ID"],
+        "--kb",
+        "docs",
+        "--node",
+        lines["SANCTUM_MANAGEMENT_URL"],
+        "--data-dir",
+        str(data_dir),
+        "--no-progress",
+        str(DEMO_DOCS),
+    ]
+    say(f"\n$ sanctum kb ingest --client {lines['SANCTUM_CLIENT_ID']} --kb docs {DEMO_DOCS}")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    for line in (done.stdout + done.stderr).splitlines():
+        say(f"  {line}")
+    return done.returncode == 0
+
+
+def ask_with_retrieval(lines: dict[str, str]) -> None:
+    """A one-shot chat that searches the ``docs`` knowledge base; print its sources."""
+    base, key, model = lines["SANCTUM_API_BASE"], lines["SANCTUM_API_KEY"], lines["SANCTUM_MODEL"]
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+        print(f"\nuser> {DEMO_QUESTION}   [searching knowledge base: docs]\nassistant> ", end="")
+        found: dict[str, Any] = {}
+        stream_chat(
+            c,
+            {
+                "model": model,
+                "max_tokens": 48,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": DEMO_QUESTION}],
+                "sanctum": {"knowledge_bases": ["docs"], "top_k": 2},
+            },
+            None,
+            lambda text: print(text, end="", flush=True),
+            sanctum=found,
+        )
+        say("\n  sources:")
+        for source in found.get("sources", []):
+            first = source["text"].strip().splitlines()[0]
+            say(
+                f"    [{source['score']:.2f}] {source['knowledge_base']}/{source['document']} "
+                f"chunk {source['chunk']}: {first}"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="sanctum-demo-") as tmp:
         data_dir = args.data_dir or Path(tmp)
@@ -156,6 +223,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             say(f"ready: API at {lines['SANCTUM_API_BASE']}")
             walk_through(lines)
+            if not load_demo_documents(lines, data_dir):
+                say("error: loading the demo documents failed")
+                return 1
+            ask_with_retrieval(lines)
         except (httpx.HTTPError, KeyError) as exc:
             say(f"error: the walk-through failed: {type(exc).__name__}: {exc}")
             return 1

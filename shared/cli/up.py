@@ -42,6 +42,7 @@ from shared.models import (
 
 NODE_NAME = "node-1"
 DEMO_CLIENT = "demo"
+DEMO_KNOWLEDGE_BASES = ("docs",)
 READY_TIMEOUT = 180
 
 
@@ -63,6 +64,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--management-port", type=int, default=8001, help="data-plane management port (0: any)"
     )
+    up.add_argument(
+        "--kb",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a knowledge base the demo client may search (repeatable; default: docs); "
+        "load it with `sanctum kb ingest --client demo --kb NAME PATH...`",
+    )
     up.set_defaults(func=run)
 
 
@@ -76,6 +85,7 @@ class Platform:
     management_port: int
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     lines: dict[str, str] = field(default_factory=dict)
+    knowledge_bases: tuple[str, ...] = DEMO_KNOWLEDGE_BASES
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
@@ -176,6 +186,7 @@ def push_dev_config(p: Platform, management_url: str) -> None:
                 name="Demo client",
                 api_keys=(ApiKeySpec(prefix=prefix, sha256=digest),),
                 models=(DEFAULT_MODEL_NAME,),
+                knowledge_bases=p.knowledge_bases,
                 embeddings=True,
                 limits=ClientLimits(),
             ),
@@ -200,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir: Path = (args.data_dir or default_data_dir()).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     platform = Platform(data_dir, args.host, args.api_port, args.management_port)
+    platform.knowledge_bases = tuple(dict.fromkeys(args.kb or DEMO_KNOWLEDGE_BASES))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -207,7 +219,12 @@ def run(args: argparse.Namespace) -> int:
         api_url, management_url = start_data_plane(platform)
         for step in STEPS:
             step(platform, management_url)
-        platform.lines = {"SANCTUM_API_BASE": f"{api_url}/v1", **platform.lines}
+        platform.lines = {
+            "SANCTUM_API_BASE": f"{api_url}/v1",
+            # `sanctum kb` and scripts load knowledge bases there (signed requests only)
+            "SANCTUM_MANAGEMENT_URL": management_url,
+            **platform.lines,
+        }
         for name, value in platform.lines.items():
             print(f"{name}={value}", flush=True)
         print("SANCTUM_READY=1", flush=True)
@@ -217,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
                 return 1
             stop.wait(0.5)
         return 0
-    except (RuntimeError, httpx.HTTPError) as exc:
+    except (RuntimeError, ValueError, httpx.HTTPError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
