@@ -25,7 +25,7 @@ import httpx
 
 READY_TIMEOUT = 300
 DEMO_DOCS = Path(__file__).resolve().parent / "demo_docs"
-DEMO_QUESTION = "What is the late fee for an unpaid invoice?"
+DEMO_QUESTION = "Which insurers does the clinic accept?"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

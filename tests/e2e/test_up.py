@@ -1,5 +1,6 @@
 """``sanctum up`` as a real process: the printed lines work with the ``openai`` SDK, and
-client content leaves no trace on disk or in the output once it is shut down."""
+client content leaves no trace on disk or in the output once it is shut down (session
+documents included), while an operator-loaded knowledge base is on disk by design."""
 
 from __future__ import annotations
 
@@ -93,15 +94,24 @@ def up(tmp_path: Path) -> Iterator[Up]:
 
 
 def test_up_prints_its_lines_and_the_sdk_works(up: Up) -> None:
-    for name in ("SANCTUM_API_BASE", "SANCTUM_API_KEY", "SANCTUM_CLIENT_ID", "SANCTUM_MODEL"):
+    for name in (
+        "SANCTUM_API_BASE",
+        "SANCTUM_API_KEY",
+        "SANCTUM_CLIENT_ID",
+        "SANCTUM_MODEL",
+        "SANCTUM_MANAGEMENT_URL",
+    ):
         assert up.lines.get(name), name
         # each alone on its line
         assert any(line.strip() == f"{name}={up.lines[name]}" for line in up.stdout)
     assert up.lines["SANCTUM_API_BASE"].startswith("http://127.0.0.1:")
     assert up.lines["SANCTUM_API_BASE"].endswith("/v1")
+    health = httpx.get(f"{up.lines['SANCTUM_MANAGEMENT_URL']}/internal/health").json()
+    assert health["status"] == "ok" and health["retrieval"] is True
     client = up.openai()
     model = up.lines["SANCTUM_MODEL"]
-    assert [m.id for m in client.models.list().data] == [model]
+    # the demo client may embed: the embedding model is listed after the chat model
+    assert [m.id for m in client.models.list().data] == [model, "all-MiniLM-L6-v2"]
     reply = client.chat.completions.create(
         model=model,
         max_tokens=16,
@@ -152,8 +162,22 @@ def test_scanner_finds_a_planted_marker(tmp_path: Path) -> None:
     assert texts_containing(marker, {"stdout": f"x{marker}y", "stderr": "clean"}) == ["stdout"]
 
 
+def kb_ingest(up: Up, path: Path) -> subprocess.CompletedProcess[str]:
+    """``sanctum kb ingest`` into the demo client's ``docs``, as an operator would."""
+    return subprocess.run(
+        [
+            sys.executable, "-m", "shared.cli", "kb", "ingest",
+            "--client", up.lines["SANCTUM_CLIENT_ID"], "--kb", "docs",
+            "--node", up.lines["SANCTUM_MANAGEMENT_URL"], "--data-dir", str(up.data_dir),
+            "--no-progress", str(path),
+        ],
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
 def test_canary_content_leaves_no_trace(tmp_path: Path) -> None:
     marker = new_marker()
+    kb_marker = new_marker()  # in an operator-loaded knowledge base: on disk by design
     running = start_up(tmp_path / "data")
     client = running.openai()
     model = running.lines["SANCTUM_MODEL"]
@@ -197,6 +221,61 @@ def test_canary_content_leaves_no_trace(tmp_path: Path) -> None:
             messages=[{"role": "user", "content": marker}],
             extra_headers={"X-Sanctum-Session": sid},
         )
+        # an operator-loaded knowledge base, and chats that search it
+        (tmp_path / "kb").mkdir()
+        (tmp_path / "kb" / "vault.md").write_text(f"The vault code is {kb_marker}.\n")
+        loaded = kb_ingest(running, tmp_path / "kb")
+        assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+        reply = client.chat.completions.create(
+            model=model,
+            max_tokens=8,
+            messages=[{"role": "user", "content": f"What is the vault code? Not {marker}."}],
+            extra_body={"sanctum": {"knowledge_bases": ["docs"], "top_k": 1}},
+        )
+        assert kb_marker in reply.model_extra["sanctum"]["sources"][0]["text"]
+        # session documents, searched in a session over two turns (one streamed), torn down
+        sid = httpx.post(f"{base}/sessions", json={"model": model}, headers=auth).json()["id"]
+        r = httpx.post(
+            f"{base}/sessions/{sid}/documents",
+            json={"name": f"{marker}.md", "text": f"The locker combination is {marker}."},
+            headers=auth,
+        )
+        assert r.status_code == 201
+        reply = client.chat.completions.create(
+            model=model,
+            max_tokens=8,
+            messages=[{"role": "user", "content": "What is the locker combination?"}],
+            extra_headers={"X-Sanctum-Session": sid},
+        )
+        assert marker in reply.model_extra["sanctum"]["sources"][0]["text"]
+        list(
+            client.chat.completions.create(
+                model=model,
+                max_tokens=8,
+                stream=True,
+                messages=[{"role": "user", "content": "Say the combination twice."}],
+                extra_headers={"X-Sanctum-Session": sid},
+                extra_body={"sanctum": {"knowledge_bases": ["docs"]}},
+            )
+        )
+        assert httpx.delete(f"{base}/sessions/{sid}", headers=auth).status_code == 200
+        # a session document left in an open session: shutdown must drop it
+        sid = httpx.post(f"{base}/sessions", json={"model": model}, headers=auth).json()["id"]
+        httpx.post(
+            f"{base}/sessions/{sid}/documents",
+            json={"name": "left.md", "text": f"Left open with {marker} inside."},
+            headers=auth,
+        )
+        # session documents that are refused
+        for body, status in [
+            ({"name": f"{marker}.md", "text": "   "}, 400),
+            ({"name": "big.md", "text": f"{marker} " * 20_000}, 413),
+        ]:
+            r = httpx.post(f"{base}/sessions/{sid}/documents", json=body, headers=auth)
+            assert r.status_code == status
+            assert marker not in r.text
+        # embeddings of content
+        client.embeddings.create(model="all-MiniLM-L6-v2", input=[marker, f"about {marker}"])
         # error paths: content in requests that are refused
         bad = [
             {"model": model, "messages": [{"role": "wizard", "content": marker}]},
@@ -230,6 +309,15 @@ def test_canary_content_leaves_no_trace(tmp_path: Path) -> None:
     assert leaks == []
     # and the run did write what it should: logs with ids and counts
     assert "session ended" in "".join(running.stderr)
+    assert "session document added" in "".join(running.stderr)
+    # the operator-loaded knowledge base is on disk, by design (and never in the logs)
+    assert files_containing(kb_marker, [running.data_dir])
+    assert (
+        texts_containing(
+            kb_marker, {"stdout": "".join(running.stdout), "stderr": "".join(running.stderr)}
+        )
+        == []
+    )
 
 
 @pytest.mark.slow
@@ -247,4 +335,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "assistant> " in result.stdout
     assert '"completion_tokens"' in result.stdout
     assert "session torn down" in result.stdout
+    # a chat with retrieval over the demo documents, loaded with sanctum kb ingest
+    assert "demo/docs: 4 ingested" in result.stdout
+    assert "[searching knowledge base: docs]" in result.stdout
+    sources = result.stdout.split("sources:")[1]
+    assert sources.splitlines()[1].split("] ")[1].startswith("docs/billing.md chunk 0")
     assert os.path.isdir(tmp_path / "demo")
