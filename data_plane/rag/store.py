@@ -10,7 +10,8 @@ authenticated identity (a ClientSpec on the client API, the signed request's pat
 the management listener), never from a collection name a request could carry, so one
 client's collections are out of reach of another's searches whatever the request names.
 Each point also records its owner, checked on every hit as a second line of defence.
-A catalog collection (``PREFIX_catalog``, payload only) holds one record per document:
+A catalog collection (``PREFIX_catalog``, payload only in effect) holds one record per
+document:
 its name, content hash, chunking and chunk count.
 
 Every call into Qdrant runs on one worker thread of the store's own: off the event loop,
@@ -149,7 +150,7 @@ class KnowledgeBaseStore:
         return await loop.run_in_executor(self._pool, fn, *args)
 
     def start_sync(self, dimensions: int) -> None:
-        from qdrant_client import QdrantClient
+        from qdrant_client import QdrantClient, models
 
         self.dimensions = dimensions
         if self._path is not None:
@@ -158,7 +159,12 @@ class KnowledgeBaseStore:
         else:
             self._client = QdrantClient(url=self._url, api_key=self._api_key)
         if not self._client.collection_exists(self.catalog):
-            self._client.create_collection(self.catalog, vectors_config={})
+            # Payload is all it holds; a one-number vector keeps it a plain collection on
+            # every Qdrant version, local or server.
+            self._client.create_collection(
+                self.catalog,
+                vectors_config=models.VectorParams(size=1, distance=models.Distance.DOT),
+            )
         for collection in self._client.get_collections().collections:
             self._tune(collection.name)
 
@@ -261,7 +267,9 @@ class KnowledgeBaseStore:
 
         self.client.upsert(
             self.catalog,
-            points=[models.PointStruct(id=record.document_id, vector={}, payload=asdict(record))],
+            points=[
+                models.PointStruct(id=record.document_id, vector=[1.0], payload=asdict(record))
+            ],
         )
 
     def _put_document(self, record: DocumentRecord, chunks: list[Chunk], vectors: Any) -> None:
