@@ -11,8 +11,7 @@ the management listener), never from a collection name a request could carry, so
 client's collections are out of reach of another's searches whatever the request names.
 Each point also records its owner, checked on every hit as a second line of defence.
 A catalog collection (``PREFIX_catalog``, payload only in effect) holds one record per
-document:
-its name, content hash, chunking and chunk count.
+document: its name, content hash, chunking and chunk count.
 
 Every call into Qdrant runs on one worker thread of the store's own: off the event loop,
 and serial (local mode is plain Python over SQLite files, not made for threads).
