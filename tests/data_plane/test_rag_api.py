@@ -270,6 +270,13 @@ def test_session_document_bad_input(rag_node: Node, rag_tenants: RagTenants) -> 
         assert r.status_code == 422
         r = c.post("/sessions/sess_nope/documents", json={"name": "a.md", "text": "fine"})
         assert r.status_code == 404
+        for i in range(32):  # the most a session may hold
+            r = c.post(url, json={"name": f"n{i}.md", "text": f"Note {i}."})
+            assert r.status_code == 201, r.text
+        r = c.post(url, json={"name": "one-more.md", "text": "Too many."})
+        assert r.status_code == 409 and error_of(r)["param"] == "name"
+        r = c.post(url, json={"name": "n3.md", "text": "Replaced."})  # same name: replaces
+        assert r.status_code == 201 and r.json()["documents"] == 32
     with rag_node.client(rag_tenants.globex) as c:  # someone else's session
         r = c.post(url, json={"name": "a.md", "text": "fine"})
         assert r.status_code == 404
@@ -404,6 +411,20 @@ def test_management_requests_must_be_signed_by_the_control_plane(rag_node: Node)
     header = authorization(rag_node.cp_key, "GET", "/internal/knowledge-bases")
     assert httpx.get(base, headers={"Authorization": header}).status_code == 200
     assert httpx.get(base, headers={"Authorization": header}).status_code == 401
+    # signed, but malformed
+    with management(rag_node) as m:
+        url = "/internal/knowledge-bases/acme/handbook/documents"
+        for body, status in [
+            ({"documents": []}, 422),
+            ({"documents": [{"name": "x.md", "content": "not base64!"}]}, 422),
+            ({"documents": [{"name": "", "content": "dGV4dA=="}]}, 422),
+            ({"documents": [{"name": "x.md"}]}, 422),
+        ]:
+            r = m.post(url, json=body)
+            assert r.status_code == status, (body, r.text)
+        assert m.post(url, content=b"{not json").status_code == 400
+        assert m.get("/internal/knowledge-bases/not a name/x").status_code in (404, 422)
+        assert m.get("/internal/knowledge-bases/acme/missing").status_code == 404
     # and the knowledge base is untouched
     with management(rag_node) as m:
         assert m.get("/internal/knowledge-bases/acme/handbook").json()["documents"]
