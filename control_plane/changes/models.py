@@ -89,12 +89,6 @@ class ChangeLoggedModel(models.Model):
     class Meta:
         abstract = True
 
-    @classmethod
-    def from_db(cls, db: str | None, field_names: Any, values: Any) -> Any:
-        instance = super().from_db(db, field_names, values)
-        instance._change_snapshot = instance.snapshot()
-        return instance
-
     def save(self, *args: Any, **kwargs: Any) -> None:
         from control_plane.changes.services import record_change
 
@@ -110,6 +104,12 @@ class ChangeLoggedModel(models.Model):
                 record_change(self, action or default, before, after)
         self._change_snapshot = after
         self._pending_change_action = None
+
+    @classmethod
+    def from_db(cls, db: str | None, field_names: Any, values: Any) -> Any:
+        instance = super().from_db(db, field_names, values)
+        instance._change_snapshot = instance.snapshot()
+        return instance
 
     def snapshot(self) -> dict[str, Any]:
         """The logged fields as JSON values (a foreign key as its id, M2M left out)."""
