@@ -111,6 +111,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = CP.data_dir / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing one at every start
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
@@ -171,7 +172,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Celery -----------------------------------------------------------------------------
-CELERY_BROKER_URL = CP.redis_url or "memory://"
+CELERY_BROKER_URL = CP.redis_url or "memory://localhost/"
 CELERY_TASK_ALWAYS_EAGER = CP.eager_tasks
 CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_TASK_IGNORE_RESULT = True

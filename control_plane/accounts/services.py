@@ -81,3 +81,105 @@ def issue_api_token(user: AbstractUser, *, rotate: bool = False) -> str:
             Token.objects.filter(user=user).delete()
         token, _ = Token.objects.get_or_create(user=user)
     return token.key
+
+
+# --- Bootstrapping an installation (``sanctum up``) ---------------------------------------
+
+
+@dataclass
+class DemoBootstrap:
+    """What :func:`bootstrap_demo` made; ``api_key`` and ``admin_password`` are shown once."""
+
+    admin: OperatorCredentials
+    client_slug: str
+    model_name: str
+    api_key: str = field(repr=False)
+    releases: list = field(default_factory=list)
+
+
+DEMO_KEY_NAME = "sanctum up demo key"
+
+
+def bootstrap_demo(
+    *,
+    admin_username: str = "admin",
+    reset_admin_password: bool = True,
+    client_slug: str = "demo",
+    client_name: str = "Demo client",
+    model_name: str,
+    model_version: str,
+    model_path: str,
+    context_size: int,
+    node_name: str | None = None,
+    node_url: str | None = None,
+    node_public_key: str | None = None,
+    rollout: bool = True,
+) -> DemoBootstrap:
+    """Make an installation usable in one step, idempotently.
+
+    The roles; an admin operator (a new generated password unless told to keep it);
+    a demo client; the model pinned and its hash verified now (the rollout needs it);
+    the demo client's key, rotated so the returned secret is the one that works; the
+    node registered; and a rollout to it. Running it again converges on the same state.
+    """
+    from control_plane.changes.choices import ChangeSource
+    from control_plane.changes.services import change_context
+    from control_plane.clients.models import ApiKey, Client
+    from control_plane.clients.services import issue_api_key, rotate_api_key
+    from control_plane.fleet.models import Node
+    from control_plane.fleet.services import roll_out
+    from control_plane.registry.models import ModelPin
+    from control_plane.registry.services import pin_model, verify_model_pin
+
+    admin = create_operator(admin_username, Role.ADMIN, reset_password=reset_admin_password)
+    with change_context(source=ChangeSource.COMMAND, user=admin.user):
+        client = Client.objects.filter(slug=client_slug).first()
+        if client is None:
+            client = Client(slug=client_slug, name=client_name)
+            client.full_clean()
+            client.save()
+
+        pin = ModelPin.objects.filter(name=model_name, version=model_version).first()
+        if pin is None:
+            pin = pin_model(
+                name=model_name,
+                version=model_version,
+                path=model_path,
+                context_size=context_size,
+                clients=[client],
+                supersede=True,
+            )
+        elif not pin.enabled:
+            for other in ModelPin.objects.filter(name=model_name, enabled=True):
+                other.enabled = False
+                other.save()
+            pin.enabled = True
+            pin.save()
+        if not pin.clients.filter(pk=client.pk).exists():
+            pin.clients.add(client)
+        pin = verify_model_pin(pin)
+
+        slot = ApiKey.objects.filter(
+            client=client, name=DEMO_KEY_NAME, revoked_at__isnull=True
+        ).first()
+        issued = (
+            rotate_api_key(slot) if slot is not None else issue_api_key(client, name=DEMO_KEY_NAME)
+        )
+
+        releases = []
+        if node_name:
+            node = Node.objects.filter(name=node_name).first() or Node(name=node_name)
+            node.management_url = node_url or node.management_url
+            node.public_key = node_public_key or node.public_key
+            node.enabled = True
+            node.full_clean()
+            node.save()
+            if rollout:
+                releases = roll_out([node])
+    return DemoBootstrap(
+        admin=admin,
+        client_slug=client.slug,
+        model_name=pin.name,
+        api_key=issued.secret,
+        releases=releases,
+    )
