@@ -316,8 +316,8 @@ def check_node(node: Node) -> NodeState:
             version = health.get("config_version")
             state.applied_version = version if isinstance(version, int) else None
         state.save()
-    if status == HealthStatus.OK:
-        catch_up(node, state)
+    if status == HealthStatus.OK and catch_up(node, state) is not None:
+        state.refresh_from_db()
     return state
 
 

@@ -17,6 +17,6 @@ if "SANCTUM_CP_DATA_DIR" not in os.environ:
 os.environ.pop("REDIS_URL", None)
 os.environ.pop("SANCTUM_CP_REDIS_URL", None)
 
-from control_plane.settings import *  # noqa: E402, F403
+from control_plane.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast, tests only
