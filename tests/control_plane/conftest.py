@@ -85,3 +85,30 @@ def fake_node_factory(db) -> Iterator[Callable[..., tuple[FakeNode, Node]]]:
 def on_commit(django_capture_on_commit_callbacks):
     """Run on-commit callbacks (queued pushes, hash tasks) as a real commit would."""
     return lambda: django_capture_on_commit_callbacks(execute=True)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A redis-server of the test's own (fails in CI when redis-server is missing)."""
+    from tests.control_plane.processes import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def control_plane_factory(tmp_path):
+    """Build control-plane installations in the test's temp dir; stops their processes."""
+    from tests.control_plane.processes import ControlPlane
+
+    made: list[ControlPlane] = []
+
+    def make(redis_url: str | None = None, **env: str) -> ControlPlane:
+        cp = ControlPlane(tmp_path / f"cp{len(made)}", redis_url, **env)
+        made.append(cp)
+        return cp
+
+    yield make
+    for cp in made:
+        cp.stop()
