@@ -35,6 +35,7 @@ TYP_GATEWAY_CONFIG = "sanctum-gateway-config+jws"
 TYP_USAGE_RECORD = "sanctum-usage-record+jws"
 TYP_REQUEST = "sanctum-request+jws"
 TYP_TREE_HEAD = "sanctum-tree-head+jws"
+TYP_AUDIT_MANIFEST = "sanctum-audit-manifest+jws"
 
 
 class EnvelopeError(ValueError):

@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = (
     "shared.cli.keys",
     "shared.cli.up",
     "shared.cli.demo",
+    "shared.cli.verify",
 )
 
 

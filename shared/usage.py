@@ -1,0 +1,204 @@
+"""The usage record: what a data-plane node signs when a session ends. Never any content.
+
+A record says who used which pinned model, when, for how many requests and tokens. The
+node signs it with its own Ed25519 key (``shared.envelope``, typ
+``sanctum-usage-record+jws``) the moment the session ends, keeps it in its outbox, and
+hands the same compact JWS to the client (the held copy). The control plane verifies it
+against the key it registered for that node, logs it, and auditors check it offline.
+
+Every field is a string or an integer so the canonical JSON (and so the signature and
+the ledger's leaf hash) is the same in every language: times are RFC 3339 UTC strings
+(``2025-01-31T12:00:00.250Z``), counts are integers no larger than 2**53 - 1 (what a
+JSON number holds exactly everywhere).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from shared import envelope
+from shared.canonical import CanonicalEncodingError, b64urldecode_canonical, canonical_json
+from shared.config import Name, Sha256Hex
+
+MAX_COUNT = 2**53 - 1
+ENDED_BY = ("teardown", "expiry", "one_shot")
+
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+class UsageRecordError(ValueError):
+    """A signed usage record is malformed, from an unknown node, or does not verify."""
+
+
+def format_timestamp(moment: datetime) -> str:
+    """The contract's spelling of a moment: UTC, millisecond precision, ``Z`` suffix."""
+    if moment.tzinfo is None:
+        raise ValueError("timestamp must be timezone-aware")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse an RFC 3339 UTC timestamp as the contract spells it (``...Z``)."""
+    if not isinstance(text, str) or not _TIMESTAMP.fullmatch(text):
+        raise ValueError("timestamp must be RFC 3339 UTC, like 2025-01-31T12:00:00.250Z")
+    try:
+        return datetime.fromisoformat(text[:-1] + "+00:00")
+    except ValueError:
+        raise ValueError("timestamp is not a real date and time") from None
+
+
+def _timestamp(value: Any) -> str:
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    parse_timestamp(value)
+    return str(value)
+
+
+Timestamp = Annotated[str, BeforeValidator(_timestamp)]
+"""An RFC 3339 UTC timestamp string; a timezone-aware ``datetime`` is converted."""
+
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
+ModelVersion = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,64}$")]
+
+
+def new_record_id() -> str:
+    """A fresh record id (a random UUID, in its canonical lowercase form)."""
+    return str(uuid.uuid4())
+
+
+class UsageRecord(BaseModel):
+    """One ended session: identifiers, the pinned model, times and counts. No content.
+
+    Pass times as :func:`format_timestamp` strings (a timezone-aware ``datetime`` is
+    converted too, but type checkers see the field as ``str``). A string is kept exactly
+    as given, so a record signed elsewhere re-encodes to the same bytes.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    record_id: str = Field(description="random UUID (version 4), canonical lowercase form")
+    session_id: Name
+    client_id: Name
+    node_id: Name
+    model: Name
+    model_version: ModelVersion
+    model_sha256: Sha256Hex
+    started_at: Timestamp
+    ended_at: Timestamp
+    ended_by: Literal["teardown", "expiry", "one_shot"]
+    request_count: Count
+    prompt_tokens: Count
+    completion_tokens: Count
+
+    @field_validator("record_id")
+    @classmethod
+    def _uuid4(cls, value: str) -> str:
+        try:
+            parsed = uuid.UUID(value)
+        except (ValueError, TypeError, AttributeError):
+            raise ValueError("record_id must be a UUID") from None
+        if parsed.version != 4 or str(parsed) != value:
+            raise ValueError("record_id must be a random (version 4) UUID in lowercase form")
+        return value
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> UsageRecord:
+        if parse_timestamp(self.ended_at) < parse_timestamp(self.started_at):
+            raise ValueError("ended_at is before started_at")
+        return self
+
+    def document(self) -> dict[str, Any]:
+        """The record as the JSON object that gets signed."""
+        return self.model_dump(mode="json")
+
+
+def sign_usage_record(record: UsageRecord, key: Ed25519PrivateKey) -> str:
+    """The node's compact JWS over the record (what the outbox keeps and the client holds)."""
+    return envelope.sign(record.document(), key, envelope.TYP_USAGE_RECORD)
+
+
+def check_compact_jws(token: str, what: str = "envelope") -> None:
+    """Refuse a compact JWS unless each of its three parts is canonical base64url.
+
+    The signature part is not covered by the signature itself, and lax base64url
+    decoding ignores the unused low bits of its last character; a file that hashes or
+    compares the token would then accept a changed byte.
+    """
+    if not isinstance(token, str) or not _COMPACT_JWS.fullmatch(token):
+        raise UsageRecordError(f"{what} is not a compact JWS")
+    for part, name in zip(token.split("."), ("header", "payload", "signature"), strict=True):
+        try:
+            b64urldecode_canonical(part, what=f"{what} {name}")
+        except CanonicalEncodingError as exc:
+            raise UsageRecordError(str(exc)) from None
+
+
+def peek_usage_record(token: str) -> dict[str, Any]:
+    """The record's JSON object, UNVERIFIED: only to find which node's key to check with."""
+    check_compact_jws(token, "usage record")
+    payload = b64urldecode_canonical(token.split(".")[1])
+    try:
+        document = json.loads(payload)
+    except ValueError:
+        raise UsageRecordError("usage record payload is not JSON") from None
+    if not isinstance(document, dict):
+        raise UsageRecordError("usage record payload is not a JSON object")
+    return document
+
+
+NodeKeys = Mapping[str, Ed25519PublicKey | Sequence[Ed25519PublicKey]]
+"""Trusted node keys by node id: one key, or several while a node rotates its key."""
+
+
+def open_usage_record(token: str, node_keys: NodeKeys) -> UsageRecord:
+    """Verify a node-signed record and return it.
+
+    ``node_keys`` maps node ids to their registered public key(s). The record must be
+    signed by the key of the node it names (a node can't sign for another), be of the
+    usage-record type, validate against the contract, and its payload must be exactly
+    the record's canonical JSON (so no two parsers can read it differently).
+    """
+    node_id = peek_usage_record(token).get("node_id")
+    key = node_keys.get(node_id) if isinstance(node_id, str) else None
+    if key is None:
+        shown = node_id[:64] if isinstance(node_id, str) else type(node_id).__name__
+        raise UsageRecordError(f"usage record names node {shown!r}, which has no trusted key")
+    try:
+        document = envelope.verify(token, key, envelope.TYP_USAGE_RECORD)
+    except envelope.EnvelopeError as exc:
+        raise UsageRecordError(f"usage record from node {node_id!r}: {exc}") from None
+    try:
+        record = UsageRecord.model_validate(document, strict=True)
+    except ValidationError as exc:
+        raise UsageRecordError(f"usage record is not valid: {validation_summary(exc)}") from None
+    if canonical_json(record.document()) != b64urldecode_canonical(token.split(".")[1]):
+        raise UsageRecordError("usage record payload is not the record's canonical JSON")
+    return record
+
+
+def validation_summary(exc: ValidationError) -> str:
+    """A short, content-free summary of a validation error: where, and what rule."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "document"
+    return f"{where}: {err['msg']}"
