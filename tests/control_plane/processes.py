@@ -208,3 +208,53 @@ class ControlPlane:
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
+
+
+class DataPlaneNode:
+    """A real ``python -m data_plane serve`` with ports fixed for its whole life, so a
+    restart comes back at the management URL the control plane has registered."""
+
+    def __init__(
+        self, data_dir: Path, name: str, control_plane_public_key: Path, node_key: Path
+    ) -> None:
+        self.name = name
+        self.api_port, self.management_port = free_port(), free_port()
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("SANCTUM_", "DJANGO_"))
+        }
+        self.env.update(
+            PYTHONPATH=str(REPO),
+            PYTHONUNBUFFERED="1",
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            SANCTUM_DP_DATA_DIR=str(data_dir),
+            SANCTUM_DP_NODE_ID=name,
+            SANCTUM_DP_CONTROL_PLANE_PUBLIC_KEY=str(control_plane_public_key),
+            SANCTUM_DP_NODE_PRIVATE_KEY=str(node_key),
+            SANCTUM_DP_LISTEN__API_HOST="127.0.0.1",
+            SANCTUM_DP_LISTEN__API_PORT=str(self.api_port),
+            SANCTUM_DP_LISTEN__MANAGEMENT_HOST="127.0.0.1",
+            SANCTUM_DP_LISTEN__MANAGEMENT_PORT=str(self.management_port),
+            SANCTUM_DP_ENGINE__THREADS="1",
+        )
+        self.process: Process | None = None
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self, timeout: float = 180) -> DataPlaneNode:
+        self.process = Process(
+            f"data plane {self.name}", [sys.executable, "-m", "data_plane", "serve"], self.env
+        )
+        self.process.wait_for("SANCTUM_DP_READY", timeout=timeout)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
