@@ -271,21 +271,31 @@ def deliver_release(release: ConfigRelease) -> PushOutcome:
 
 
 def _settle_stale(release: ConfigRelease, response: httpx.Response, reason: str) -> PushOutcome:
-    """The node holds this version or a newer one: record what it holds."""
+    """The node holds this version or a newer one: record what it holds.
+
+    A newer version this control plane never issued (a database restored from backup, a
+    node configured by hand) is overtaken: the database is the source of truth, so a new
+    release is made above the node's version and pushed.
+    """
     try:
         held = int(response.json()["current_version"])
     except (ValueError, KeyError, TypeError):
         return _finish(release, ReleaseStatus.REJECTED, error=reason)
     if held == release.version:
         return _finish(release, ReleaseStatus.APPLIED, node_version=held)
-    ours = ConfigRelease.objects.filter(node_id=release.node_id, version=held).exists()
-    note = (
-        f"node holds version {held}"
-        if ours
-        else f"node holds version {held}, which this control plane did not issue; "
-        "roll out again to move it past that"
+    if ConfigRelease.objects.filter(node_id=release.node_id, version__gte=held).exists():
+        return _finish(release, ReleaseStatus.SUPERSEDED, node_version=held)
+    outcome = _finish(
+        release,
+        ReleaseStatus.SUPERSEDED,
+        error=f"node holds version {held}, not issued here: releasing above it",
+        node_version=held,
     )
-    return _finish(release, ReleaseStatus.SUPERSEDED, error="" if ours else note, node_version=held)
+    log.warning("node %s holds unknown version %s: releasing above it", release.node_id, held)
+    with transaction.atomic():
+        newer = create_release(release.node)
+        transaction.on_commit(lambda: enqueue_push(newer))
+    return outcome
 
 
 # --- Health and catching up -------------------------------------------------------------

@@ -111,6 +111,21 @@ def test_versions_go_above_what_a_node_reports_holding(fake_node_factory, on_com
     assert release.version == 42 and release.status == ReleaseStatus.APPLIED
 
 
+def test_a_node_holding_a_version_never_issued_here_is_overtaken(fake_node_factory, on_commit):
+    fake, node = fake_node_factory()
+    fake.held_version = 1_700_000_000_000  # pushed by hand, or by a restored database
+
+    with on_commit():
+        (first,) = roll_out([node])
+
+    first.refresh_from_db()
+    latest = ConfigRelease.objects.filter(node=node).order_by("-version").first()
+    assert first.status == ReleaseStatus.SUPERSEDED and "not issued here" in first.last_error
+    assert latest.version == 1_700_000_000_001 and latest.status == ReleaseStatus.APPLIED
+    assert fake.held_version == latest.version
+    assert fake.received == [first.version, latest.version]
+
+
 def test_a_stale_answer_for_the_same_version_counts_as_applied(fake_node_factory):
     fake, node = fake_node_factory()
     release = create_release(node)

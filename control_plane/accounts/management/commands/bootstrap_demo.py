@@ -111,11 +111,16 @@ class Command(BaseCommand):
             raise CommandError("the rollout did not apply (see SANCTUM_ROLLOUT)")
 
     def _wait(self, releases: list[ConfigRelease], seconds: float) -> list[ConfigRelease]:
-        """Poll until every release is settled (a worker pushes them) or time runs out."""
+        """Poll each node's latest release until it settles (a worker pushes it, and a push
+        may be overtaken by a newer release) or time runs out."""
         deadline = time.monotonic() + seconds
-        ids = [r.pk for r in releases]
+        node_ids = [r.node_id for r in releases]
         while True:
-            current = list(ConfigRelease.objects.filter(pk__in=ids).order_by("pk"))
-            if all(r.status in SETTLED for r in current) or time.monotonic() >= deadline:
-                return current
+            latest = [
+                ConfigRelease.objects.filter(node_id=node_id).order_by("-version").first()
+                for node_id in node_ids
+            ]
+            settled = all(r is not None and r.status in SETTLED for r in latest)
+            if settled or time.monotonic() >= deadline:
+                return [r for r in latest if r is not None]
             time.sleep(0.5)
