@@ -94,6 +94,10 @@ class ClientAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Client]:
         return super().get_queryset(request).with_key_counts().prefetch_related("model_pins")
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        # Receipts and nodes know the client by its id: it never changes once made.
+        return (*self.readonly_fields, "slug") if obj is not None else self.readonly_fields
+
     @admin.display(description="usable keys", ordering="usable_key_count")
     def usable_keys(self, obj: Client) -> int:
         return obj.usable_key_count

@@ -40,6 +40,12 @@ class ClientSerializer(serializers.ModelSerializer):
         read_only_fields = ("created_at", "updated_at")
         extra_kwargs = {"knowledge_bases": {"required": False}}
 
+    def validate_id(self, value: str) -> str:
+        if self.instance is not None and value != self.instance.slug:
+            # Receipts and nodes know the client by this id: it never changes.
+            raise serializers.ValidationError("A client's id can't change.")
+        return value
+
     def get_models(self, obj: Client) -> list[str]:
         return sorted({pin.name for pin in obj.model_pins.all() if pin.enabled})
 

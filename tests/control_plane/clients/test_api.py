@@ -55,6 +55,8 @@ def test_bad_client_payloads_get_field_level_errors(admin_api):
     assert response.status_code == 400
     assert set(response.json()) == {"id", "name", "max_sessions", "knowledge_bases"}
     assert bad_id.status_code == 400 and set(bad_id.json()) == {"id"}
+    renamed = admin_api.patch("/api/clients/taken/", {"id": "other"}, format="json")
+    assert renamed.status_code == 400 and set(renamed.json()) == {"id"}
 
 
 def test_issuing_a_key_answers_with_it_once_and_never_again(admin_api):
