@@ -30,6 +30,7 @@ class EngineSettings(BaseModel):
     context_size: int | None = Field(default=None, ge=128)
     max_sequences: int = Field(default=8, ge=1, le=256, description="KV sequences per model")
     batch_size: int = Field(default=512, ge=8, le=8192)
+    max_queue: int = Field(default=64, ge=0, description="waiting generations before 429")
 
 
 class SessionSettings(BaseModel):
@@ -49,7 +50,13 @@ class Settings(BaseSettings):
     control_plane_public_key: Path | None = Field(
         default=None, description="PEM of the key that signs config (default: data_dir/keys)"
     )
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    node_private_key: Path | None = Field(
+        default=None, description="PEM of this node's signing key (default: data_dir/keys)"
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="client API bodies")
+    max_management_body_bytes: int = Field(
+        default=64 * 1_048_576, ge=1024, description="management bodies (documents to ingest)"
+    )
     log_level: str = "INFO"
     listen: ListenSettings = ListenSettings()
     engine: EngineSettings = EngineSettings()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import abc
 import codecs
-from collections.abc import AsyncIterator, Sequence as Seq
+from collections.abc import AsyncGenerator
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
 
@@ -59,11 +60,10 @@ class Generation:
     finish_reason: str | None = None  # "stop" or "length"
 
 
-@dataclass
+@dataclass(eq=False)
 class Sequence:
     """A session's KV sequence. ``tokens`` mirrors exactly what its KV cells hold."""
 
-    seq_id: int
     tokens: list[int] = field(default_factory=list)
     closed: bool = False
 
@@ -78,21 +78,30 @@ class Engine(abc.ABC):
         """Tokens of ``text``; ``special`` parses control tokens written in the text."""
 
     @abc.abstractmethod
-    def render_chat(self, messages: Seq[dict[str, str]]) -> str:
-        """The prompt text for a chat, with the generation prompt for the assistant."""
+    def chat_tokens(self, messages: Seq[dict[str, str]]) -> list[int]:
+        """The prompt of a chat in the model's template, ready for the assistant's turn.
+
+        Message content is tokenized as text: control tokens written in it stay text.
+        """
+
+    @abc.abstractmethod
+    def text_tokens(self, prompt: str) -> list[int]:
+        """The prompt of a plain completion (text only, BOS added if the model wants it)."""
 
     @abc.abstractmethod
     async def open_sequence(self) -> Sequence:
         """A fresh, empty sequence for a new session (raises EngineBusy)."""
 
     @abc.abstractmethod
-    def generate(
+    async def generate(
         self, seq: Sequence, prompt: list[int], params: SamplingParams, result: Generation
-    ) -> AsyncIterator[str]:
-        """Stream the completion text of ``prompt`` in ``seq``; fills ``result``.
+    ) -> AsyncGenerator[str, None]:
+        """Queue a generation of ``prompt`` in ``seq``; return the stream of its text.
 
-        Raises ContextOverflow before any output if the prompt does not fit. Cancelling
-        the iteration stops decoding at once and leaves the sequence consistent.
+        Awaiting it raises ContextOverflow or EngineBusy before any output, so the caller
+        can still answer with an error status. Closing the stream early (a client that
+        went away) stops decoding at once and leaves the sequence consistent. ``result``
+        holds the counts and the finish reason once the stream ends.
         """
 
     @abc.abstractmethod

@@ -1,0 +1,50 @@
+"""FastAPI dependencies, as ``Annotated`` aliases used by every router."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from data_plane.errors import Unauthorized
+from data_plane.runtime import Runtime
+from data_plane.services.inference import InferenceService
+from shared.config import ClientSpec
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def get_inference(request: Request) -> InferenceService:
+    service: InferenceService = request.app.state.inference
+    return service
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+InferenceDep = Annotated[InferenceService, Depends(get_inference)]
+
+
+def current_client(
+    runtime: RuntimeDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> ClientSpec:
+    """The client whose API key the request carries (401 otherwise)."""
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("missing API key: send Authorization: Bearer <key>")
+    client_id = runtime.config.authenticate(key.strip(), time.time())
+    bundle = runtime.config.current
+    client = next((c for c in bundle.clients if c.id == client_id), None) if bundle else None
+    if client is None:
+        raise Unauthorized("invalid, expired or revoked API key")
+    return client
+
+
+ClientDep = Annotated[ClientSpec, Depends(current_client)]
+SessionHeader = Annotated[
+    str | None,
+    Header(alias="X-Sanctum-Session", description="continue this session", max_length=128),
+]

@@ -1,0 +1,208 @@
+"""OpenAI-compatible routes: models, chat completions, completions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from data_plane.api.deps import ClientDep, InferenceDep, SessionHeader
+from data_plane.api.schemas import ChatCompletionRequest, CompletionRequest
+from data_plane.services.inference import InferenceService, Turn
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+SESSION_HEADER = "X-Sanctum-Session"
+
+
+@router.get("/models")
+async def list_models(client: ClientDep, service: InferenceDep) -> dict[str, Any]:
+    """The models this key may use."""
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": m.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "sanctum",
+                "sanctum": {
+                    "version": m.version,
+                    "sha256": m.sha256,
+                    "context_size": m.context_size,
+                },
+            }
+            for m in service.allowed_models(client)
+        ],
+    }
+
+
+def _usage(turn: Turn) -> dict[str, int]:
+    r = turn.result
+    return {
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "total_tokens": r.prompt_tokens + r.completion_tokens,
+    }
+
+
+def _sanctum(turn: Turn) -> dict[str, Any]:
+    out = dict(turn.extra)
+    if turn.ended:
+        out.update(turn.ended)
+    return out
+
+
+def _sse(payload: dict[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+def _streamed(
+    service: InferenceService,
+    turn: Turn,
+    chunk: Callable[[dict[str, Any]], dict[str, Any]],
+    delta: Callable[[str], dict[str, Any]],
+    final: Callable[[str | None], dict[str, Any]],
+    include_usage: bool,
+) -> StreamingResponse:
+    async def events() -> AsyncIterator[str]:
+        finished = False
+        try:
+            first = delta("")
+            if first:
+                yield _sse(chunk(first))
+            async for text in turn.chunks():
+                yield _sse(chunk(delta(text)))
+            finished = True
+            await service.finish(turn)  # one-shot: its usage record is durable first
+            last = chunk(final(turn.result.finish_reason))
+            last["sanctum"] = _sanctum(turn)
+            yield _sse(last)
+            if include_usage:
+                yield _sse({**chunk({}), "choices": [], "usage": _usage(turn)})
+            yield _sse("[DONE]")
+        finally:
+            if not finished:
+                # The client went away: this task is being cancelled, and the session's
+                # accounting (and a one-shot's teardown) must still complete.
+                with anyio.CancelScope(shield=True):
+                    await service.finish(turn)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={SESSION_HEADER: turn.session.id, "Cache-Control": "no-store"},
+    )
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    client: ClientDep,
+    service: InferenceDep,
+    session_id: SessionHeader = None,
+) -> JSONResponse | StreamingResponse:
+    turn = await service.start_chat(client, body, session_id)
+    common = {
+        "id": f"chatcmpl-{turn.id}",
+        "created": turn.created,
+        "model": body.model,
+        "system_fingerprint": f"sanctum-{turn.session.model.sha256[:12]}",
+    }
+    if body.stream:
+        return _streamed(
+            service,
+            turn,
+            chunk=lambda choice: {
+                **common,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "logprobs": None, "finish_reason": None, **choice}]
+                if choice
+                else [],
+            },
+            delta=lambda text: (
+                {"delta": {"role": "assistant", "content": ""}}
+                if text == ""
+                else {"delta": {"content": text}}
+            ),
+            final=lambda reason: {"delta": {}, "finish_reason": reason},
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        )
+    try:
+        async for _ in turn.chunks():
+            pass
+    finally:
+        await service.finish(turn)
+    return JSONResponse(
+        {
+            **common,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(turn.text)},
+                    "logprobs": None,
+                    "finish_reason": turn.result.finish_reason,
+                }
+            ],
+            "usage": _usage(turn),
+            "sanctum": _sanctum(turn),
+        },
+        headers={SESSION_HEADER: turn.session.id, "Cache-Control": "no-store"},
+    )
+
+
+@router.post("/completions", response_model=None)
+async def completions(
+    body: CompletionRequest,
+    client: ClientDep,
+    service: InferenceDep,
+    session_id: SessionHeader = None,
+) -> JSONResponse | StreamingResponse:
+    turn = await service.start_completion(client, body, session_id)
+    prefix = body.prompt_text() if body.echo else ""
+    common = {"id": f"cmpl-{turn.id}", "created": turn.created, "model": body.model}
+    if body.stream:
+        return _streamed(
+            service,
+            turn,
+            chunk=lambda choice: {
+                **common,
+                "object": "text_completion",
+                "choices": [{"index": 0, "logprobs": None, "finish_reason": None, **choice}]
+                if choice
+                else [],
+            },
+            delta=lambda text: (
+                ({"text": prefix} if prefix else {}) if text == "" else {"text": text}
+            ),
+            final=lambda reason: {"text": "", "finish_reason": reason},
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        )
+    try:
+        async for _ in turn.chunks():
+            pass
+    finally:
+        await service.finish(turn)
+    return JSONResponse(
+        {
+            **common,
+            "object": "text_completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "text": prefix + "".join(turn.text),
+                    "logprobs": None,
+                    "finish_reason": turn.result.finish_reason,
+                }
+            ],
+            "usage": _usage(turn),
+            "sanctum": _sanctum(turn),
+        },
+        headers={SESSION_HEADER: turn.session.id, "Cache-Control": "no-store"},
+    )

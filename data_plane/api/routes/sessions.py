@@ -1,0 +1,34 @@
+"""Sessions: open one, continue it with the X-Sanctum-Session header, tear it down."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, status
+
+from data_plane.api.deps import ClientDep, InferenceDep, RuntimeDep
+from data_plane.api.schemas import SessionCreate, SessionInfo
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_session(
+    body: SessionCreate, client: ClientDep, service: InferenceDep
+) -> SessionInfo:
+    """Open a session on a model; its id goes in the X-Sanctum-Session header."""
+    session = await service.open_session(client, body.model, body.ttl)
+    return SessionInfo.of(session)
+
+
+@router.get("/{session_id}")
+async def get_session(session_id: str, client: ClientDep, runtime: RuntimeDep) -> SessionInfo:
+    """The session's metadata; reading it does not count as use (it still expires)."""
+    return SessionInfo.of(runtime.sessions.get(client.id, session_id))
+
+
+@router.delete("/{session_id}")
+async def delete_session(session_id: str, client: ClientDep, runtime: RuntimeDep) -> dict[str, Any]:
+    """Tear the session down (KV cleared, transcript dropped); returns its usage."""
+    summary, extra = await runtime.sessions.teardown(client.id, session_id)
+    return {"object": "session.usage", **summary.model_dump(mode="json"), **extra}

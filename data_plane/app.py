@@ -1,0 +1,190 @@
+"""The data plane's two FastAPI apps: the client API and the management listener.
+
+Both share one :class:`~data_plane.runtime.Runtime`. ``create_app()`` builds the client
+API; given no runtime it builds one from the settings and runs it in its lifespan (handy
+for a single-listener test), while ``data_plane.server`` builds the runtime itself and
+hands it to both apps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from data_plane.api import management
+from data_plane.api.routes import openai, sessions
+from data_plane.errors import ApiError, PayloadTooLarge
+from data_plane.runtime import Runtime
+from data_plane.services.inference import InferenceService
+from data_plane.settings import Settings
+
+logger = logging.getLogger("data_plane.access")
+
+
+def _error(status: int, message: str, type_: str, code: str | None, param: str | None = None):
+    return JSONResponse(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}},
+        status_code=status,
+    )
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """413 in OpenAI's shape for a body over the limit, whether declared or streamed.
+
+    A streamed body is cut off when it passes the limit; whatever the app answers to the
+    cut-off body is dropped and the 413 sent instead (FastAPI's own limit answers in
+    plain text, which OpenAI clients can't parse).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        seen = 0
+        exceeded = started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    exceeded = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if exceeded:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        with suppress(_BodyTooLarge):
+            await self.app(scope, limited_receive, guarded_send)
+        if exceeded and not started:
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        err = PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
+        await JSONResponse(err.body(), status_code=err.status)(scope, receive, send)
+
+
+def _install_common(app: FastAPI, max_body_bytes: int) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return _error(
+                400, "request body is not valid JSON", "invalid_request_error", "invalid_json"
+            )
+        # Name the fields and what is wrong; never echo the input (it may be content).
+        parts = []
+        for e in errors[:5]:
+            loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
+        first = errors[0].get("loc", ()) if errors else ()
+        param = ".".join(str(p) for p in first if p != "body") or None
+        return _error(422, "; ".join(parts), "invalid_request_error", "invalid_parameter", param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
+        return _error(exc.status_code, message, "invalid_request_error", code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("unhandled error", exc_info=exc)  # the formatter withholds the message
+        return _error(500, "internal error", "server_error", "internal_error")
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        started = time.monotonic()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        logger.info(
+            "%s %s %d %.1fms",
+            request.method,
+            getattr(route, "path", "-"),  # the route template: no ids, no query string
+            response.status_code,
+            (time.monotonic() - started) * 1000,
+        )
+        return response
+
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)  # outermost
+
+
+def _lifespan(runtime: Runtime, owned: bool) -> Callable[[FastAPI], Any]:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if owned:
+            await runtime.start()
+        try:
+            yield
+        finally:
+            if owned:
+                await runtime.stop()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """The client API (OpenAI-compatible routes and sessions)."""
+    owned = runtime is None
+    if runtime is None:
+        runtime = Runtime(settings or Settings())
+    app = FastAPI(
+        title="Sanctum data plane",
+        version="1",
+        lifespan=_lifespan(runtime, owned),
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.runtime = runtime
+    app.state.inference = InferenceService(runtime)
+    app.include_router(openai.router)
+    app.include_router(sessions.router)
+    _install_common(app, runtime.settings.max_body_bytes)
+    return app
+
+
+def create_management_app(runtime: Runtime) -> FastAPI:
+    """The management listener: signed config and health, on the management address."""
+    app = FastAPI(
+        title="Sanctum data plane (management)",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.runtime = runtime
+    app.include_router(management.router)
+    _install_common(app, runtime.settings.max_management_body_bytes)
+    return app

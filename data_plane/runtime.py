@@ -1,0 +1,139 @@
+"""The node's components, built once and shared by both listeners.
+
+``Runtime`` owns the config store, one engine per pinned model, and the sessions. It is
+started before the listeners open and stopped after they close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from data_plane.config_store import ConfigRejected, ConfigStore
+from data_plane.engine.base import Engine, ModelInfo
+from data_plane.engine.llama import EngineConfig, LlamaEngine
+from data_plane.sessions import SessionStore
+from data_plane.settings import Settings
+from shared.config import ConfigBundle, ModelSpec
+from shared.keys import load_public_key
+
+logger = logging.getLogger(__name__)
+
+
+class EnginePool:
+    """One loaded engine per pinned model, keyed by the pin's name and file hash."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._engines: dict[tuple[str, str], Engine] = {}
+
+    def get(self, spec: ModelSpec) -> Engine | None:
+        return self._engines.get((spec.name, spec.sha256))
+
+    def loaded(self) -> list[Engine]:
+        return list(self._engines.values())
+
+    async def load(self, spec: ModelSpec) -> Engine:
+        key = (spec.name, spec.sha256)
+        if key not in self._engines:
+            # Loading takes a while; it runs off the event loop.
+            es = self._settings.engine
+            started = time.monotonic()
+            self._engines[key] = await LlamaEngine.load(
+                EngineConfig(
+                    path=spec.path,
+                    info=ModelInfo(
+                        name=spec.name,
+                        version=spec.version,
+                        sha256=spec.sha256,
+                        context_size=es.context_size or spec.context_size,
+                    ),
+                    chat_template=spec.chat_template,
+                    threads=es.threads,
+                    n_gpu_layers=es.n_gpu_layers,
+                    max_sequences=es.max_sequences,
+                    batch_size=es.batch_size,
+                    max_queue=es.max_queue,
+                )
+            )
+            logger.info("model loaded name=%s seconds=%.2f", spec.name, time.monotonic() - started)
+        return self._engines[key]
+
+    def retired(self, bundle: ConfigBundle) -> list[Engine]:
+        """Engines whose pin is not in ``bundle`` any more (removed from the pool)."""
+        keep = {(m.name, m.sha256) for m in bundle.models}
+        gone = [k for k in self._engines if k not in keep]
+        return [self._engines.pop(k) for k in gone]
+
+    async def aclose(self) -> None:
+        for engine in self._engines.values():
+            await engine.aclose()
+        self._engines.clear()
+
+
+class Runtime:
+    """Everything a request handler needs, with a start and a stop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config = ConfigStore(
+            settings.data_dir / "state",
+            load_public_key(settings.control_plane_key_path),
+            settings.node_id,
+        )
+        self.engines = EnginePool(settings)
+        self.sessions = SessionStore()
+        self.started_at = time.time()
+        self._apply_lock = asyncio.Lock()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        bundle = self.config.load_saved()
+        if bundle is not None:
+            for spec in bundle.models:
+                await self.engines.load(spec)
+        self._sweeper = asyncio.create_task(self._sweep(), name="session-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.sessions.end_all("shutdown")
+        await self.engines.aclose()
+
+    async def apply_config(self, token: str) -> ConfigBundle:
+        """Verify, load what the bundle pins, then switch; the old config serves until then."""
+        async with self._apply_lock:
+            bundle = self.config.check(token)
+            try:
+                for spec in bundle.models:
+                    await self.engines.load(spec)
+            except Exception as exc:
+                logger.error("model load failed: %s", type(exc).__name__)
+                raise ConfigRejected(
+                    422, "model_unavailable", "a pinned model failed to load on this node"
+                ) from None
+            self.config.commit(token, bundle)
+            for engine in self.engines.retired(bundle):
+                for session in self.sessions.by_engine(engine):
+                    await self.sessions.end(session, "shutdown")
+                await engine.aclose()
+            return bundle
+
+    def engine_for(self, spec: ModelSpec) -> Engine | None:
+        return self.engines.get(spec)
+
+    async def _sweep(self) -> None:
+        interval = self.settings.sessions.sweep_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                expired = await self.sessions.expire_idle()
+                if expired:
+                    logger.info("sessions expired count=%d", expired)
+            except Exception:
+                logger.exception("session sweep failed")

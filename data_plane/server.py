@@ -1,0 +1,97 @@
+"""Run a node: the runtime, then the client listener and the management listener.
+
+Both uvicorn servers share one event loop and one runtime. SIGINT/SIGTERM stop both;
+streams in flight get a short grace period, then the runtime ends every session
+(KV cleared) and unloads the models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from data_plane.app import create_app, create_management_app
+from data_plane.logs import configure_logging
+from data_plane.runtime import Runtime
+from data_plane.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+GRACE_SECONDS = 10
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to us: two servers share one process, and
+    each would otherwise take SIGTERM for itself and re-raise it once it stopped."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _server(app: Any, host: str, port: int) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="off",  # the runtime's life is managed here, once for both listeners
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=GRACE_SECONDS,
+    )
+    return _Server(config)
+
+
+def _bound_port(server: uvicorn.Server) -> int:
+    sock = server.servers[0].sockets[0]
+    return int(sock.getsockname()[1])
+
+
+async def serve(settings: Settings) -> None:
+    runtime = Runtime(settings)
+    await runtime.start()
+    listen = settings.listen
+    api = _server(create_app(runtime=runtime), listen.api_host, listen.api_port)
+    mgmt = _server(create_management_app(runtime), listen.management_host, listen.management_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(api.serve()), asyncio.create_task(mgmt.serve())]
+    try:
+        while not (api.started and mgmt.started):
+            if any(t.done() for t in tasks):  # a listener failed to bind
+                break
+            await asyncio.sleep(0.05)
+        if api.started and mgmt.started:
+            print(
+                f"SANCTUM_DP_READY api=http://{listen.api_host}:{_bound_port(api)} "
+                f"management=http://{listen.management_host}:{_bound_port(mgmt)}",
+                flush=True,
+            )
+            logger.info("node ready node=%s", settings.node_id)
+            waiter = asyncio.create_task(stop.wait())
+            await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+    finally:
+        api.should_exit = True
+        mgmt.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runtime.stop()
+        logger.info("node stopped node=%s", settings.node_id)
+    failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
+    if failed or not (api.started and mgmt.started):
+        raise SystemExit(1)
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level)
+    asyncio.run(serve(settings))

@@ -1,0 +1,244 @@
+"""Chat and completion use cases: pick the model, the session, the prompt; run the engine.
+
+Every check a caller can fail (model, session, limits, context size, queue) runs before
+the first byte of the answer, so errors get their status code even for a streamed call.
+A call without a session runs in a one-shot session that ends with the call.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from data_plane.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
+from data_plane.engine.base import (
+    ContextOverflow,
+    Engine,
+    EngineBusy,
+    EngineError,
+    Generation,
+    SamplingParams,
+)
+from data_plane.engine.chat_template import ChatTemplateError
+from data_plane.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unavailable,
+)
+from data_plane.runtime import Runtime
+from data_plane.sessions import Session
+from shared.config import ClientSpec, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+# Context assembly (retrieval) may rewrite the messages the model sees for one turn and
+# return extra response fields (its sources). The session transcript keeps the caller's.
+ContextAssembler = Callable[
+    [ClientSpec, Session, ChatCompletionRequest, Messages, Engine],
+    Awaitable[tuple[Messages, dict[str, Any]]],
+]
+
+
+@dataclass(eq=False)
+class Turn:
+    """One request's generation, between its checks and its end."""
+
+    id: str
+    session: Session
+    stream: AsyncGenerator[str, None]
+    result: Generation
+    started: float
+    created: int = field(default_factory=lambda: int(time.time()))
+    new_messages: Messages | None = None  # chat: what this turn adds to the transcript
+    extra: dict[str, Any] = field(default_factory=dict)  # sanctum fields of the response
+    text: list[str] = field(default_factory=list)
+    ended: dict[str, Any] | None = None  # end hooks' output for a one-shot session
+
+    async def chunks(self) -> AsyncIterator[str]:
+        async for chunk in self.stream:
+            self.text.append(chunk)
+            yield chunk
+
+
+class InferenceService:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.context_assemblers: list[ContextAssembler] = []
+
+    # --- lookups -------------------------------------------------------------------------
+
+    def model_for(self, client: ClientSpec, name: str) -> tuple[ModelSpec, Engine]:
+        bundle = self.runtime.config.current
+        spec = bundle.model(name) if bundle else None
+        if spec is None:
+            raise NotFound(f"model {name} does not exist", param="model", code="model_not_found")
+        if name not in client.models:
+            raise Forbidden(f"this key may not use model {name}", param="model")
+        engine = self.runtime.engine_for(spec)
+        if engine is None:
+            raise Unavailable(f"model {name} is not loaded on this node")
+        return spec, engine
+
+    def allowed_models(self, client: ClientSpec) -> list[ModelSpec]:
+        bundle = self.runtime.config.current
+        if bundle is None:
+            return []
+        return [m for m in bundle.models if m.name in client.models]
+
+    async def open_session(
+        self, client: ClientSpec, model: str, ttl: int | None, *, one_shot: bool = False
+    ) -> Session:
+        spec, engine = self.model_for(client, model)
+        limits = self.runtime.settings.sessions
+        ttl = ttl or limits.default_ttl_seconds
+        if ttl > limits.max_ttl_seconds:
+            raise BadRequest(f"ttl may be at most {limits.max_ttl_seconds} seconds", param="ttl")
+        return await self.runtime.sessions.open(
+            client_id=client.id,
+            model=spec,
+            engine=engine,
+            ttl_seconds=ttl,
+            max_sessions=client.limits.max_sessions,
+            one_shot=one_shot,
+        )
+
+    async def _session(self, client: ClientSpec, model: str, session_id: str | None) -> Session:
+        if session_id is None:
+            return await self.open_session(client, model, None, one_shot=True)
+        session = self.runtime.sessions.get(client.id, session_id)
+        if session.model.name != model:
+            raise BadRequest(f"session {session.id} runs model {session.model.name}", param="model")
+        self.model_for(client, model)  # the client may have lost the model since
+        return session
+
+    def _params(self, client: ClientSpec, req: _Sampling, limit: int | None) -> SamplingParams:
+        unsupported = req.unsupported()
+        if unsupported:
+            raise BadRequest(f"{unsupported} is not supported by this server", param=unsupported)
+        cap = client.limits.max_tokens_per_request
+        if limit is not None and limit > cap:
+            raise BadRequest(
+                f"max_tokens {limit} exceeds this client's limit of {cap}", param="max_tokens"
+            )
+        return SamplingParams(
+            max_tokens=limit or cap,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+            stop=req.stops(),
+        )
+
+    # --- turns ---------------------------------------------------------------------------
+
+    async def start_chat(
+        self, client: ClientSpec, req: ChatCompletionRequest, session_id: str | None
+    ) -> Turn:
+        params = self._params(client, req, req.token_limit())
+        session = await self._session(client, req.model, session_id)
+        return await self._start(session, params, lambda: self._chat_prompt(client, session, req))
+
+    async def start_completion(
+        self, client: ClientSpec, req: CompletionRequest, session_id: str | None
+    ) -> Turn:
+        params = self._params(client, req, req.token_limit())
+        session = await self._session(client, req.model, session_id)
+
+        async def prompt() -> tuple[list[int], Messages | None, dict[str, Any]]:
+            return session.engine.text_tokens(req.prompt_text()), None, {}
+
+        return await self._start(session, params, prompt)
+
+    async def _chat_prompt(
+        self, client: ClientSpec, session: Session, req: ChatCompletionRequest
+    ) -> tuple[list[int], Messages, dict[str, Any]]:
+        sent = [{"role": m.role, "content": m.text()} for m in req.messages]
+        # A client that resends the whole conversation (as stateless OpenAI tools do)
+        # adds only what follows the transcript; otherwise everything sent is new.
+        held = session.transcript
+        new = sent[len(held) :] if held and sent[: len(held)] == held else sent
+        if not new:
+            raise BadRequest("no new message for this session", param="messages")
+        messages = held + new
+        extra: dict[str, Any] = {}
+        for assemble in self.context_assemblers:
+            messages, more = await assemble(client, session, req, messages, session.engine)
+            extra.update(more)
+        try:
+            tokens = session.engine.chat_tokens(messages)
+        except ChatTemplateError as exc:
+            raise BadRequest(f"messages don't fit the model's chat format: {exc}") from None
+        return tokens, new, extra
+
+    async def _start(
+        self,
+        session: Session,
+        params: SamplingParams,
+        prompt: Callable[[], Awaitable[tuple[list[int], Messages | None, dict[str, Any]]]],
+    ) -> Turn:
+        if session.busy.locked():
+            raise Conflict(f"session {session.id} is answering another request")
+        await session.busy.acquire()
+        try:
+            tokens, new_messages, extra = await prompt()
+            result = Generation()
+            try:
+                stream = await session.engine.generate(session.seq, tokens, params, result)
+            except ContextOverflow as exc:
+                raise BadRequest(
+                    f"{exc}; shorten the messages or start a new session",
+                    param="messages",
+                    code="context_length_exceeded",
+                ) from None
+            except EngineBusy as exc:
+                raise TooManyRequests(str(exc), code="engine_busy") from None
+            except EngineError as exc:
+                raise Unavailable(str(exc)) from None
+        except BaseException:
+            session.busy.release()
+            if session.one_shot:
+                await self.runtime.sessions.end(session, "one_shot")
+            raise
+        turn = Turn(
+            id=secrets.token_hex(12),
+            session=session,
+            stream=stream,
+            result=result,
+            started=time.monotonic(),
+            new_messages=new_messages,
+            extra={"session_id": session.id, **extra},
+        )
+        return turn
+
+    async def finish(self, turn: Turn) -> None:
+        """Account the turn to its session, keep the transcript, end a one-shot session.
+
+        Runs whether the turn completed or was cut off (the client went away).
+        """
+        session, result = turn.session, turn.result
+        await turn.stream.aclose()  # a turn cut off stops decoding now, not at GC time
+        session.requests += 1
+        session.prompt_tokens += result.prompt_tokens
+        session.completion_tokens += result.completion_tokens
+        if turn.new_messages is not None and result.finish_reason is not None:
+            session.transcript += turn.new_messages
+            session.transcript.append({"role": "assistant", "content": "".join(turn.text)})
+        session.last_used = time.monotonic()
+        session.busy.release()
+        logger.info(
+            "turn done session=%s prompt_tokens=%d completion_tokens=%d finish=%s seconds=%.3f",
+            session.id,
+            result.prompt_tokens,
+            result.completion_tokens,
+            result.finish_reason or "cancelled",
+            time.monotonic() - turn.started,
+        )
+        if session.one_shot and not session.closed:
+            _, turn.ended = await self.runtime.sessions.end(session, "one_shot")

@@ -1,0 +1,254 @@
+"""Fixtures shared by the whole suite: free ports, keys, and real data-plane processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.config import (
+    ApiKeySpec,
+    ClientLimits,
+    ClientSpec,
+    ConfigBundle,
+    ModelSpec,
+    file_sha256,
+    new_api_key,
+    sign_bundle,
+)
+from shared.keys import CONTROL_PLANE, NODE, ensure_key_pair, write_key_pair
+from shared.models import (
+    DEFAULT_CONTEXT_SIZE,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_MODEL_VERSION,
+    bundled_gguf_path,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment for a child process that runs this checkout's code."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def model_spec() -> ModelSpec:
+    gguf = bundled_gguf_path()
+    return ModelSpec(
+        name=DEFAULT_MODEL_NAME,
+        version=DEFAULT_MODEL_VERSION,
+        sha256=file_sha256(str(gguf)),
+        path=str(gguf),
+        context_size=DEFAULT_CONTEXT_SIZE,
+    )
+
+
+@dataclass
+class Tenant:
+    """A client of a test node, with its plain API key."""
+
+    id: str
+    key: str
+    spec: ClientSpec
+
+
+def make_tenant(client_id: str, models: tuple[str, ...], **kwargs: Any) -> Tenant:
+    key, prefix, digest = new_api_key()
+    spec = ClientSpec(
+        id=client_id,
+        name=client_id,
+        api_keys=(ApiKeySpec(prefix=prefix, sha256=digest),),
+        models=models,
+        **kwargs,
+    )
+    return Tenant(client_id, key, spec)
+
+
+@dataclass
+class Node:
+    """A real ``python -m data_plane serve`` process and its dev control-plane key."""
+
+    data_dir: Path
+    keys: Path
+    api: str = ""
+    management: str = ""
+    proc: subprocess.Popen[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    output: list[str] = field(default_factory=list)
+    version: int = 0
+
+    @property
+    def cp_key(self) -> Any:
+        return ensure_key_pair(self.keys, CONTROL_PLANE)
+
+    def start(self, timeout: float = 120) -> None:
+        api_port, mgmt_port = free_port(), free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "data_plane", "serve"],
+            cwd=REPO,
+            env=child_env(
+                SANCTUM_DP_DATA_DIR=str(self.data_dir),
+                SANCTUM_DP_NODE_ID="node-1",
+                SANCTUM_DP_CONTROL_PLANE_PUBLIC_KEY=str(self.keys / f"{CONTROL_PLANE}.pub"),
+                SANCTUM_DP_NODE_PRIVATE_KEY=str(self.keys / f"{NODE}.key"),
+                SANCTUM_DP_LISTEN__API_PORT=str(api_port),
+                SANCTUM_DP_LISTEN__MANAGEMENT_PORT=str(mgmt_port),
+                **self.env,
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.output.append(line)
+                if line.startswith("SANCTUM_DP_READY"):
+                    parts = dict(p.split("=", 1) for p in line.split()[1:])
+                    self.api, self.management = parts["api"], parts["management"]
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(timeout) or not self.api:
+            self.stop()
+            raise RuntimeError("data plane did not start:\n" + "".join(self.output[-40:]))
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def bundle(self, models: list[ModelSpec], tenants: list[Tenant], **kwargs: Any) -> ConfigBundle:
+        self.version = kwargs.pop("version", self.version + 1)
+        return ConfigBundle(
+            version=self.version,
+            issued_at=datetime.now(UTC),
+            node=kwargs.pop("node", "node-1"),
+            models=tuple(models),
+            clients=tuple(t.spec for t in tenants),
+            **kwargs,
+        )
+
+    def put_config(self, token: str) -> httpx.Response:
+        return httpx.put(
+            f"{self.management}/internal/config",
+            content=token,
+            headers={"Content-Type": "application/jose"},
+            timeout=120,
+        )
+
+    def push(self, models: list[ModelSpec], tenants: list[Tenant]) -> httpx.Response:
+        response = self.put_config(sign_bundle(self.bundle(models, tenants), self.cp_key))
+        assert response.status_code == 200, response.text
+        return response
+
+    def client(self, tenant: Tenant, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"{self.api}/v1",
+            headers={"Authorization": f"Bearer {tenant.key}"},
+            timeout=kwargs.pop("timeout", 120),
+            **kwargs,
+        )
+
+    def openai(self, tenant: Tenant) -> Any:
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.api}/v1", api_key=tenant.key, max_retries=0)
+
+
+def new_node(tmp: Path, **env: str) -> Node:
+    keys = tmp / "keys"
+    for role in (CONTROL_PLANE, NODE):
+        if not (keys / f"{role}.key").exists():
+            write_key_pair(keys, role)
+    return Node(data_dir=tmp / "node", keys=keys, env=env)
+
+
+@dataclass
+class Tenants:
+    alice: Tenant  # may use the model
+    bob: Tenant  # may use the model too: a second, separate client
+    carol: Tenant  # may use no model
+    dave: Tenant  # at most 2 open sessions, 64 tokens a request
+
+
+@pytest.fixture(scope="session")
+def tenants() -> Tenants:
+    return Tenants(
+        alice=make_tenant("alice", (DEFAULT_MODEL_NAME,)),
+        bob=make_tenant("bob", (DEFAULT_MODEL_NAME,)),
+        carol=make_tenant("carol", ()),
+        dave=make_tenant(
+            "dave",
+            (DEFAULT_MODEL_NAME,),
+            limits=ClientLimits(max_sessions=2, max_tokens_per_request=64),
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def node(
+    tmp_path_factory: pytest.TempPathFactory, model_spec: ModelSpec, tenants: Tenants
+) -> Iterator[Node]:
+    """One running node with the model and the four tenants, shared by API tests."""
+    n = new_node(tmp_path_factory.mktemp("node"))
+    n.start()
+    n.push([model_spec], [tenants.alice, tenants.bob, tenants.carol, tenants.dave])
+    yield n
+    n.stop()
+
+
+@pytest.fixture
+def fresh_node(tmp_path: Path) -> Iterator[Node]:
+    """A node of the test's own (for config, restart and shutdown tests)."""
+    n = new_node(tmp_path)
+    yield n
+    n.stop()
+
+
+def wait_until(predicate: Any, timeout: float = 30, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

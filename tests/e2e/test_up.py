@@ -1,0 +1,250 @@
+"""``sanctum up`` as a real process: the printed lines work with the ``openai`` SDK, and
+client content leaves no trace on disk or in the output once it is shut down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tests.canary import files_containing, new_marker, texts_containing
+from tests.conftest import REPO, child_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.model]
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[bytes]
+    data_dir: Path
+    lines: dict[str, str] = field(default_factory=dict)
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=90)
+
+    def openai(self) -> OpenAI:
+        return OpenAI(
+            base_url=self.lines["SANCTUM_API_BASE"],
+            api_key=self.lines["SANCTUM_API_KEY"],
+            max_retries=0,
+        )
+
+
+def start_up(data_dir: Path, timeout: float = 240) -> Up:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "up",
+            "--data-dir",
+            str(data_dir),
+            "--api-port",
+            "0",
+            "--management-port",
+            "0",
+        ],
+        cwd=REPO,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    up = Up(proc, data_dir)
+    ready = threading.Event()
+
+    def pump(stream, sink: list[str], parse: bool) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace")
+            sink.append(line)
+            name, sep, value = line.strip().partition("=")
+            if parse and sep and name.startswith("SANCTUM_"):
+                up.lines[name] = value
+                if name == "SANCTUM_READY":
+                    ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, args=(proc.stdout, up.stdout, True), daemon=True).start()
+    threading.Thread(target=pump, args=(proc.stderr, up.stderr, False), daemon=True).start()
+    if not ready.wait(timeout) or "SANCTUM_READY" not in up.lines:
+        up.stop()
+        raise AssertionError("sanctum up did not become ready:\n" + "".join(up.stderr[-30:]))
+    return up
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    running = start_up(tmp_path / "data")
+    yield running
+    running.stop()
+
+
+def test_up_prints_its_lines_and_the_sdk_works(up: Up) -> None:
+    for name in ("SANCTUM_API_BASE", "SANCTUM_API_KEY", "SANCTUM_CLIENT_ID", "SANCTUM_MODEL"):
+        assert up.lines.get(name), name
+        # each alone on its line
+        assert any(line.strip() == f"{name}={up.lines[name]}" for line in up.stdout)
+    assert up.lines["SANCTUM_API_BASE"].startswith("http://127.0.0.1:")
+    assert up.lines["SANCTUM_API_BASE"].endswith("/v1")
+    client = up.openai()
+    model = up.lines["SANCTUM_MODEL"]
+    assert [m.id for m in client.models.list().data] == [model]
+    reply = client.chat.completions.create(
+        model=model,
+        max_tokens=16,
+        temperature=0,
+        messages=[
+            {
+                "role": "user",
+                "content": "What is the capital city of France? Answer in one sentence.",
+            }
+        ],
+    )
+    assert "Paris" in reply.choices[0].message.content
+    streamed = client.chat.completions.create(
+        model=model,
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+        messages=[
+            {
+                "role": "user",
+                "content": "What is the capital city of France? Answer in one sentence.",
+            }
+        ],
+    )
+    assert "Paris" in "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+
+
+def test_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    running = start_up(tmp_path / "data")
+    started = time.monotonic()
+    assert running.stop() == 0
+    assert time.monotonic() - started < 60
+
+
+def test_scanner_finds_a_planted_marker(tmp_path: Path) -> None:
+    """The canary test below is only as good as its scanner: show that it can see."""
+    marker = new_marker()
+    (tmp_path / "plain.log").write_text(f"a line with {marker} inside\n")
+    (tmp_path / "blob.bin").write_bytes(b"\x00\xff" + marker.encode() + b"\x00")
+    import base64
+
+    (tmp_path / "signed.jws").write_text(
+        base64.urlsafe_b64encode(b'{"content":"' + marker.encode() + b'"}').decode()
+    )
+    (tmp_path / "clean.txt").write_text("nothing here\n")
+    found = sorted(Path(f).name for f in files_containing(marker, [tmp_path]))
+    assert found == ["blob.bin", "plain.log", "signed.jws"]
+    assert texts_containing(marker, {"stdout": f"x{marker}y", "stderr": "clean"}) == ["stdout"]
+
+
+def test_canary_content_leaves_no_trace(tmp_path: Path) -> None:
+    marker = new_marker()
+    running = start_up(tmp_path / "data")
+    client = running.openai()
+    model = running.lines["SANCTUM_MODEL"]
+    key = running.lines["SANCTUM_API_KEY"]
+    base = running.lines["SANCTUM_API_BASE"]
+    auth = {"Authorization": f"Bearer {key}"}
+    try:
+        # one-shot, plain and streamed
+        client.chat.completions.create(
+            model=model,
+            max_tokens=8,
+            messages=[{"role": "user", "content": f"Repeat this code: {marker}"}],
+        )
+        list(
+            client.chat.completions.create(
+                model=model,
+                max_tokens=8,
+                stream=True,
+                messages=[
+                    {"role": "system", "content": f"The code is {marker}."},
+                    {"role": "user", "content": f"Say {marker} twice."},
+                ],
+            )
+        )
+        client.completions.create(model=model, prompt=f"{marker} {marker}", max_tokens=8)
+        # a session over two turns, torn down
+        sid = httpx.post(f"{base}/sessions", json={"model": model}, headers=auth).json()["id"]
+        for text in (f"My password is {marker}.", "What is my password?"):
+            client.chat.completions.create(
+                model=model,
+                max_tokens=12,
+                messages=[{"role": "user", "content": text}],
+                extra_headers={"X-Sanctum-Session": sid},
+            )
+        assert httpx.delete(f"{base}/sessions/{sid}", headers=auth).status_code == 200
+        # a session left open: shutdown must end it too
+        sid = httpx.post(f"{base}/sessions", json={"model": model}, headers=auth).json()["id"]
+        client.chat.completions.create(
+            model=model,
+            max_tokens=4,
+            messages=[{"role": "user", "content": marker}],
+            extra_headers={"X-Sanctum-Session": sid},
+        )
+        # error paths: content in requests that are refused
+        bad = [
+            {"model": model, "messages": [{"role": "wizard", "content": marker}]},
+            {"model": model, "messages": [{"role": "user", "content": marker * 3000}]},
+            {"model": model, "temperature": 9, "messages": [{"role": "user", "content": marker}]},
+        ]
+        for body in bad:
+            r = httpx.post(f"{base}/chat/completions", json=body, headers=auth, timeout=60)
+            assert 400 <= r.status_code < 500
+            assert marker not in r.text
+        # a client that drops a stream half way
+        with httpx.stream(
+            "POST",
+            f"{base}/chat/completions",
+            headers=auth,
+            timeout=60,
+            json={
+                "model": model,
+                "max_tokens": 64,
+                "stream": True,
+                "messages": [{"role": "user", "content": f"Tell a story about {marker}."}],
+            },
+        ) as r:
+            next(r.iter_lines())
+    finally:
+        assert running.stop() == 0
+    leaks = files_containing(marker, [running.data_dir, REPO, Path("/tmp")])
+    leaks += texts_containing(
+        marker, {"stdout": "".join(running.stdout), "stderr": "".join(running.stderr)}
+    )
+    assert leaks == []
+    # and the run did write what it should: logs with ids and counts
+    assert "session ended" in "".join(running.stderr)
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    """``make demo`` runs ``sanctum demo``: it must show a streamed answer and a summary."""
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "demo", "--data-dir", str(tmp_path / "demo")],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "assistant> " in result.stdout
+    assert '"completion_tokens"' in result.stdout
+    assert "session torn down" in result.stdout
+    assert os.path.isdir(tmp_path / "demo")
