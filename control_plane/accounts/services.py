@@ -106,6 +106,7 @@ def bootstrap_demo(
     reset_admin_password: bool = True,
     client_slug: str = "demo",
     client_name: str = "Demo client",
+    embeddings: bool = False,
     model_name: str,
     model_version: str,
     model_path: str,
@@ -135,8 +136,11 @@ def bootstrap_demo(
     with change_context(source=ChangeSource.COMMAND, user=admin.user):
         client = Client.objects.filter(slug=client_slug).first()
         if client is None:
-            client = Client(slug=client_slug, name=client_name)
+            client = Client(slug=client_slug, name=client_name, embeddings=embeddings)
             client.full_clean()
+            client.save()
+        elif embeddings and not client.embeddings:
+            client.embeddings = True
             client.save()
 
         pin = ModelPin.objects.filter(name=model_name, version=model_version).first()

@@ -43,6 +43,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--client-id", default="demo")
         parser.add_argument("--client-name", default="Demo client")
+        parser.add_argument(
+            "--embeddings", action="store_true", help="the demo client may call /v1/embeddings"
+        )
         parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
         parser.add_argument("--model-version", default=DEFAULT_MODEL_VERSION)
         parser.add_argument("--model-path", help="GGUF path (default: the bundled model)")
@@ -80,6 +83,7 @@ class Command(BaseCommand):
             reset_admin_password=not options["keep_admin_password"],
             client_slug=options["client_id"],
             client_name=options["client_name"],
+            embeddings=options["embeddings"],
             model_name=options["model_name"],
             model_version=options["model_version"],
             model_path=model_path,
