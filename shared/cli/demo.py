@@ -56,6 +56,8 @@ def start_up(
             "0",
             "--management-port",
             "0",
+            "--admin-port",
+            "0",
             *(extra or []),
         ],
         stdout=subprocess.PIPE,

@@ -57,6 +57,8 @@ def start_up(data_dir: Path, timeout: float = 240) -> Up:
             "0",
             "--management-port",
             "0",
+            "--admin-port",
+            "0",
         ],
         cwd=REPO,
         env=child_env(),
