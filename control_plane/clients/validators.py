@@ -18,6 +18,12 @@ bundle_name_validator = RegexValidator(
     "Use 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit.",
 )
 
+# shared.config.ModelVersion: printable ASCII without spaces, as usage records carry it.
+model_version_validator = RegexValidator(
+    r"^[\x21-\x7e]{1,64}$",
+    "Use 1-64 printable characters without spaces.",
+)
+
 
 def validate_name_list(value: Any) -> None:
     """A JSON list of distinct bundle names (knowledge bases)."""

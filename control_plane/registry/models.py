@@ -8,7 +8,7 @@ from django.db.models import Q
 
 from control_plane.changes.models import ChangeLoggedModel
 from control_plane.clients.models import Client
-from control_plane.clients.validators import bundle_name_validator
+from control_plane.clients.validators import bundle_name_validator, model_version_validator
 from control_plane.registry.choices import HashStatus
 from control_plane.registry.querysets import ModelPinQuerySet
 
@@ -22,7 +22,7 @@ class ModelPin(ChangeLoggedModel):
     """
 
     name = models.CharField(max_length=128, validators=[bundle_name_validator])
-    version = models.CharField(max_length=64)
+    version = models.CharField(max_length=64, validators=[model_version_validator])
     path = models.CharField(
         "GGUF path", max_length=1024, help_text="Path of the GGUF file on the nodes."
     )

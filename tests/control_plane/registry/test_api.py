@@ -47,6 +47,14 @@ def test_pin_errors_are_field_level(admin_api):
     assert moved.status_code == 400 and set(moved.json()) == {"path"}
 
 
+def test_a_version_the_usage_record_cannot_carry_is_a_field_error(admin_api):
+    response = admin_api.post(
+        "/api/model-pins/", {"name": "m", "version": "v 1", "path": "/m.gguf"}, format="json"
+    )
+    assert response.status_code == 400
+    assert set(response.json()) == {"version"}
+
+
 def test_verify_needs_change_permission(admin_api, auditor_api, on_commit):
     pin = ModelPinFactory()
     pin.sha256 = ""
