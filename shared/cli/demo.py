@@ -2,7 +2,8 @@
 
 The walk-through speaks plain HTTP to the printed API base, as any OpenAI-compatible
 client would: it opens a session, streams a chat, continues it, and tears it down to
-show the usage summary that is all the platform keeps.
+show the usage summary that is all the platform keeps, and the node-signed usage record
+(the client's copy of its receipt), verified against the node's public key.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from shared.cli.up import NODE_NAME
+from shared.keys import NODE, KeyFileError, key_id, load_public_key
+from shared.usage import UsageRecord, UsageRecordError, open_usage_record
 
 READY_TIMEOUT = 300
 
@@ -50,6 +55,8 @@ def start_up(
             "--api-port",
             "0",
             "--management-port",
+            "0",
+            "--admin-port",
             "0",
             *(extra or []),
         ],
@@ -115,7 +122,7 @@ def stream_chat(
     return last
 
 
-def walk_through(lines: dict[str, str]) -> None:
+def walk_through(lines: dict[str, str], data_dir: Path) -> None:
     base, key, model = lines["SANCTUM_API_BASE"], lines["SANCTUM_API_KEY"], lines["SANCTUM_MODEL"]
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
@@ -139,9 +146,56 @@ def walk_through(lines: dict[str, str]) -> None:
                 lambda text: print(text, end="", flush=True),
             )
             say(f"\n  [usage: {last.get('usage')}]")
-        summary = client.delete(f"/sessions/{session}").json()
+        ended = client.delete(f"/sessions/{session}")
+        ended.raise_for_status()
+        summary = ended.json()
         say("\nsession torn down; what Sanctum keeps of it is this usage summary:")
         say(json.dumps({k: v for k, v in summary.items() if k != "usage_record"}, indent=2))
+        record = show_usage_record(client, session, summary["usage_record"], data_dir)
+    verify_ledger(lines, record)
+
+
+def show_usage_record(
+    client: httpx.Client, session: str, token: str, data_dir: Path
+) -> UsageRecord:
+    """Verify the teardown's signed record against the node's key and summarise it."""
+    node_key = load_public_key(data_dir / "keys" / f"{NODE}.pub")
+    record = open_usage_record(token, {NODE_NAME: node_key})
+    say(
+        f"\nusage record signed by {record.node_id} (verified against its key "
+        f"{key_id(node_key)[:16]}...), the client's copy of its receipt:"
+    )
+    say(f"  record {record.record_id}")
+    say(f"  session {record.session_id} of client {record.client_id}")
+    say(f"  model {record.model} {record.model_version}, sha256 {record.model_sha256[:16]}...")
+    say(f"  {record.started_at} to {record.ended_at}, ended by {record.ended_by}")
+    say(
+        f"  {record.request_count} requests, {record.prompt_tokens} prompt tokens, "
+        f"{record.completion_tokens} completion tokens"
+    )
+    say("  no prompt, no answer, no transcript: ids, times and counts only")
+    again = client.get(f"/receipts/{session}")
+    again.raise_for_status()
+    if again.json()["usage_record"] == token:
+        say("  fetched again from /v1/receipts: the same record")
+    else:
+        raise UsageRecordError("/v1/receipts returned a different record")
+    return record
+
+
+def verify_ledger(lines: dict[str, str], record: UsageRecord) -> None:
+    """Where the demo ends once the control plane collects receipts (issue 6, its half).
+
+    Then: wait until the control plane has logged ``record``, download the demo client's
+    audit bundle (``GET /api/audit/bundle/?client=ID``), check it with
+    ``shared.ledger.verify_bundle`` and the held copy with ``verify_held_receipt``, as
+    ``sanctum verify`` does, and print what passed.
+    """
+    say(
+        "\nledger: the node keeps this record in its outbox until the control plane "
+        "collects it;\n  downloading and verifying the audit bundle comes with the "
+        "control plane."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -155,8 +209,8 @@ def run(args: argparse.Namespace) -> int:
             return 1
         try:
             say(f"ready: API at {lines['SANCTUM_API_BASE']}")
-            walk_through(lines)
-        except (httpx.HTTPError, KeyError) as exc:
+            walk_through(lines, data_dir)
+        except (httpx.HTTPError, KeyError, KeyFileError, UsageRecordError) as exc:
             say(f"error: the walk-through failed: {type(exc).__name__}: {exc}")
             return 1
         finally:

@@ -57,6 +57,8 @@ def start_up(data_dir: Path, timeout: float = 240) -> Up:
             "0",
             "--management-port",
             "0",
+            "--admin-port",
+            "0",
         ],
         cwd=REPO,
         env=child_env(),
@@ -223,6 +225,11 @@ def test_canary_content_leaves_no_trace(tmp_path: Path) -> None:
             next(r.iter_lines())
     finally:
         assert running.stop() == 0
+    # the scan below covers the usage outbox, which holds this run's signed records: three
+    # one-shot calls, the torn-down session, the one ended at shutdown, the dropped stream
+    outbox = running.data_dir / "node" / "outbox"
+    lines = [line for seg in outbox.glob("*.seg") for line in seg.read_bytes().splitlines()]
+    assert len(lines) >= 6
     leaks = files_containing(marker, [running.data_dir, REPO, Path("/tmp")])
     leaks += texts_containing(
         marker, {"stdout": "".join(running.stdout), "stderr": "".join(running.stderr)}
@@ -247,4 +254,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "assistant> " in result.stdout
     assert '"completion_tokens"' in result.stdout
     assert "session torn down" in result.stdout
+    assert "usage record signed by node-1 (verified against its key" in result.stdout
+    assert "fetched again from /v1/receipts: the same record" in result.stdout
     assert os.path.isdir(tmp_path / "demo")
