@@ -23,7 +23,23 @@ from shared.signed_request import SignedRequestVerifier
 logger = logging.getLogger(__name__)
 
 
+def _check_install(settings: GatewaySettings) -> None:
+    """Fail at start, with the setting to fix, rather than at the first config."""
+    if not settings.nginx.template.is_file():
+        raise SystemExit(
+            f"nginx template not found at {settings.nginx.template}: "
+            "set SANCTUM_GW_NGINX__TEMPLATE to infra/nginx/gateway.conf.template"
+        )
+    script = settings.firewall.script
+    if script is not None and not script.is_file():
+        raise SystemExit(
+            f"firewall script not found at {script}: "
+            "set SANCTUM_GW_FIREWALL__SCRIPT to infra/scripts/gateway-firewall.sh"
+        )
+
+
 async def serve(settings: GatewaySettings) -> None:
+    _check_install(settings)
     agent = GatewayAgent(settings)
     await agent.start()
     verifier = SignedRequestVerifier(load_public_key(settings.control_plane_key_path))

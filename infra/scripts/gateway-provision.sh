@@ -20,7 +20,7 @@ ETC=/etc/sanctum
 ENV_FILE=$ETC/gateway.env
 STATE=/var/lib/sanctum-gateway
 UNIT_DIR=/etc/systemd/system
-PACKAGES=(wireguard-tools nginx-light iptables iproute2 conntrack gzip)
+PACKAGES=(wireguard-tools nginx-light iptables iproute2 gzip)
 UNITS=(sanctum-gateway-firewall.service sanctum-gateway-wireguard.service
        sanctum-gateway-nginx.service sanctum-gateway-agent.service
        sanctum-gateway-logrotate.service sanctum-gateway-logrotate.timer)
@@ -63,7 +63,9 @@ directories() {
 
 environment_file() {
   if [[ ! -e $ENV_FILE ]]; then
-    install -m 0644 "$SANCTUM_HOME/infra/env/gateway.env.example" "$ENV_FILE"
+    sed "s|/opt/sanctum|$SANCTUM_HOME|g" "$SANCTUM_HOME/infra/env/gateway.env.example" \
+      >"$ENV_FILE"
+    chmod 0644 "$ENV_FILE"
     log "wrote $ENV_FILE from the example: set the gateway name and interfaces in it"
   fi
   set -a
