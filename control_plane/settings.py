@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "control_plane.clients",
     "control_plane.registry",
     "control_plane.fleet",
+    "control_plane.audit",
 ]
 
 MIDDLEWARE = [
@@ -96,6 +97,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL;",
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# The auditor's page signs in through the admin's login form (operators are staff users).
+LOGIN_URL = "/admin/login/"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -159,7 +163,10 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Sanctum control plane API",
-    "DESCRIPTION": "Clients, API keys, model pins, nodes and config releases.",
+    "DESCRIPTION": (
+        "Clients, API keys, model pins, nodes and config releases; receipts, the signed "
+        "ledger and audit bundles."
+    ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
@@ -186,6 +193,10 @@ CELERY_BEAT_SCHEDULE = {
     "poll-fleet-health": {
         "task": "control_plane.fleet.tasks.poll_fleet_health",
         "schedule": CP.rollout.health_poll_seconds,
+    },
+    "collect-usage": {
+        "task": "control_plane.audit.tasks.collect_fleet_usage",
+        "schedule": CP.ledger.collect_interval_seconds,
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(CP.data_dir / "celerybeat-schedule")
