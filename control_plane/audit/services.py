@@ -114,7 +114,7 @@ class CollectOutcome:
 def _lease_seconds() -> float:
     ledger = settings.SANCTUM.ledger
     # One page's fetch and ack at worst, and the append between them; renewed per page.
-    return 2 * (ledger.connect_timeout_seconds + ledger.timeout_seconds) + 30
+    return 2 * (ledger.connect_timeout_seconds + ledger.timeout_seconds) + 10
 
 
 def _take_lease(node: Node) -> CollectionState | None:
