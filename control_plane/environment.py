@@ -42,6 +42,9 @@ class RolloutSettings(BaseModel):
     retry_backoff_max_seconds: int = Field(default=300, ge=1)
     health_poll_seconds: float = Field(default=30.0, gt=0)
     health_timeout_seconds: float = Field(default=5.0, gt=0)
+    peer_expiry_seconds: float = Field(
+        default=60.0, gt=0, description="how often beat disables expired WireGuard peers"
+    )
 
 
 class LedgerSettings(BaseModel):

@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "control_plane.clients",
     "control_plane.registry",
     "control_plane.fleet",
+    "control_plane.network",
     "control_plane.audit",
 ]
 
@@ -164,8 +165,8 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Sanctum control plane API",
     "DESCRIPTION": (
-        "Clients, API keys, model pins, nodes and config releases; receipts, the signed "
-        "ledger and audit bundles."
+        "Clients, API keys, model pins, nodes, config releases, gateways and peers; "
+        "receipts, the signed ledger and audit bundles."
     ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
@@ -175,6 +176,7 @@ SPECTACULAR_SETTINGS = {
         "ReleaseStatusEnum": "control_plane.fleet.choices.ReleaseStatus",
         "HealthStatusEnum": "control_plane.fleet.choices.HealthStatus",
         "HashStatusEnum": "control_plane.registry.choices.HashStatus",
+        "PeerStatusEnum": "control_plane.network.choices.PeerStatus",
     },
 }
 
@@ -193,6 +195,14 @@ CELERY_BEAT_SCHEDULE = {
     "poll-fleet-health": {
         "task": "control_plane.fleet.tasks.poll_fleet_health",
         "schedule": CP.rollout.health_poll_seconds,
+    },
+    "poll-gateway-health": {
+        "task": "control_plane.network.tasks.poll_gateways_health",
+        "schedule": CP.rollout.health_poll_seconds,
+    },
+    "expire-peers": {
+        "task": "control_plane.network.tasks.expire_peers",
+        "schedule": CP.rollout.peer_expiry_seconds,
     },
     "collect-usage": {
         "task": "control_plane.audit.tasks.collect_fleet_usage",

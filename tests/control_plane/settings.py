@@ -20,3 +20,11 @@ os.environ.pop("SANCTUM_CP_REDIS_URL", None)
 from control_plane.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast, tests only
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    # A file, not SQLite's shared-cache memory database: with that, concurrent
+    # transactions (the allocation tests' threads) fail at once with "table is locked"
+    # instead of waiting for the lock as the real file database does.
+    DATABASES["default"]["TEST"] = {  # noqa: F405
+        "NAME": os.path.join(os.environ["SANCTUM_CP_DATA_DIR"], "test.sqlite3")
+    }
