@@ -47,6 +47,30 @@ class RolloutSettings(BaseModel):
     )
 
 
+class LedgerSettings(BaseModel):
+    """The receipt ledger: its name in signed tree heads, and collection from the nodes."""
+
+    origin: str = Field(
+        default="sanctum.invalid/receipts",
+        pattern=r"^[!-*,-~]+$",
+        description="the log's origin, the first line of every checkpoint (and its key name)",
+    )
+    key_name: str | None = Field(
+        default=None,
+        pattern=r"^[!-*,-~]+$",
+        description="the signed-note key name tree heads are signed as (default: the origin)",
+    )
+    collect_interval_seconds: float = Field(default=10.0, gt=0)
+    page_size: int = Field(default=500, ge=1, le=1000)
+    max_pages_per_run: int = Field(default=20, ge=1)
+    connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    timeout_seconds: float = Field(default=20.0, gt=0)
+
+    @property
+    def note_key_name(self) -> str:
+        return self.key_name or self.origin
+
+
 def _split_list(value: object) -> object:
     """Accept ``a,b`` or a JSON list for list settings."""
     if isinstance(value, str):
@@ -85,6 +109,7 @@ class ControlPlaneSettings(BaseSettings):
     log_level: str = "INFO"
     listen: ListenSettings = ListenSettings()
     rollout: RolloutSettings = RolloutSettings()
+    ledger: LedgerSettings = LedgerSettings()
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "SANCTUM_CP_DATABASE_URL")
     )

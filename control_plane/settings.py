@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "control_plane.registry",
     "control_plane.fleet",
     "control_plane.network",
+    "control_plane.audit",
 ]
 
 MIDDLEWARE = [
@@ -97,6 +98,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL;",
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# The auditor's page signs in through the admin's login form (operators are staff users).
+LOGIN_URL = "/admin/login/"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -160,7 +164,10 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Sanctum control plane API",
-    "DESCRIPTION": "Clients, API keys, model pins, nodes, config releases, gateways and peers.",
+    "DESCRIPTION": (
+        "Clients, API keys, model pins, nodes, config releases, gateways and peers; "
+        "receipts, the signed ledger and audit bundles."
+    ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
@@ -196,6 +203,10 @@ CELERY_BEAT_SCHEDULE = {
     "expire-peers": {
         "task": "control_plane.network.tasks.expire_peers",
         "schedule": CP.rollout.peer_expiry_seconds,
+    },
+    "collect-usage": {
+        "task": "control_plane.audit.tasks.collect_fleet_usage",
+        "schedule": CP.ledger.collect_interval_seconds,
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(CP.data_dir / "celerybeat-schedule")

@@ -1,4 +1,5 @@
-"""URLs: the admin console at /admin/, the REST API at /api/, its OpenAPI schema."""
+"""URLs: the admin console at /admin/, the REST API at /api/ (its OpenAPI schema at
+/api/schema/), and the auditors' page at /audit/."""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -15,6 +16,7 @@ api_patterns = [
     path("", include("control_plane.fleet.api.urls")),
     path("", include("control_plane.network.api.urls")),
     path("", include("control_plane.changes.api.urls")),
+    path("audit/", include("control_plane.audit.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
 ]
 
@@ -22,4 +24,5 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
     path("api/", include((api_patterns, "api"))),
+    path("audit/", include("control_plane.audit.urls")),
 ]

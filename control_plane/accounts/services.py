@@ -95,6 +95,8 @@ class DemoBootstrap:
     model_name: str
     api_key: str = field(repr=False)
     releases: list = field(default_factory=list)
+    auditor: OperatorCredentials | None = None
+    auditor_token: str = field(default="", repr=False)
 
 
 DEMO_KEY_NAME = "sanctum up demo key"
@@ -104,6 +106,7 @@ def bootstrap_demo(
     *,
     admin_username: str = "admin",
     reset_admin_password: bool = True,
+    auditor_username: str | None = "auditor",
     client_slug: str = "demo",
     client_name: str = "Demo client",
     embeddings: bool = False,
@@ -119,8 +122,9 @@ def bootstrap_demo(
     """Make an installation usable in one step, idempotently.
 
     The roles; an admin operator (a new generated password unless told to keep it);
-    a demo client; the model pinned and its hash verified now (the rollout needs it);
-    the demo client's key, rotated so the returned secret is the one that works; the
+    an auditor operator with an API token (for the demo's bundle download); a demo
+    client; the model pinned and its hash verified now (the rollout needs it); the demo
+    client's key, rotated so the returned secret is the one that works; the
     node registered; and a rollout to it. Running it again converges on the same state.
     """
     from control_plane.changes.choices import ChangeSource
@@ -133,6 +137,12 @@ def bootstrap_demo(
     from control_plane.registry.services import pin_model, verify_model_pin
 
     admin = create_operator(admin_username, Role.ADMIN, reset_password=reset_admin_password)
+    auditor, auditor_token = None, ""
+    if auditor_username:
+        auditor = create_operator(
+            auditor_username, Role.AUDITOR, reset_password=reset_admin_password
+        )
+        auditor_token = issue_api_token(auditor.user)
     with change_context(source=ChangeSource.COMMAND, user=admin.user):
         client = Client.objects.filter(slug=client_slug).first()
         if client is None:
@@ -186,4 +196,6 @@ def bootstrap_demo(
         model_name=pin.name,
         api_key=issued.secret,
         releases=releases,
+        auditor=auditor,
+        auditor_token=auditor_token,
     )

@@ -3,7 +3,10 @@
 The walk-through speaks plain HTTP to the printed API base, as any OpenAI-compatible
 client would: it opens a session, streams a chat, continues it, and tears it down to
 show the usage summary that is all the platform keeps, and the node-signed usage record
-(the client's copy of its receipt), verified against the node's public key.
+(the client's copy of its receipt), verified against the node's public key. Then, as an
+auditor would, it waits for the control plane to log that record, downloads the demo
+client's audit bundle through the control plane's API, and verifies it offline with the
+control plane's log key pinned (``shared.ledger``, what ``sanctum verify`` runs).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,10 +27,16 @@ from typing import Any
 import httpx
 
 from shared.cli.up import NODE_NAME
-from shared.keys import NODE, KeyFileError, key_id, load_public_key
+from shared.keys import CONTROL_PLANE, NODE, KeyFileError, key_id, load_public_key
+from shared.ledger import verify_held_receipt
 from shared.usage import UsageRecord, UsageRecordError, open_usage_record
 
 READY_TIMEOUT = 300
+COLLECT_TIMEOUT = 120
+
+
+class LedgerCheckFailed(RuntimeError):
+    """The demo's record never reached the ledger, or its bundle did not verify."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -152,7 +162,7 @@ def walk_through(lines: dict[str, str], data_dir: Path) -> None:
         say("\nsession torn down; what Sanctum keeps of it is this usage summary:")
         say(json.dumps({k: v for k, v in summary.items() if k != "usage_record"}, indent=2))
         record = show_usage_record(client, session, summary["usage_record"], data_dir)
-    verify_ledger(lines, record)
+    verify_ledger(lines, record, summary["usage_record"], data_dir)
 
 
 def show_usage_record(
@@ -183,18 +193,64 @@ def show_usage_record(
     return record
 
 
-def verify_ledger(lines: dict[str, str], record: UsageRecord) -> None:
-    """Where the demo ends once the control plane collects receipts (issue 6, its half).
+def verify_ledger(lines: dict[str, str], record: UsageRecord, held: str, data_dir: Path) -> None:
+    """Wait until the control plane has logged ``record``, download the client's bundle as
+    an auditor, and verify it and the held copy with the log key pinned.
 
-    Then: wait until the control plane has logged ``record``, download the demo client's
-    audit bundle (``GET /api/audit/bundle/?client=ID``), check it with
-    ``shared.ledger.verify_bundle`` and the held copy with ``verify_held_receipt``, as
-    ``sanctum verify`` does, and print what passed.
+    The key is the control plane's public key file on this machine, not one the server
+    hands out: an auditor pins the key the operator gave them.
     """
     say(
-        "\nledger: the node keeps this record in its outbox until the control plane "
-        "collects it;\n  downloading and verifying the audit bundle comes with the "
-        "control plane."
+        "\nledger: the node keeps the record in its outbox until the control plane "
+        "collects it;\n  waiting for it to be verified, logged and acknowledged..."
+    )
+    headers = {"Authorization": f"Token {lines['SANCTUM_AUDITOR_TOKEN']}"}
+    with httpx.Client(base_url=lines["SANCTUM_CP_API"], headers=headers, timeout=60) as cp:
+        deadline = time.monotonic() + COLLECT_TIMEOUT
+        while True:
+            found = cp.get(f"audit/receipts/{record.record_id}/")
+            if found.status_code == 200:
+                break
+            if found.status_code != 404 or time.monotonic() > deadline:
+                raise LedgerCheckFailed(
+                    f"record {record.record_id} was not logged (HTTP {found.status_code})"
+                )
+            time.sleep(0.5)
+        receipt = found.json()
+        say(f"  logged at index {receipt['log_index']} of the ledger at {receipt['logged_at']}")
+        response = cp.get("audit/bundle/", params={"client": record.client_id})
+        response.raise_for_status()
+        bundle = response.content
+    say(
+        f"  downloaded the audit bundle of client {record.client_id} as auditor "
+        f"{lines.get('SANCTUM_AUDITOR_USER', '')} ({len(bundle)} bytes)"
+    )
+    key_file = data_dir / "keys" / f"{CONTROL_PLANE}.pub"
+    log_key = load_public_key(key_file)
+    report = verify_held_receipt(held, bundle, log_key=log_key)
+    say(f"verifying it offline, log key pinned to {key_file} (kid {key_id(log_key)[:16]}...):")
+    for line in report.passed:
+        say(f"  ok    {line}")
+    for warning in report.warnings:
+        say(f"  note  {warning}")
+    if not report.ok:
+        for failure in report.failures:
+            say(f"  FAIL  {failure}")
+        raise LedgerCheckFailed(
+            f"the audit bundle did not verify ({len(report.failures)} failures)"
+        )
+    saved = data_dir / "audit"
+    saved.mkdir(exist_ok=True)
+    (saved / f"bundle-{record.client_id}.json").write_bytes(bundle)
+    (saved / f"held-{record.record_id}.jws").write_text(held + "\n")
+    say(
+        f"ledger verified: {report.receipt_count} receipt(s) of client {report.client_id} "
+        f"under the signed tree head of size {report.tree_size}, including the one held."
+    )
+    say(
+        f"  the same offline: sanctum verify --log-key {key_file} "
+        f"--receipt {saved / f'held-{record.record_id}.jws'} "
+        f"{saved / f'bundle-{record.client_id}.json'}"
     )
 
 
@@ -210,7 +266,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             say(f"ready: API at {lines['SANCTUM_API_BASE']}")
             walk_through(lines, data_dir)
-        except (httpx.HTTPError, KeyError, KeyFileError, UsageRecordError) as exc:
+        except (
+            httpx.HTTPError,
+            KeyError,
+            KeyFileError,
+            UsageRecordError,
+            LedgerCheckFailed,
+        ) as exc:
             say(f"error: the walk-through failed: {type(exc).__name__}: {exc}")
             return 1
         finally:

@@ -26,6 +26,7 @@ from shared.keys import CONTROL_PLANE, NODE, ensure_key_pair
 NODE_NAME = "node-1"
 DEMO_CLIENT = "demo"
 READY_TIMEOUT = 180
+COLLECT_INTERVAL = 2
 
 
 def default_data_dir() -> Path:
@@ -168,10 +169,12 @@ def start_control_plane(p: Platform, management_url: str) -> None:
     """Run the control plane and let it configure the node through a real rollout.
 
     ``migrate``; a Celery worker and beat when ``REDIS_URL`` is set (without it tasks run
-    in-process and a reconciler does beat's job); gunicorn on the management address; and
-    ``bootstrap_demo``, which creates the admin (a generated password), the demo client
-    and its key, pins the bundled model, registers the node and rolls out to it, signed
-    with the key the node trusts.
+    in-process and a reconciler does beat's job: health, catch-up, and collecting usage
+    records into the ledger every :data:`COLLECT_INTERVAL` seconds); gunicorn on the
+    management address; and ``bootstrap_demo``, which creates the admin (a generated
+    password), an auditor with an API token, the demo client and its key, pins the
+    bundled model, registers the node and rolls out to it, signed with the key the node
+    trusts (the same key signs the ledger's tree heads).
     """
     keys = p.data_dir / "keys"
     env = {
@@ -179,6 +182,8 @@ def start_control_plane(p: Platform, management_url: str) -> None:
         "SANCTUM_CP_SIGNING_KEY": str(keys / f"{CONTROL_PLANE}.key"),
         "SANCTUM_CP_LISTEN__HOST": p.host,
         "SANCTUM_CP_LISTEN__PORT": str(p.admin_port),
+        # One machine, one node: collect receipts soon after a session ends.
+        "SANCTUM_CP_LEDGER__COLLECT_INTERVAL_SECONDS": str(COLLECT_INTERVAL),
         "PYTHONUNBUFFERED": "1",
     }
     manage = [sys.executable, "-m", "control_plane"]
@@ -190,7 +195,7 @@ def start_control_plane(p: Platform, management_url: str) -> None:
         _drain(p.spawn("reconciler", [*manage, "reconcile", "--interval", "10"], env))
     web = p.spawn("control-plane", [*manage, "serve"], env)
     ready = _wait_for_line(web, "SANCTUM_CP_READY", READY_TIMEOUT)
-    admin_url = dict(part.split("=", 1) for part in ready.split()[1:])["admin"]
+    urls = dict(part.split("=", 1) for part in ready.split()[1:])
     printed = _manage(
         env,
         "bootstrap_demo",
@@ -205,12 +210,18 @@ def start_control_plane(p: Platform, management_url: str) -> None:
         "--embeddings",
     )
     p.lines.update(
-        SANCTUM_ADMIN_URL=admin_url,
+        SANCTUM_ADMIN_URL=urls["admin"],
         SANCTUM_ADMIN_USER=printed["SANCTUM_ADMIN_USER"],
         SANCTUM_ADMIN_PASSWORD=printed.get("SANCTUM_ADMIN_PASSWORD", "(unchanged)"),
         SANCTUM_API_KEY=printed["SANCTUM_API_KEY"],
         SANCTUM_CLIENT_ID=printed["SANCTUM_CLIENT_ID"],
         SANCTUM_MODEL=printed["SANCTUM_MODEL"],
+        SANCTUM_CP_API=urls["api"],
+        SANCTUM_AUDIT_URL=urls["admin"].removesuffix("admin/") + "audit/",
+        SANCTUM_AUDITOR_USER=printed["SANCTUM_AUDITOR_USER"],
+        SANCTUM_AUDITOR_PASSWORD=printed.get("SANCTUM_AUDITOR_PASSWORD", "(unchanged)"),
+        SANCTUM_AUDITOR_TOKEN=printed["SANCTUM_AUDITOR_TOKEN"],
+        SANCTUM_LOG_KEY=str(keys / f"{CONTROL_PLANE}.pub"),
     )
 
 

@@ -73,6 +73,7 @@ def fake_node_factory(db) -> Iterator[Callable[..., tuple[FakeNode, Node]]]:
         fake = FakeNode(node.name, signing_key().public_key()).start()
         started.append(fake)
         node.management_url = fake.url
+        node.public_key = fake.node_public_pem  # the key its usage records are signed with
         node.save()
         return fake, node
 

@@ -107,16 +107,23 @@ class Process:
 
 
 class RedisServer:
-    """A throwaway redis-server on a free loopback port, no persistence."""
+    """A throwaway redis-server on a free loopback port, no persistence.
+
+    ``stop()`` and ``start()`` again bring it back on the same port, empty (a broker
+    outage that loses what was queued)."""
 
     def __init__(self, directory: Path) -> None:
-        binary = require_tool("redis-server")
+        self.binary = require_tool("redis-server")
         self.port = free_port()
+        self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        self.start()
+
+    def start(self) -> RedisServer:
         self.process = Process(
             "redis-server",
             [
-                binary,
+                self.binary,
                 "--port",
                 str(self.port),
                 "--bind",
@@ -126,11 +133,12 @@ class RedisServer:
                 "--appendonly",
                 "no",
                 "--dir",
-                str(directory),
+                str(self.directory),
             ],
             dict(os.environ),
         )
         self.process.wait_for("Ready to accept connections", timeout=30)
+        return self
 
     @property
     def url(self) -> str:

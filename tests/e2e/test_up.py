@@ -131,6 +131,34 @@ def test_up_prints_its_lines_and_the_sdk_works(up: Up) -> None:
     assert "Paris" in "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
 
 
+def test_up_collects_receipts_an_auditor_downloads_and_verifies(up: Up) -> None:
+    from shared.keys import load_public_key
+    from shared.ledger import verify_held_receipt
+
+    for name in ("SANCTUM_CP_API", "SANCTUM_AUDITOR_TOKEN", "SANCTUM_LOG_KEY"):
+        assert up.lines.get(name), name
+    reply = up.openai().completions.create(
+        model=up.lines["SANCTUM_MODEL"], prompt="Hello", max_tokens=1
+    )
+    held = reply.model_extra["sanctum"]["usage_record"]
+    auditor = httpx.Client(
+        base_url=up.lines["SANCTUM_CP_API"],
+        headers={"Authorization": f"Token {up.lines['SANCTUM_AUDITOR_TOKEN']}"},
+        timeout=60,
+    )
+    with auditor:
+        deadline = time.monotonic() + 60  # up collects every couple of seconds
+        while auditor.get("audit/receipts/", params={"client": "demo"}).json()["count"] < 1:
+            assert time.monotonic() < deadline, "the receipt was never collected"
+            time.sleep(0.5)
+        bundle = auditor.get("audit/bundle/", params={"client": "demo"}).content
+        assert auditor.post("audit/receipts/", json={}).status_code == 403
+
+    report = verify_held_receipt(held, bundle, log_key=load_public_key(up.lines["SANCTUM_LOG_KEY"]))
+    assert report.ok, [str(f) for f in report.failures]
+    assert report.held_log_index == 0
+
+
 def test_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     running = start_up(tmp_path / "data")
     started = time.monotonic()
@@ -256,4 +284,30 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "session torn down" in result.stdout
     assert "usage record signed by node-1 (verified against its key" in result.stdout
     assert "fetched again from /v1/receipts: the same record" in result.stdout
+    assert "downloaded the audit bundle of client demo as auditor" in result.stdout
+    assert "inclusion proofs against the checkpoint: 1 of 1" in result.stdout
+    assert "is the ledger's entry at log index" in result.stdout
+    assert "ledger verified: " in result.stdout
     assert os.path.isdir(tmp_path / "demo")
+    # what the demo saved verifies with `sanctum verify`, the log key pinned
+    saved = tmp_path / "demo" / "audit"
+    (held,) = saved.glob("held-*.jws")
+    verified = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "verify",
+            "--log-key",
+            str(tmp_path / "demo" / "keys" / "control-plane.pub"),
+            "--receipt",
+            str(held),
+            str(saved / "bundle-demo.json"),
+        ],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -2,9 +2,11 @@
 
 Prints ``KEY=value`` lines for the caller to parse (and nothing else on stdout):
 ``SANCTUM_ADMIN_USER``, ``SANCTUM_ADMIN_PASSWORD`` (when this run set it),
-``SANCTUM_CLIENT_ID``, ``SANCTUM_API_KEY``, ``SANCTUM_MODEL``, ``SANCTUM_CP_PUBLIC_KEY``
-and, with a node, ``SANCTUM_CONFIG_VERSION`` and ``SANCTUM_ROLLOUT`` (``applied`` or the
-reason it is not). Exits 1 when the rollout did not apply.
+``SANCTUM_AUDITOR_USER``, ``SANCTUM_AUDITOR_PASSWORD`` (when set), ``SANCTUM_AUDITOR_TOKEN``
+(the auditor's REST API token), ``SANCTUM_CLIENT_ID``, ``SANCTUM_API_KEY``,
+``SANCTUM_MODEL``, ``SANCTUM_CP_PUBLIC_KEY`` and, with a node, ``SANCTUM_CONFIG_VERSION``
+and ``SANCTUM_ROLLOUT`` (``applied`` or the reason it is not). Exits 1 when the rollout
+did not apply.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class Command(BaseCommand):
             action="store_true",
             help="don't reset an existing admin's password (no password line is printed)",
         )
+        parser.add_argument(
+            "--auditor-user", default="auditor", help="an auditor operator with an API token"
+        )
+        parser.add_argument("--no-auditor", action="store_true")
         parser.add_argument("--client-id", default="demo")
         parser.add_argument("--client-name", default="Demo client")
         parser.add_argument(
@@ -81,6 +87,7 @@ class Command(BaseCommand):
         result = bootstrap_demo(
             admin_username=options["admin_user"],
             reset_admin_password=not options["keep_admin_password"],
+            auditor_username=None if options["no_auditor"] else options["auditor_user"],
             client_slug=options["client_id"],
             client_name=options["client_name"],
             embeddings=options["embeddings"],
@@ -97,6 +104,11 @@ class Command(BaseCommand):
         out.write(f"SANCTUM_ADMIN_USER={result.admin.user.get_username()}")
         if result.admin.password:
             out.write(f"SANCTUM_ADMIN_PASSWORD={result.admin.password}")
+        if result.auditor is not None:
+            out.write(f"SANCTUM_AUDITOR_USER={result.auditor.user.get_username()}")
+            if result.auditor.password:
+                out.write(f"SANCTUM_AUDITOR_PASSWORD={result.auditor.password}")
+            out.write(f"SANCTUM_AUDITOR_TOKEN={result.auditor_token}")
         out.write(f"SANCTUM_CLIENT_ID={result.client_slug}")
         out.write(f"SANCTUM_API_KEY={result.api_key}")
         out.write(f"SANCTUM_MODEL={result.model_name}")
