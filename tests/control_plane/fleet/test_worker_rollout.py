@@ -59,7 +59,11 @@ def test_a_worker_pushes_and_beat_catches_a_returning_node_up(redis_server, cont
             )
             assert failed["rollout"] in ("failed", "pending")
             assert "node unreachable" in failed["latest_release"]["last_error"]
-            assert steady.received == [1]
+            # Only version 1 ever reaches it. Beat's health poll may catch the node up
+            # while the queued push is in flight, so version 1 can arrive twice: the
+            # node refuses the second copy as a replay (409 with the same version),
+            # which the control plane counts as applied.
+            assert set(steady.received) == {1}
 
             flaky.start()  # back on the same port, holding nothing
 
