@@ -175,7 +175,7 @@ def test_receipt_is_returned_to_its_owner_only(node: Node, tenants: Tenants) -> 
     for response in (other, unknown):
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "not_found"
-    assert httpx.get(f"{node.api}/v1/receipts/{sid}").status_code == 401
+    assert httpx.get(f"{node.api}/v1/receipts/{sid}", timeout=60).status_code == 401
 
 
 def test_one_shot_receipt_can_be_fetched_by_its_session_id(node: Node, tenants: Tenants) -> None:
@@ -212,30 +212,37 @@ def test_management_usage_refuses_requests_not_signed_by_the_control_plane(
     mnode: Node, erin: Tenant
 ) -> None:
     url = f"{mnode.management}{USAGE_PATH}"
-    unsigned = httpx.get(url)
+    unsigned = httpx.get(url, timeout=60)
     by_another_key = httpx.get(
-        url, headers={"Authorization": authorization(generate_private_key(), "GET", USAGE_PATH)}
+        url,
+        headers={"Authorization": authorization(generate_private_key(), "GET", USAGE_PATH)},
+        timeout=60,
     )
     other_path = httpx.get(
         url + "?after=0",
         headers={"Authorization": authorization(mnode.cp_key, "GET", USAGE_PATH + "?after=5")},
+        timeout=60,
     )
     body = json.dumps({"cursor": 1}).encode()
     other_body = httpx.post(
         f"{mnode.management}{USAGE_ACK_PATH}",
         content=body,
         headers={"Authorization": authorization(mnode.cp_key, "POST", USAGE_ACK_PATH, b"{}")},
+        timeout=60,
     )
-    bearer = httpx.get(url, headers={"Authorization": f"Bearer {erin.key}"})
+    bearer = httpx.get(url, headers={"Authorization": f"Bearer {erin.key}"}, timeout=60)
     once = {"Authorization": authorization(mnode.cp_key, "GET", USAGE_PATH)}
-    first, replayed = httpx.get(url, headers=once), httpx.get(url, headers=once)
+    first, replayed = (
+        httpx.get(url, headers=once, timeout=60),
+        httpx.get(url, headers=once, timeout=60),
+    )
     assert first.status_code == 200
     for response in (unsigned, by_another_key, other_path, other_body, bearer, replayed):
         assert response.status_code == 401, response.text
         assert response.json()["error"]["code"] == "invalid_signature"
     assert "replayed" in replayed.json()["error"]["message"]
     # the client API has no such route at all
-    assert httpx.get(f"{mnode.api}{USAGE_PATH}").status_code == 404
+    assert httpx.get(f"{mnode.api}{USAGE_PATH}", timeout=60).status_code == 404
 
 
 def test_records_page_by_cursor_and_acks_compact_the_outbox(mnode: Node, erin: Tenant) -> None:
@@ -307,7 +314,7 @@ def test_bad_ack_bodies_are_refused(mnode: Node, erin: Tenant) -> None:
 
 def test_health_names_the_node_key_and_the_backlog(mnode: Node, erin: Tenant) -> None:
     teardown(mnode, erin, open_session(mnode, erin))
-    health = httpx.get(f"{mnode.management}/internal/health").json()
+    health = httpx.get(f"{mnode.management}/internal/health", timeout=60).json()
     assert health["node_key"] == {
         "kid": key_id(mnode.node_public_key),
         "jwk": public_jwk(mnode.node_public_key),
@@ -398,7 +405,7 @@ def test_development_node_makes_its_key_in_the_data_dir(tmp_path: Path) -> None:
         else:
             raise AssertionError("node did not start")
         key = load_private_key(tmp_path / "node" / "keys" / "node.key")
-        health = httpx.get(f"{management}/internal/health").json()
+        health = httpx.get(f"{management}/internal/health", timeout=60).json()
         assert health["node_key"]["kid"] == key_id(key.public_key())
     finally:
         proc.terminate()

@@ -161,9 +161,8 @@ def test_up_collects_receipts_an_auditor_downloads_and_verifies(up: Up) -> None:
 
 def test_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     running = start_up(tmp_path / "data")
-    started = time.monotonic()
-    assert running.stop() == 0
-    assert time.monotonic() - started < 60
+    assert running.stop() == 0  # stop() waits at most 90 s, then the test fails
+    assert "node stopped" in "".join(running.stderr)
 
 
 def test_scanner_finds_a_planted_marker(tmp_path: Path) -> None:
@@ -210,7 +209,9 @@ def test_canary_content_leaves_no_trace(tmp_path: Path) -> None:
         )
         client.completions.create(model=model, prompt=f"{marker} {marker}", max_tokens=8)
         # a session over two turns, torn down
-        sid = httpx.post(f"{base}/sessions", json={"model": model}, headers=auth).json()["id"]
+        sid = httpx.post(
+            f"{base}/sessions", json={"model": model}, headers=auth, timeout=60
+        ).json()["id"]
         for text in (f"My password is {marker}.", "What is my password?"):
             client.chat.completions.create(
                 model=model,
@@ -218,9 +219,11 @@ def test_canary_content_leaves_no_trace(tmp_path: Path) -> None:
                 messages=[{"role": "user", "content": text}],
                 extra_headers={"X-Sanctum-Session": sid},
             )
-        assert httpx.delete(f"{base}/sessions/{sid}", headers=auth).status_code == 200
+        assert httpx.delete(f"{base}/sessions/{sid}", headers=auth, timeout=60).status_code == 200
         # a session left open: shutdown must end it too
-        sid = httpx.post(f"{base}/sessions", json={"model": model}, headers=auth).json()["id"]
+        sid = httpx.post(
+            f"{base}/sessions", json={"model": model}, headers=auth, timeout=60
+        ).json()["id"]
         client.chat.completions.create(
             model=model,
             max_tokens=4,

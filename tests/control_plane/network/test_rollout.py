@@ -111,7 +111,7 @@ def test_health_without_a_valid_signature_is_refused_by_the_agent(fake_agent_fac
     import httpx
 
     agent, _ = fake_agent_factory()
-    assert httpx.get(f"{agent.url}/internal/health").status_code == 401
+    assert httpx.get(f"{agent.url}/internal/health", timeout=60).status_code == 401
 
 
 def test_a_gateway_that_is_down_fails_with_the_reason_and_catches_up(fake_agent_factory, on_commit):
