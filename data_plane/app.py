@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from data_plane.api import knowledge_bases, management
-from data_plane.api.routes import embeddings, openai, sessions
+from data_plane.api.routes import embeddings, openai, receipts, sessions
 from data_plane.errors import ApiError, PayloadTooLarge
 from data_plane.runtime import Runtime
 from data_plane.services.inference import InferenceService
@@ -176,13 +176,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(openai.router)
     app.include_router(embeddings.router)
     app.include_router(sessions.router)
+    app.include_router(receipts.router)
     _install_common(app, runtime.settings.max_body_bytes)
     return app
 
 
 def create_management_app(runtime: Runtime) -> FastAPI:
-    """The management listener on the management address: signed config, health, and
-    knowledge-base loading (each request signed by the control plane's key)."""
+    """The management listener on the management address: signed config, usage records,
+    health, and knowledge-base loading (signed by the control plane's key)."""
     app = FastAPI(
         title="Sanctum data plane (management)",
         version="1",

@@ -42,24 +42,6 @@ RetrievalDep = Annotated[RetrievalService, Depends(get_retrieval)]
 KnowledgeBasesDep = Annotated[KnowledgeBaseService, Depends(get_knowledge_bases)]
 
 
-async def signed_by_control_plane(request: Request, runtime: RuntimeDep) -> None:
-    """401 unless the request carries a valid, fresh signature of the control plane's key
-    over its method, path with query, and body (``shared.signed_request``)."""
-    body = await request.body()
-    path = request.scope.get("raw_path") or request.url.path.encode()
-    query = request.scope.get("query_string") or b""
-    target = path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-    try:
-        runtime.signed_requests.verify(
-            request.headers.get("authorization"), request.method, target, body
-        )
-    except SignedRequestError as exc:
-        raise Unauthorized(f"management request refused: {exc}", code="invalid_signature") from None
-
-
-SignedByControlPlane = Depends(signed_by_control_plane)
-
-
 def current_client(
     runtime: RuntimeDep,
     authorization: Annotated[str | None, Header()] = None,
@@ -81,3 +63,27 @@ SessionHeader = Annotated[
     str | None,
     Header(alias="X-Sanctum-Session", description="continue this session", max_length=128),
 ]
+
+
+async def control_plane_signed(request: Request, runtime: RuntimeDep) -> None:
+    """Refuse (401) a management request unless the control plane's key signed it.
+
+    The signature binds the method, the path with its query string exactly as sent, a
+    hash of the body, a recent time and a one-time id (``shared.signed_request``).
+    """
+    target = request.scope.get("raw_path") or request.url.path.encode("ascii")
+    query = request.scope.get("query_string", b"")
+    if query:
+        target += b"?" + query
+    try:
+        runtime.requests.verify(
+            request.headers.get("authorization"),
+            request.method,
+            target.decode("ascii", "replace"),
+            await request.body(),
+        )
+    except SignedRequestError as exc:
+        raise Unauthorized(f"management request refused: {exc}", code="invalid_signature") from None
+
+
+ControlPlaneSigned = Depends(control_plane_signed)

@@ -13,13 +13,13 @@ from fastapi import APIRouter, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, ValidationError
 
-from data_plane.api.deps import KnowledgeBasesDep, SignedByControlPlane
+from data_plane.api.deps import ControlPlaneSigned, KnowledgeBasesDep
 from data_plane.services.knowledge_bases import IngestFile
 
 router = APIRouter(
     prefix="/internal/knowledge-bases",
     tags=["knowledge bases"],
-    dependencies=[SignedByControlPlane],
+    dependencies=[ControlPlaneSigned],
 )
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"  # shared.config.Name

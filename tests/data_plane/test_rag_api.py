@@ -15,7 +15,7 @@ from openai import OpenAI, PermissionDeniedError
 from shared.keys import generate_private_key
 from shared.models import DEFAULT_CONTEXT_SIZE, DEFAULT_MODEL_NAME
 from shared.signed_request import SignedRequestAuth, authorization
-from tests.conftest import GLOBEX_MARKER, Node, RagTenants, management
+from tests.conftest import GLOBEX_MARKER, Node, RagTenants
 
 pytestmark = [pytest.mark.model, pytest.mark.embedder]
 
@@ -412,7 +412,7 @@ def test_management_requests_must_be_signed_by_the_control_plane(rag_node: Node)
     assert httpx.get(base, headers={"Authorization": header}).status_code == 200
     assert httpx.get(base, headers={"Authorization": header}).status_code == 401
     # signed, but malformed
-    with management(rag_node) as m:
+    with rag_node.management_client() as m:
         url = "/internal/knowledge-bases/acme/handbook/documents"
         for body, status in [
             ({"documents": []}, 422),
@@ -426,7 +426,7 @@ def test_management_requests_must_be_signed_by_the_control_plane(rag_node: Node)
         assert m.get("/internal/knowledge-bases/not a name/x").status_code in (404, 422)
         assert m.get("/internal/knowledge-bases/acme/missing").status_code == 404
     # and the knowledge base is untouched
-    with management(rag_node) as m:
+    with rag_node.management_client() as m:
         assert m.get("/internal/knowledge-bases/acme/handbook").json()["documents"]
 
 
