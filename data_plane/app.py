@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from data_plane.api import management
-from data_plane.api.routes import openai, sessions
+from data_plane.api.routes import openai, receipts, sessions
 from data_plane.errors import ApiError, PayloadTooLarge
 from data_plane.runtime import Runtime
 from data_plane.services.inference import InferenceService
@@ -171,12 +171,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.inference = InferenceService(runtime)
     app.include_router(openai.router)
     app.include_router(sessions.router)
+    app.include_router(receipts.router)
     _install_common(app, runtime.settings.max_body_bytes)
     return app
 
 
 def create_management_app(runtime: Runtime) -> FastAPI:
-    """The management listener: signed config and health, on the management address."""
+    """The management listener: signed config, usage records and health, on the management
+    address."""
     app = FastAPI(
         title="Sanctum data plane (management)",
         version="1",

@@ -1,7 +1,8 @@
 """The node's components, built once and shared by both listeners.
 
-``Runtime`` owns the config store, one engine per pinned model, and the sessions. It is
-started before the listeners open and stopped after they close.
+``Runtime`` owns the config store, one engine per pinned model, the sessions, and the
+usage outbox with the node's signing key. It is started before the listeners open and
+stopped after they close.
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ import contextlib
 import logging
 import time
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from data_plane.config_store import ConfigRejected, ConfigStore
 from data_plane.engine.base import Engine, ModelInfo
 from data_plane.engine.llama import EngineConfig, LlamaEngine
+from data_plane.outbox import UsageOutbox
+from data_plane.services.usage import UsageService
 from data_plane.sessions import SessionStore
 from data_plane.settings import Settings
 from shared.config import ConfigBundle, ModelSpec
-from shared.keys import load_public_key
+from shared.keys import NODE, ensure_key_pair, load_private_key, load_public_key
+from shared.signed_request import SignedRequestVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -78,36 +84,61 @@ class EnginePool:
         self._engines.clear()
 
 
+def node_signing_key(settings: Settings) -> Ed25519PrivateKey:
+    """The key this node signs usage records with.
+
+    An explicit ``node_private_key`` must exist (production requires one: the settings
+    refuse to load without it); in development the default ``DATA_DIR/keys/node.key`` is
+    made on first start.
+    """
+    if settings.node_private_key is not None:
+        return load_private_key(settings.node_private_key)
+    return ensure_key_pair(settings.keys_dir, NODE)
+
+
 class Runtime:
     """Everything a request handler needs, with a start and a stop."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        control_plane_key = load_public_key(settings.control_plane_key_path)
         self.config = ConfigStore(
             settings.data_dir / "state",
-            load_public_key(settings.control_plane_key_path),
+            control_plane_key,
             settings.node_id,
+        )
+        # Management calls other than config (usage records, acks) are signed requests.
+        self.requests = SignedRequestVerifier(control_plane_key)
+        self.node_key = node_signing_key(settings)
+        self.usage = UsageService(
+            settings.node_id, self.node_key, UsageOutbox(settings.outbox_dir, settings.outbox)
         )
         self.engines = EnginePool(settings)
         self.sessions = SessionStore()
+        self.sessions.add_end_hook(self.usage.on_session_end)
         self.started_at = time.time()
         self._apply_lock = asyncio.Lock()
-        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        await self.usage.outbox.open()  # before any session can end
         bundle = self.config.load_saved()
         if bundle is not None:
             for spec in bundle.models:
                 await self.engines.load(spec)
-        self._sweeper = asyncio.create_task(self._sweep(), name="session-sweeper")
+        self._tasks = [
+            asyncio.create_task(self._sweep(), name="session-sweeper"),
+            asyncio.create_task(self._compact(), name="outbox-compactor"),
+        ]
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        await self.sessions.end_all("shutdown")
+                await task
+        await self.sessions.end_all("shutdown")  # each one's record is stored first
+        await self.usage.outbox.close()
         await self.engines.aclose()
 
     async def apply_config(self, token: str) -> ConfigBundle:
@@ -124,8 +155,7 @@ class Runtime:
                 ) from None
             self.config.commit(token, bundle)
             for engine in self.engines.retired(bundle):
-                for session in self.sessions.by_engine(engine):
-                    await self.sessions.end(session, "shutdown")
+                await self.sessions.end_all("shutdown", self.sessions.by_engine(engine))
                 await engine.aclose()
             return bundle
 
@@ -142,3 +172,13 @@ class Runtime:
                     logger.info("sessions expired count=%d", expired)
             except Exception:
                 logger.exception("session sweep failed")
+
+    async def _compact(self) -> None:
+        """Drop outbox segments acknowledged and past the receipt retention."""
+        interval = self.settings.outbox.compact_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.usage.outbox.compact()
+            except Exception:
+                logger.exception("outbox compaction failed")

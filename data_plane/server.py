@@ -12,15 +12,19 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
 from data_plane.app import create_app, create_management_app
 from data_plane.logs import configure_logging
 from data_plane.runtime import Runtime
 from data_plane.settings import Settings
+from shared.keys import KeyFileError
+from shared.usage import validation_summary
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +104,15 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        # Names the setting and the rule; settings hold paths and ids, never content.
+        print(f"error: invalid settings: {validation_summary(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
     configure_logging(settings.log_level)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -199,15 +199,24 @@ class SessionStore:
     async def expire_idle(self) -> int:
         now = time.monotonic()
         expired = [s for s in list(self._sessions.values()) if s.expired(now)]
-        for session in expired:
-            if not session.closed:
-                await self.end(session, "expiry")
+        await self.end_all("expiry", expired)
         return len(expired)
 
-    async def end_all(self, ended_by: EndedBy = "shutdown") -> None:
-        for session in list(self._sessions.values()):
-            if not session.closed:
+    async def end_all(
+        self, ended_by: EndedBy = "shutdown", sessions: list[Session] | None = None
+    ) -> None:
+        """End these sessions (default: every open one) with no caller to answer.
+
+        One that fails to end cleanly (its record can't be stored, say) is logged and
+        the others still end.
+        """
+        for session in list(self._sessions.values()) if sessions is None else sessions:
+            if session.closed:
+                continue
+            try:
                 await self.end(session, ended_by)
+            except Exception:
+                logger.exception("session end failed session=%s by=%s", session.id, ended_by)
 
     def by_engine(self, engine: Engine) -> list[Session]:
         return [s for s in self._sessions.values() if s.engine is engine]

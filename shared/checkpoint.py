@@ -78,7 +78,8 @@ def verifier_key(name: str, public_key: Ed25519PublicKey) -> str:
 
 def parse_verifier_key(vkey: str) -> tuple[str, Ed25519PublicKey]:
     """Parse a verifier key string (Ed25519 only); check its key id. Returns (name, key)."""
-    parts = vkey.strip().split("+")
+    # The key is standard base64, which may itself hold '+': split off two fields only.
+    parts = vkey.strip().split("+", 2)
     if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{8}", parts[1]):
         raise CheckpointError("verifier key must be name+keyid+base64key")
     name = parts[0]

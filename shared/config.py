@@ -21,6 +21,9 @@ from shared import envelope
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+ModelVersion = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,64}$")]
+"""A model pin's version label: 1-64 printable ASCII characters, no spaces (it is signed
+into every usage record, whose contract allows no more)."""
 
 API_KEY_PREFIX = "sk-snc"
 _API_KEY_RE = re.compile(rf"^{API_KEY_PREFIX}-([A-Za-z0-9]{{8}})-([A-Za-z0-9_-]{{32,}})$")
@@ -34,7 +37,7 @@ class ModelSpec(_Contract):
     """A pinned GGUF model: the node loads ``path`` only if its sha256 is ``sha256``."""
 
     name: Name
-    version: str = Field(min_length=1, max_length=64)
+    version: ModelVersion
     sha256: Sha256Hex
     path: str = Field(min_length=1, description="GGUF file path on the node")
     context_size: int = Field(ge=128, le=1_048_576)

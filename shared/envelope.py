@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
+from joserfc.jws import JWSRegistry
 
 from shared.canonical import canonical_json
 from shared.keys import key_id
@@ -36,6 +37,20 @@ TYP_USAGE_RECORD = "sanctum-usage-record+jws"
 TYP_REQUEST = "sanctum-request+jws"
 TYP_TREE_HEAD = "sanctum-tree-head+jws"
 TYP_AUDIT_MANIFEST = "sanctum-audit-manifest+jws"
+
+
+# joserfc refuses payloads over 128,000 bytes by default; an audit manifest lists every
+# receipt of a bundle (about 120 bytes each), so a client with a thousand sessions in a
+# period would pass it. The listeners bound request bodies themselves (data_plane's
+# max_*_body_bytes), so the envelope's own ceiling only has to stop the absurd.
+MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
+
+
+class _Registry(JWSRegistry):
+    max_payload_length = MAX_PAYLOAD_BYTES
+
+
+_REGISTRY = _Registry(algorithms=[ALGORITHM])
 
 
 class EnvelopeError(ValueError):
@@ -57,14 +72,14 @@ def sign(document: dict[str, Any], key: Ed25519PrivateKey, typ: str) -> str:
         # which every JOSE library verifies, so the library's deprecation note is noise.
         warnings.simplefilter("ignore")
         return jws.serialize_compact(
-            header, canonical_json(document), _okp(key), algorithms=[ALGORITHM]
+            header, canonical_json(document), _okp(key), registry=_REGISTRY
         )
 
 
 def peek_header(token: str) -> dict[str, Any]:
     """The protected header, unverified (to pick a key by ``kid``)."""
     try:
-        obj = jws.extract_compact(token.encode("ascii"))
+        obj = jws.extract_compact(token.encode("ascii"), registry=_REGISTRY)
     except (JoseError, ValueError, UnicodeError):
         raise EnvelopeError("malformed envelope: not a compact JWS") from None
     return dict(obj.headers())
@@ -98,7 +113,7 @@ def verify(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            obj = jws.deserialize_compact(token, _okp(key), algorithms=[ALGORITHM])
+            obj = jws.deserialize_compact(token, _okp(key), registry=_REGISTRY)
     except JoseError:
         raise EnvelopeError("envelope signature does not verify") from None
     try:

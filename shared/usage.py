@@ -30,7 +30,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -38,10 +37,13 @@ from pydantic import (
 
 from shared import envelope
 from shared.canonical import CanonicalEncodingError, b64urldecode_canonical, canonical_json
-from shared.config import Name, Sha256Hex
+from shared.config import ModelVersion, Name, Sha256Hex
 
 MAX_COUNT = 2**53 - 1
-ENDED_BY = ("teardown", "expiry", "one_shot")
+ENDED_BY = ("teardown", "expiry", "one_shot", "shutdown")
+"""How a session ended: the client tore it down, it sat idle past its ttl, it was the
+one-shot session of a call without a session, or the node ended it because it was
+shutting down or the session's model was unpinned."""
 
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -79,7 +81,6 @@ Timestamp = Annotated[str, BeforeValidator(_timestamp)]
 """An RFC 3339 UTC timestamp string; a timezone-aware ``datetime`` is converted."""
 
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
-ModelVersion = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,64}$")]
 
 
 def new_record_id() -> str:
@@ -106,7 +107,7 @@ class UsageRecord(BaseModel):
     model_sha256: Sha256Hex
     started_at: Timestamp
     ended_at: Timestamp
-    ended_by: Literal["teardown", "expiry", "one_shot"]
+    ended_by: Literal["teardown", "expiry", "one_shot", "shutdown"]
     request_count: Count
     prompt_tokens: Count
     completion_tokens: Count
@@ -202,3 +203,71 @@ def validation_summary(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "document"
     return f"{where}: {err['msg']}"
+
+
+# --- collecting records from a node (the management listener's contract) ----------------
+
+USAGE_PATH = "/internal/usage"
+USAGE_ACK_PATH = "/internal/usage/ack"
+MAX_PAGE = 1000
+MAX_ACK_IDS = 10_000
+
+Cursor = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
+"""A position in one node's outbox: records get increasing cursors, stable across restarts."""
+
+
+class OutboxItem(BaseModel):
+    """One record waiting in a node's outbox, as ``GET /internal/usage`` lists it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cursor: Cursor
+    record_id: str
+    jws: str = Field(description="the node-signed record (open it with open_usage_record)")
+
+
+class UsagePage(BaseModel):
+    """``GET /internal/usage?after=CURSOR&limit=N``: unacknowledged records after a cursor.
+
+    ``records`` are in increasing cursor order; pass ``next`` as ``after`` to read on
+    (``next`` is ``after`` itself when there was nothing to read); ``more`` says whether
+    another page is waiting already.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node_id: str
+    records: list[OutboxItem]
+    next: Cursor
+    more: bool
+
+
+class UsageAck(BaseModel):
+    """``POST /internal/usage/ack``: what the control plane has stored for good.
+
+    ``cursor`` acknowledges every record at or below it; ``record_ids`` acknowledges
+    those records wherever they are (so a record the control plane can't accept yet needn't
+    hold back the rest). Either or both; acknowledging again, or a cursor or id the node
+    does not know, changes nothing.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cursor: Cursor | None = None
+    record_ids: list[str] = Field(default_factory=list, max_length=MAX_ACK_IDS)
+
+    @model_validator(mode="after")
+    def _something(self) -> UsageAck:
+        if self.cursor is None and not self.record_ids:
+            raise ValueError("give a cursor, record_ids, or both")
+        return self
+
+
+class UsageAckResult(BaseModel):
+    """The node's answer to an acknowledgement."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    acked_through: Cursor = Field(description="every record at or below this is acknowledged")
+    pending: int = Field(description="records still waiting for an acknowledgement")
+    unknown_ids: int = Field(description="record_ids this node holds no pending record for")

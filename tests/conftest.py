@@ -28,13 +28,15 @@ from shared.config import (
     new_api_key,
     sign_bundle,
 )
-from shared.keys import CONTROL_PLANE, NODE, ensure_key_pair, write_key_pair
+from shared.keys import CONTROL_PLANE, NODE, ensure_key_pair, load_public_key, write_key_pair
 from shared.models import (
     DEFAULT_CONTEXT_SIZE,
     DEFAULT_MODEL_NAME,
     DEFAULT_MODEL_VERSION,
     bundled_gguf_path,
 )
+from shared.signed_request import SignedRequestAuth
+from shared.usage import USAGE_PATH, UsageRecord, open_usage_record
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -193,6 +195,33 @@ class Node:
         from openai import OpenAI
 
         return OpenAI(base_url=f"{self.api}/v1", api_key=tenant.key, max_retries=0)
+
+    @property
+    def node_public_key(self) -> Any:
+        return load_public_key(self.keys / f"{NODE}.pub")
+
+    def open_record(self, token: str) -> UsageRecord:
+        """Verify a usage record against this node's public key (as the control plane will)."""
+        return open_usage_record(token, {"node-1": self.node_public_key})
+
+    def management_client(self, key: Any = None) -> httpx.Client:
+        """A client for the management listener whose requests the control plane signed."""
+        return httpx.Client(
+            base_url=self.management, auth=SignedRequestAuth(key or self.cp_key), timeout=60
+        )
+
+    def usage(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Every unacknowledged record after ``after``, paging through the listing."""
+        out: list[dict[str, Any]] = []
+        with self.management_client() as m:
+            while True:
+                response = m.get(USAGE_PATH, params={"after": after, "limit": limit})
+                assert response.status_code == 200, response.text
+                page = response.json()
+                out += page["records"]
+                after = page["next"]
+                if not page["more"]:
+                    return out
 
 
 def new_node(tmp: Path, **env: str) -> Node:

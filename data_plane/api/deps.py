@@ -11,6 +11,7 @@ from data_plane.errors import Unauthorized
 from data_plane.runtime import Runtime
 from data_plane.services.inference import InferenceService
 from shared.config import ClientSpec
+from shared.signed_request import SignedRequestError
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -48,3 +49,27 @@ SessionHeader = Annotated[
     str | None,
     Header(alias="X-Sanctum-Session", description="continue this session", max_length=128),
 ]
+
+
+async def control_plane_signed(request: Request, runtime: RuntimeDep) -> None:
+    """Refuse (401) a management request unless the control plane's key signed it.
+
+    The signature binds the method, the path with its query string exactly as sent, a
+    hash of the body, a recent time and a one-time id (``shared.signed_request``).
+    """
+    target = request.scope.get("raw_path") or request.url.path.encode("ascii")
+    query = request.scope.get("query_string", b"")
+    if query:
+        target += b"?" + query
+    try:
+        runtime.requests.verify(
+            request.headers.get("authorization"),
+            request.method,
+            target.decode("ascii", "replace"),
+            await request.body(),
+        )
+    except SignedRequestError as exc:
+        raise Unauthorized(f"management request refused: {exc}", code="invalid_signature") from None
+
+
+ControlPlaneSigned = Depends(control_plane_signed)

@@ -1,19 +1,32 @@
-"""The management listener's routes: signed config in, health out.
+"""The management listener's routes: signed config in, usage records out, health.
 
 Bound to the management address only. A config bundle authenticates itself (its
-signature); health is metadata for the control plane's poller.
+signature); reading and acknowledging usage records takes a request signed by the
+control plane's key (``shared.signed_request``); health is metadata for the control
+plane's poller. The contract is written up in docs/audit.md.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
-from data_plane.api.deps import RuntimeDep
+from data_plane.api.deps import ControlPlaneSigned, RuntimeDep
 from data_plane.config_store import ConfigRejected
+from data_plane.errors import BadRequest, Unprocessable
+from shared.keys import key_id, public_jwk
+from shared.usage import (
+    MAX_PAGE,
+    OutboxItem,
+    UsageAck,
+    UsageAckResult,
+    UsagePage,
+    validation_summary,
+)
 
 router = APIRouter(prefix="/internal", tags=["management"])
 
@@ -49,6 +62,8 @@ async def put_config(request: Request, runtime: RuntimeDep) -> dict[str, Any] | 
 @router.get("/health")
 async def health(runtime: RuntimeDep) -> dict[str, Any]:
     bundle = runtime.config.current
+    outbox = runtime.usage.outbox
+    public = runtime.node_key.public_key()
     return {
         "status": "ok",
         "node": runtime.settings.node_id,
@@ -64,4 +79,48 @@ async def health(runtime: RuntimeDep) -> dict[str, Any]:
         ],
         "sessions_open": len(runtime.sessions),
         "uptime_seconds": int(time.time() - runtime.started_at),
+        "node_key": {"kid": key_id(public), "jwk": public_jwk(public)},
+        "usage": {
+            "pending": outbox.pending_count,
+            "last_cursor": outbox.last_cursor,
+            "acked_through": outbox.acked_through,
+        },
     }
+
+
+@router.get("/usage", dependencies=[ControlPlaneSigned])
+async def list_usage(
+    runtime: RuntimeDep,
+    after: Annotated[int, Query(ge=0, description="read records after this cursor")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> UsagePage:
+    """Unacknowledged usage records with a cursor above ``after``, oldest first."""
+    records, more = await runtime.usage.outbox.pending_after(after, limit)
+    return UsagePage(
+        node_id=runtime.settings.node_id,
+        records=[
+            OutboxItem(cursor=r.cursor, record_id=r.meta.record_id, jws=r.jws) for r in records
+        ],
+        next=records[-1].cursor if records else after,
+        more=more,
+    )
+
+
+@router.post("/usage/ack", dependencies=[ControlPlaneSigned])
+async def ack_usage(request: Request, runtime: RuntimeDep) -> UsageAckResult:
+    """The control plane has stored these records: the node may drop them (after the
+    receipt retention). Acknowledging again, or what the node does not know, is harmless."""
+    try:
+        ack = UsageAck.model_validate_json(await request.body())
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise BadRequest("body must be a JSON object", code="invalid_json") from None
+        raise Unprocessable(validation_summary(exc)) from None
+    outbox = runtime.usage.outbox
+    result = await outbox.ack(ack.cursor, list(ack.record_ids))
+    await outbox.compact()
+    return UsageAckResult(
+        acked_through=result.acked_through,
+        pending=result.pending,
+        unknown_ids=result.unknown_ids,
+    )

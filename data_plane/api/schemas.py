@@ -143,3 +143,25 @@ class SessionInfo(BaseModel):
             prompt_tokens=session.prompt_tokens,
             completion_tokens=session.completion_tokens,
         )
+
+
+class Receipt(BaseModel):
+    """A session's node-signed usage record, as the client can fetch it again."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "object": "session.receipt",
+                    "session_id": "sess_0123456789abcdef0123456789abcdef",
+                    "record_id": "2f1c8a9e-6d3b-4c1e-9a7f-0b5e4d3c2a10",
+                    "usage_record": "eyJhbGciOiJFZERTQSIs...",
+                }
+            ]
+        }
+    )
+
+    object: Literal["session.receipt"] = "session.receipt"
+    session_id: str
+    record_id: str
+    usage_record: str = Field(description="compact JWS signed by the node's Ed25519 key")

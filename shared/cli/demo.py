@@ -2,7 +2,11 @@
 
 The walk-through speaks plain HTTP to the printed API base, as any OpenAI-compatible
 client would: it opens a session, streams a chat, continues it, and tears it down to
-show the usage summary that is all the platform keeps.
+show the usage summary that is all the platform keeps, and the node-signed usage record
+(the client's copy of its receipt), verified against the node's public key. Then, as an
+auditor would, it waits for the control plane to log that record, downloads the demo
+client's audit bundle through the control plane's API, and verifies it offline with the
+control plane's log key pinned (``shared.ledger``, what ``sanctum verify`` runs).
 """
 
 from __future__ import annotations
@@ -15,13 +19,24 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from shared.cli.up import NODE_NAME
+from shared.keys import CONTROL_PLANE, NODE, KeyFileError, key_id, load_public_key
+from shared.ledger import verify_held_receipt
+from shared.usage import UsageRecord, UsageRecordError, open_usage_record
+
 READY_TIMEOUT = 300
+COLLECT_TIMEOUT = 120
+
+
+class LedgerCheckFailed(RuntimeError):
+    """The demo's record never reached the ledger, or its bundle did not verify."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,6 +65,8 @@ def start_up(
             "--api-port",
             "0",
             "--management-port",
+            "0",
+            "--admin-port",
             "0",
             *(extra or []),
         ],
@@ -115,7 +132,7 @@ def stream_chat(
     return last
 
 
-def walk_through(lines: dict[str, str]) -> None:
+def walk_through(lines: dict[str, str], data_dir: Path) -> None:
     base, key, model = lines["SANCTUM_API_BASE"], lines["SANCTUM_API_KEY"], lines["SANCTUM_MODEL"]
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
@@ -139,9 +156,102 @@ def walk_through(lines: dict[str, str]) -> None:
                 lambda text: print(text, end="", flush=True),
             )
             say(f"\n  [usage: {last.get('usage')}]")
-        summary = client.delete(f"/sessions/{session}").json()
+        ended = client.delete(f"/sessions/{session}")
+        ended.raise_for_status()
+        summary = ended.json()
         say("\nsession torn down; what Sanctum keeps of it is this usage summary:")
         say(json.dumps({k: v for k, v in summary.items() if k != "usage_record"}, indent=2))
+        record = show_usage_record(client, session, summary["usage_record"], data_dir)
+    verify_ledger(lines, record, summary["usage_record"], data_dir)
+
+
+def show_usage_record(
+    client: httpx.Client, session: str, token: str, data_dir: Path
+) -> UsageRecord:
+    """Verify the teardown's signed record against the node's key and summarise it."""
+    node_key = load_public_key(data_dir / "keys" / f"{NODE}.pub")
+    record = open_usage_record(token, {NODE_NAME: node_key})
+    say(
+        f"\nusage record signed by {record.node_id} (verified against its key "
+        f"{key_id(node_key)[:16]}...), the client's copy of its receipt:"
+    )
+    say(f"  record {record.record_id}")
+    say(f"  session {record.session_id} of client {record.client_id}")
+    say(f"  model {record.model} {record.model_version}, sha256 {record.model_sha256[:16]}...")
+    say(f"  {record.started_at} to {record.ended_at}, ended by {record.ended_by}")
+    say(
+        f"  {record.request_count} requests, {record.prompt_tokens} prompt tokens, "
+        f"{record.completion_tokens} completion tokens"
+    )
+    say("  no prompt, no answer, no transcript: ids, times and counts only")
+    again = client.get(f"/receipts/{session}")
+    again.raise_for_status()
+    if again.json()["usage_record"] == token:
+        say("  fetched again from /v1/receipts: the same record")
+    else:
+        raise UsageRecordError("/v1/receipts returned a different record")
+    return record
+
+
+def verify_ledger(lines: dict[str, str], record: UsageRecord, held: str, data_dir: Path) -> None:
+    """Wait until the control plane has logged ``record``, download the client's bundle as
+    an auditor, and verify it and the held copy with the log key pinned.
+
+    The key is the control plane's public key file on this machine, not one the server
+    hands out: an auditor pins the key the operator gave them.
+    """
+    say(
+        "\nledger: the node keeps the record in its outbox until the control plane "
+        "collects it;\n  waiting for it to be verified, logged and acknowledged..."
+    )
+    headers = {"Authorization": f"Token {lines['SANCTUM_AUDITOR_TOKEN']}"}
+    with httpx.Client(base_url=lines["SANCTUM_CP_API"], headers=headers, timeout=60) as cp:
+        deadline = time.monotonic() + COLLECT_TIMEOUT
+        while True:
+            found = cp.get(f"audit/receipts/{record.record_id}/")
+            if found.status_code == 200:
+                break
+            if found.status_code != 404 or time.monotonic() > deadline:
+                raise LedgerCheckFailed(
+                    f"record {record.record_id} was not logged (HTTP {found.status_code})"
+                )
+            time.sleep(0.5)
+        receipt = found.json()
+        say(f"  logged at index {receipt['log_index']} of the ledger at {receipt['logged_at']}")
+        response = cp.get("audit/bundle/", params={"client": record.client_id})
+        response.raise_for_status()
+        bundle = response.content
+    say(
+        f"  downloaded the audit bundle of client {record.client_id} as auditor "
+        f"{lines.get('SANCTUM_AUDITOR_USER', '')} ({len(bundle)} bytes)"
+    )
+    key_file = data_dir / "keys" / f"{CONTROL_PLANE}.pub"
+    log_key = load_public_key(key_file)
+    report = verify_held_receipt(held, bundle, log_key=log_key)
+    say(f"verifying it offline, log key pinned to {key_file} (kid {key_id(log_key)[:16]}...):")
+    for line in report.passed:
+        say(f"  ok    {line}")
+    for warning in report.warnings:
+        say(f"  note  {warning}")
+    if not report.ok:
+        for failure in report.failures:
+            say(f"  FAIL  {failure}")
+        raise LedgerCheckFailed(
+            f"the audit bundle did not verify ({len(report.failures)} failures)"
+        )
+    saved = data_dir / "audit"
+    saved.mkdir(exist_ok=True)
+    (saved / f"bundle-{record.client_id}.json").write_bytes(bundle)
+    (saved / f"held-{record.record_id}.jws").write_text(held + "\n")
+    say(
+        f"ledger verified: {report.receipt_count} receipt(s) of client {report.client_id} "
+        f"under the signed tree head of size {report.tree_size}, including the one held."
+    )
+    say(
+        f"  the same offline: sanctum verify --log-key {key_file} "
+        f"--receipt {saved / f'held-{record.record_id}.jws'} "
+        f"{saved / f'bundle-{record.client_id}.json'}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -155,8 +265,14 @@ def run(args: argparse.Namespace) -> int:
             return 1
         try:
             say(f"ready: API at {lines['SANCTUM_API_BASE']}")
-            walk_through(lines)
-        except (httpx.HTTPError, KeyError) as exc:
+            walk_through(lines, data_dir)
+        except (
+            httpx.HTTPError,
+            KeyError,
+            KeyFileError,
+            UsageRecordError,
+            LedgerCheckFailed,
+        ) as exc:
             say(f"error: the walk-through failed: {type(exc).__name__}: {exc}")
             return 1
         finally:

@@ -17,32 +17,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
-from shared.config import (
-    ApiKeySpec,
-    ClientLimits,
-    ClientSpec,
-    ConfigBundle,
-    ModelSpec,
-    file_sha256,
-    new_api_key,
-    sign_bundle,
-)
 from shared.keys import CONTROL_PLANE, NODE, ensure_key_pair
-from shared.models import (
-    DEFAULT_CONTEXT_SIZE,
-    DEFAULT_MODEL_NAME,
-    DEFAULT_MODEL_VERSION,
-    bundled_gguf_path,
-)
 
 NODE_NAME = "node-1"
 DEMO_CLIENT = "demo"
 READY_TIMEOUT = 180
+COLLECT_INTERVAL = 2
 
 
 def default_data_dir() -> Path:
@@ -63,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--management-port", type=int, default=8001, help="data-plane management port (0: any)"
     )
+    up.add_argument(
+        "--admin-port", type=int, default=8100, help="control plane admin and API port (0: any)"
+    )
     up.set_defaults(func=run)
 
 
@@ -74,6 +61,7 @@ class Platform:
     host: str
     api_port: int
     management_port: int
+    admin_port: int = 8100
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     lines: dict[str, str] = field(default_factory=dict)
 
@@ -149,57 +137,101 @@ def start_data_plane(p: Platform) -> tuple[str, str]:
     return fields["api"], fields["management"]
 
 
-def push_dev_config(p: Platform, management_url: str) -> None:
-    """Sign a development bundle with the dev control-plane key and push it to the node.
+def _drain(proc: subprocess.Popen[str]) -> None:
+    """Forward a child's stdout to our stderr, so its pipe never fills."""
 
-    It pins the bundled model and makes a demo client with a fresh key, shown here once.
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stderr.write(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+
+
+def _manage(env: dict[str, str], *args: str) -> dict[str, str]:
+    """Run ``python -m control_plane ARGS``; return its ``SANCTUM_*=value`` stdout lines."""
+    result = subprocess.run(
+        [sys.executable, "-m", "control_plane", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    sys.stderr.write(result.stderr)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"control plane {args[0]} failed: {last}")
+    lines = (line.partition("=") for line in result.stdout.splitlines())
+    return {name: value for name, sep, value in lines if sep and name.startswith("SANCTUM_")}
+
+
+def start_control_plane(p: Platform, management_url: str) -> None:
+    """Run the control plane and let it configure the node through a real rollout.
+
+    ``migrate``; a Celery worker and beat when ``REDIS_URL`` is set (without it tasks run
+    in-process and a reconciler does beat's job: health, catch-up, and collecting usage
+    records into the ledger every :data:`COLLECT_INTERVAL` seconds); gunicorn on the
+    management address; and ``bootstrap_demo``, which creates the admin (a generated
+    password), an auditor with an API token, the demo client and its key, pins the
+    bundled model, registers the node and rolls out to it, signed with the key the node
+    trusts (the same key signs the ledger's tree heads).
     """
-    key = ensure_key_pair(p.data_dir / "keys", CONTROL_PLANE)
-    gguf = bundled_gguf_path()
-    api_key, prefix, digest = new_api_key()
-    bundle = ConfigBundle(
-        version=time.time_ns() // 1_000_000,  # a later run always has a higher version
-        issued_at=datetime.now(UTC),
-        node=NODE_NAME,
-        models=(
-            ModelSpec(
-                name=DEFAULT_MODEL_NAME,
-                version=DEFAULT_MODEL_VERSION,
-                sha256=file_sha256(str(gguf)),
-                path=str(gguf),
-                context_size=DEFAULT_CONTEXT_SIZE,
-            ),
-        ),
-        clients=(
-            ClientSpec(
-                id=DEMO_CLIENT,
-                name="Demo client",
-                api_keys=(ApiKeySpec(prefix=prefix, sha256=digest),),
-                models=(DEFAULT_MODEL_NAME,),
-                embeddings=True,
-                limits=ClientLimits(),
-            ),
-        ),
+    keys = p.data_dir / "keys"
+    env = {
+        "SANCTUM_CP_DATA_DIR": str(p.data_dir / "control-plane"),
+        "SANCTUM_CP_SIGNING_KEY": str(keys / f"{CONTROL_PLANE}.key"),
+        "SANCTUM_CP_LISTEN__HOST": p.host,
+        "SANCTUM_CP_LISTEN__PORT": str(p.admin_port),
+        # One machine, one node: collect receipts soon after a session ends.
+        "SANCTUM_CP_LEDGER__COLLECT_INTERVAL_SECONDS": str(COLLECT_INTERVAL),
+        "PYTHONUNBUFFERED": "1",
+    }
+    manage = [sys.executable, "-m", "control_plane"]
+    _manage(env, "migrate", "-v0")
+    if os.environ.get("REDIS_URL"):
+        _drain(p.spawn("celery-worker", [*manage, "worker"], env))
+        _drain(p.spawn("celery-beat", [*manage, "beat"], env))
+    else:
+        _drain(p.spawn("reconciler", [*manage, "reconcile", "--interval", "10"], env))
+    web = p.spawn("control-plane", [*manage, "serve"], env)
+    ready = _wait_for_line(web, "SANCTUM_CP_READY", READY_TIMEOUT)
+    urls = dict(part.split("=", 1) for part in ready.split()[1:])
+    printed = _manage(
+        env,
+        "bootstrap_demo",
+        "--node-name",
+        NODE_NAME,
+        "--node-url",
+        management_url,
+        "--node-public-key",
+        str(keys / f"{NODE}.pub"),
+        "--client-id",
+        DEMO_CLIENT,
+        "--embeddings",
     )
-    response = httpx.put(
-        f"{management_url}/internal/config",
-        content=sign_bundle(bundle, key),
-        headers={"Content-Type": "application/jose"},
-        timeout=120,
-    )
-    response.raise_for_status()
     p.lines.update(
-        SANCTUM_API_KEY=api_key, SANCTUM_CLIENT_ID=DEMO_CLIENT, SANCTUM_MODEL=DEFAULT_MODEL_NAME
+        SANCTUM_ADMIN_URL=urls["admin"],
+        SANCTUM_ADMIN_USER=printed["SANCTUM_ADMIN_USER"],
+        SANCTUM_ADMIN_PASSWORD=printed.get("SANCTUM_ADMIN_PASSWORD", "(unchanged)"),
+        SANCTUM_API_KEY=printed["SANCTUM_API_KEY"],
+        SANCTUM_CLIENT_ID=printed["SANCTUM_CLIENT_ID"],
+        SANCTUM_MODEL=printed["SANCTUM_MODEL"],
+        SANCTUM_CP_API=urls["api"],
+        SANCTUM_AUDIT_URL=urls["admin"].removesuffix("admin/") + "audit/",
+        SANCTUM_AUDITOR_USER=printed["SANCTUM_AUDITOR_USER"],
+        SANCTUM_AUDITOR_PASSWORD=printed.get("SANCTUM_AUDITOR_PASSWORD", "(unchanged)"),
+        SANCTUM_AUDITOR_TOKEN=printed["SANCTUM_AUDITOR_TOKEN"],
+        SANCTUM_LOG_KEY=str(keys / f"{CONTROL_PLANE}.pub"),
     )
 
 
-STEPS: list[Callable[[Platform, str], None]] = [push_dev_config]
+STEPS: list[Callable[[Platform, str], None]] = [start_control_plane]
 
 
 def run(args: argparse.Namespace) -> int:
     data_dir: Path = (args.data_dir or default_data_dir()).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    platform = Platform(data_dir, args.host, args.api_port, args.management_port)
+    platform = Platform(data_dir, args.host, args.api_port, args.management_port, args.admin_port)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

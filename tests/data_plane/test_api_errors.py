@@ -30,20 +30,23 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
 
 
 def test_missing_key_is_401(node: Node) -> None:
-    r = httpx.post(f"{node.api}/v1/chat/completions", json=CHAT)
+    r = httpx.post(f"{node.api}/v1/chat/completions", json=CHAT, timeout=60)
     assert_error(r, 401, "invalid_api_key")
 
 
 def test_wrong_key_is_401(node: Node, tenants: Tenants) -> None:
     forged = tenants.alice.key[:-4] + "AAAA"
     r = httpx.post(
-        f"{node.api}/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {forged}"}
+        f"{node.api}/v1/chat/completions",
+        json=CHAT,
+        headers={"Authorization": f"Bearer {forged}"},
+        timeout=60,
     )
     assert_error(r, 401, "invalid_api_key")
 
 
 def test_malformed_key_is_401(node: Node) -> None:
-    r = httpx.get(f"{node.api}/v1/models", headers={"Authorization": "Bearer nonsense"})
+    r = httpx.get(f"{node.api}/v1/models", headers={"Authorization": "Bearer nonsense"}, timeout=60)
     assert_error(r, 401)
 
 
@@ -200,8 +203,8 @@ def test_unknown_route_is_404_in_openai_shape(node: Node, tenants: Tenants) -> N
 
 
 def test_management_routes_are_not_on_the_client_listener(node: Node) -> None:
-    assert httpx.get(f"{node.api}/internal/health").status_code == 404
-    assert httpx.get(f"{node.management}/v1/models").status_code == 404
+    assert httpx.get(f"{node.api}/internal/health", timeout=60).status_code == 404
+    assert httpx.get(f"{node.management}/v1/models", timeout=60).status_code == 404
 
 
 def test_streamed_answer_ends_with_done(node: Node, tenants: Tenants) -> None:

@@ -48,7 +48,7 @@ def running(fresh_node: Node, model_spec: ModelSpec) -> tuple[Node, str]:
 
 
 def health(node: Node) -> dict:
-    return httpx.get(f"{node.management}/internal/health").json()
+    return httpx.get(f"{node.management}/internal/health", timeout=60).json()
 
 
 def refused(node: Node, token: str, status: int, code: str) -> None:
@@ -161,7 +161,7 @@ def test_bundle_for_another_node_is_refused(
 def test_garbage_is_refused(running: tuple[Node, str]) -> None:
     node, key = running
     refused(node, "not a jws", 401, "bad_signature")
-    r = httpx.put(f"{node.management}/internal/config", content=b"\xff\xfe")
+    r = httpx.put(f"{node.management}/internal/config", content=b"\xff\xfe", timeout=60)
     assert r.status_code == 400
     assert serving(node, key)
 

@@ -144,6 +144,7 @@ def _session(node: Node, key: str) -> str:
         f"{node.api}/v1/sessions",
         json={"model": MODEL, "ttl": 120},
         headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
     )
     assert r.status_code == 201, r.text
     return r.json()["id"]
@@ -170,7 +171,9 @@ def test_session_over_three_turns_remembers(node: Node, tenants: Tenants) -> Non
     assert "Zorblax" in answer
 
     summary = httpx.delete(
-        f"{node.api}/v1/sessions/{sid}", headers={"Authorization": f"Bearer {tenants.alice.key}"}
+        f"{node.api}/v1/sessions/{sid}",
+        headers={"Authorization": f"Bearer {tenants.alice.key}"},
+        timeout=60,
     ).json()
     assert summary["session_id"] == sid
     assert summary["requests"] == 3
@@ -230,5 +233,7 @@ def test_resending_the_whole_conversation_in_a_session_is_understood(
     )
     assert r2.usage.prompt_tokens == fresh.usage.prompt_tokens
     httpx.delete(
-        f"{node.api}/v1/sessions/{sid}", headers={"Authorization": f"Bearer {tenants.alice.key}"}
+        f"{node.api}/v1/sessions/{sid}",
+        headers={"Authorization": f"Bearer {tenants.alice.key}"},
+        timeout=60,
     )

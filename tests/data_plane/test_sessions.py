@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import httpx
 import pytest
@@ -50,8 +49,12 @@ def test_one_client_cannot_see_anothers_conversation(node: Node, tenants: Tenant
     """Same prompt prefix, different clients: bob's session never hears alice's secret."""
     alice, bob = node.openai(tenants.alice), node.openai(tenants.bob)
     auth = lambda t: {"Authorization": f"Bearer {t.key}"}  # noqa: E731
-    sa = httpx.post(f"{node.api}/v1/sessions", json={"model": MODEL}, headers=auth(tenants.alice))
-    sb = httpx.post(f"{node.api}/v1/sessions", json={"model": MODEL}, headers=auth(tenants.bob))
+    sa = httpx.post(
+        f"{node.api}/v1/sessions", json={"model": MODEL}, headers=auth(tenants.alice), timeout=60
+    )
+    sb = httpx.post(
+        f"{node.api}/v1/sessions", json={"model": MODEL}, headers=auth(tenants.bob), timeout=60
+    )
     a, b = sa.json()["id"], sb.json()["id"]
     try:
         alice.chat.completions.create(
@@ -77,15 +80,21 @@ def test_one_client_cannot_see_anothers_conversation(node: Node, tenants: Tenant
         assert "Zorblax" not in answer
         # and bob's session has its own history only: one request so far
     finally:
-        ua = httpx.delete(f"{node.api}/v1/sessions/{a}", headers=auth(tenants.alice)).json()
-        ub = httpx.delete(f"{node.api}/v1/sessions/{b}", headers=auth(tenants.bob)).json()
+        ua = httpx.delete(
+            f"{node.api}/v1/sessions/{a}", headers=auth(tenants.alice), timeout=60
+        ).json()
+        ub = httpx.delete(
+            f"{node.api}/v1/sessions/{b}", headers=auth(tenants.bob), timeout=60
+        ).json()
     assert ua["requests"] == 1 and ub["requests"] == 1
     assert ua["client_id"] == "alice" and ub["client_id"] == "bob"
 
 
 def test_concurrent_request_on_a_busy_session_is_409(node: Node, tenants: Tenants) -> None:
     auth = {"Authorization": f"Bearer {tenants.alice.key}"}
-    sid = httpx.post(f"{node.api}/v1/sessions", json={"model": MODEL}, headers=auth).json()["id"]
+    sid = httpx.post(
+        f"{node.api}/v1/sessions", json={"model": MODEL}, headers=auth, timeout=60
+    ).json()["id"]
     body = {
         "model": MODEL,
         "max_tokens": 64,
@@ -98,19 +107,26 @@ def test_concurrent_request_on_a_busy_session_is_409(node: Node, tenants: Tenant
     ) as first:
         lines = first.iter_lines()  # kept: dropping the iterator would close the stream
         next(lines)  # the first is under way
-        second = httpx.post(f"{node.api}/v1/chat/completions", json=body, headers=headers)
+        second = httpx.post(
+            f"{node.api}/v1/chat/completions", json=body, headers=headers, timeout=60
+        )
         assert second.status_code == 409, second.text
         assert second.json()["error"]["code"] == "conflict"
     # once the first stream is gone, the session takes requests again
     assert wait_until(
-        lambda: httpx.delete(f"{node.api}/v1/sessions/{sid}", headers=auth).status_code == 200,
+        lambda: (
+            httpx.delete(f"{node.api}/v1/sessions/{sid}", headers=auth, timeout=60).status_code
+            == 200
+        ),
         timeout=10,
     )
 
 
 def test_client_that_disconnects_frees_the_session_at_once(node: Node, tenants: Tenants) -> None:
     auth = {"Authorization": f"Bearer {tenants.alice.key}"}
-    sid = httpx.post(f"{node.api}/v1/sessions", json={"model": MODEL}, headers=auth).json()["id"]
+    sid = httpx.post(
+        f"{node.api}/v1/sessions", json={"model": MODEL}, headers=auth, timeout=60
+    ).json()["id"]
     headers = {**auth, "X-Sanctum-Session": sid}
     body = {
         "model": MODEL,
@@ -122,7 +138,6 @@ def test_client_that_disconnects_frees_the_session_at_once(node: Node, tenants: 
         "POST", f"{node.api}/v1/chat/completions", json=body, headers=headers, timeout=60
     ) as r:
         next(r.iter_lines())
-    started = time.monotonic()
     statuses: list[int] = []
     short = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}
 
@@ -134,11 +149,13 @@ def test_client_that_disconnects_frees_the_session_at_once(node: Node, tenants: 
         )
         return statuses[-1] == 200
 
-    assert wait_until(next_request_succeeds, timeout=10)
-    # far sooner than 2000 tokens at ~60 tokens/s, and never an error other than "busy"
-    assert time.monotonic() - started < 10
-    assert set(statuses) <= {200, 409}
-    assert httpx.delete(f"{node.api}/v1/sessions/{sid}", headers=auth).json()["requests"] == 2
+    # Had decoding gone on, the session would stay busy for the whole 2000 tokens.
+    assert wait_until(next_request_succeeds, timeout=60)
+    assert set(statuses) <= {200, 409}  # "busy" until it lets go, never an error
+    summary = httpx.delete(f"{node.api}/v1/sessions/{sid}", headers=auth, timeout=60).json()
+    assert summary["requests"] == 2
+    # the cut-off turn stopped early: nowhere near its 2000 tokens
+    assert summary["completion_tokens"] < 500
 
 
 def test_session_info_does_not_keep_it_alive(fresh_node: Node, model_spec: ModelSpec) -> None:

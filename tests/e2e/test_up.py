@@ -57,6 +57,8 @@ def start_up(data_dir: Path, timeout: float = 240) -> Up:
             "0",
             "--management-port",
             "0",
+            "--admin-port",
+            "0",
         ],
         cwd=REPO,
         env=child_env(),
@@ -129,11 +131,38 @@ def test_up_prints_its_lines_and_the_sdk_works(up: Up) -> None:
     assert "Paris" in "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
 
 
+def test_up_collects_receipts_an_auditor_downloads_and_verifies(up: Up) -> None:
+    from shared.keys import load_public_key
+    from shared.ledger import verify_held_receipt
+
+    for name in ("SANCTUM_CP_API", "SANCTUM_AUDITOR_TOKEN", "SANCTUM_LOG_KEY"):
+        assert up.lines.get(name), name
+    reply = up.openai().completions.create(
+        model=up.lines["SANCTUM_MODEL"], prompt="Hello", max_tokens=1
+    )
+    held = reply.model_extra["sanctum"]["usage_record"]
+    auditor = httpx.Client(
+        base_url=up.lines["SANCTUM_CP_API"],
+        headers={"Authorization": f"Token {up.lines['SANCTUM_AUDITOR_TOKEN']}"},
+        timeout=60,
+    )
+    with auditor:
+        deadline = time.monotonic() + 60  # up collects every couple of seconds
+        while auditor.get("audit/receipts/", params={"client": "demo"}).json()["count"] < 1:
+            assert time.monotonic() < deadline, "the receipt was never collected"
+            time.sleep(0.5)
+        bundle = auditor.get("audit/bundle/", params={"client": "demo"}).content
+        assert auditor.post("audit/receipts/", json={}).status_code == 403
+
+    report = verify_held_receipt(held, bundle, log_key=load_public_key(up.lines["SANCTUM_LOG_KEY"]))
+    assert report.ok, [str(f) for f in report.failures]
+    assert report.held_log_index == 0
+
+
 def test_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     running = start_up(tmp_path / "data")
-    started = time.monotonic()
-    assert running.stop() == 0
-    assert time.monotonic() - started < 60
+    assert running.stop() == 0  # stop() waits at most 90 s, then the test fails
+    assert "node stopped" in "".join(running.stderr)
 
 
 def test_scanner_finds_a_planted_marker(tmp_path: Path) -> None:
@@ -180,7 +209,9 @@ def test_canary_content_leaves_no_trace(tmp_path: Path) -> None:
         )
         client.completions.create(model=model, prompt=f"{marker} {marker}", max_tokens=8)
         # a session over two turns, torn down
-        sid = httpx.post(f"{base}/sessions", json={"model": model}, headers=auth).json()["id"]
+        sid = httpx.post(
+            f"{base}/sessions", json={"model": model}, headers=auth, timeout=60
+        ).json()["id"]
         for text in (f"My password is {marker}.", "What is my password?"):
             client.chat.completions.create(
                 model=model,
@@ -188,9 +219,11 @@ def test_canary_content_leaves_no_trace(tmp_path: Path) -> None:
                 messages=[{"role": "user", "content": text}],
                 extra_headers={"X-Sanctum-Session": sid},
             )
-        assert httpx.delete(f"{base}/sessions/{sid}", headers=auth).status_code == 200
+        assert httpx.delete(f"{base}/sessions/{sid}", headers=auth, timeout=60).status_code == 200
         # a session left open: shutdown must end it too
-        sid = httpx.post(f"{base}/sessions", json={"model": model}, headers=auth).json()["id"]
+        sid = httpx.post(
+            f"{base}/sessions", json={"model": model}, headers=auth, timeout=60
+        ).json()["id"]
         client.chat.completions.create(
             model=model,
             max_tokens=4,
@@ -223,6 +256,11 @@ def test_canary_content_leaves_no_trace(tmp_path: Path) -> None:
             next(r.iter_lines())
     finally:
         assert running.stop() == 0
+    # the scan below covers the usage outbox, which holds this run's signed records: three
+    # one-shot calls, the torn-down session, the one ended at shutdown, the dropped stream
+    outbox = running.data_dir / "node" / "outbox"
+    lines = [line for seg in outbox.glob("*.seg") for line in seg.read_bytes().splitlines()]
+    assert len(lines) >= 6
     leaks = files_containing(marker, [running.data_dir, REPO, Path("/tmp")])
     leaks += texts_containing(
         marker, {"stdout": "".join(running.stdout), "stderr": "".join(running.stderr)}
@@ -247,4 +285,32 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "assistant> " in result.stdout
     assert '"completion_tokens"' in result.stdout
     assert "session torn down" in result.stdout
+    assert "usage record signed by node-1 (verified against its key" in result.stdout
+    assert "fetched again from /v1/receipts: the same record" in result.stdout
+    assert "downloaded the audit bundle of client demo as auditor" in result.stdout
+    assert "inclusion proofs against the checkpoint: 1 of 1" in result.stdout
+    assert "is the ledger's entry at log index" in result.stdout
+    assert "ledger verified: " in result.stdout
     assert os.path.isdir(tmp_path / "demo")
+    # what the demo saved verifies with `sanctum verify`, the log key pinned
+    saved = tmp_path / "demo" / "audit"
+    (held,) = saved.glob("held-*.jws")
+    verified = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "verify",
+            "--log-key",
+            str(tmp_path / "demo" / "keys" / "control-plane.pub"),
+            "--receipt",
+            str(held),
+            str(saved / "bundle-demo.json"),
+        ],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -81,6 +81,23 @@ def test_go_reference_note_verifies_and_unknown_cosignatures_are_ignored() -> No
         open_note(tampered + "\n" + GO_SIG, name, peter)
 
 
+def test_a_verifier_key_whose_base64_holds_a_plus_round_trips() -> None:
+    # Standard base64 uses '+': the key part must not be split on it (Go's note.NewVerifier
+    # splits off the name and the key id only).
+    seed = next(
+        bytes([i]) * 32
+        for i in range(256)
+        if "+"
+        in verifier_key(
+            "k", Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32).public_key()
+        ).split("+", 2)[2]
+    )
+    key = Ed25519PrivateKey.from_private_bytes(seed).public_key()
+    name, parsed = parse_verifier_key(verifier_key("sanctum.example/log", key))
+    assert name == "sanctum.example/log"
+    assert parsed.public_bytes_raw() == key.public_bytes_raw()
+
+
 @pytest.mark.parametrize(
     "vkey",
     [

@@ -71,3 +71,14 @@ def test_other_algorithms_are_refused() -> None:
     h = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
     with pytest.raises(envelope.EnvelopeError, match="algorithm"):
         envelope.verify(f"{h}.{p}.", key.public_key(), envelope.TYP_CONFIG)
+
+
+def test_a_payload_past_joserfcs_default_ceiling_signs_and_verifies() -> None:
+    """joserfc refuses payloads over 128,000 bytes unless told otherwise; an audit
+    manifest of a thousand receipts is larger than that."""
+    key = generate_private_key()
+    document = {"receipts": ["x" * 100] * 2000}  # about 206 kB of canonical JSON
+    token = envelope.sign(document, key, envelope.TYP_AUDIT_MANIFEST)
+    assert len(token.split(".")[1]) > 128_000
+    assert envelope.verify(token, key.public_key(), envelope.TYP_AUDIT_MANIFEST) == document
+    assert envelope.peek_header(token)["typ"] == envelope.TYP_AUDIT_MANIFEST

@@ -515,3 +515,14 @@ def test_consistency_failures_are_named(ledger: SampleLedger) -> None:
         "NEW proves growth from size 3, but OLD has size 5",
     )
     assert verify_consistency_files(ledger.checkpoint(5).encode(), shrunk, log_key=key).ok
+
+
+def test_a_bundle_of_more_than_a_thousand_receipts_verifies(ledger: SampleLedger) -> None:
+    # The signed manifest lists every receipt: past a thousand it outgrows joserfc's
+    # default payload ceiling, which must not turn a real client's bundle into a failure.
+    for _ in range(1200):
+        ledger.add("acme")
+    data = ledger.bundle("acme")
+    report = verify_bundle(data, log_key=ledger.log_key.public_key())
+    assert report.ok, messages(report)
+    assert report.receipt_count == 1203

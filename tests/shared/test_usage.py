@@ -6,6 +6,7 @@ import base64
 import json
 import warnings
 from datetime import datetime, timedelta, timezone
+from typing import get_args
 
 import pytest
 from joserfc import jws
@@ -15,7 +16,10 @@ from pydantic import ValidationError
 from shared import envelope
 from shared.canonical import canonical_json
 from shared.keys import key_id
+from shared.ledger import make_log_entry, verify_bundle, verify_held_receipt
 from shared.usage import (
+    ENDED_BY,
+    UsageAck,
     UsageRecord,
     UsageRecordError,
     format_timestamp,
@@ -23,7 +27,7 @@ from shared.usage import (
     open_usage_record,
     sign_usage_record,
 )
-from tests.shared.conftest import fixed_key, make_record
+from tests.shared.conftest import T0, SampleLedger, fixed_key, make_record
 
 NODE_A, NODE_B = fixed_key(2), fixed_key(3)
 TRUSTED = {"node-a": NODE_A.public_key(), "node-b": NODE_B.public_key()}
@@ -162,3 +166,46 @@ def test_the_timestamp_spelling_is_kept_exactly() -> None:
     document = {**make_record(0, "acme", "node-a").document()}
     document["ended_at"] = "2025-03-01T09:00:42.123456Z"
     assert UsageRecord.model_validate(document).ended_at == "2025-03-01T09:00:42.123456Z"
+
+
+@pytest.mark.parametrize("ended_by", ENDED_BY)
+def test_every_way_a_session_ends_is_a_valid_record(ended_by: str) -> None:
+    record = UsageRecord.model_validate(
+        {**make_record(0, "acme", "node-a").document(), "ended_by": ended_by}
+    )
+    assert open_usage_record(sign_usage_record(record, NODE_A), TRUSTED).ended_by == ended_by
+
+
+def test_ended_by_lists_exactly_what_the_record_accepts() -> None:
+    allowed = set(get_args(UsageRecord.model_fields["ended_by"].annotation))
+    assert allowed == set(ENDED_BY)
+    assert "shutdown" in allowed  # a node ends its sessions when it stops or unpins a model
+
+
+def test_a_shutdown_record_verifies_in_a_bundle_and_as_a_held_copy() -> None:
+    log = SampleLedger()
+    log.add("acme")
+    record = UsageRecord.model_validate(
+        {**make_record(1, "acme", "node-a").document(), "ended_by": "shutdown"}
+    )
+    held = sign_usage_record(record, log.node_keys["node-a"])
+    log.append(make_log_entry(held, log.node_public_keys, T0 + timedelta(hours=1)))
+    bundle = log.bundle("acme")
+    report = verify_bundle(bundle)
+    assert report.ok, [str(f) for f in report.failures]
+    assert report.receipt_count == 2
+    assert verify_held_receipt(held, bundle).ok
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"cursor": -1}, {"cursor": "3"}, {"cursor": 1.5}, {"record_ids": "x"}, {"extra": 1}],
+)
+def test_an_ack_must_name_a_cursor_or_ids(body: dict) -> None:
+    with pytest.raises(ValidationError):
+        UsageAck.model_validate(body)
+
+
+def test_an_ack_may_name_both() -> None:
+    ack = UsageAck.model_validate({"cursor": 7, "record_ids": [new_record_id()]})
+    assert ack.cursor == 7 and len(ack.record_ids) == 1

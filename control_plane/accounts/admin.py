@@ -1,0 +1,1 @@
+"""Users, groups and tokens use Django's and DRF's own admin pages."""

@@ -1,0 +1,36 @@
+"""``python -m control_plane create_operator NAME --role admin|auditor``.
+
+Prints ``SANCTUM_OPERATOR_PASSWORD=...`` when it set a password (new user or
+``--reset-password``) and, with ``--token``, ``SANCTUM_API_TOKEN=...`` for the REST API.
+"""
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from control_plane.accounts.choices import Role
+from control_plane.accounts.services import create_operator, issue_api_token
+
+
+class Command(BaseCommand):
+    help = "Create or update an operator in the admin or auditor role."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("username")
+        parser.add_argument("--role", choices=Role.values, required=True)
+        parser.add_argument("--email", default="")
+        parser.add_argument("--reset-password", action="store_true")
+        parser.add_argument("--token", action="store_true", help="also print an API token")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        creds = create_operator(
+            options["username"],
+            options["role"],
+            reset_password=options["reset_password"],
+            email=options["email"],
+        )
+        self.stdout.write(f"SANCTUM_OPERATOR={creds.user.get_username()}")
+        if creds.password:
+            self.stdout.write(f"SANCTUM_OPERATOR_PASSWORD={creds.password}")
+        if options["token"]:
+            self.stdout.write(f"SANCTUM_API_TOKEN={issue_api_token(creds.user)}")

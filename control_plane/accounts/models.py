@@ -1,0 +1,1 @@
+"""Operators are Django users; roles are groups (see ``roles``). No models of our own yet."""

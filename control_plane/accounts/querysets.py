@@ -1,0 +1,1 @@
+"""No querysets: operators are ``django.contrib.auth`` users."""

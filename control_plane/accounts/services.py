@@ -1,0 +1,201 @@
+"""Operator use cases: keep the role groups in step, create operators, issue API tokens."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractUser, Group
+from django.db import transaction
+from rest_framework.authtoken.models import Token
+
+from control_plane.accounts.choices import Role
+from control_plane.accounts.roles import permissions_for
+
+
+def sync_roles(using: str = "default") -> dict[str, int]:
+    """Create the ``admin`` and ``auditor`` groups and set exactly their permissions.
+
+    Idempotent; runs after every migrate. Returns the permission count per role.
+    """
+    counts = {}
+    with transaction.atomic(using=using):
+        for role in Role:
+            group, _ = Group.objects.using(using).get_or_create(name=role.value)
+            perms = list(permissions_for(role.value, using=using))
+            group.permissions.set(perms)
+            counts[role.value] = len(perms)
+    return counts
+
+
+def generate_password() -> str:
+    """A password for a new operator: 24 URL-safe characters, shown once."""
+    return secrets.token_urlsafe(18)
+
+
+@dataclass
+class OperatorCredentials:
+    user: AbstractUser
+    # Set only when this call chose a new password; never stored in clear.
+    password: str | None = field(default=None, repr=False)
+
+
+def create_operator(
+    username: str,
+    role: str,
+    *,
+    password: str | None = None,
+    reset_password: bool = False,
+    email: str = "",
+) -> OperatorCredentials:
+    """Create (or update) a staff user in exactly one role group.
+
+    A new user gets ``password`` or a generated one; an existing user keeps theirs unless
+    ``reset_password`` (or an explicit ``password``) says otherwise. The returned
+    ``password`` is set only when this call chose it.
+    """
+    if role not in Role.values:
+        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(Role.values)}")
+    sync_roles()
+    user_model = get_user_model()
+    with transaction.atomic():
+        user, created = user_model.objects.get_or_create(
+            username=username, defaults={"email": email, "is_staff": True}
+        )
+        chosen = None
+        if created or reset_password or password is not None:
+            chosen = password or generate_password()
+            user.set_password(chosen)
+        user.is_staff = True
+        user.is_active = True
+        user.save()
+        user.groups.set([Group.objects.get(name=role)])
+    return OperatorCredentials(user=user, password=chosen)
+
+
+def issue_api_token(user: AbstractUser, *, rotate: bool = False) -> str:
+    """The user's REST API token (``Authorization: Token ...``); ``rotate`` replaces it."""
+    with transaction.atomic():
+        if rotate:
+            Token.objects.filter(user=user).delete()
+        token, _ = Token.objects.get_or_create(user=user)
+    return token.key
+
+
+# --- Bootstrapping an installation (``sanctum up``) ---------------------------------------
+
+
+@dataclass
+class DemoBootstrap:
+    """What :func:`bootstrap_demo` made; ``api_key`` and ``admin_password`` are shown once."""
+
+    admin: OperatorCredentials
+    client_slug: str
+    model_name: str
+    api_key: str = field(repr=False)
+    releases: list = field(default_factory=list)
+    auditor: OperatorCredentials | None = None
+    auditor_token: str = field(default="", repr=False)
+
+
+DEMO_KEY_NAME = "sanctum up demo key"
+
+
+def bootstrap_demo(
+    *,
+    admin_username: str = "admin",
+    reset_admin_password: bool = True,
+    auditor_username: str | None = "auditor",
+    client_slug: str = "demo",
+    client_name: str = "Demo client",
+    embeddings: bool = False,
+    model_name: str,
+    model_version: str,
+    model_path: str,
+    context_size: int,
+    node_name: str | None = None,
+    node_url: str | None = None,
+    node_public_key: str | None = None,
+    rollout: bool = True,
+) -> DemoBootstrap:
+    """Make an installation usable in one step, idempotently.
+
+    The roles; an admin operator (a new generated password unless told to keep it);
+    an auditor operator with an API token (for the demo's bundle download); a demo
+    client; the model pinned and its hash verified now (the rollout needs it); the demo
+    client's key, rotated so the returned secret is the one that works; the
+    node registered; and a rollout to it. Running it again converges on the same state.
+    """
+    from control_plane.changes.choices import ChangeSource
+    from control_plane.changes.services import change_context
+    from control_plane.clients.models import ApiKey, Client
+    from control_plane.clients.services import issue_api_key, rotate_api_key
+    from control_plane.fleet.models import Node
+    from control_plane.fleet.services import roll_out
+    from control_plane.registry.models import ModelPin
+    from control_plane.registry.services import pin_model, verify_model_pin
+
+    admin = create_operator(admin_username, Role.ADMIN, reset_password=reset_admin_password)
+    auditor, auditor_token = None, ""
+    if auditor_username:
+        auditor = create_operator(
+            auditor_username, Role.AUDITOR, reset_password=reset_admin_password
+        )
+        auditor_token = issue_api_token(auditor.user)
+    with change_context(source=ChangeSource.COMMAND, user=admin.user):
+        client = Client.objects.filter(slug=client_slug).first()
+        if client is None:
+            client = Client(slug=client_slug, name=client_name, embeddings=embeddings)
+            client.full_clean()
+            client.save()
+        elif embeddings and not client.embeddings:
+            client.embeddings = True
+            client.save()
+
+        pin = ModelPin.objects.filter(name=model_name, version=model_version).first()
+        if pin is None:
+            pin = pin_model(
+                name=model_name,
+                version=model_version,
+                path=model_path,
+                context_size=context_size,
+                clients=[client],
+                supersede=True,
+            )
+        elif not pin.enabled:
+            for other in ModelPin.objects.filter(name=model_name, enabled=True):
+                other.enabled = False
+                other.save()
+            pin.enabled = True
+            pin.save()
+        if not pin.clients.filter(pk=client.pk).exists():
+            pin.clients.add(client)
+        pin = verify_model_pin(pin)
+
+        slot = ApiKey.objects.filter(
+            client=client, name=DEMO_KEY_NAME, revoked_at__isnull=True
+        ).first()
+        issued = (
+            rotate_api_key(slot) if slot is not None else issue_api_key(client, name=DEMO_KEY_NAME)
+        )
+
+        releases = []
+        if node_name:
+            node = Node.objects.filter(name=node_name).first() or Node(name=node_name)
+            node.management_url = node_url or node.management_url
+            node.public_key = node_public_key or node.public_key
+            node.enabled = True
+            node.full_clean()
+            node.save()
+            if rollout:
+                releases = roll_out([node])
+    return DemoBootstrap(
+        admin=admin,
+        client_slug=client.slug,
+        model_name=pin.name,
+        api_key=issued.secret,
+        releases=releases,
+        auditor=auditor,
+        auditor_token=auditor_token,
+    )

@@ -1,0 +1,139 @@
+"""Receipts, tree heads, node keys and collection in the admin console: read-only for all.
+
+The ledger is written by collection only and never changed: no add, change or delete
+here for anyone (superusers included), on top of the models' and the database's refusal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from control_plane.audit.models import CollectionState, NodeKey, Receipt, RefusedRecord, TreeHead
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Lists and detail pages only."""
+
+    actions = None
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.fields or [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Receipt)
+class ReceiptAdmin(ReadOnlyAdmin):
+    list_display = (
+        "log_index",
+        "client",
+        "node",
+        "session_id",
+        "model",
+        "ended_at",
+        "ended_by",
+        "request_count",
+        "prompt_tokens",
+        "completion_tokens",
+        "logged_at",
+    )
+    list_filter = ("client", "node", "ended_by", "model", "ended_at")
+    search_fields = ("=record_id", "=session_id", "client")
+    date_hierarchy = "ended_at"
+    fields = (
+        "log_index",
+        "record_id",
+        "client",
+        "node",
+        "session_id",
+        "model",
+        "model_version",
+        "model_sha256",
+        "started_at",
+        "ended_at",
+        "ended_by",
+        "request_count",
+        "prompt_tokens",
+        "completion_tokens",
+        "logged_at",
+        "leaf_hash_b64",
+        "node_key_id",
+        "node_jws",
+        "bundle",
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.fields
+
+    @admin.display(description="leaf hash")
+    def leaf_hash_b64(self, obj: Receipt) -> str:
+        return obj.leaf_hash_b64
+
+    @admin.display(description="audit bundle")
+    def bundle(self, obj: Receipt) -> str:
+        url = reverse("audit:receipts")
+        return format_html('<a href="{}?client={}">receipts of {}</a>', url, obj.client, obj.client)
+
+
+@admin.register(TreeHead)
+class TreeHeadAdmin(ReadOnlyAdmin):
+    list_display = ("size", "root_hash_b64", "created_at")
+    date_hierarchy = "created_at"
+    fields = ("size", "root_hash_b64", "created_at", "note")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.fields
+
+    @admin.display(description="root hash")
+    def root_hash_b64(self, obj: TreeHead) -> str:
+        return obj.root_hash_b64
+
+    @admin.display(description="signed checkpoint")
+    def note(self, obj: TreeHead) -> str:
+        return format_html("<pre>{}</pre>", obj.checkpoint)
+
+
+@admin.register(NodeKey)
+class NodeKeyAdmin(ReadOnlyAdmin):
+    list_display = ("node", "key_id", "first_used_at")
+    list_filter = ("node",)
+
+
+@admin.register(CollectionState)
+class CollectionStateAdmin(ReadOnlyAdmin):
+    list_display = (
+        "node",
+        "cursor",
+        "last_success_at",
+        "last_run_at",
+        "collected_total",
+        "refused_pending",
+        "last_error",
+    )
+
+
+@admin.register(RefusedRecord)
+class RefusedRecordAdmin(ReadOnlyAdmin):
+    list_display = (
+        "node",
+        "cursor",
+        "record_id",
+        "reason",
+        "times_seen",
+        "first_seen_at",
+        "last_seen_at",
+        "resolved_at",
+    )
+    list_filter = ("node", "resolved_at")

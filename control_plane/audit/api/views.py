@@ -1,0 +1,198 @@
+"""The auditors' API: receipts, tree heads, bundles, consistency proofs. Read-only.
+
+Reading needs ``audit.view_receipt`` / ``audit.view_treehead`` (the ``auditor`` and
+``admin`` roles); no role holds add, change or delete, so every write is 403 (401
+without credentials). Bundles and consistency files are served as the exact bytes
+``shared.ledger`` makes, never through a renderer: the verifier checks them byte for
+byte.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.http import HttpResponse
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from control_plane.audit.api.serializers import (
+    BundleQuerySerializer,
+    CheckpointQuerySerializer,
+    ConsistencyQuerySerializer,
+    LogKeySerializer,
+    ReceiptSerializer,
+    TreeHeadSerializer,
+)
+from control_plane.audit.filtersets import ReceiptFilterSet
+from control_plane.audit.ledger import current_tree_head
+from control_plane.audit.models import Receipt, TreeHead
+from control_plane.audit.services import (
+    UnknownClient,
+    UnknownTreeHead,
+    client_bundle,
+    client_known,
+    consistency_file,
+    log_key_info,
+)
+
+log = logging.getLogger(__name__)
+
+
+class FirstRenderer(BaseContentNegotiation):
+    """Answer with the view's first renderer whatever ``Accept`` says.
+
+    The file views answer raw bytes (any ``Accept`` is fine); only their errors are
+    rendered, as JSON.
+    """
+
+    def select_parser(self, request: Request, parsers: list[Any]) -> Any:
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: Any = None):
+        return renderers[0], renderers[0].media_type
+
+
+class FileView(APIView):
+    """A read-only view whose success answer is a file's exact bytes."""
+
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = FirstRenderer
+
+    @staticmethod
+    def file(data: bytes, content_type: str, filename: str) -> HttpResponse:
+        response = HttpResponse(data, content_type=content_type)
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        response["Content-Length"] = str(len(data))
+        return response
+
+
+def _query(serializer_class: type, request: Request) -> dict[str, Any]:
+    serializer = serializer_class(data=request.query_params)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+class ReceiptViewSet(viewsets.ReadOnlyModelViewSet):
+    """Receipts by client and period: ``?client=ID&since=T&until=T`` (``since <= ended_at <
+    until``; RFC 3339 or a date). An unknown client is 404."""
+
+    queryset = Receipt.objects.all()
+    serializer_class = ReceiptSerializer
+    filterset_class = ReceiptFilterSet
+    ordering_fields = ("log_index", "ended_at", "logged_at")
+    ordering = ("log_index",)
+    lookup_field = "record_id"
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        client = request.query_params.get("client")
+        if client and not client_known(client):
+            raise NotFound(f"no client {client[:128]!r}")
+        return super().list(request, *args, **kwargs)
+
+
+class TreeHeadViewSet(viewsets.ReadOnlyModelViewSet):
+    """Signed tree heads, newest first; ``latest/`` is the one bundles are made against."""
+
+    queryset = TreeHead.objects.all()
+    serializer_class = TreeHeadSerializer
+    lookup_field = "size"
+    lookup_value_regex = r"[0-9]+"
+    ordering_fields = ("size",)
+
+    @action(detail=False, methods=["get"])
+    def latest(self, request: Request) -> Response:
+        return Response(TreeHeadSerializer(current_tree_head()).data)
+
+
+class BundleView(FileView):
+    """``GET /api/audit/bundle/?client=ID[&since=T][&until=T]``: the audit bundle file."""
+
+    queryset = Receipt.objects.all()  # for the permission check: audit.view_receipt
+
+    @extend_schema(
+        parameters=[BundleQuerySerializer],
+        responses={(200, "application/json"): OpenApiTypes.OBJECT},
+        description="One client's receipts for a period, with inclusion proofs against "
+        "the latest signed tree head, the node keys and a manifest signed by the log key: "
+        "the exact bytes `sanctum verify` checks.",
+    )
+    def get(self, request: Request) -> HttpResponse:
+        query = _query(BundleQuerySerializer, request)
+        client, period = query["client"], query["period"]
+        try:
+            data = client_bundle(client, period)
+        except UnknownClient:
+            raise NotFound(f"no client {client!r}") from None
+        stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+        log.info("audit bundle client=%s bytes=%d user=%s", client, len(data), request.user)
+        return self.file(data, "application/json", f"sanctum-audit-{client}-{stamp}.json")
+
+
+class ConsistencyView(FileView):
+    """``GET /api/audit/consistency/?old=M[&new=N]``: the consistency file."""
+
+    queryset = TreeHead.objects.all()  # audit.view_treehead
+
+    @extend_schema(
+        parameters=[ConsistencyQuerySerializer],
+        responses={(200, "application/json"): OpenApiTypes.OBJECT},
+        description="The signed tree head of size N (default: the latest) and the proof "
+        "that the tree of size M is a prefix of it (`sanctum verify --consistency`).",
+    )
+    def get(self, request: Request) -> HttpResponse:
+        query = _query(ConsistencyQuerySerializer, request)
+        try:
+            data = consistency_file(query["old"], query.get("new"))
+        except UnknownTreeHead as exc:
+            raise NotFound(str(exc)) from None
+        except ValueError as exc:
+            raise ValidationError({"old": [str(exc)]}) from None
+        return self.file(data, "application/json", f"sanctum-consistency-{query['old']}.json")
+
+
+class CheckpointView(FileView):
+    """``GET /api/audit/checkpoint/[?size=N]``: a signed tree head as its note text, to save
+    and later check a consistency file against."""
+
+    queryset = TreeHead.objects.all()
+
+    @extend_schema(
+        parameters=[CheckpointQuerySerializer],
+        responses={(200, "text/plain"): OpenApiTypes.STR},
+    )
+    def get(self, request: Request) -> HttpResponse:
+        query = _query(CheckpointQuerySerializer, request)
+        if "size" in query:
+            head = TreeHead.objects.filter(size=query["size"]).first()
+            if head is None:
+                raise NotFound(f"no signed tree head of size {query['size']}")
+        else:
+            head = current_tree_head()
+        return self.file(
+            head.checkpoint.encode("utf-8"),
+            "text/plain; charset=utf-8",
+            f"sanctum-checkpoint-{head.size}.txt",
+        )
+
+
+class LogKeyView(APIView):
+    """``GET /api/audit/log-key/``: the key tree heads and manifests are signed with.
+
+    Pin it with ``sanctum verify --log-key``; better still, take it from the operator
+    out of band, and compare."""
+
+    queryset = TreeHead.objects.all()
+
+    @extend_schema(responses={200: LogKeySerializer})
+    def get(self, request: Request) -> Response:
+        return Response(LogKeySerializer(log_key_info()).data)

@@ -1,0 +1,10 @@
+from django.apps import AppConfig
+
+
+class AuditConfig(AppConfig):
+    name = "control_plane.audit"
+    label = "audit"
+    verbose_name = "Audit"
+    # Roles (see control_plane.accounts.roles): both read; nobody adds, changes or deletes
+    # a receipt or a tree head (collection writes them, and only appends).
+    sanctum_roles = {"admin": ("view",), "auditor": ("view",)}

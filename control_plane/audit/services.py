@@ -1,0 +1,489 @@
+"""Audit use cases: collect usage records from the nodes; serve bundles and proofs.
+
+Collection (:func:`collect_node`), per node and page:
+
+1. ``GET /internal/usage?after=CURSOR`` on the node's management listener, signed with
+   the control plane's key;
+2. verify each node-signed record against the key registered for the node; a record
+   that fails is reported (log, ``RefusedRecord``) and never stored;
+3. log the verified ones (``ledger.append``: receipts, subtrees and a signed tree head
+   in one transaction, under the ledger lock; a record already logged is not logged
+   again);
+4. only after that commit, ``POST /internal/usage/ack``: by cursor for the unbroken run
+   of stored records from the start, by record id for stored ones after a refused one;
+5. move the node's stored cursor to the end of that unbroken run.
+
+A crash between 3 and 4 leaves the records unacknowledged on the node: the next run
+fetches them again, finds them logged, and acknowledges them. Nothing is lost (the node
+keeps a record until it is acknowledged) and nothing is doubled (``record_id`` is unique
+and checked under the lock).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+
+import httpx
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+from pydantic import ValidationError
+
+from control_plane.audit.ledger import (
+    AppendResult,
+    Verified,
+    append,
+    consistency,
+    current_tree_head,
+    inclusion_proofs,
+    log_entry,
+    log_key,
+    log_key_name,
+    log_origin,
+    node_public_keys,
+    now_ms,
+)
+from control_plane.audit.models import CollectionState, Receipt, RefusedRecord, TreeHead
+from control_plane.audit.querysets import ReceiptQuerySet
+from control_plane.clients.models import Client
+from control_plane.fleet.models import Node, NodeState
+from shared.checkpoint import verifier_key
+from shared.keys import KeyFileError, key_id, public_jwk, public_key_from_pem, public_pem
+from shared.ledger import ReceiptProof, build_bundle, dump_consistency
+from shared.signed_request import SignedRequestAuth
+from shared.usage import (
+    USAGE_ACK_PATH,
+    USAGE_PATH,
+    OutboxItem,
+    UsageAck,
+    UsagePage,
+    UsageRecordError,
+    open_usage_record,
+    validation_summary,
+)
+
+log = logging.getLogger(__name__)
+
+_MAX_REASON = 500
+
+
+class CollectError(Exception):
+    """A collection run for a node could not go on (node unreachable, bad answer...)."""
+
+
+class UnknownClient(LookupError):
+    """No such client: neither registered nor named by any receipt."""
+
+
+class UnknownTreeHead(LookupError):
+    """No signed tree head of that size."""
+
+
+# --- collection -------------------------------------------------------------------------
+
+
+@dataclass
+class CollectOutcome:
+    """What one collection run from one node did."""
+
+    node: str
+    fetched: int = 0
+    appended: int = 0
+    already: int = 0
+    refused: int = 0
+    acked: int = 0
+    cursor: int = 0
+    tree_size: int | None = None
+    error: str = ""
+    skipped: bool = False  # another run holds this node's lease
+
+    def summary(self) -> str:
+        if self.skipped:
+            return f"node={self.node} skipped (another run is collecting)"
+        text = (
+            f"node={self.node} fetched={self.fetched} logged={self.appended} "
+            f"already={self.already} refused={self.refused} acked={self.acked} "
+            f"cursor={self.cursor} tree_size={self.tree_size}"
+        )
+        return f"{text} error={self.error!r}" if self.error else text
+
+
+def _lease_seconds() -> float:
+    ledger = settings.SANCTUM.ledger
+    # One page's fetch and ack at worst, and the append between them; renewed per page.
+    return 2 * (ledger.connect_timeout_seconds + ledger.timeout_seconds) + 10
+
+
+def _take_lease(node: Node) -> CollectionState | None:
+    now = timezone.now()
+    CollectionState.objects.get_or_create(node=node)
+    taken = (
+        CollectionState.objects.filter(node=node)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .update(lease_until=now + timedelta(seconds=_lease_seconds()), last_run_at=now)
+    )
+    return CollectionState.objects.get(node=node) if taken else None
+
+
+def _renew_lease(state: CollectionState) -> None:
+    until = timezone.now() + timedelta(seconds=_lease_seconds())
+    CollectionState.objects.filter(pk=state.pk).update(lease_until=until)
+
+
+def _start_cursor(node: Node, state: CollectionState) -> int:
+    """The stored cursor, unless the node's health shows an outbox that started over.
+
+    Cursors are stable across a node's restarts; a node whose outbox was wiped (a new
+    disk) counts from the start again, and records after our old cursor would never be
+    asked for. Its health report's ``last_cursor`` below our cursor gives that away.
+    """
+    health = NodeState.objects.filter(node=node).values_list("health", flat=True).first()
+    usage = health.get("usage") if isinstance(health, dict) else None
+    last = usage.get("last_cursor") if isinstance(usage, dict) else None
+    if isinstance(last, int) and last < state.cursor:
+        log.warning(
+            "node %s reports last cursor %d below our %d: its outbox started over; "
+            "collecting from the start",
+            node.name,
+            last,
+            state.cursor,
+        )
+        return 0
+    return state.cursor
+
+
+def _http_error(what: str, exc: httpx.HTTPError) -> CollectError:
+    return CollectError(f"{what}: node unreachable: {type(exc).__name__}: {exc}"[:_MAX_REASON])
+
+
+def _answer_error(what: str, response: httpx.Response) -> CollectError:
+    try:
+        error = response.json().get("error") or {}
+        code = str(error.get("code") or "")
+    except (ValueError, AttributeError):
+        code = ""
+    hint = ""
+    if response.status_code == 401:
+        hint = " (does the node trust this control plane's key?)"
+    return CollectError(f"{what}: HTTP {response.status_code} {code or 'error'}{hint}")
+
+
+def _fetch(http: httpx.Client, node: Node, after: int, limit: int) -> UsagePage:
+    try:
+        response = http.get(USAGE_PATH, params={"after": after, "limit": limit})
+    except httpx.HTTPError as exc:
+        raise _http_error("listing usage", exc) from None
+    if response.status_code != 200:
+        raise _answer_error("listing usage", response)
+    try:
+        page = UsagePage.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise CollectError(f"malformed usage page: {validation_summary(exc)}") from None
+    if page.node_id != node.name:
+        raise CollectError(
+            f"the node at {node.management_url} says it is {page.node_id[:64]!r}, not {node.name!r}"
+        )
+    cursors = [item.cursor for item in page.records]
+    if any(c <= after for c in cursors) or cursors != sorted(set(cursors)):
+        raise CollectError("usage page cursors are not increasing from the one asked for")
+    return page
+
+
+def _ack(http: httpx.Client, cursor: int | None, record_ids: list[str]) -> None:
+    body = UsageAck(cursor=cursor, record_ids=record_ids).model_dump_json(exclude_none=True)
+    try:
+        response = http.post(
+            USAGE_ACK_PATH, content=body, headers={"Content-Type": "application/json"}
+        )
+    except httpx.HTTPError as exc:
+        raise _http_error("acknowledging", exc) from None
+    if response.status_code != 200:
+        raise _answer_error("acknowledging", response)
+
+
+def _verify(
+    node: Node, items: list[OutboxItem], key_pem: str
+) -> tuple[list[Verified], dict[int, str]]:
+    """Split a page into verified records and refusals (cursor -> reason)."""
+    key = public_key_from_pem(key_pem)
+    kid = key_id(key)
+    verified: list[Verified] = []
+    refused: dict[int, str] = {}
+    for item in items:
+        try:
+            record = open_usage_record(item.jws, {node.name: key})
+        except UsageRecordError as exc:
+            refused[item.cursor] = str(exc)[:_MAX_REASON]
+            continue
+        if record.record_id != item.record_id:
+            refused[item.cursor] = "the listing names another record id than the signed record"
+            continue
+        verified.append(
+            Verified(jws=item.jws, record=record, node_key_id=kid, node_key_pem=key_pem)
+        )
+    return verified, refused
+
+
+def _report_refused(node: Node, items: list[OutboxItem], refused: dict[int, str]) -> None:
+    now = timezone.now()
+    for item in items:
+        reason = refused.get(item.cursor)
+        if reason is None:
+            continue
+        log.warning(
+            "usage record refused node=%s cursor=%d record=%s: %s",
+            node.name,
+            item.cursor,
+            item.record_id[:64],
+            reason,
+        )
+        row, created = RefusedRecord.objects.get_or_create(
+            node=node,
+            cursor=item.cursor,
+            defaults={
+                "record_id": item.record_id[:64],
+                "reason": reason,
+                "first_seen_at": now,
+                "last_seen_at": now,
+            },
+        )
+        if not created:
+            row.reason, row.last_seen_at, row.resolved_at = reason, now, None
+            row.times_seen += 1
+            row.save()
+
+
+def _resolve_refused(node: Node, cursors: list[int]) -> None:
+    if cursors:
+        RefusedRecord.objects.filter(
+            node=node, cursor__in=cursors, resolved_at__isnull=True
+        ).update(resolved_at=timezone.now())
+
+
+def collect_node(node: Node) -> CollectOutcome:
+    """One collection run from ``node``: fetch, verify, log, sign, then acknowledge.
+
+    Records the outcome on the node's :class:`CollectionState` and returns it; a node that
+    can't be reached or answers badly is an ``error`` in the outcome, not an exception.
+    """
+    outcome = CollectOutcome(node=node.name)
+    state = _take_lease(node)
+    if state is None:
+        outcome.skipped = True
+        return outcome
+    outcome.cursor = state.cursor
+    try:
+        _collect(node, state, outcome)
+    except CollectError as exc:
+        outcome.error = str(exc)[:_MAX_REASON]
+        log.warning("collection from node %s failed: %s", node.name, outcome.error)
+    finally:
+        now = timezone.now()
+        changes = {
+            "lease_until": None,
+            "cursor": outcome.cursor,
+            "last_error": outcome.error,
+            "refused_pending": outcome.refused,
+        }
+        if not outcome.error:
+            changes["last_success_at"] = now
+        with transaction.atomic():
+            fresh = CollectionState.objects.select_for_update().get(pk=state.pk)
+            for name, value in changes.items():
+                setattr(fresh, name, value)
+            fresh.collected_total += outcome.appended
+            fresh.save()
+    if outcome.appended or outcome.refused:
+        log.info("collected %s", outcome.summary())
+    return outcome
+
+
+def _collect(node: Node, state: CollectionState, outcome: CollectOutcome) -> None:
+    ledger = settings.SANCTUM.ledger
+    key_pem = (node.public_key or "").strip()
+    try:
+        public_key_from_pem(key_pem)
+    except KeyFileError:
+        raise CollectError("the node has no readable public key registered") from None
+    after = _start_cursor(node, state)
+    acked_cursor = after  # every record at or below it is stored and acknowledged
+    unbroken = True  # every record listed in this run so far is stored
+    timeout = httpx.Timeout(ledger.timeout_seconds, connect=ledger.connect_timeout_seconds)
+    with httpx.Client(
+        base_url=node.management_url.rstrip("/"),
+        auth=SignedRequestAuth(log_key()),
+        timeout=timeout,
+    ) as http:
+        for _ in range(ledger.max_pages_per_run):
+            page = _fetch(http, node, after, ledger.page_size)
+            outcome.fetched += len(page.records)
+            verified, refused = _verify(node, page.records, key_pem)
+            result: AppendResult = append(verified)  # committed when it returns
+            for record_id in result.conflicts:
+                cursor = next(i.cursor for i in page.records if i.record_id == record_id)
+                refused[cursor] = "the ledger holds a different signed record with this id"
+            outcome.appended += len(result.appended)
+            outcome.already += len(result.already)
+            outcome.refused += len(refused)
+            if result.tree_head is not None:
+                outcome.tree_size = result.tree_head.size
+            _report_refused(node, page.records, refused)
+
+            stored = result.stored
+            cursor, ids, resolved = None, [], []
+            for item in page.records:
+                if item.cursor not in refused and item.record_id in stored:
+                    resolved.append(item.cursor)
+                    if unbroken:
+                        cursor = item.cursor
+                    else:
+                        ids.append(item.record_id)
+                else:
+                    unbroken = False
+            if cursor is not None or ids:
+                _ack(http, cursor, ids)
+                outcome.acked += len(resolved)
+            _resolve_refused(node, resolved)
+            if cursor is not None:
+                acked_cursor = cursor
+                outcome.cursor = cursor
+                CollectionState.objects.filter(pk=state.pk).update(cursor=cursor)
+            _renew_lease(state)
+            after = page.next
+            if not page.more:
+                break
+    outcome.cursor = acked_cursor
+
+
+def collect_fleet() -> list[CollectOutcome]:
+    """:func:`collect_node` for every enabled node, one after another (the reconciler)."""
+    return [collect_node(node) for node in Node.objects.enabled()]
+
+
+# --- auditors ---------------------------------------------------------------------------
+
+
+def parse_moment(value: str | date | datetime) -> datetime:
+    """An auditor's period bound: RFC 3339 (``Z`` or an offset), or a date (UTC midnight).
+
+    Returned in UTC at millisecond precision, the precision of the bundle's manifest, so
+    the receipts selected and the period the manifest states are the same.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError("not a date or an RFC 3339 time, like 2025-01-31T12:00:00Z") from None
+    if not isinstance(value, datetime):
+        value = datetime.combine(value, time.min)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+@dataclass(frozen=True)
+class Period:
+    """``since <= ended_at < until``; either end open when ``None``."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise ValueError("the period ends before it starts (since must be before until)")
+
+
+def client_known(client_id: str) -> bool:
+    """A registered client, or one that receipts name (a client deleted since)."""
+    return (
+        Client.objects.filter(slug=client_id).exists()
+        or Receipt.objects.filter(client=client_id).exists()
+    )
+
+
+def receipts_for(client_id: str, period: Period) -> ReceiptQuerySet:
+    """The client's receipts whose session ended in ``period``, in log order."""
+    return Receipt.objects.for_client(client_id).in_period(period.since, period.until)
+
+
+def client_bundle(client_id: str, period: Period) -> bytes:
+    """The audit bundle of one client and period: the exact bytes to serve.
+
+    Every receipt of the client whose session ended in the period and that the latest
+    signed tree head covers, each with its inclusion proof against that head, the node
+    keys, and the manifest signed by the log key (``shared.ledger.build_bundle``, which
+    checks the result with the verifier before it is returned).
+    """
+    if not client_known(client_id):
+        raise UnknownClient(client_id)
+    head = current_tree_head()
+    receipts = list(receipts_for(client_id, period).in_tree(head.size).order_by("log_index"))
+    proofs = inclusion_proofs([r.log_index for r in receipts], head.size)
+    items = [
+        ReceiptProof(index=r.log_index, entry=log_entry(r), inclusion_proof=proof)
+        for r, proof in zip(receipts, proofs, strict=True)
+    ]
+    return build_bundle(
+        client_id=client_id,
+        since=period.since,
+        until=period.until,
+        generated_at=now_ms(),
+        checkpoint=head.checkpoint,
+        receipts=items,
+        node_keys=node_public_keys(),
+        log_key=log_key(),
+        log_key_name=log_key_name(),
+    )
+
+
+def consistency_file(old_size: int, new_size: int | None = None) -> bytes:
+    """The consistency file from ``old_size`` to the signed tree head of ``new_size``
+    (default: the latest): ``shared.ledger.dump_consistency``'s canonical bytes."""
+    if new_size is None:
+        head = current_tree_head()
+    else:
+        found = TreeHead.objects.filter(size=new_size).first()
+        if found is None:
+            raise UnknownTreeHead(f"no signed tree head of size {new_size}")
+        head = found
+    if not 0 <= old_size <= head.size:
+        raise ValueError(f"old size must be between 0 and {head.size}")
+    return dump_consistency(
+        checkpoint=head.checkpoint,
+        old_size=old_size,
+        proof=consistency(old_size, head.size),
+        log_key=log_key().public_key(),
+        log_key_name=log_key_name(),
+    )
+
+
+@dataclass
+class LogKeyInfo:
+    """The log's public key in the forms ``sanctum verify --log-key`` reads."""
+
+    name: str
+    origin: str
+    key_id: str
+    verifier_key: str
+    pem: str
+    jwk: dict[str, str] = field(default_factory=dict)
+
+
+def log_key_info() -> LogKeyInfo:
+    """The log key and its names: what an auditor pins (get it from the operator too)."""
+    public = log_key().public_key()
+    return LogKeyInfo(
+        name=log_key_name(),
+        origin=log_origin(),
+        key_id=key_id(public),
+        verifier_key=verifier_key(log_key_name(), public),
+        pem=public_pem(public).decode("ascii"),
+        jwk=public_jwk(public),
+    )

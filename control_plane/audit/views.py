@@ -1,0 +1,100 @@
+"""The auditors' page: receipts by client and period, and the bundle to download.
+
+Django's own login (the admin's form) and permissions: ``audit.view_receipt``, which
+the ``auditor`` and ``admin`` roles hold. The page only reads; the download link is
+the API's bundle endpoint, which the same session may call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from django import forms
+from django.contrib import admin
+from django.contrib.auth.mixins import LoginRequiredMixin, PermissionRequiredMixin
+from django.core.paginator import Paginator
+from django.db.models import Count, Sum
+from django.urls import reverse
+from django.views.generic import TemplateView
+
+from control_plane.audit.filtersets import MomentField, PeriodForm
+from control_plane.audit.models import Receipt, TreeHead
+from control_plane.audit.services import Period, log_key_info, receipts_for
+from control_plane.clients.models import Client
+
+PAGE_SIZE = 100
+
+
+class ReceiptSearchForm(PeriodForm):
+    client = forms.ChoiceField(label="Client", choices=())
+    since = MomentField(
+        label="Sessions ended from",
+        required=False,
+        help_text="a date (UTC midnight) or an RFC 3339 time",
+        widget=forms.DateInput(attrs={"placeholder": "2025-01-01"}),
+    )
+    until = MomentField(
+        label="...and before",
+        required=False,
+        help_text="exclusive",
+        widget=forms.DateInput(attrs={"placeholder": "2025-02-01"}),
+    )
+
+    def __init__(self, *args: Any, clients: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["client"].choices = [(c, c) for c in clients]
+
+
+def known_clients() -> list[str]:
+    """Registered clients and any other client id a receipt names."""
+    registered = set(Client.objects.values_list("slug", flat=True))
+    logged = set(Receipt.objects.values_list("client", flat=True).distinct())
+    return sorted(registered | logged)
+
+
+class ReceiptsPage(LoginRequiredMixin, PermissionRequiredMixin, TemplateView):
+    """Receipts of one client in one period, their totals, and the bundle link."""
+
+    template_name = "audit/receipts.html"
+    permission_required = "audit.view_receipt"
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        request = self.request
+        context.update(admin.site.each_context(request))
+        clients = known_clients()
+        form = ReceiptSearchForm(request.GET or None, clients=clients)
+        context.update(
+            title="Receipts and the ledger",
+            form=form,
+            clients=clients,
+            tree_head=TreeHead.objects.latest_head(),
+            log_key=log_key_info(),
+        )
+        if form.is_bound and form.is_valid():
+            data = form.cleaned_data
+            period = Period(data.get("since"), data.get("until"))
+            receipts = receipts_for(data["client"], period).order_by("-log_index")
+            totals = receipts.aggregate(
+                count=Count("pk"),
+                requests=Sum("request_count"),
+                prompt_tokens=Sum("prompt_tokens"),
+                completion_tokens=Sum("completion_tokens"),
+            )
+            page = Paginator(receipts, PAGE_SIZE).get_page(request.GET.get("page"))
+            params = {"client": data["client"]}
+            for name in ("since", "until"):
+                if data.get(name) is not None:
+                    params[name] = data[name].isoformat().replace("+00:00", "Z")
+            query = request.GET.copy()
+            query.pop("page", None)
+            context.update(
+                client=data["client"],
+                period=period,
+                page_obj=page,
+                totals=totals,
+                query=query.urlencode(),
+                bundle_url=f"{reverse('api:audit-bundle')}?{urlencode(params)}",
+            )
+        return context

@@ -1,0 +1,97 @@
+"""API representations of clients and keys. No serializer ever carries a key's hash."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+from rest_framework.validators import UniqueValidator
+
+from control_plane.clients.choices import ApiKeyStatus
+from control_plane.clients.models import ApiKey, Client
+from control_plane.clients.validators import bundle_name_validator
+
+
+class ClientSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(
+        source="slug",
+        max_length=128,
+        validators=[
+            bundle_name_validator,
+            UniqueValidator(queryset=Client.objects.all(), message="This client id is taken."),
+        ],
+        help_text="The client id nodes, receipts and auditors use.",
+    )
+    models = serializers.SerializerMethodField(help_text="Names of the models it may use.")
+
+    class Meta:
+        model = Client
+        fields = (
+            "id",
+            "name",
+            "description",
+            "is_active",
+            "embeddings",
+            "knowledge_bases",
+            "max_sessions",
+            "max_tokens_per_request",
+            "models",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields = ("created_at", "updated_at")
+        extra_kwargs = {"knowledge_bases": {"required": False}}
+
+    def validate_id(self, value: str) -> str:
+        if self.instance is not None and value != self.instance.slug:
+            # Receipts and nodes know the client by this id: it never changes.
+            raise serializers.ValidationError("A client's id can't change.")
+        return value
+
+    def get_models(self, obj: Client) -> list[str]:
+        return sorted({pin.name for pin in obj.model_pins.all() if pin.enabled})
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    client = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    status = serializers.ChoiceField(choices=ApiKeyStatus.choices, read_only=True)
+
+    class Meta:
+        model = ApiKey
+        fields = (
+            "id",
+            "client",
+            "name",
+            "prefix",
+            "status",
+            "created_at",
+            "last_rotated_at",
+            "expires_at",
+            "revoked_at",
+            "revoked_reason",
+        )
+        read_only_fields = (
+            "id",
+            "prefix",
+            "created_at",
+            "last_rotated_at",
+            "revoked_at",
+            "revoked_reason",
+        )
+
+
+class ApiKeyIssueSerializer(serializers.Serializer):
+    client = serializers.SlugRelatedField(slug_field="slug", queryset=Client.objects.all())
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+
+class IssuedApiKeySerializer(ApiKeySerializer):
+    key = serializers.CharField(
+        read_only=True, help_text="The API key. Shown in this answer only; not stored."
+    )
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = (*ApiKeySerializer.Meta.fields, "key")
+
+
+class ApiKeyRevokeSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")

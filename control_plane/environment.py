@@ -1,0 +1,194 @@
+"""The control plane's typed settings, read from ``SANCTUM_CP_*`` environment variables.
+
+Nested sections use ``__`` (``SANCTUM_CP_LISTEN__PORT=8100``). Two conventional names are
+read without the prefix: ``DATABASE_URL`` (dj-database-url; SQLite under the data
+directory when unset) and ``REDIS_URL`` (the Celery broker; tasks run in-process when
+unset). ``control_plane.settings`` turns this object into Django settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Django's deploy check wants at least 50 characters and 5 distinct ones.
+MIN_SECRET_KEY_LENGTH = 50
+
+
+class ListenSettings(BaseModel):
+    """Where gunicorn binds: the management address, never a public one."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8100, ge=0, le=65535)
+
+
+class RolloutSettings(BaseModel):
+    """How pushes to the nodes' management listeners behave."""
+
+    connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    # Applying a bundle may load a model on the node, so the read timeout is generous.
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    max_retries: int | None = Field(
+        default=None,
+        ge=0,
+        description="task retries of a failed push (default: 8 with a broker, 0 in-process)",
+    )
+    retry_backoff_max_seconds: int = Field(default=300, ge=1)
+    health_poll_seconds: float = Field(default=30.0, gt=0)
+    health_timeout_seconds: float = Field(default=5.0, gt=0)
+    peer_expiry_seconds: float = Field(
+        default=60.0, gt=0, description="how often beat disables expired WireGuard peers"
+    )
+
+
+class LedgerSettings(BaseModel):
+    """The receipt ledger: its name in signed tree heads, and collection from the nodes."""
+
+    origin: str = Field(
+        default="sanctum.invalid/receipts",
+        pattern=r"^[!-*,-~]+$",
+        description="the log's origin, the first line of every checkpoint (and its key name)",
+    )
+    key_name: str | None = Field(
+        default=None,
+        pattern=r"^[!-*,-~]+$",
+        description="the signed-note key name tree heads are signed as (default: the origin)",
+    )
+    collect_interval_seconds: float = Field(default=10.0, gt=0)
+    page_size: int = Field(default=500, ge=1, le=1000)
+    max_pages_per_run: int = Field(default=20, ge=1)
+    connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    timeout_seconds: float = Field(default=20.0, gt=0)
+
+    @property
+    def note_key_name(self) -> str:
+        return self.key_name or self.origin
+
+
+def _split_list(value: object) -> object:
+    """Accept ``a,b`` or a JSON list for list settings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class ControlPlaneSettings(BaseSettings):
+    """Everything the control plane needs from its environment. Holds no client content."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SANCTUM_CP_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path("var/control-plane")
+    secret_key: SecretStr | None = Field(
+        default=None, description="Django SECRET_KEY (development: generated in data_dir)"
+    )
+    signing_key: Path | None = Field(
+        default=None,
+        description="PEM of the Ed25519 key that signs config (development: data_dir/keys)",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    csrf_trusted_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    behind_tls_proxy: bool = Field(
+        default=False,
+        description="trust X-Forwarded-Proto from the reverse proxy that terminates TLS",
+    )
+    ssl_redirect: bool = True
+    hsts_seconds: int = Field(default=31_536_000, ge=0)
+    debug: bool = False
+    log_level: str = "INFO"
+    listen: ListenSettings = ListenSettings()
+    rollout: RolloutSettings = RolloutSettings()
+    ledger: LedgerSettings = LedgerSettings()
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "SANCTUM_CP_DATABASE_URL")
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "SANCTUM_CP_REDIS_URL")
+    )
+
+    @field_validator("allowed_hosts", "csrf_trusted_origins", mode="before")
+    @classmethod
+    def _lists_from_text(cls, value: object) -> object:
+        return _split_list(value)
+
+    @model_validator(mode="after")
+    def _production_needs_explicit_secrets(self) -> ControlPlaneSettings:
+        if self.environment != "production":
+            return self
+        problems = []
+        if self.secret_key is None:
+            problems.append("SANCTUM_CP_SECRET_KEY is required")
+        elif len(self.secret_key.get_secret_value()) < MIN_SECRET_KEY_LENGTH:
+            problems.append(f"SANCTUM_CP_SECRET_KEY needs {MIN_SECRET_KEY_LENGTH}+ characters")
+        if self.signing_key is None:
+            problems.append(
+                "SANCTUM_CP_SIGNING_KEY is required: production must not sign with a key "
+                "it generated for itself"
+            )
+        elif not self.signing_key.is_file():
+            problems.append(f"SANCTUM_CP_SIGNING_KEY: no file at {self.signing_key}")
+        if self.debug:
+            problems.append("SANCTUM_CP_DEBUG must be off in production")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def eager_tasks(self) -> bool:
+        """No broker: Celery tasks run in the calling process (the embedded default)."""
+        return not self.redis_url
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key or self.keys_dir / "control-plane.key"
+
+    @property
+    def push_max_retries(self) -> int:
+        if self.rollout.max_retries is not None:
+            return self.rollout.max_retries
+        # In-process, a retry would run at once and block the request that rolled out;
+        # the reconciler (or beat) catches a node up when it is back instead.
+        return 0 if self.eager_tasks else 8
+
+    def resolved_secret_key(self) -> str:
+        """The configured key, or (development only) one kept in ``data_dir/secret_key``."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            # gunicorn and Celery workers may start together: write a private temp file
+            # and link it into place, so exactly one key wins and nobody reads half a file.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".secret_key.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, secrets.token_urlsafe(48).encode("ascii"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return path.read_text(encoding="ascii").strip()

@@ -1,0 +1,6 @@
+"""The fleet: data-plane nodes, the signed config releases made for them, and rollout.
+
+Rollout turns the database into one signed bundle per node (a ``ConfigRelease`` with a
+version above any the node has held) and a Celery task pushes it to the node's
+management listener. Beat polls each node's health and re-pushes to any that is behind.
+"""

@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class FleetConfig(AppConfig):
+    name = "control_plane.fleet"
+    label = "fleet"
+    verbose_name = "Fleet"
+    sanctum_roles = {"admin": ("add", "change", "delete", "view"), "auditor": ("view",)}

@@ -1,0 +1,264 @@
+"""API representations of pools, gateways, peers and gateway releases.
+
+No serializer carries a preshared key: it leaves the control plane only inside a peer's
+config download (and sealed, in the gateway's config).
+"""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from control_plane.clients.models import Client
+from control_plane.fleet.models import Node
+from control_plane.network.choices import PeerStatus
+from control_plane.network.models import (
+    AddressPool,
+    Gateway,
+    GatewayRelease,
+    GatewayState,
+    GatewayUpstream,
+    Peer,
+)
+
+
+class AddressPoolSerializer(serializers.ModelSerializer):
+    gateway_addresses = serializers.ListField(
+        child=serializers.CharField(), read_only=True, help_text="The gateway's own."
+    )
+
+    class Meta:
+        model = AddressPool
+        fields = (
+            "id",
+            "name",
+            "ipv4_cidr",
+            "ipv6_cidr",
+            "gateway_addresses",
+            "description",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields = ("created_at", "updated_at")
+
+    def validate(self, attrs: dict) -> dict:
+        if self.instance is not None and self.instance.peers.exists():
+            for field in ("ipv4_cidr", "ipv6_cidr"):
+                if field in attrs and attrs[field] != getattr(self.instance, field):
+                    raise serializers.ValidationError(
+                        {field: "Peers hold addresses of this network: it can't change."}
+                    )
+        return attrs
+
+
+class GatewayUpstreamSerializer(serializers.ModelSerializer):
+    node = serializers.SlugRelatedField(slug_field="name", queryset=Node.objects.all())
+
+    class Meta:
+        model = GatewayUpstream
+        fields = ("node", "host", "port")
+
+
+class GatewayStateSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = GatewayState
+        fields = (
+            "applied_version",
+            "last_push_at",
+            "last_push_error",
+            "health_status",
+            "health",
+            "health_checked_at",
+            "health_error",
+        )
+        read_only_fields = fields
+
+
+class GatewaySerializer(serializers.ModelSerializer):
+    pool = serializers.SlugRelatedField(slug_field="name", queryset=AddressPool.objects.all())
+    upstreams = GatewayUpstreamSerializer(many=True, required=False)
+    state = serializers.SerializerMethodField()
+    api_base = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Gateway
+        fields = (
+            "id",
+            "name",
+            "public_endpoint",
+            "public_key",
+            "management_url",
+            "pool",
+            "interface_name",
+            "listen_port",
+            "http_port",
+            "api_base",
+            "upstreams",
+            "enabled",
+            "description",
+            "state",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields = ("created_at", "updated_at")
+
+    def get_state(self, obj: Gateway) -> dict | None:
+        try:
+            return GatewayStateSerializer(obj.state).data
+        except GatewayState.DoesNotExist:
+            return None
+
+    def validate(self, attrs: dict) -> dict:
+        pool = attrs.get("pool")
+        if pool is not None and (self.instance is None or self.instance.pool_id != pool.pk):
+            if Gateway.objects.filter(pool=pool).exists():
+                raise serializers.ValidationError({"pool": "Another gateway has this pool."})
+            if self.instance is not None and self.instance.peers.exists():
+                raise serializers.ValidationError(
+                    {"pool": "The gateway's peers hold addresses of its pool: it can't change."}
+                )
+        nodes = [u["node"].name for u in attrs.get("upstreams", [])]
+        if len(nodes) != len(set(nodes)):
+            raise serializers.ValidationError({"upstreams": "Each node at most once."})
+        return attrs
+
+    def _set_upstreams(self, gateway: Gateway, upstreams: list[dict] | None) -> None:
+        if upstreams is None:
+            return
+        wanted = {u["node"].pk: u for u in upstreams}
+        for existing in gateway.upstreams.all():
+            if existing.node_id not in wanted:
+                existing.delete()
+        for node_id, data in wanted.items():
+            row = gateway.upstreams.filter(node_id=node_id).first() or GatewayUpstream(
+                gateway=gateway, node=data["node"]
+            )
+            row.host, row.port = data["host"], data["port"]
+            row.save()
+
+    def create(self, validated_data: dict) -> Gateway:
+        upstreams = validated_data.pop("upstreams", [])
+        gateway = super().create(validated_data)
+        self._set_upstreams(gateway, upstreams)
+        return gateway
+
+    def update(self, instance: Gateway, validated_data: dict) -> Gateway:
+        upstreams = validated_data.pop("upstreams", None)
+        gateway = super().update(instance, validated_data)
+        self._set_upstreams(gateway, upstreams)
+        return gateway
+
+
+class PeerSerializer(serializers.ModelSerializer):
+    client = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    gateway = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    status = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Peer
+        fields = (
+            "id",
+            "client",
+            "gateway",
+            "name",
+            "public_key",
+            "key_generated",
+            "address_v4",
+            "address_v6",
+            "status",
+            "enabled",
+            "expires_at",
+            "disabled_reason",
+            "disabled_at",
+            "last_handshake_at",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields = (
+            "id",
+            "public_key",
+            "key_generated",
+            "address_v4",
+            "address_v6",
+            "enabled",
+            "disabled_reason",
+            "disabled_at",
+            "last_handshake_at",
+            "created_at",
+            "updated_at",
+        )
+
+    def get_status(self, obj: Peer) -> str:
+        return PeerStatus(obj.status()).value
+
+
+class PeerProvisionSerializer(serializers.Serializer):
+    client = serializers.SlugRelatedField(slug_field="slug", queryset=Client.objects.all())
+    gateway = serializers.SlugRelatedField(slug_field="name", queryset=Gateway.objects.all())
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    public_key = serializers.CharField(
+        max_length=100,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="The client's own WireGuard public key (preferred). Without it a key "
+        "pair is made and its private key is in this answer's config, once.",
+    )
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+
+class ProvisionedPeerSerializer(PeerSerializer):
+    config = serializers.CharField(
+        read_only=True,
+        help_text="The wg-quick file. With a generated key pair it holds the private key: "
+        "shown in this answer only, not stored.",
+    )
+
+    class Meta(PeerSerializer.Meta):
+        fields = (*PeerSerializer.Meta.fields, "config")
+
+
+class PeerDisableSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=200)
+
+
+class PeerEnableSerializer(serializers.Serializer):
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+
+class GatewayReleaseSerializer(serializers.ModelSerializer):
+    gateway = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    released_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = GatewayRelease
+        fields = (
+            "id",
+            "gateway",
+            "version",
+            "status",
+            "attempts",
+            "last_error",
+            "last_attempt_at",
+            "applied_at",
+            "released_by",
+            "created_at",
+            "config_sha256",
+            "peer_count",
+        )
+        read_only_fields = fields
+
+
+class GatewayRolloutSerializer(serializers.Serializer):
+    gateways = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=Gateway.objects.all(),
+        many=True,
+        required=False,
+        help_text="Gateway names (default: every enabled gateway).",
+    )
+
+    def validate_gateways(self, gateways: list[Gateway]) -> list[Gateway]:
+        disabled = [g.name for g in gateways if not g.enabled]
+        if disabled:
+            raise serializers.ValidationError(f"Disabled: {', '.join(disabled)}.")
+        return gateways

@@ -1,0 +1,334 @@
+"""Gateways, their address pools, client peers, and gateway config releases."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from control_plane.changes.models import ChangeLoggedModel
+from control_plane.clients.models import Client
+from control_plane.clients.validators import bundle_name_validator
+from control_plane.fleet.choices import HealthStatus, ReleaseStatus
+from control_plane.fleet.models import Node
+from control_plane.network.allocation import gateway_address
+from control_plane.network.choices import PeerStatus
+from control_plane.network.querysets import GatewayQuerySet, GatewayReleaseQuerySet, PeerQuerySet
+from control_plane.network.validators import (
+    validate_endpoint,
+    validate_interface_name,
+    validate_ipv4_network,
+    validate_ipv6_network,
+    validate_upstream_host,
+    validate_wireguard_key,
+)
+
+
+class AddressPool(ChangeLoggedModel):
+    """The tunnel addresses of one gateway: an IPv4 network and, optionally, an IPv6 one.
+
+    The first host address of each is the gateway's own (where nginx answers its peers);
+    the network address and the IPv4 broadcast address are never handed out.
+    """
+
+    name = models.CharField(max_length=128, unique=True, validators=[bundle_name_validator])
+    ipv4_cidr = models.CharField(
+        "IPv4 network", max_length=18, validators=[validate_ipv4_network], help_text="10.77.0.0/24"
+    )
+    ipv6_cidr = models.CharField(
+        "IPv6 network",
+        max_length=43,
+        blank=True,
+        validators=[validate_ipv6_network],
+        help_text="fd77::/64 (optional)",
+    )
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    change_logged_fields = ("name", "ipv4_cidr", "ipv6_cidr", "description")
+
+    class Meta:
+        ordering = ("name",)
+        verbose_name = "address pool"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def ipv4_network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.ipv4_cidr)
+
+    @property
+    def ipv6_network(self) -> ipaddress.IPv6Network | None:
+        return ipaddress.IPv6Network(self.ipv6_cidr) if self.ipv6_cidr else None
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [n for n in (self.ipv4_network, self.ipv6_network) if n is not None]
+
+    def gateway_addresses(self) -> list[str]:
+        """The gateway's tunnel addresses (``10.77.0.1``, ``fd77::1``)."""
+        return [str(gateway_address(n)) for n in self.networks()]
+
+    def gateway_interfaces(self) -> list[str]:
+        """The same with the pool's prefix (``10.77.0.1/24``): the interface's addresses."""
+        return [f"{gateway_address(n)}/{n.prefixlen}" for n in self.networks()]
+
+
+class Gateway(ChangeLoggedModel):
+    """A WireGuard gateway: where clients connect, its key, and its agent's address.
+
+    Its WireGuard private key never leaves the gateway; the public key here is what
+    clients put in their config and what each peer's preshared key is sealed to.
+    """
+
+    name = models.CharField(
+        max_length=128,
+        unique=True,
+        validators=[bundle_name_validator],
+        help_text="The gateway's name; its agent takes configs made for this name only.",
+    )
+    public_endpoint = models.CharField(
+        max_length=300,
+        validators=[validate_endpoint],
+        help_text="host:port clients send WireGuard to, like gw1.example.net:51820.",
+    )
+    public_key = models.CharField(
+        "WireGuard public key",
+        max_length=44,
+        unique=True,
+        validators=[validate_wireguard_key],
+        help_text="The gateway's (printed by gateway-provision.sh).",
+    )
+    management_url = models.URLField(
+        "management URL", help_text="Base URL of the gateway agent, on the management link."
+    )
+    pool = models.OneToOneField(
+        AddressPool, on_delete=models.PROTECT, related_name="gateway", verbose_name="address pool"
+    )
+    interface_name = models.CharField(
+        max_length=15, default="wg0", validators=[validate_interface_name]
+    )
+    listen_port = models.PositiveIntegerField(
+        default=51820, validators=[MinValueValidator(1), MaxValueValidator(65535)]
+    )
+    http_port = models.PositiveIntegerField(
+        "HTTP port",
+        default=80,
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        help_text="nginx's port on the gateway's tunnel address.",
+    )
+    enabled = models.BooleanField(default=True, help_text="Disabled gateways get no rollouts.")
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = GatewayQuerySet.as_manager()
+
+    change_logged_fields = (
+        "name",
+        "public_endpoint",
+        "public_key",
+        "management_url",
+        "pool",
+        "interface_name",
+        "listen_port",
+        "http_port",
+        "enabled",
+        "description",
+    )
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def endpoint(self, path: str) -> str:
+        return self.management_url.rstrip("/") + path
+
+    @property
+    def api_base(self) -> str:
+        """The data-plane API as a peer reaches it through this gateway."""
+        address = self.pool.gateway_addresses()[0]
+        port = "" if self.http_port == 80 else f":{self.http_port}"
+        return f"http://{address}{port}/v1"
+
+
+class GatewayUpstream(ChangeLoggedModel):
+    """A data-plane node's client API as the gateway's nginx reaches it."""
+
+    gateway = models.ForeignKey(Gateway, on_delete=models.CASCADE, related_name="upstreams")
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="gateway_upstreams")
+    host = models.CharField(
+        max_length=253, validators=[validate_upstream_host], help_text="IP address or host name."
+    )
+    port = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(65535)])
+
+    change_logged_fields = ("gateway", "node", "host", "port")
+
+    class Meta:
+        ordering = ("gateway", "node__name")
+        verbose_name = "upstream"
+        constraints = [
+            models.UniqueConstraint(fields=["gateway", "node"], name="network_upstream_node")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.node_id and self.node.name} at {self.host}:{self.port}"
+
+
+class Peer(ChangeLoggedModel):
+    """A client's WireGuard peer on a gateway: its public key, PSK and tunnel addresses.
+
+    The private key is never here: either the client kept its own, or the control plane
+    made the pair and showed the private key once, in the config it returned. The
+    preshared key is stored (every gateway config carries it, sealed to the gateway's key)
+    and never logged, listed or shown outside the config download.
+    """
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="peers")
+    gateway = models.ForeignKey(Gateway, on_delete=models.PROTECT, related_name="peers")
+    pool = models.ForeignKey(
+        AddressPool, on_delete=models.PROTECT, related_name="peers", editable=False
+    )
+    name = models.CharField(max_length=100, blank=True, help_text="Which device, for whom.")
+    public_key = models.CharField(
+        "WireGuard public key", max_length=44, validators=[validate_wireguard_key]
+    )
+    preshared_key = models.CharField(max_length=44, editable=False)
+    key_generated = models.BooleanField(
+        default=False, editable=False, help_text="The control plane made the key pair."
+    )
+    address_v4 = models.GenericIPAddressField("IPv4 tunnel address", protocol="IPv4")
+    address_v6 = models.GenericIPAddressField(
+        "IPv6 tunnel address", protocol="IPv6", null=True, blank=True
+    )
+    enabled = models.BooleanField(default=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    disabled_reason = models.CharField(max_length=200, blank=True)
+    disabled_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Reported by the gateway's health: machine-written, not change-logged.
+    last_handshake_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = PeerQuerySet.as_manager()
+
+    # Never "preshared_key": the trail records metadata, not secrets.
+    change_logged_fields = (
+        "client",
+        "gateway",
+        "name",
+        "public_key",
+        "key_generated",
+        "address_v4",
+        "address_v6",
+        "enabled",
+        "expires_at",
+        "disabled_reason",
+        "disabled_at",
+    )
+
+    class Meta:
+        ordering = ("gateway", "address_v4")
+        constraints = [
+            # The last line of defence behind the allocation lock.
+            models.UniqueConstraint(fields=["pool", "address_v4"], name="network_peer_pool_v4"),
+            models.UniqueConstraint(fields=["pool", "address_v6"], name="network_peer_pool_v6"),
+            models.UniqueConstraint(fields=["gateway", "public_key"], name="network_peer_key"),
+        ]
+
+    def __str__(self) -> str:
+        label = self.name or self.public_key[:8]
+        return f"{self.client_id and self.client.slug}/{label} ({self.address_v4})"
+
+    @property
+    def config_id(self) -> str:
+        """The peer's id in the gateway config and the gateway's health report."""
+        return f"peer-{self.pk}"
+
+    def addresses(self) -> list[str]:
+        return [a for a in (self.address_v4, self.address_v6) if a]
+
+    def status(self, at: datetime | None = None) -> str:
+        at = at or timezone.now()
+        if not self.enabled:
+            return PeerStatus.DISABLED
+        if self.expires_at is not None and self.expires_at <= at:
+            return PeerStatus.EXPIRED
+        if not self.client.is_active:
+            return PeerStatus.CLIENT_INACTIVE
+        return PeerStatus.ACTIVE
+
+
+class GatewayState(models.Model):
+    """What the control plane last learnt about a gateway (machine-written, not logged)."""
+
+    gateway = models.OneToOneField(
+        Gateway, on_delete=models.CASCADE, primary_key=True, related_name="state"
+    )
+    applied_version = models.PositiveBigIntegerField(null=True, blank=True)
+    last_push_at = models.DateTimeField(null=True, blank=True)
+    last_push_error = models.TextField(blank=True)
+    health_status = models.CharField(
+        max_length=16, choices=HealthStatus.choices, default=HealthStatus.UNKNOWN
+    )
+    health = models.JSONField(null=True, blank=True)
+    health_checked_at = models.DateTimeField(null=True, blank=True)
+    health_error = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name = "gateway state"
+
+    def __str__(self) -> str:
+        return f"state of {self.gateway_id}"
+
+
+class GatewayRelease(ChangeLoggedModel):
+    """Version ``version`` of one gateway's config: the document, signed, and its delivery.
+
+    The document holds each enabled peer's PSK sealed to the gateway's WireGuard key, so
+    neither this table nor the management link exposes a usable one.
+    """
+
+    gateway = models.ForeignKey(Gateway, on_delete=models.CASCADE, related_name="releases")
+    version = models.PositiveBigIntegerField()
+    document = models.JSONField(help_text="The gateway config (PSKs sealed).")
+    signed_config = models.TextField(help_text="Compact JWS, as pushed to the agent.")
+    config_sha256 = models.CharField("config SHA-256", max_length=64)
+    released_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(
+        max_length=16, choices=ReleaseStatus.choices, default=ReleaseStatus.PENDING, db_index=True
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    applied_at = models.DateTimeField(null=True, blank=True)
+
+    objects = GatewayReleaseQuerySet.as_manager()
+
+    change_logged_fields = ("gateway", "version", "config_sha256", "released_by")
+
+    class Meta:
+        ordering = ("-created_at", "-version")
+        verbose_name = "gateway release"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["gateway", "version"], name="network_release_gateway_version"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.gateway_id and self.gateway.name} v{self.version}"
+
+    @property
+    def peer_count(self) -> int:
+        return sum(1 for p in self.document.get("peers", []) if p.get("enabled"))

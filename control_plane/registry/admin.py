@@ -1,0 +1,78 @@
+"""Admin console page for model pins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db import transaction
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+
+from control_plane.registry.models import ModelPin
+from control_plane.registry.services import request_pin_verification
+
+
+@admin.register(ModelPin)
+class ModelPinAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "version",
+        "enabled",
+        "hash_status",
+        "short_sha256",
+        "context_size",
+        "client_count",
+        "hash_checked_at",
+    )
+    list_filter = ("hash_status", "enabled", "name")
+    search_fields = ("name", "version", "sha256", "path")
+    filter_horizontal = ("clients",)
+    actions = ("verify_hash",)
+    fieldsets = (
+        (None, {"fields": ("name", "version", "path", "enabled")}),
+        ("File", {"fields": ("sha256", "hash_status", "hash_error", "hash_checked_at")}),
+        ("Serving", {"fields": ("context_size", "chat_template", "clients")}),
+        ("Record", {"fields": ("created_at", "updated_at")}),
+    )
+    _always_read_only = (
+        "sha256",
+        "hash_status",
+        "hash_error",
+        "hash_checked_at",
+        "created_at",
+        "updated_at",
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ModelPin]:
+        return super().get_queryset(request).annotate(client_total=Count("clients"))
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        if obj is not None:
+            # A pin names one file at one version; a new version is a new pin.
+            return (*self._always_read_only, "name", "version", "path")
+        return self._always_read_only
+
+    @admin.display(description="SHA-256")
+    def short_sha256(self, obj: ModelPin) -> str:
+        return f"{obj.sha256[:12]}..." if obj.sha256 else "-"
+
+    @admin.display(description="clients", ordering="client_total")
+    def client_count(self, obj: ModelPin) -> int:
+        return obj.client_total
+
+    def save_model(self, request: HttpRequest, obj: ModelPin, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            transaction.on_commit(lambda: request_pin_verification(obj))
+
+    @admin.action(description="Verify model hash (from the file)", permissions=["change"])
+    def verify_hash(self, request: HttpRequest, queryset: QuerySet[ModelPin]) -> None:
+        pins = list(queryset)
+        for pin in pins:
+            request_pin_verification(pin)
+        self.message_user(
+            request,
+            f"Hash check queued for {len(pins)} pin(s); the status column shows the result.",
+            messages.SUCCESS,
+        )

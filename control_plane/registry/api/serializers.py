@@ -1,0 +1,73 @@
+"""API representation of model pins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from control_plane.clients.models import Client
+from control_plane.registry.models import ModelPin
+
+IMMUTABLE = ("name", "version", "path")
+
+
+class ModelPinSerializer(serializers.ModelSerializer):
+    clients = serializers.SlugRelatedField(
+        slug_field="slug", queryset=Client.objects.all(), many=True, required=False
+    )
+    supersede = serializers.BooleanField(
+        write_only=True,
+        required=False,
+        default=False,
+        help_text="On create: disable the model's current pin and take its place.",
+    )
+
+    class Meta:
+        model = ModelPin
+        fields = (
+            "id",
+            "name",
+            "version",
+            "path",
+            "sha256",
+            "hash_status",
+            "hash_error",
+            "hash_checked_at",
+            "context_size",
+            "chat_template",
+            "clients",
+            "enabled",
+            "supersede",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields = (
+            "sha256",
+            "hash_status",
+            "hash_error",
+            "hash_checked_at",
+            "created_at",
+            "updated_at",
+        )
+        # The one-enabled-pin rule is checked in validate(), with a field error; the
+        # (name, version) pair in the service.
+        validators: list[Any] = []
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        pin = self.instance
+        if pin is not None:
+            errors = {
+                name: "Fixed once pinned; pin a new version instead."
+                for name in IMMUTABLE
+                if name in attrs and attrs[name] != getattr(pin, name)
+            }
+            if errors:
+                raise serializers.ValidationError(errors)
+            if attrs.get("enabled") and not pin.enabled:
+                other = ModelPin.objects.filter(name=pin.name, enabled=True).exclude(pk=pin.pk)
+                if other.exists():
+                    raise serializers.ValidationError(
+                        {"enabled": f"{pin.name} already has an enabled pin; disable it first."}
+                    )
+        return attrs

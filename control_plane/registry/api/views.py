@@ -1,0 +1,53 @@
+"""Thin API views for model pins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from control_plane.registry.api.serializers import ModelPinSerializer
+from control_plane.registry.filtersets import ModelPinFilterSet
+from control_plane.registry.models import ModelPin
+from control_plane.registry.services import pin_model, request_pin_verification
+
+
+class ModelPinViewSet(viewsets.ModelViewSet):
+    """Pins. Creating one queues the hash of its file; ``verify`` re-checks it."""
+
+    queryset = ModelPin.objects.prefetch_related("clients")
+    serializer_class = ModelPinSerializer
+    filterset_class = ModelPinFilterSet
+    search_fields = ("name", "version", "sha256")
+    ordering_fields = ("name", "version", "created_at")
+    action_permissions = {"verify": ["registry.change_modelpin"]}
+
+    def perform_create(self, serializer: Any) -> None:
+        data = serializer.validated_data
+        serializer.instance = pin_model(
+            name=data["name"],
+            version=data["version"],
+            path=data["path"],
+            context_size=data.get("context_size", 2048),
+            chat_template=data.get("chat_template", ""),
+            clients=data.get("clients"),
+            supersede=data.get("supersede", False),
+        )
+        # Without a broker the hash was computed on commit, after pin_model returned.
+        serializer.instance.refresh_from_db()
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.validated_data.pop("supersede", None)
+        serializer.save()
+
+    @extend_schema(request=None, responses={202: ModelPinSerializer})
+    @action(detail=True, methods=["post"])
+    def verify(self, request: Request, pk: str | None = None) -> Response:
+        pin = self.get_object()
+        request_pin_verification(pin)
+        pin.refresh_from_db()
+        return Response(self.get_serializer(pin).data, status=status.HTTP_202_ACCEPTED)

@@ -1,0 +1,79 @@
+"""Model pins: a model name pinned to one version of one GGUF file, by its sha256."""
+
+from __future__ import annotations
+
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+from control_plane.changes.models import ChangeLoggedModel
+from control_plane.clients.models import Client
+from control_plane.clients.validators import bundle_name_validator, model_version_validator
+from control_plane.registry.choices import HashStatus
+from control_plane.registry.querysets import ModelPinQuerySet
+
+
+class ModelPin(ChangeLoggedModel):
+    """``name`` served from ``path`` at ``version``, and only if the file hashes to ``sha256``.
+
+    The hash is computed from the file by a task when the pin is made (and again by
+    "verify"), never typed in. A name has at most one enabled pin: moving to a new
+    version is an explicit new pin that supersedes the old one. ``clients`` may use it.
+    """
+
+    name = models.CharField(max_length=128, validators=[bundle_name_validator])
+    version = models.CharField(max_length=64, validators=[model_version_validator])
+    path = models.CharField(
+        "GGUF path", max_length=1024, help_text="Path of the GGUF file on the nodes."
+    )
+    sha256 = models.CharField("SHA-256", max_length=64, blank=True, editable=False)
+    hash_status = models.CharField(
+        max_length=16, choices=HashStatus.choices, default=HashStatus.PENDING, editable=False
+    )
+    hash_error = models.CharField(max_length=300, blank=True, editable=False)
+    hash_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    context_size = models.PositiveIntegerField(
+        default=2048, validators=[MinValueValidator(128), MaxValueValidator(1_048_576)]
+    )
+    chat_template = models.TextField(
+        blank=True, help_text="Jinja chat template; blank uses the GGUF's own."
+    )
+    clients = models.ManyToManyField(Client, blank=True, related_name="model_pins")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ModelPinQuerySet.as_manager()
+
+    # A model file's sha256 is public (receipts carry it); it is logged so the trail
+    # shows when a pin's file changed.
+    change_logged_fields = (
+        "name",
+        "version",
+        "path",
+        "sha256",
+        "hash_status",
+        "context_size",
+        "chat_template",
+        "clients",
+        "enabled",
+    )
+
+    class Meta:
+        ordering = ("name", "-created_at")
+        verbose_name = "model pin"
+        constraints = [
+            models.UniqueConstraint(fields=["name", "version"], name="registry_pin_name_version"),
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=Q(enabled=True),
+                name="registry_one_enabled_pin",
+                violation_error_message=(
+                    "This model already has an enabled pin: disable it first, or pin the "
+                    "new version with supersede."
+                ),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"

@@ -1,0 +1,106 @@
+"""Model-pin use cases: pin a version, compute and verify its file's sha256."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from control_plane.changes.choices import ChangeAction
+from control_plane.clients.models import Client
+from control_plane.registry.choices import HashStatus
+from control_plane.registry.models import ModelPin
+from shared.config import file_sha256
+
+log = logging.getLogger(__name__)
+
+
+def pin_model(
+    *,
+    name: str,
+    version: str,
+    path: str,
+    context_size: int = 2048,
+    chat_template: str = "",
+    clients: Iterable[Client] | None = None,
+    supersede: bool = False,
+) -> ModelPin:
+    """Pin ``name`` to ``version`` of the GGUF file at ``path``; the hash task follows.
+
+    A name has one enabled pin. If it has one already, this refuses (a field error on
+    ``version``) unless ``supersede`` says to disable the old pin; the new pin then
+    inherits the old one's clients when ``clients`` is not given. Nodes serve the new
+    pin after its hash is verified and the next rollout.
+    """
+    if not os.path.isabs(path):
+        raise ValidationError({"path": "Give an absolute path to the GGUF file."})
+    with transaction.atomic():
+        if ModelPin.objects.filter(name=name, version=version).exists():
+            raise ValidationError({"version": f"{name} is already pinned at {version}."})
+        current = ModelPin.objects.select_for_update().filter(name=name, enabled=True).first()
+        if current is not None and not supersede:
+            raise ValidationError(
+                {
+                    "version": f"{name} is pinned at {current.version}. Set supersede to "
+                    "replace that pin with this one."
+                }
+            )
+        inherited: list[Client] = []
+        if current is not None:
+            inherited = list(current.clients.all())
+            current.enabled = False
+            current.save()
+        pin = ModelPin(
+            name=name,
+            version=version,
+            path=path,
+            context_size=context_size,
+            chat_template=chat_template,
+        )
+        pin.full_clean(exclude=["clients"])
+        pin.save()
+        pin.clients.set(list(clients) if clients is not None else inherited)
+        transaction.on_commit(lambda: request_pin_verification(pin))
+    return pin
+
+
+def request_pin_verification(pin: ModelPin) -> None:
+    """Queue the hash task for ``pin`` (runs at once when there is no broker)."""
+    from control_plane.registry.tasks import compute_model_pin_sha256
+
+    compute_model_pin_sha256.delay(pin.pk)
+
+
+def verify_model_pin(pin: ModelPin) -> ModelPin:
+    """Hash the pin's file. The first hash is the pin; later ones must match it.
+
+    A file that can't be read leaves the pin ``failed``; one whose hash differs from the
+    pinned one leaves it ``mismatch`` (the pinned hash is kept, so nodes keep refusing
+    the changed file). Either way the reason is recorded and the pin drops out of bundles.
+    """
+    try:
+        digest: str | None = file_sha256(pin.path)
+        error = ""
+    except OSError as exc:
+        digest, error = None, f"can't read {pin.path}: {exc.strerror or type(exc).__name__}"
+    with transaction.atomic():
+        locked = ModelPin.objects.select_for_update().get(pk=pin.pk)
+        locked.hash_checked_at = timezone.now()
+        if digest is None:
+            locked.hash_status, locked.hash_error = HashStatus.FAILED, error
+        elif not locked.sha256 or locked.sha256 == digest:
+            locked.sha256, locked.hash_status, locked.hash_error = digest, HashStatus.VERIFIED, ""
+        else:
+            locked.hash_status = HashStatus.MISMATCH
+            locked.hash_error = (
+                f"file hash is {digest[:12]}..., pinned {locked.sha256[:12]}...: "
+                "pin the new file as a new version"
+            )
+        locked.set_change_action(ChangeAction.VERIFY_HASH)
+        locked.save()
+    log.info("model pin %s hash %s", locked.pk, locked.hash_status)
+    return locked

@@ -1,0 +1,224 @@
+"""Django settings for the control plane, built from :class:`ControlPlaneSettings`.
+
+Nothing here reads ``os.environ`` directly: the typed object does, and refuses what is
+missing or unsafe. A bad environment raises ``ImproperlyConfigured`` naming the field,
+never echoing its value (it may be a secret).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from pydantic import ValidationError
+
+from control_plane.environment import ControlPlaneSettings
+
+try:
+    CP = ControlPlaneSettings()
+except ValidationError as exc:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+        for err in exc.errors(include_input=False, include_url=False)
+    )
+    raise ImproperlyConfigured(f"control plane environment: {problems}") from None
+
+CP.data_dir.mkdir(parents=True, exist_ok=True)
+
+SECRET_KEY = CP.resolved_secret_key()
+DEBUG = CP.debug
+ALLOWED_HOSTS = sorted({*CP.allowed_hosts, CP.listen.host, "localhost", "127.0.0.1"})
+CSRF_TRUSTED_ORIGINS = CP.csrf_trusted_origins
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "control_plane.changes",
+    "control_plane.accounts",
+    "control_plane.clients",
+    "control_plane.registry",
+    "control_plane.fleet",
+    "control_plane.network",
+    "control_plane.audit",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "control_plane.changes.middleware.ChangeContextMiddleware",
+]
+
+ROOT_URLCONF = "control_plane.urls"
+WSGI_APPLICATION = "control_plane.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        CP.database_url or f"sqlite:///{(CP.data_dir / 'control-plane.sqlite3').resolve()}",
+        conn_max_age=60,
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Gunicorn workers, the Celery worker and beat share one file: wait for the write
+    # lock instead of failing at once, and take it at BEGIN so reads don't deadlock.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL;",
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# The auditor's page signs in through the admin's login form (operators are staff users).
+LOGIN_URL = "/admin/login/"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = CP.data_dir / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing one at every start
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# In development whitenoise serves straight from the apps' static folders; in production
+# `python -m control_plane serve` runs collectstatic into STATIC_ROOT first.
+WHITENOISE_USE_FINDERS = not CP.production
+
+# --- Security ---------------------------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_AGE = int(timedelta(hours=8).total_seconds())
+CSRF_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if CP.production:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = CP.ssl_redirect
+    SECURE_HSTS_SECONDS = CP.hsts_seconds
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+if CP.behind_tls_proxy:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- REST API ---------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    # Token first: its WWW-Authenticate header is what turns "not logged in" into 401.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["control_plane.accounts.permissions.ModelPermissions"],
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.SearchFilter",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "control_plane.accounts.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "control_plane.accounts.api.exceptions.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
+    + ([] if CP.production else ["rest_framework.renderers.BrowsableAPIRenderer"]),
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Sanctum control plane API",
+    "DESCRIPTION": (
+        "Clients, API keys, model pins, nodes, config releases, gateways and peers; "
+        "receipts, the signed ledger and audit bundles."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "ApiKeyStatusEnum": "control_plane.clients.choices.ApiKeyStatus",
+        "ReleaseStatusEnum": "control_plane.fleet.choices.ReleaseStatus",
+        "HealthStatusEnum": "control_plane.fleet.choices.HealthStatus",
+        "HashStatusEnum": "control_plane.registry.choices.HashStatus",
+        "PeerStatusEnum": "control_plane.network.choices.PeerStatus",
+    },
+}
+
+# --- Celery -----------------------------------------------------------------------------
+CELERY_BROKER_URL = CP.redis_url or "memory://localhost/"
+CELERY_TASK_ALWAYS_EAGER = CP.eager_tasks
+CELERY_TASK_EAGER_PROPAGATES = False
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 10}
+CELERY_BEAT_SCHEDULE = {
+    "poll-fleet-health": {
+        "task": "control_plane.fleet.tasks.poll_fleet_health",
+        "schedule": CP.rollout.health_poll_seconds,
+    },
+    "poll-gateway-health": {
+        "task": "control_plane.network.tasks.poll_gateways_health",
+        "schedule": CP.rollout.health_poll_seconds,
+    },
+    "expire-peers": {
+        "task": "control_plane.network.tasks.expire_peers",
+        "schedule": CP.rollout.peer_expiry_seconds,
+    },
+    "collect-usage": {
+        "task": "control_plane.audit.tasks.collect_fleet_usage",
+        "schedule": CP.ledger.collect_interval_seconds,
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(CP.data_dir / "celerybeat-schedule")
+
+# --- Sanctum ----------------------------------------------------------------------------
+SANCTUM = CP
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": CP.log_level},
+    "loggers": {"django.request": {"level": "ERROR"}},
+}

@@ -1,0 +1,231 @@
+"""The gateway agent's use cases: apply a signed gateway config, report health.
+
+Applying runs in one order, under one lock: verify (signature, gateway, version), check
+the gateway key and open the sealed PSKs, render nginx and run ``nginx -t`` on it, then
+change the machine: ``wg syncconf``, swap nginx's config and reload it, reload iptables.
+Nothing on the machine changes until everything that can be checked has been; if a
+later step fails, WireGuard is put back to the last good config, nginx keeps its last
+good file, and the new config is not saved, so the control plane's next push retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from data_plane.config_store import ConfigRejected
+from data_plane.gateway.commands import CommandFailed
+from data_plane.gateway.firewall import Firewall
+from data_plane.gateway.nginx import Nginx, NginxCheckFailed, TemplateError
+from data_plane.gateway.settings import GatewaySettings
+from data_plane.gateway.store import GatewayConfigStore
+from data_plane.gateway.wireguard import InterfaceMissing, WireGuard
+from shared.gateway import GatewayConfig, SealError, open_preshared_key
+from shared.keys import load_public_key
+from shared.wireguard import WireGuardKeyError, key_bytes, public_key
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayAgent:
+    """Everything the management routes need, with a start."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        wireguard: WireGuard | None = None,
+        nginx: Nginx | None = None,
+        firewall: Firewall | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = GatewayConfigStore(
+            settings.config_path, load_public_key(settings.control_plane_key_path), settings.name
+        )
+        self.wireguard = wireguard or WireGuard(settings.wireguard)
+        self.nginx = nginx or Nginx(settings)
+        self.firewall = firewall or Firewall(settings.firewall)
+        self.last_error: str | None = None
+        self.applied_at: float | None = None
+        self.started_at = time.time()
+        self._lock = asyncio.Lock()
+
+    # --- keys --------------------------------------------------------------------------
+
+    def private_key(self) -> str:
+        """The gateway's WireGuard private key, from its file (0600, written at boot)."""
+        path = self.settings.wireguard_key_path
+        try:
+            text = path.read_text("ascii").strip()
+            key_bytes(text, "WireGuard private key")
+        except (OSError, UnicodeDecodeError, WireGuardKeyError):
+            raise ConfigRejected(
+                503, "gateway_key_unavailable", f"can't read the WireGuard private key at {path}"
+            ) from None
+        return text
+
+    def _open_psks(self, config: GatewayConfig, private: str) -> dict[str, str]:
+        if public_key(private) != config.interface.public_key:
+            raise ConfigRejected(
+                409,
+                "wrong_gateway_key",
+                "config is sealed to another WireGuard key than this gateway's",
+            )
+        psks = {}
+        for peer in config.enabled_peers():
+            if peer.preshared_key is None:
+                continue
+            try:
+                psks[peer.public_key] = open_preshared_key(
+                    peer.preshared_key,
+                    gateway=config.gateway,
+                    gateway_private_key=private,
+                    peer_public_key=peer.public_key,
+                )
+            except SealError:
+                raise ConfigRejected(
+                    422, "sealed_key_invalid", f"peer {peer.id}: its preshared key does not open"
+                ) from None
+        return psks
+
+    # --- applying ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Re-apply the saved config, or put up nginx with nobody allowed."""
+        saved = self.store.load_saved()
+        try:
+            if saved is None:
+                text = self.nginx.render(None)
+                await self.nginx.check(text)
+                await self.nginx.install(text)
+                logger.info("gateway started without config: every connection gets 444")
+                return
+            token, config = saved
+            await self._apply(config)
+            self.store.commit(token, config)
+            logger.info("gateway started with saved config version=%d", config.version)
+        except (ConfigRejected, CommandFailed, NginxCheckFailed, TemplateError) as exc:
+            self.last_error = _describe(exc)
+            logger.error("gateway start incomplete: %s", self.last_error)
+
+    async def apply(self, token: str) -> GatewayConfig:
+        """Apply a signed config; raises :class:`ConfigRejected` and keeps the last good."""
+        async with self._lock:
+            config = self.store.check(token)
+            try:
+                await self._apply(config)
+            except ConfigRejected as exc:
+                self.last_error = f"version {config.version}: {exc.message}"
+                raise
+            self.store.commit(token, config)
+            self.last_error = None
+            self.applied_at = time.time()
+            logger.info(
+                "gateway config applied version=%d peers=%d enabled=%d upstreams=%d",
+                config.version,
+                len(config.peers),
+                len(config.enabled_peers()),
+                len(config.upstreams),
+            )
+            return config
+
+    async def _apply(self, config: GatewayConfig) -> None:
+        private = self.private_key()
+        psks = self._open_psks(config, private)
+        try:
+            text = self.nginx.render(config)
+        except (OSError, TemplateError) as exc:
+            raise ConfigRejected(503, "gateway_misconfigured", _describe(exc)) from None
+        try:
+            await self.nginx.check(text)
+        except NginxCheckFailed as exc:
+            raise ConfigRejected(
+                422, "nginx_config_invalid", f"nginx -t refused it: {exc.detail}"
+            ) from None
+        try:
+            await self.wireguard.sync(config, private, psks)
+        except (CommandFailed, InterfaceMissing) as exc:
+            await self._restore_wireguard(private)
+            raise ConfigRejected(503, "wireguard_apply_failed", _describe(exc)) from None
+        try:
+            await self.nginx.install(text)
+        except CommandFailed as exc:
+            await self._restore_wireguard(private)
+            raise ConfigRejected(503, "nginx_reload_failed", _describe(exc)) from None
+        try:
+            await self.firewall.reload(config)
+        except CommandFailed as exc:
+            raise ConfigRejected(503, "firewall_reload_failed", _describe(exc)) from None
+
+    async def _restore_wireguard(self, private: str) -> None:
+        previous = self.store.current
+        if previous is None:
+            return
+        try:
+            await self.wireguard.sync(previous, private, self._open_psks(previous, private))
+            logger.warning("wireguard put back to version=%d", previous.version)
+        except (CommandFailed, InterfaceMissing, ConfigRejected) as exc:
+            logger.error("wireguard could not be put back: %s", _describe(exc))
+
+    # --- reporting ---------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        """Config version, the interface, and each peer's latest handshake (metadata)."""
+        config = self.store.current
+        iface_name = config.interface.name if config else None
+        interface: dict[str, Any] | None = None
+        peers: list[dict[str, Any]] = []
+        problems = [self.last_error] if self.last_error else []
+        if iface_name:
+            try:
+                status = await self.wireguard.status(iface_name)
+            except (InterfaceMissing, CommandFailed) as exc:
+                problems.append(_describe(exc))
+            else:
+                ids = {p.public_key: p for p in config.peers} if config else {}
+                interface = {
+                    "name": status.name,
+                    "ifindex": status.ifindex,
+                    "public_key": status.public_key,
+                    "listen_port": status.listen_port,
+                }
+                for peer in status.peers:
+                    known = ids.get(peer.public_key)
+                    peers.append(
+                        {
+                            "id": known.id if known else None,
+                            "client": known.client if known else None,
+                            "public_key": peer.public_key,
+                            "latest_handshake": peer.latest_handshake,
+                            "rx_bytes": peer.rx_bytes,
+                            "tx_bytes": peer.tx_bytes,
+                        }
+                    )
+        nginx_running = self.nginx.master_pid() is not None
+        if not nginx_running:
+            problems.append("nginx is not running")
+        return {
+            "status": "ok" if not problems else "degraded",
+            "gateway": self.settings.name,
+            "config_version": config.version if config else None,
+            "applied_at": int(self.applied_at) if self.applied_at else None,
+            "interface": interface,
+            "nginx": {"running": nginx_running},
+            "peers": peers,
+            "problems": problems,
+            "uptime_seconds": int(time.time() - self.started_at),
+        }
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConfigRejected):
+        return exc.message
+    if isinstance(exc, CommandFailed):
+        return str(exc)
+    if isinstance(exc, NginxCheckFailed):
+        return f"nginx -t: {exc.detail}"
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc.strerror or ''} {exc.filename or ''}".strip()
+    return str(exc)

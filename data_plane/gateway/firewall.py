@@ -1,0 +1,45 @@
+"""The gateway's iptables rules, reloaded through the infra script on every config change.
+
+The rules themselves live in ``infra/scripts/gateway-firewall.sh`` (one place for the
+agent, the boot unit and an operator's shell); the agent hands it the interface names
+and ports, which may change with a config.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from data_plane.gateway.commands import run
+from data_plane.gateway.settings import FirewallSettings
+from shared.gateway import GatewayConfig
+
+logger = logging.getLogger(__name__)
+
+
+class Firewall:
+    def __init__(self, settings: FirewallSettings) -> None:
+        self._script = settings.script
+        self._public = settings.public_interface
+
+    @property
+    def enabled(self) -> bool:
+        return self._script is not None
+
+    def environment(self, config: GatewayConfig) -> dict[str, str]:
+        return {
+            "SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE": self._public,
+            "SANCTUM_GW_WG_INTERFACE": config.interface.name,
+            "SANCTUM_GW_WG_PORT": str(config.interface.listen_port),
+            "SANCTUM_GW_HTTP_PORT": str(config.http_port),
+        }
+
+    async def reload(self, config: GatewayConfig) -> None:
+        if self._script is None:
+            logger.warning("firewall script not configured: iptables left as they are")
+            return
+        await run([str(self._script), "apply"], env=self.environment(config))
+        logger.info(
+            "firewall reloaded public=%s wg_port=%d",
+            self._public,
+            config.interface.listen_port,
+        )

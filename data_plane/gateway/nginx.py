@@ -1,0 +1,215 @@
+"""nginx on the gateway: the config rendered from the template, checked, swapped, reloaded.
+
+A rendered config replaces the running one only after ``nginx -t`` passed on it; if the
+check fails, the file on disk and the running nginx stay as they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_plane.gateway.commands import CommandFailed, run
+from data_plane.gateway.settings import GatewaySettings
+from shared.gateway import GatewayConfig
+
+logger = logging.getLogger(__name__)
+
+PLACEHOLDER = re.compile(r"@@([A-Z0-9_]+)@@")
+RELOAD_WAIT_SECONDS = 10.0
+
+
+class TemplateError(ValueError):
+    """The nginx template lacks a placeholder the agent fills, or has an unknown one."""
+
+
+class NginxCheckFailed(RuntimeError):
+    """``nginx -t`` refused the rendered config; ``detail`` is nginx's own message."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class RenderPaths:
+    pid_file: Path
+    log_dir: Path
+    temp_dir: Path
+    user: str | None
+    max_body: str
+    listen_host: str | None = None
+    http_port: int = 80
+
+
+def _entry_lines(entries: list[str], indent: str = "        ") -> str:
+    return "\n".join(indent + e for e in entries)
+
+
+def _listen(host: str | None, port: int, has_v6: bool) -> list[str]:
+    if host:
+        address = f"[{host}]" if ":" in host else host
+        return [f"listen {address}:{port} default_server;"]
+    lines = [f"listen {port} default_server;"]
+    if has_v6:
+        lines.append(f"listen [::]:{port} default_server ipv6only=on;")
+    return lines
+
+
+def render(template: str, config: GatewayConfig | None, paths: RenderPaths) -> str:
+    """Fill the template for ``config`` (``None``: before any config, nobody is a peer)."""
+    allow = list(config.allow) if config else []
+    upstreams = list(config.upstreams) if config else []
+    http_port = config.http_port if config else paths.http_port
+    has_v6 = bool(config) and any(
+        ipaddress.ip_interface(a).version == 6
+        for a in (config.interface.addresses if config else ())
+    )
+    if upstreams:
+        servers = [
+            f"server {u.address} max_fails=1 fail_timeout=10s;  # {u.node}" for u in upstreams
+        ]
+    else:
+        # nginx wants a server in every upstream; with none configured this one is marked
+        # down, so a peer gets the "data plane unreachable" error, never a connection.
+        servers = ["server 127.0.0.1:9 down;  # no data-plane node configured"]
+    values = {
+        "USER_DIRECTIVE": f"user {paths.user};" if paths.user else "# user: nginx's default",
+        "PID_FILE": str(paths.pid_file),
+        "LOG_DIR": str(paths.log_dir),
+        "TEMP_DIR": str(paths.temp_dir),
+        "MAX_BODY": paths.max_body,
+        "ALLOW_MAP": _entry_lines([f"{a} 1;" for a in allow]),
+        "UPSTREAM_SERVERS": _entry_lines(servers),
+        "UPSTREAM_TRIES": str(max(1, len(upstreams))),
+        "LISTEN": _entry_lines(_listen(paths.listen_host, http_port, has_v6)),
+    }
+    found = set(PLACEHOLDER.findall(template))
+    if found != set(values):
+        missing = sorted(set(values) - found)
+        unknown = sorted(found - set(values))
+        raise TemplateError(f"nginx template placeholders: missing {missing}, unknown {unknown}")
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _children(pid: int) -> set[int]:
+    """Live child processes of ``pid`` (nginx's workers)."""
+    kids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == str(pid) and fields[0] != "Z":
+            kids.add(int(entry))
+    return kids
+
+
+class Nginx:
+    """The gateway's nginx: render, check, install, reload (or start)."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self._settings = settings
+        self._binary = settings.nginx.binary
+        self.config_path = settings.nginx_config
+        self.pid_file = settings.nginx_pid_file
+        self.paths = RenderPaths(
+            pid_file=settings.nginx_pid_file,
+            log_dir=settings.nginx_log_dir,
+            temp_dir=settings.nginx_temp_dir,
+            user=settings.nginx.user,
+            max_body=settings.nginx.max_body,
+            listen_host=settings.nginx.listen_host,
+            http_port=settings.http_port,
+        )
+
+    def render(self, config: GatewayConfig | None) -> str:
+        template = self._settings.nginx.template.read_text("utf-8")
+        return render(template, config, self.paths)
+
+    def _prepare_dirs(self) -> None:
+        for directory in (self.config_path.parent, self.paths.log_dir, self.paths.temp_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+
+    async def check(self, text: str) -> None:
+        """``nginx -t`` on ``text``, written beside the live config. Raises NginxCheckFailed."""
+        self._prepare_dirs()
+        candidate = self.config_path.with_name(self.config_path.name + ".candidate")
+        _write(candidate, text)
+        try:
+            await run([self._binary, "-t", "-q", "-c", str(candidate)])
+        except CommandFailed as exc:
+            raise NginxCheckFailed(exc.detail) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
+
+    def master_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    async def install(self, text: str) -> None:
+        """Swap ``text`` in (it passed :meth:`check`) and reload, or start nginx.
+
+        If the reload fails, the previous file is put back and nginx reloaded with it.
+        """
+        previous = self.config_path.read_text("utf-8") if self.config_path.exists() else None
+        _write(self.config_path, text)
+        try:
+            await self._reload_or_start()
+        except CommandFailed:
+            if previous is not None:
+                _write(self.config_path, previous)
+                with contextlib.suppress(CommandFailed):
+                    await self._reload_or_start()
+            raise
+
+    async def _reload_or_start(self) -> None:
+        pid = self.master_pid()
+        if pid is None:
+            if not self._settings.nginx.start_if_stopped:
+                raise CommandFailed("nginx", "not running (and start_if_stopped is off)")
+            await run([self._binary, "-c", str(self.config_path)])
+            logger.info("nginx started")
+            return
+        before = _children(pid)
+        await run([self._binary, "-c", str(self.config_path), "-s", "reload"])
+        # The master checks the new config and starts new workers; when one is up, the
+        # new allow-map is what new connections meet. Old workers finish their streams.
+        deadline = time.monotonic() + RELOAD_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            if _children(pid) - before:
+                logger.info("nginx reloaded")
+                return
+            await asyncio.sleep(0.05)
+        raise CommandFailed("nginx", "reload signalled but no new worker started (see error.log)")
+
+    async def stop(self) -> None:
+        if self.master_pid() is not None:
+            await run([self._binary, "-c", str(self.config_path), "-s", "quit"], check=False)

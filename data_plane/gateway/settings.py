@@ -1,0 +1,130 @@
+"""Typed settings for the gateway agent, read from ``SANCTUM_GW_*`` environment variables.
+
+Nested sections use ``__``: ``SANCTUM_GW_NGINX__CONFIG=/var/lib/sanctum-gateway/nginx.conf``.
+Everything here is a local fact about this machine (paths, interface names, where to
+listen); what the gateway serves comes only from the signed config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The repository's infra/ folder: the agent is deployed from a checkout (see
+# docs/network.md), and the provisioning script points these at the installed copy.
+INFRA_DIR = Path(__file__).resolve().parents[2] / "infra"
+
+
+class ListenSettings(BaseModel):
+    """The management listener: bind it to the management address only."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8003, ge=0, le=65535)
+
+
+class NginxSettings(BaseModel):
+    """Where the rendered nginx config lives and how nginx is driven."""
+
+    binary: str = "nginx"
+    template: Path = INFRA_DIR / "nginx" / "gateway.conf.template"
+    config: Path | None = Field(default=None, description="default: state_dir/nginx/nginx.conf")
+    pid_file: Path | None = Field(default=None, description="default: state_dir/nginx/nginx.pid")
+    log_dir: Path | None = Field(default=None, description="default: state_dir/nginx/log")
+    temp_dir: Path | None = Field(default=None, description="default: state_dir/nginx/tmp")
+    user: str | None = Field(default="www-data", description="worker user; None keeps nginx's")
+    listen_host: str | None = Field(
+        default=None,
+        description="one address to listen on (default: every address; non-peers get 444)",
+    )
+    max_body: str = Field(default="2m", pattern=r"^[0-9]+[km]?$")
+    start_if_stopped: bool = Field(
+        default=True, description="start the master when no pid file names a live one"
+    )
+
+
+class WireGuardSettings(BaseModel):
+    """The local WireGuard interface's private key and the tools that drive it."""
+
+    private_key: Path | None = Field(
+        default=None, description="file holding the gateway's WireGuard private key"
+    )
+    wg_binary: str = "wg"
+    ip_binary: str = "ip"
+
+
+class FirewallSettings(BaseModel):
+    """The iptables reload script (infra/scripts/gateway-firewall.sh)."""
+
+    script: Path | None = INFRA_DIR / "scripts" / "gateway-firewall.sh"
+    public_interface: str = "eth0"
+
+
+class GatewaySettings(BaseSettings):
+    """A gateway agent's settings. Nothing here is a secret except the key file's path."""
+
+    model_config = SettingsConfigDict(env_prefix="SANCTUM_GW_", env_nested_delimiter="__")
+
+    environment: Literal["development", "production"] = "development"
+    name: str = "gateway-1"
+    state_dir: Path = Path("var/gateway")
+    control_plane_public_key: Path | None = Field(
+        default=None, description="PEM of the key that signs config (default: state_dir/keys)"
+    )
+    http_port: int = Field(
+        default=80, ge=1, le=65535, description="nginx's port until a config names one"
+    )
+    max_config_bytes: int = Field(default=16 * 1_048_576, ge=1024)
+    log_level: str = "INFO"
+    listen: ListenSettings = ListenSettings()
+    nginx: NginxSettings = NginxSettings()
+    wireguard: WireGuardSettings = WireGuardSettings()
+    firewall: FirewallSettings = FirewallSettings()
+
+    @model_validator(mode="after")
+    def _production_needs_explicit_paths(self) -> GatewaySettings:
+        if self.environment == "production":
+            if self.control_plane_public_key is None:
+                raise ValueError(
+                    "production needs SANCTUM_GW_CONTROL_PLANE_PUBLIC_KEY: a gateway must not "
+                    "trust a key it found lying in its own state directory"
+                )
+            if self.firewall.script is None:
+                raise ValueError(
+                    "production needs the firewall script (SANCTUM_GW_FIREWALL__SCRIPT)"
+                )
+        return self
+
+    @property
+    def control_plane_key_path(self) -> Path:
+        return self.control_plane_public_key or self.state_dir / "keys" / "control-plane.pub"
+
+    @property
+    def wireguard_key_path(self) -> Path:
+        return self.wireguard.private_key or self.state_dir / "wireguard.key"
+
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / "gateway-config.jws"
+
+    @property
+    def nginx_dir(self) -> Path:
+        return self.state_dir / "nginx"
+
+    @property
+    def nginx_config(self) -> Path:
+        return self.nginx.config or self.nginx_dir / "nginx.conf"
+
+    @property
+    def nginx_pid_file(self) -> Path:
+        return self.nginx.pid_file or self.nginx_dir / "nginx.pid"
+
+    @property
+    def nginx_log_dir(self) -> Path:
+        return self.nginx.log_dir or self.nginx_dir / "log"
+
+    @property
+    def nginx_temp_dir(self) -> Path:
+        return self.nginx.temp_dir or self.nginx_dir / "tmp"

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Sanctum gateway firewall: iptables and ip6tables rules, loaded atomically.
+#
+#   gateway-firewall.sh apply    load (or reload) the rules; safe to run again and again
+#   gateway-firewall.sh show     print Sanctum's chains
+#   gateway-firewall.sh remove   take Sanctum's chains out again
+#
+# The gateway agent runs `apply` after every config change (the WireGuard port or the
+# interface names may have changed); the boot unit runs it before the network comes up.
+#
+# Policy:
+#   public interface   drop everything but UDP to the WireGuard port (and replies to
+#                      connections the gateway itself opened; IPv6 neighbour discovery)
+#   tunnel interface   peers may reach nginx's port, nothing else on the gateway
+#   forwarding         nothing is routed from or to the public or tunnel interface: a
+#                      peer reaches the data plane only through nginx
+# DROP, never REJECT: a scanner gets no answer at all, not even a reset.
+#
+# Sanctum keeps its rules in its own chains (SANCTUM-*), each reloaded in one
+# iptables-restore transaction, and hooks them into INPUT and FORWARD with one jump each;
+# other rules on the machine are left alone.
+#
+# Settings (environment; /etc/sanctum/gateway.env under systemd):
+#   SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE  public interface            (default eth0)
+#   SANCTUM_GW_WG_INTERFACE                WireGuard interface         (default wg0)
+#   SANCTUM_GW_WG_PORT                     WireGuard UDP port          (default 51820)
+#   SANCTUM_GW_HTTP_PORT                   nginx's port on the tunnel  (default 80)
+set -euo pipefail
+
+PUBLIC_IF=${SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE:-eth0}
+WG_IF=${SANCTUM_GW_WG_INTERFACE:-wg0}
+WG_PORT=${SANCTUM_GW_WG_PORT:-51820}
+HTTP_PORT=${SANCTUM_GW_HTTP_PORT:-80}
+CHAINS=(SANCTUM-INPUT SANCTUM-PUBLIC SANCTUM-TUNNEL SANCTUM-FORWARD)
+
+die() { printf 'gateway-firewall: %s\n' "$*" >&2; exit 2; }
+
+check_settings() {
+  local name
+  for name in "$PUBLIC_IF" "$WG_IF"; do
+    [[ $name =~ ^[A-Za-z0-9_=+.-]{1,15}$ ]] || die "not an interface name: $name"
+  done
+  [[ $PUBLIC_IF != "$WG_IF" ]] || die "public and WireGuard interface are the same"
+  local port
+  for port in "$WG_PORT" "$HTTP_PORT"; do
+    if ! [[ $port =~ ^[0-9]{1,5}$ ]] || ((port < 1 || port > 65535)); then
+      die "not a port: $port"
+    fi
+  done
+}
+
+# The rules for one family (4 or 6), in iptables-restore format. Declaring a chain in a
+# --noflush restore empties it first, so the whole set is replaced in one transaction.
+rules() {
+  local family=$1
+  printf '*filter\n'
+  local chain
+  for chain in "${CHAINS[@]}"; do printf ':%s - [0:0]\n' "$chain"; done
+  cat <<EOF
+-A SANCTUM-INPUT -i $PUBLIC_IF -j SANCTUM-PUBLIC
+-A SANCTUM-INPUT -i $WG_IF -j SANCTUM-TUNNEL
+-A SANCTUM-PUBLIC -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A SANCTUM-PUBLIC -m conntrack --ctstate INVALID -j DROP
+-A SANCTUM-PUBLIC -p udp -m udp --dport $WG_PORT -j ACCEPT
+EOF
+  if [[ $family == 6 ]]; then
+    # Without neighbour discovery the public IPv6 address stops answering WireGuard too.
+    local type
+    for type in neighbour-solicitation neighbour-advertisement router-advertisement; do
+      printf -- '-A SANCTUM-PUBLIC -p ipv6-icmp -m icmp6 --icmpv6-type %s -m hl --hl-eq 255 -j ACCEPT\n' "$type"
+    done
+  fi
+  cat <<EOF
+-A SANCTUM-PUBLIC -j DROP
+-A SANCTUM-TUNNEL -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A SANCTUM-TUNNEL -m conntrack --ctstate INVALID -j DROP
+-A SANCTUM-TUNNEL -p tcp -m tcp --dport $HTTP_PORT -j ACCEPT
+-A SANCTUM-TUNNEL -j DROP
+-A SANCTUM-FORWARD -i $PUBLIC_IF -j DROP
+-A SANCTUM-FORWARD -o $PUBLIC_IF -j DROP
+-A SANCTUM-FORWARD -i $WG_IF -j DROP
+-A SANCTUM-FORWARD -o $WG_IF -j DROP
+COMMIT
+EOF
+}
+
+families() {
+  echo 4
+  # IPv6 rules only where the kernel has IPv6 and the tools are installed.
+  if [[ -e /proc/net/if_inet6 ]] && command -v ip6tables-restore >/dev/null; then echo 6; fi
+}
+
+tool() {  # tool FAMILY NAME -> iptables / ip6tables flavour of NAME
+  if [[ $1 == 6 ]]; then echo "ip6${2}"; else echo "ip${2}"; fi
+}
+
+ensure_jump() {
+  local family=$1 from=$2 to=$3 ipt
+  ipt=$(tool "$family" tables)
+  "$ipt" -w -C "$from" -j "$to" 2>/dev/null || "$ipt" -w -I "$from" 1 -j "$to"
+}
+
+apply() {
+  check_settings
+  local family
+  for family in $(families); do
+    rules "$family" | "$(tool "$family" tables-restore)" -w --noflush
+    ensure_jump "$family" INPUT SANCTUM-INPUT
+    ensure_jump "$family" FORWARD SANCTUM-FORWARD
+  done
+  printf 'gateway-firewall: applied (public %s: udp/%s only; tunnel %s: tcp/%s)\n' \
+    "$PUBLIC_IF" "$WG_PORT" "$WG_IF" "$HTTP_PORT" >&2
+}
+
+show() {
+  local family chain ipt
+  for family in $(families); do
+    ipt=$(tool "$family" tables)
+    for chain in "${CHAINS[@]}"; do "$ipt" -w -S "$chain" 2>/dev/null || true; done
+  done
+}
+
+remove() {
+  local family chain ipt
+  for family in $(families); do
+    ipt=$(tool "$family" tables)
+    while "$ipt" -w -D INPUT -j SANCTUM-INPUT 2>/dev/null; do :; done
+    while "$ipt" -w -D FORWARD -j SANCTUM-FORWARD 2>/dev/null; do :; done
+    for chain in "${CHAINS[@]}"; do "$ipt" -w -F "$chain" 2>/dev/null || true; done
+    for chain in "${CHAINS[@]}"; do "$ipt" -w -X "$chain" 2>/dev/null || true; done
+  done
+}
+
+case "${1:-}" in
+  apply) apply ;;
+  show) show ;;
+  remove) remove ;;
+  rules) check_settings; rules "${2:-4}" ;;
+  *) echo "usage: $0 apply|show|remove|rules [4|6]" >&2; exit 2 ;;
+esac

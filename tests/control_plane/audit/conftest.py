@@ -1,0 +1,69 @@
+"""Fixtures for the audit tests: a fake node with usage records, and the ledger's key."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+
+import pytest
+
+from control_plane.audit.ledger import Verified
+from control_plane.audit.models import Receipt, TreeHead
+from control_plane.fleet.models import Node
+from control_plane.fleet.signing import signing_key
+from shared.checkpoint import open_checkpoint
+from shared.keys import key_id, public_pem
+from shared.merkle import InMemoryTree
+from tests.control_plane.fakes import FakeNode
+
+
+@pytest.fixture
+def log_public_key():
+    return signing_key().public_key()
+
+
+@pytest.fixture
+def usage_node(fake_node_factory) -> tuple[FakeNode, Node]:
+    """A fake node, registered with the key it signs usage records with."""
+    return fake_node_factory("n1")
+
+
+def verified(fake: FakeNode, count: int, client_id: str = "acme", **fields) -> list[Verified]:
+    """Records signed by ``fake``'s key, verified as collection would (not in its outbox)."""
+    from shared.usage import open_usage_record
+
+    out = []
+    public = fake.node_key.public_key()
+    for _ in range(count):
+        _, token = fake.add_usage(client_id, **fields)
+        fake.acked |= set(fake.outbox)  # only the signed record is wanted here
+        record = open_usage_record(token, {fake.name: public})
+        out.append(
+            Verified(
+                jws=token,
+                record=record,
+                node_key_id=key_id(public),
+                node_key_pem=public_pem(public).decode(),
+            )
+        )
+    return out
+
+
+def assert_ledger_consistent(log_key) -> None:
+    """Indexes are 0..n-1, each tree head is signed and is the root of its prefix."""
+    receipts = list(Receipt.objects.order_by("log_index"))
+    assert [r.log_index for r in receipts] == list(range(len(receipts)))
+    tree = InMemoryTree(bytes(r.leaf_hash) for r in receipts)
+    for head in TreeHead.objects.order_by("size"):
+        checkpoint = open_checkpoint(head.checkpoint, log_key)
+        assert checkpoint.size == head.size
+        assert checkpoint.root_hash == bytes(head.root_hash) == tree.root(head.size)
+
+
+@pytest.fixture
+def check_ledger(log_public_key) -> Callable[[], None]:
+    return lambda: assert_ledger_consistent(log_public_key)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

@@ -1,0 +1,245 @@
+"""A stand-in for a data-plane node's management listener, for unit tests of rollout
+and of usage collection.
+
+It follows the contract the real node implements: ``PUT /internal/config`` verifies the
+JWS against the control plane's public key (401 ``bad_signature``), parses the bundle
+(400), refuses a version not above the one held (409 ``stale_version`` with
+``current_version``), and ``GET /internal/health`` reports the held version. It can be
+stopped and started again on the same port (a node going down and coming back), or told
+to refuse with a given error (a node that can't load a model).
+
+Usage records (docs/audit.md, section 1): ``GET /internal/usage?after=&limit=`` and
+``POST /internal/usage/ack`` take requests signed by the control plane's key (401
+``invalid_signature`` otherwise), list unacknowledged records after a cursor in pages,
+and acknowledge by cursor (never past the last record) and by record id. Records are
+signed with the fake's own node key (:meth:`add_usage`), or any key a test chooses.
+The end-to-end and fault tests use the real data plane instead.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import ValidationError
+
+from shared.config import open_bundle
+from shared.envelope import EnvelopeError
+from shared.keys import generate_private_key, public_pem
+from shared.signed_request import SignedRequestError, SignedRequestVerifier
+from shared.usage import (
+    UsageAck,
+    UsageRecord,
+    format_timestamp,
+    new_record_id,
+    sign_usage_record,
+)
+
+
+def _error(message: str, code: str, kind: str = "invalid_request_error") -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+class FakeNode:
+    def __init__(self, name: str, trusted: Ed25519PublicKey) -> None:
+        self.name = name
+        self.trusted = trusted
+        self.held_version: int | None = None
+        self.received: list[int] = []  # versions of every bundle that reached it
+        self.refuse_with: tuple[int, dict[str, Any]] | None = None
+        self.port = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._lock = threading.Lock()
+        # usage records
+        self.node_key = generate_private_key()
+        self.verifier = SignedRequestVerifier(trusted)
+        self.outbox: dict[int, tuple[str, str]] = {}  # cursor -> (record id, jws)
+        self.acked: set[int] = set()
+        self.last_cursor = 0
+        self.ack_failures = 0  # answer this many acks with 503 (a crash before the ack)
+        self.usage_requests = 0
+
+    @property
+    def node_public_pem(self) -> str:
+        return public_pem(self.node_key.public_key()).decode()
+
+    def add_usage(
+        self, client_id: str = "acme", key: Ed25519PrivateKey | None = None, **fields: Any
+    ) -> tuple[UsageRecord, str]:
+        """Sign a record (with the node's key, or ``key``) and put it in the outbox."""
+        ended = fields.pop("ended_at", datetime.now(UTC))
+        record = UsageRecord(
+            record_id=fields.pop("record_id", new_record_id()),
+            session_id=fields.pop("session_id", f"sess_{new_record_id().replace('-', '')}"),
+            client_id=client_id,
+            node_id=fields.pop("node_id", self.name),
+            model=fields.pop("model", "smollm2-135m-instruct"),
+            model_version=fields.pop("model_version", "q4_1"),
+            model_sha256=fields.pop("model_sha256", "ab" * 32),
+            started_at=format_timestamp(ended - timedelta(seconds=5)),
+            ended_at=format_timestamp(ended),
+            ended_by=fields.pop("ended_by", "teardown"),
+            request_count=fields.pop("request_count", 1),
+            prompt_tokens=fields.pop("prompt_tokens", 12),
+            completion_tokens=fields.pop("completion_tokens", 1),
+            **fields,
+        )
+        token = sign_usage_record(record, key or self.node_key)
+        self.add_signed(record.record_id, token)
+        return record, token
+
+    def add_signed(self, record_id: str, token: str) -> int:
+        with self._lock:
+            self.last_cursor += 1
+            self.outbox[self.last_cursor] = (record_id, token)
+            return self.last_cursor
+
+    @property
+    def pending(self) -> list[int]:
+        with self._lock:
+            return sorted(c for c in self.outbox if c not in self.acked)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeNode:
+        node = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _signed(self, body: bytes = b"") -> bool:
+                try:
+                    node.verifier.verify(
+                        self.headers.get("Authorization"), self.command, self.path, body
+                    )
+                except SignedRequestError as exc:
+                    self._send(401, _error(str(exc), "invalid_signature", "authentication_error"))
+                    return False
+                return True
+
+            def do_GET(self) -> None:
+                if urlsplit(self.path).path == "/internal/usage":
+                    self._usage()
+                    return
+                if self.path != "/internal/health":
+                    self._send(404, _error("not found", "not_found"))
+                    return
+                self._send(
+                    200,
+                    {
+                        "status": "ok",
+                        "node": node.name,
+                        "config_version": node.held_version,
+                        "models": [],
+                        "sessions_open": 0,
+                        "usage": {
+                            "pending": len(node.pending),
+                            "last_cursor": node.last_cursor,
+                            "acked_through": 0,
+                        },
+                    },
+                )
+
+            def _usage(self) -> None:
+                if not self._signed():
+                    return
+                node.usage_requests += 1
+                query = parse_qs(urlsplit(self.path).query)
+                after = int(query.get("after", ["0"])[0])
+                limit = int(query.get("limit", ["100"])[0])
+                waiting = [c for c in node.pending if c > after]
+                page = waiting[:limit]
+                with node._lock:
+                    records = [
+                        {"cursor": c, "record_id": node.outbox[c][0], "jws": node.outbox[c][1]}
+                        for c in page
+                    ]
+                self._send(
+                    200,
+                    {
+                        "node_id": node.name,
+                        "records": records,
+                        "next": page[-1] if page else after,
+                        "more": len(waiting) > len(page),
+                    },
+                )
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path != "/internal/usage/ack":
+                    self._send(404, _error("not found", "not_found"))
+                    return
+                if not self._signed(body):
+                    return
+                if node.ack_failures:
+                    node.ack_failures -= 1
+                    self._send(503, _error("disk full", "unavailable", "server_error"))
+                    return
+                try:
+                    ack = UsageAck.model_validate_json(body)
+                except ValidationError:
+                    self._send(422, _error("bad ack", "invalid_ack"))
+                    return
+                with node._lock:
+                    if ack.cursor is not None:
+                        node.acked |= {c for c in node.outbox if c <= ack.cursor}
+                    ids = set(ack.record_ids)
+                    node.acked |= {c for c, (rid, _) in node.outbox.items() if rid in ids}
+                    pending = len([c for c in node.outbox if c not in node.acked])
+                self._send(200, {"acked_through": 0, "pending": pending, "unknown_ids": 0})
+
+            def do_PUT(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path != "/internal/config":
+                    self._send(404, _error("not found", "not_found"))
+                    return
+                try:
+                    bundle = open_bundle(body, node.trusted)
+                except EnvelopeError as exc:
+                    self._send(401, _error(str(exc), "bad_signature", "authentication_error"))
+                    return
+                except ValidationError:
+                    self._send(400, _error("malformed bundle", "invalid_bundle"))
+                    return
+                with node._lock:
+                    node.received.append(bundle.version)
+                    if node.refuse_with is not None:
+                        self._send(*node.refuse_with)
+                        return
+                    if node.held_version is not None and bundle.version <= node.held_version:
+                        body_409 = _error("stale", "stale_version")
+                        body_409["current_version"] = node.held_version
+                        self._send(409, body_409)
+                        return
+                    node.held_version = bundle.version
+                    node.last_bundle = bundle
+                self._send(200, {"version": bundle.version, "applied": True})
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        self.port = server.server_address[1]
+        self._server = server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

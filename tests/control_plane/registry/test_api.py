@@ -1,0 +1,69 @@
+"""The model-pin API."""
+
+from __future__ import annotations
+
+import pytest
+
+from control_plane.registry.models import ModelPin
+from shared.config import file_sha256
+from tests.control_plane.factories import ClientFactory, ModelPinFactory, model_file
+
+pytestmark = pytest.mark.django_db
+
+
+def test_pinning_through_the_api_hashes_the_file(admin_api, on_commit):
+    ClientFactory(slug="acme")
+    path = model_file("api-model")
+
+    with on_commit():
+        response = admin_api.post(
+            "/api/model-pins/",
+            {"name": "api-model", "version": "q4", "path": str(path), "clients": ["acme"]},
+            format="json",
+        )
+
+    assert response.status_code == 201, response.json()
+    body = admin_api.get(f"/api/model-pins/{response.json()['id']}/").json()
+    assert (body["hash_status"], body["sha256"]) == ("verified", file_sha256(path))
+    assert body["clients"] == ["acme"]
+
+
+def test_pin_errors_are_field_level(admin_api):
+    pin = ModelPinFactory(name="llm")
+
+    bad = admin_api.post(
+        "/api/model-pins/",
+        {"name": "bad name!", "version": "", "path": "x", "context_size": 1, "clients": ["nope"]},
+        format="json",
+    )
+    duplicate = admin_api.post(
+        "/api/model-pins/", {"name": "llm", "version": "v2", "path": "/m.gguf"}, format="json"
+    )
+    moved = admin_api.patch(f"/api/model-pins/{pin.pk}/", {"path": "/elsewhere"}, format="json")
+
+    assert bad.status_code == 400
+    assert set(bad.json()) == {"name", "version", "context_size", "clients"}
+    assert duplicate.status_code == 400 and set(duplicate.json()) == {"version"}
+    assert moved.status_code == 400 and set(moved.json()) == {"path"}
+
+
+def test_a_version_the_usage_record_cannot_carry_is_a_field_error(admin_api):
+    response = admin_api.post(
+        "/api/model-pins/", {"name": "m", "version": "v 1", "path": "/m.gguf"}, format="json"
+    )
+    assert response.status_code == 400
+    assert set(response.json()) == {"version"}
+
+
+def test_verify_needs_change_permission(admin_api, auditor_api, on_commit):
+    pin = ModelPinFactory()
+    pin.sha256 = ""
+    pin.save()
+
+    denied = auditor_api.post(f"/api/model-pins/{pin.pk}/verify/")
+    with on_commit():
+        accepted = admin_api.post(f"/api/model-pins/{pin.pk}/verify/")
+
+    assert denied.status_code == 403
+    assert accepted.status_code == 202
+    assert ModelPin.objects.get(pk=pin.pk).sha256 == file_sha256(pin.path)

@@ -1,0 +1,266 @@
+"""The nginx template, rendered by the agent and run by real nginx on loopback.
+
+Two small upstream servers stand in for data-plane nodes (they hold sessions and 404 an
+unknown one, like a node does), so what is under test is nginx's own behaviour: 444 to
+non-peers, session stickiness, streaming without buffering, bodies kept off the disk,
+and an OpenAI-shaped error when no node answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from data_plane.gateway.nginx import Nginx, TemplateError, render
+from shared.gateway import GatewayConfig, Upstream, WireGuardInterface, make_peer
+from shared.wireguard import generate_key_pair, generate_preshared_key
+from tests.data_plane.gateway.conftest import NEEDS_NGINX, Kit
+
+pytestmark = NEEDS_NGINX
+
+BIG = 8_000_000  # a response far larger than socket buffers
+PEER = "127.0.0.2"  # the peer's "tunnel address"; 127.0.0.1 is the gateway's own
+
+
+class FakeNode(ThreadingHTTPServer):
+    """A data-plane stand-in: makes sessions, knows only its own, streams on request."""
+
+    daemon_threads = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.name = name
+        self.sessions: set[str] = set()
+        self.counter = itertools.count(1)
+        self.release_stream = threading.Event()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FakeNode
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _json(self, status: int, body: dict, **headers: str) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key.replace("_", "-"), value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        node = self.server
+        session = self.headers.get("X-Sanctum-Session")
+        if session is None:
+            session = f"sess_{node.name}_{next(node.counter)}"
+            node.sessions.add(session)
+        elif session not in node.sessions:
+            self._json(404, {"error": {"message": "no such session", "code": "not_found"}})
+            return
+        self._json(200, {"node": node.name, "received": length}, X_Sanctum_Session=session)
+
+    def do_GET(self) -> None:
+        if self.path == "/v1/big":
+            data = b"y" * BIG
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for event in (b"data: first\n\n", b"data: second\n\n"):
+            self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+            self.wfile.flush()
+            # The second event waits until the client has seen the first: a buffering
+            # proxy would hold the first back and this would time out.
+            self.server.release_stream.wait(timeout=20)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[FakeNode]]:
+    servers = [FakeNode("a"), FakeNode("b")]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield servers
+    for server in servers:
+        server.release_stream.set()
+        server.shutdown()
+        server.server_close()
+
+
+def gateway_config(upstreams: list[Upstream], port: int) -> GatewayConfig:
+    _, gw_public = generate_key_pair()
+    _, peer_public = generate_key_pair()
+    return GatewayConfig.create(
+        version=1,
+        issued_at=datetime.now(UTC),
+        gateway="gw-test",
+        interface=WireGuardInterface(public_key=gw_public, addresses=("127.0.0.1/8",)),
+        http_port=port,
+        peers=[
+            make_peer(
+                id="peer-1",
+                client="acme",
+                public_key=peer_public,
+                addresses=(PEER,),
+                enabled=True,
+                preshared_key=generate_preshared_key(),
+                gateway="gw-test",
+                gateway_public_key=gw_public,
+            )
+        ],
+        upstreams=upstreams,
+    )
+
+
+def start_nginx(kit: Kit, config: GatewayConfig) -> Nginx:
+    nginx = Nginx(kit.settings())
+    text = nginx.render(config)
+
+    async def go() -> None:
+        await nginx.check(text)
+        await nginx.install(text)
+
+    asyncio.run(go())
+    return nginx
+
+
+def peer_client(port: int) -> httpx.Client:
+    transport = httpx.HTTPTransport(local_address=PEER)
+    return httpx.Client(base_url=f"http://127.0.0.1:{port}", transport=transport, timeout=30)
+
+
+def raw_exchange(port: int, payload: bytes, source: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as s:
+        s.sendall(payload)
+        data = b""
+        try:
+            while chunk := s.recv(4096):
+                data += chunk
+        except ConnectionResetError:
+            pass
+        return data
+
+
+def test_non_peers_get_444_even_for_garbage(kit: Kit, nodes: list[FakeNode]) -> None:
+    upstreams = [Upstream(node=n.name, host="127.0.0.1", port=n.port) for n in nodes]
+    start_nginx(kit, gateway_config(upstreams, kit.http_port))
+    for payload in (
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+        b"garbage\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",  # a TLS hello
+        b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n",
+    ):
+        assert raw_exchange(kit.http_port, payload, "127.0.0.1") == b"", payload[:20]
+    # The peer address gets an answer, and no banner gives the version away.
+    answer = raw_exchange(
+        kit.http_port, b"POST /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", PEER
+    )
+    assert answer.startswith(b"HTTP/1.1 200") and b"nginx/" not in answer
+
+
+def test_sessions_stick_to_the_node_that_holds_them(kit: Kit, nodes: list[FakeNode]) -> None:
+    upstreams = [Upstream(node=n.name, host="127.0.0.1", port=n.port) for n in nodes]
+    start_nginx(kit, gateway_config(upstreams, kit.http_port))
+    with peer_client(kit.http_port) as client:
+        opened = []
+        for _ in range(8):
+            r = client.post("/v1/sessions", json={})
+            assert r.status_code == 200
+            opened.append((r.headers["X-Sanctum-Session"], r.json()["node"]))
+        # New sessions are spread over both nodes...
+        assert {node for _, node in opened} == {"a", "b"}
+        # ...and every later call of a session lands on the node that holds it.
+        for session, node in opened:
+            for _ in range(3):
+                r = client.post(
+                    "/v1/chat/completions", json={}, headers={"X-Sanctum-Session": session}
+                )
+                assert r.status_code == 200, (session, r.text)
+                assert r.json()["node"] == node
+        # A session nobody holds gets the node's own 404, not nginx's page.
+        r = client.post("/v1/chat/completions", json={}, headers={"X-Sanctum-Session": "sess_x"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_events_stream_through_unbuffered(kit: Kit, nodes: list[FakeNode]) -> None:
+    node = nodes[0]
+    start_nginx(
+        kit, gateway_config([Upstream(node="a", host="127.0.0.1", port=node.port)], kit.http_port)
+    )
+    with peer_client(kit.http_port) as client, client.stream("GET", "/v1/stream") as r:
+        lines = r.iter_lines()
+        assert next(line for line in lines if line) == "data: first"
+        node.release_stream.set()
+        assert next(line for line in lines if line) == "data: second"
+
+
+def test_client_content_never_goes_to_a_temp_file(kit: Kit, nodes: list[FakeNode]) -> None:
+    node = nodes[0]
+    nginx = start_nginx(
+        kit, gateway_config([Upstream(node="a", host="127.0.0.1", port=node.port)], kit.http_port)
+    )
+    body = b"x" * (1_900_000)  # just under the 2m limit, far over nginx's default buffer
+    with peer_client(kit.http_port) as client:
+        r = client.post("/v1/chat/completions", content=body)
+        assert r.status_code == 200 and r.json()["received"] == len(body)
+        # A client that reads slowly: a buffering proxy would spill the response to disk.
+        with client.stream("GET", "/v1/big") as slow:
+            time.sleep(1)
+            assert len(slow.read()) == BIG
+        too_big = client.post("/v1/chat/completions", content=b"x" * 3_000_000)
+        assert too_big.status_code == 413
+        assert too_big.json()["error"]["code"] == "payload_too_large"
+    error_log = (nginx.paths.log_dir / "error.log").read_text()
+    assert "buffered to a temporary file" not in error_log
+    assert not any(Path(nginx.paths.temp_dir).rglob("*[0-9]"))
+    access_log = (nginx.paths.log_dir / "access.log").read_text()
+    assert "xxxx" not in access_log and PEER in access_log
+
+
+def test_no_node_answering_gives_an_openai_shaped_503(kit: Kit) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    start_nginx(
+        kit, gateway_config([Upstream(node="a", host="127.0.0.1", port=dead_port)], kit.http_port)
+    )
+    with peer_client(kit.http_port) as client:
+        r = client.post("/v1/chat/completions", json={})
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "upstream_unavailable"
+
+
+def test_template_placeholders_must_match_exactly(kit: Kit) -> None:
+    nginx = Nginx(kit.settings())
+    with pytest.raises(TemplateError, match="unknown"):
+        render("@@PID_FILE@@ @@SURPRISE@@", None, nginx.paths)
+    with pytest.raises(TemplateError, match="missing"):
+        render("@@PID_FILE@@", None, nginx.paths)

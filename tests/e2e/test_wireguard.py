@@ -1,0 +1,700 @@
+"""WireGuard ingress end to end, over real tunnels in network namespaces, driven by the
+control plane.
+
+Seven namespaces, all made (and removed) by the test:
+
+    cli1 (peer 1) ─┐                            ┌─ back0 ── node: python -m data_plane serve
+    cli2 (peer 2) ─┼─ wan (bridge) ── eth0 ─ gw ─┤            (real model)
+    intruder ──────┘   192.0.2.0/24             └─ mgmt0 ── mgmt: the control plane
+                                                              (gunicorn, Celery worker and
+                                                              beat, redis-server)
+
+The control plane runs in the management namespace and is used only through its REST
+API, as an operator would: clients and keys, the model pin, the node and its rollout,
+the address pool, the gateway and its rollout, the peers. Its Celery worker pushes the
+signed configs to the node and to the gateway agent; beat polls their health.
+
+The gateway runs real wireguard-go (brought up by infra/scripts/gateway-wireguard.sh),
+real nginx and the agent (``python -m data_plane.gateway serve``), which applies the
+signed gateway config and reloads iptables through infra/scripts/gateway-firewall.sh.
+Each client brings its tunnel up with ``wg-quick`` and the exact file the control plane
+returned when it provisioned the peer, then talks to the data plane with the ``openai``
+SDK through the tunnel and nginx.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from shared.keys import NODE, write_key_pair
+from shared.models import DEFAULT_MODEL_NAME, DEFAULT_MODEL_VERSION, bundled_gguf_path
+from shared.signed_request import SignedRequestAuth
+from shared.wireguard import generate_key_pair
+from tests.canary import files_containing, new_marker, texts_containing
+from tests.conftest import REPO
+from tests.control_plane.processes import ControlPlane, Process, free_port
+from tests.e2e.netns import Lab, Namespace, lab, wait_for
+
+TOOLS = ("ip", "wg", "wg-quick", "wireguard-go", "nginx", "iptables-restore", "redis-server")
+
+pytestmark = [
+    pytest.mark.e2e_wireguard,
+    pytest.mark.e2e,
+    pytest.mark.model,
+    # Skipped only off CI and not root. In CI (root, tools installed by make) it runs.
+    pytest.mark.skipif(
+        os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root (namespaces)"
+    ),
+]
+
+GATEWAY = "gw-e2e"
+GW_PUBLIC = "192.0.2.1"
+WG_PORT = 51820
+TUNNEL_GW = "10.77.0.1"
+NODE_API = ("10.200.0.2", 8000)
+NODE_MGMT = ("10.202.0.1", 8001)
+AGENT = ("10.201.0.1", 8003)
+API_BASE = f"http://{TUNNEL_GW}/v1"
+PARIS = "What is the capital city of France? Answer in one sentence."
+USERSPACE = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
+
+
+@dataclass
+class Peer:
+    """A client's peer: its namespace and the config file the control plane returned."""
+
+    id: int  # the control plane's peer id (``peer-<id>`` in the gateway config)
+    ns: Namespace
+    iface: str
+    api_key: str
+    own_private_key: str | None  # set when the client brought its own key pair
+    conf: Path
+    config_text: str
+
+    @property
+    def config_id(self) -> str:
+        return f"peer-{self.id}"
+
+    def openai(self, timeout: float = 120) -> OpenAI:
+        return OpenAI(base_url=API_BASE, api_key=self.api_key, max_retries=0, timeout=timeout)
+
+
+@dataclass
+class World:
+    lab: Lab
+    tmp: Path
+    gw: Namespace
+    node: Namespace
+    mgmt: Namespace
+    intruder: Namespace
+    gw_iface: str
+    gateway_id: int
+    cp: ControlPlane
+    cp_url: str
+    token: str
+    cp_public_key: Path
+    peers: list[Peer] = field(default_factory=list)
+    processes: dict[str, Process] = field(default_factory=dict)
+    before_firewall: bytes | None = None
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The control plane's REST API, called from the management namespace."""
+
+        def call() -> httpx.Response:
+            return httpx.request(
+                method,
+                f"{self.cp_url}{path}",
+                headers={"Authorization": f"Token {self.token}"},
+                timeout=120,
+                **kwargs,
+            )
+
+        return self.mgmt.run(call)
+
+    def roll_out_gateway(self) -> int:
+        """Roll out through the API; wait until the worker's push has been applied."""
+        response = self.api("POST", "/gateway-releases/", json={"gateways": [GATEWAY]})
+        assert response.status_code == 202, response.text
+        version = int(response.json()[0]["version"])
+
+        def applied() -> bool:
+            state = self.api("GET", f"/gateways/{self.gateway_id}/").json()["state"] or {}
+            return (state.get("applied_version") or 0) >= version
+
+        assert wait_for(applied, timeout=120), self.api("GET", "/gateway-releases/").json()
+        return version
+
+    def agent_health(self) -> dict[str, Any]:
+        key = self.cp_private_key()
+
+        def get() -> httpx.Response:
+            return httpx.get(
+                f"http://{AGENT[0]}:{AGENT[1]}/internal/health",
+                auth=SignedRequestAuth(key),
+                timeout=30,
+            )
+
+        response = self.mgmt.run(get)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def cp_private_key(self) -> Any:
+        from shared.keys import load_private_key
+
+        return load_private_key(self.cp_public_key.with_suffix(".key"))
+
+    def outputs(self) -> dict[str, str]:
+        texts = {name: "".join(p.output) for name, p in self.processes.items()}
+        texts.update({f"cp {p.name}": "".join(p.output) for p in self.cp.processes})
+        return texts
+
+
+def start(
+    world_processes: dict[str, Process],
+    ns: Namespace,
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    ready: str,
+    timeout: float,
+) -> str:
+    """Start ``argv`` in ``ns``; return the output line that says it is ready."""
+    process = Process(name, ns.exec_argv(*argv), env)
+    world_processes[name] = process
+    return process.wait_for(ready, timeout=timeout).strip()
+
+
+def tcp_exchange(address: tuple[str, int], payload: bytes, timeout: float = 3) -> bytes:
+    """Connect, send, read to EOF. Raises TimeoutError when nothing answers at all."""
+    with socket.create_connection(address, timeout=timeout) as s:
+        s.sendall(payload)
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        return data
+
+
+def wg_up(peer: Peer) -> None:
+    """Bring the peer's tunnel up from its config file, as a client would."""
+    peer.ns.sh("wg-quick", "up", str(peer.conf), env={**os.environ, **USERSPACE})
+    if peer.own_private_key is not None:
+        # The file has no private key (it never left the client): the client adds it.
+        key_file = peer.conf.with_suffix(".key")
+        key_file.write_text(peer.own_private_key + "\n")
+        key_file.chmod(0o600)
+        peer.ns.sh("wg", "set", peer.iface, "private-key", str(key_file))
+
+
+def ask(peer: Peer, prompt: str = PARIS, max_tokens: int = 16) -> str:
+    reply = peer.openai().chat.completions.create(
+        model=DEFAULT_MODEL_NAME,
+        max_tokens=max_tokens,
+        temperature=0,
+        messages=[{"role": "user", "content": prompt}],
+    )
+    return reply.choices[0].message.content or ""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    assert not missing, f"install {missing} (make setup-system)"
+    tmp = tmp_path_factory.mktemp("wg")
+    cp = ControlPlane(
+        tmp / "cp",
+        None,
+        SANCTUM_CP_ROLLOUT__HEALTH_POLL_SECONDS="2",
+        SANCTUM_CP_ROLLOUT__CONNECT_TIMEOUT_SECONDS="2",
+    )
+    with lab() as the_lab:
+        try:
+            yield build_world(the_lab, tmp, cp)
+        finally:
+            cp.stop()
+
+
+def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
+    processes: dict[str, Process] = {}
+
+    # --- namespaces and links ----------------------------------------------------------
+    wan = the_lab.namespace("wan")
+    gw = the_lab.namespace("gw")
+    node = the_lab.namespace("node")
+    mgmt = the_lab.namespace("mgmt")
+    cli1 = the_lab.namespace("cli1")
+    cli2 = the_lab.namespace("cli2")
+    intruder = the_lab.namespace("int")
+    wan.ip("link", "add", "br0", "type", "bridge")
+    wan.ip("link", "set", "br0", "up")
+    for ns, port, address in (
+        (gw, "p-gw", f"{GW_PUBLIC}/24"),
+        (cli1, "p-cli1", "192.0.2.11/24"),
+        (cli2, "p-cli2", "192.0.2.12/24"),
+        (intruder, "p-int", "192.0.2.66/24"),
+    ):
+        the_lab.link(wan, port, ns, "eth0")
+        wan.ip("link", "set", port, "master", "br0")
+        ns.ip("address", "add", address, "dev", "eth0")
+    the_lab.link(gw, "back0", node, "back0")
+    gw.ip("address", "add", "10.200.0.1/30", "dev", "back0")
+    node.ip("address", "add", f"{NODE_API[0]}/30", "dev", "back0")
+    the_lab.link(gw, "mgmt0", mgmt, "gw0")
+    gw.ip("address", "add", f"{AGENT[0]}/30", "dev", "mgmt0")
+    mgmt.ip("address", "add", "10.201.0.2/30", "dev", "gw0")
+    the_lab.link(node, "mgmt0", mgmt, "node0")
+    node.ip("address", "add", f"{NODE_MGMT[0]}/30", "dev", "mgmt0")
+    mgmt.ip("address", "add", "10.202.0.2/30", "dev", "node0")
+    # The management side can route to the tunnel network: a non-peer that reaches nginx.
+    mgmt.ip("route", "add", "10.77.0.0/24", "via", AGENT[0])
+
+    # --- the control plane, in the management namespace --------------------------------
+    redis_port = free_port()
+    cp.env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    cp.manage("migrate", "-v0")
+    token = cp.manage("create_operator", "ops", "--role", "admin", "--token")["SANCTUM_API_TOKEN"]
+    cp_public_key = Path(cp.manage("signing_key")["SANCTUM_CP_PUBLIC_KEY"])
+    start(
+        processes,
+        mgmt,
+        "redis-server",
+        [
+            "redis-server",
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
+        dict(os.environ),
+        "Ready to accept connections",
+        timeout=30,
+    )
+    cp_port = free_port()
+    ready = start(
+        processes,
+        mgmt,
+        "gunicorn",
+        [
+            sys.executable,
+            "-m",
+            "control_plane",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(cp_port),
+            "--workers",
+            "2",
+        ],
+        cp.env,
+        "SANCTUM_CP_READY",
+        timeout=90,
+    )
+    cp_url = dict(p.split("=", 1) for p in ready.split()[1:])["api"].rstrip("/")
+    start(
+        processes,
+        mgmt,
+        "celery worker",
+        [sys.executable, "-m", "control_plane", "worker", "--concurrency", "1"],
+        cp.env,
+        " ready.",
+        timeout=90,
+    )
+    start(
+        processes,
+        mgmt,
+        "celery beat",
+        [sys.executable, "-m", "control_plane", "beat"],
+        cp.env,
+        "beat: Starting",
+        timeout=90,
+    )
+
+    # --- the compute node: the real data plane with the real model --------------------
+    node_key = write_key_pair(tmp / "node-keys", NODE)
+    node_env = {k: v for k, v in os.environ.items() if not k.startswith(("SANCTUM_", "DJANGO_"))}
+    node_env.update(
+        PYTHONPATH=str(REPO),
+        PYTHONUNBUFFERED="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        SANCTUM_DP_DATA_DIR=str(tmp / "node"),
+        SANCTUM_DP_NODE_ID="node-1",
+        SANCTUM_DP_CONTROL_PLANE_PUBLIC_KEY=str(cp_public_key),
+        SANCTUM_DP_NODE_PRIVATE_KEY=str(node_key),
+        SANCTUM_DP_LISTEN__API_HOST=NODE_API[0],
+        SANCTUM_DP_LISTEN__API_PORT=str(NODE_API[1]),
+        SANCTUM_DP_LISTEN__MANAGEMENT_HOST=NODE_MGMT[0],
+        SANCTUM_DP_LISTEN__MANAGEMENT_PORT=str(NODE_MGMT[1]),
+    )
+    start(
+        processes,
+        node,
+        "node",
+        [sys.executable, "-m", "data_plane", "serve"],
+        node_env,
+        "SANCTUM_DP_READY",
+        timeout=180,
+    )
+
+    world = World(
+        lab=the_lab,
+        tmp=tmp,
+        gw=gw,
+        node=node,
+        mgmt=mgmt,
+        intruder=intruder,
+        gw_iface=the_lab.wg_name("gw"),
+        gateway_id=0,
+        cp=cp,
+        cp_url=cp_url,
+        token=token,
+        cp_public_key=cp_public_key,
+        processes=processes,
+    )
+    api = world.api
+
+    # --- clients, keys, the model and the node, through the REST API -------------------
+    keys = {}
+    for client in ("alice", "bob"):
+        assert api("POST", "/clients/", json={"id": client, "name": client}).status_code == 201
+        issued = api("POST", "/api-keys/", json={"client": client, "name": "e2e"})
+        assert issued.status_code == 201, issued.text
+        keys[client] = issued.json()["key"]
+    pinned = api(
+        "POST",
+        "/model-pins/",
+        json={
+            "name": DEFAULT_MODEL_NAME,
+            "version": DEFAULT_MODEL_VERSION,
+            "path": str(bundled_gguf_path()),
+            "clients": ["alice", "bob"],
+        },
+    )
+    assert pinned.status_code == 201, pinned.text
+    pin = pinned.json()["id"]
+    assert wait_for(
+        lambda: api("GET", f"/model-pins/{pin}/").json()["hash_status"] == "verified",
+        timeout=180,
+    )
+    registered = api(
+        "POST",
+        "/nodes/",
+        json={
+            "name": "node-1",
+            "management_url": f"http://{NODE_MGMT[0]}:{NODE_MGMT[1]}",
+            "public_key": node_key.with_suffix(".pub").read_text(),
+        },
+    )
+    assert registered.status_code == 201, registered.text
+    node_id = registered.json()["id"]
+    assert api("POST", "/releases/", json={"nodes": ["node-1"]}).status_code == 202
+    assert wait_for(
+        lambda: api("GET", f"/nodes/{node_id}/").json()["rollout"] == "in_sync", timeout=300
+    ), api("GET", f"/nodes/{node_id}/").json()
+
+    # --- the gateway: boot provisioning, then registration in the control plane --------
+    gw_state = tmp / "gateway"
+    gw_state.mkdir()
+    gw_private, gw_public = generate_key_pair()  # what gateway-provision.sh's `wg genkey` does
+    gw_key = gw_state / "wireguard.key"
+    gw_key.write_text(gw_private + "\n")
+    gw_key.chmod(0o600)
+    gw.sh(
+        str(REPO / "infra/scripts/gateway-wireguard.sh"),
+        "up",
+        env={
+            **os.environ,
+            "SANCTUM_GW_WG_INTERFACE": world.gw_iface,
+            "SANCTUM_GW_WG_PORT": str(WG_PORT),
+            "SANCTUM_GW_WIREGUARD__PRIVATE_KEY": str(gw_key),
+            "SANCTUM_GW_WG_ADDRESSES": f"{TUNNEL_GW}/24",
+        },
+    )
+    agent_env = {k: v for k, v in node_env.items() if not k.startswith("SANCTUM_DP_")}
+    agent_env.update(
+        SANCTUM_GW_NAME=GATEWAY,
+        SANCTUM_GW_STATE_DIR=str(gw_state),
+        SANCTUM_GW_CONTROL_PLANE_PUBLIC_KEY=str(cp_public_key),
+        SANCTUM_GW_WIREGUARD__PRIVATE_KEY=str(gw_key),
+        SANCTUM_GW_LISTEN__HOST=AGENT[0],
+        SANCTUM_GW_LISTEN__PORT=str(AGENT[1]),
+        SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE="eth0",
+    )
+    start(
+        processes,
+        gw,
+        "agent",
+        [sys.executable, "-m", "data_plane.gateway", "serve"],
+        agent_env,
+        "SANCTUM_GW_READY",
+        timeout=60,
+    )
+    pool = api(
+        "POST",
+        "/address-pools/",
+        json={
+            "name": "e2e-pool",
+            "ipv4_cidr": "10.77.0.0/24",
+            "ipv6_cidr": "fd77::/64",
+        },
+    )
+    assert pool.status_code == 201, pool.text
+    gateway = api(
+        "POST",
+        "/gateways/",
+        json={
+            "name": GATEWAY,
+            "public_endpoint": f"{GW_PUBLIC}:{WG_PORT}",
+            "public_key": gw_public,
+            "management_url": f"http://{AGENT[0]}:{AGENT[1]}",
+            "pool": "e2e-pool",
+            "interface_name": world.gw_iface,
+            "listen_port": WG_PORT,
+            "upstreams": [{"node": "node-1", "host": NODE_API[0], "port": NODE_API[1]}],
+        },
+    )
+    assert gateway.status_code == 201, gateway.text
+    world.gateway_id = gateway.json()["id"]
+    assert gateway.json()["api_base"] == API_BASE
+
+    # --- two peers: alice's key pair made by the control plane, bob brings his own ------
+    bob_private, bob_public = generate_key_pair()
+    for n, (ns, client, own) in enumerate(
+        ((cli1, "alice", None), (cli2, "bob", (bob_private, bob_public))), 1
+    ):
+        body = {"client": client, "gateway": GATEWAY, "name": f"{client}'s laptop"}
+        if own:
+            body["public_key"] = own[1]
+        provisioned = api("POST", "/peers/", json=body)
+        assert provisioned.status_code == 201, provisioned.text
+        iface = the_lab.wg_name(f"c{n}")
+        conf = tmp / f"{iface}.conf"
+        # The file the control plane returned, byte for byte.
+        conf.write_text(provisioned.json()["config"])
+        conf.chmod(0o600)
+        world.peers.append(
+            Peer(
+                id=provisioned.json()["id"],
+                ns=ns,
+                iface=iface,
+                api_key=keys[client],
+                own_private_key=own[0] if own else None,
+                conf=conf,
+                config_text=provisioned.json()["config"],
+            )
+        )
+
+    # Before any config the gateway has no firewall yet: nginx takes the connection and
+    # closes it (444). After the first config the same connection gets no answer at all.
+    world.before_firewall = intruder.run(
+        tcp_exchange, (GW_PUBLIC, 80), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    world.roll_out_gateway()
+    for peer in world.peers:
+        wg_up(peer)
+    return world
+
+
+# --- the tests ---------------------------------------------------------------------------
+
+
+def test_client_gets_a_completion_through_the_tunnel_and_nginx(world: World) -> None:
+    peer1, peer2 = world.peers
+    assert "PrivateKey = " in peer1.conf.read_text()  # generated: shown once, in this file
+    assert "\nPrivateKey" not in peer2.conf.read_text()  # its own key: never in the file
+    # A later download holds no private key (it was never stored); otherwise the same.
+    later = world.api("GET", f"/peers/{peer1.id}/config/").text
+    assert "\nPrivateKey" not in later and later.endswith(peer1.config_text.split("Address")[1])
+    assert world.api("GET", f"/peers/{peer2.id}/config/").text == peer2.config_text
+    assert "Paris" in peer1.ns.run(ask, peer1)
+    assert "Paris" in peer2.ns.run(ask, peer2)
+
+    # Streaming (SSE) through nginx.
+    def stream() -> str:
+        chunks = peer1.openai().chat.completions.create(
+            model=DEFAULT_MODEL_NAME,
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            messages=[{"role": "user", "content": PARIS}],
+        )
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    assert "Paris" in peer1.ns.run(stream)
+
+
+def test_client_content_leaves_no_trace_on_the_gateway(world: World) -> None:
+    peer1 = world.peers[0]
+    marker = new_marker()
+    peer1.ns.run(ask, peer1, f"Repeat this code: {marker}", 8)
+    assert files_containing(marker, [world.tmp / "gateway", world.tmp / "cp"]) == []
+    assert texts_containing(marker, world.outputs()) == []
+
+
+def test_intruder_gets_no_answer_at_all(world: World) -> None:
+    # The same connection got an answer before the firewall was loaded...
+    assert world.before_firewall == b""
+    # ...and now nothing comes back: not a RST (ConnectionRefusedError), a timeout.
+    for port in (80, AGENT[1], 22, 443):
+        with pytest.raises(TimeoutError):
+            world.intruder.run(tcp_exchange, (GW_PUBLIC, port), b"GET / HTTP/1.0\r\n\r\n")
+    # A client's public address is no better outside its tunnel.
+    with pytest.raises(TimeoutError):
+        world.peers[0].ns.run(tcp_exchange, (GW_PUBLIC, 80), b"GET / HTTP/1.0\r\n\r\n")
+    rules = world.gw.sh("iptables", "-S", "SANCTUM-PUBLIC").stdout
+    assert f"--dport {WG_PORT} -j ACCEPT" in rules and "-A SANCTUM-PUBLIC -j DROP" in rules
+
+
+def test_non_peer_reaching_nginx_gets_444(world: World) -> None:
+    # The management side routes to the tunnel address without a tunnel: nginx accepts
+    # the connection and closes it without a byte.
+    answer = world.mgmt.run(
+        tcp_exchange, (TUNNEL_GW, 80), b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n", 10
+    )
+    assert answer == b""
+    # The same request from a peer gets the data plane's answer (401: no key).
+    from_peer = world.peers[0].ns.run(
+        tcp_exchange,
+        (TUNNEL_GW, 80),
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        10,
+    )
+    assert from_peer.startswith(b"HTTP/1.1 401")
+
+
+def test_gateway_reports_each_peers_handshake(world: World) -> None:
+    for peer in world.peers:
+        peer.ns.run(peer.openai().models.list)
+    health = world.agent_health()
+    assert health["status"] == "ok", health
+    handshakes = {p["id"]: p["latest_handshake"] for p in health["peers"]}
+    assert set(handshakes) == {p.config_id for p in world.peers}
+    assert all(isinstance(t, int) and t > 0 for t in handshakes.values()), handshakes
+    assert health["interface"]["ifindex"] == world.gw.ifindex(world.gw_iface)
+
+    # Beat polls the agent's health (a signed request) and records them on the peers.
+    def recorded() -> bool:
+        peers = world.api("GET", "/peers/").json()["results"]
+        return all(p["last_handshake_at"] for p in peers) and len(peers) == 2
+
+    assert wait_for(recorded, timeout=60), world.api("GET", "/peers/").json()
+    state = world.api("GET", f"/gateways/{world.gateway_id}/").json()["state"]
+    assert state["health_status"] == "ok" and state["applied_version"] == health["config_version"]
+
+
+def test_disabling_a_peer_cuts_its_tunnel_and_only_its_tunnel(world: World) -> None:
+    peer1, peer2 = world.peers
+    assert "Paris" in peer1.ns.run(ask, peer1)
+    ifindex = world.gw.ifindex(world.gw_iface)
+    wg_pids = wireguard_go_pids(world.gw)
+    assert wg_pids, "wireguard-go runs the gateway's interface"
+
+    # Peer 2 keeps a long stream and a stream of small requests going across the rollout.
+    chunks: list[float] = []
+    calls: list[tuple[float, float, object]] = []
+    stop = threading.Event()
+
+    synced_at: list[float] = []
+
+    def long_stream() -> str | None:
+        stream = peer2.openai(timeout=300).chat.completions.create(
+            model=DEFAULT_MODEL_NAME,
+            max_tokens=400,
+            temperature=0,
+            stream=True,
+            messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+        )
+        for chunk in stream:
+            chunks.append(time.monotonic())
+            if chunk.choices and chunk.choices[0].finish_reason:
+                return chunk.choices[0].finish_reason
+            if synced_at and sum(t > synced_at[0] for t in chunks) >= 5:
+                # Five events came through after the rollout: enough said, hang up (the
+                # node ends the generation) rather than wait for all 400 tokens.
+                stream.close()
+                return "still streaming"
+        return None
+
+    def keep_asking() -> None:
+        # A new connection each time: every call crosses the tunnel afresh. (An idle
+        # keep-alive connection is closed by nginx's reload, as on any nginx reload;
+        # clients retry those, the openai SDK by default.)
+        auth = {"Authorization": f"Bearer {peer2.api_key}"}
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                reply = httpx.get(f"{API_BASE}/models", headers=auth, timeout=30)
+                outcome: object = reply.status_code
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+            calls.append((began, time.monotonic(), outcome))
+            time.sleep(0.2)
+
+    streaming = peer2.ns.submit(long_stream)
+    asking = peer2.ns.submit(keep_asking)
+    assert wait_for(lambda: len(chunks) >= 3, timeout=120), "the stream did not start"
+
+    # The operator disables peer 1 and rolls out; the worker pushes the new config.
+    disabled = world.api("POST", f"/peers/{peer1.id}/disable/", json={"reason": "laptop lost"})
+    assert disabled.status_code == 200 and disabled.json()["status"] == "disabled"
+    world.roll_out_gateway()
+    synced = time.monotonic()
+    synced_at.append(synced)
+
+    # Within that one sync peer 1's tunnel is gone: nothing answers it any more.
+    with pytest.raises(TimeoutError):
+        peer1.ns.run(tcp_exchange, (TUNNEL_GW, 80), b"GET /v1/models HTTP/1.0\r\n\r\n", 3)
+    with pytest.raises(httpx.TimeoutException):
+        peer1.ns.run(httpx.get, f"{API_BASE}/models", timeout=httpx.Timeout(3))
+
+    # Peer 2 never noticed: its stream ran on through the rollout...
+    assert streaming.result(timeout=300) in ("stop", "length", "still streaming")
+    assert any(t > synced for t in chunks), "the stream ended before the rollout"
+    stop.set()
+    asking.result(timeout=60)
+    failed = [(round(b - synced, 3), o) for b, _, o in calls if o != 200]
+    assert calls and not failed, failed
+    assert any(began > synced for began, _, _ in calls)
+    assert "Paris" in peer2.ns.run(ask, peer2)
+    # ...on the same interface, driven by the same wireguard-go: no restart.
+    assert world.gw.ifindex(world.gw_iface) == ifindex
+    assert wireguard_go_pids(world.gw) == wg_pids
+    health = world.agent_health()
+    assert [p["id"] for p in health["peers"]] == [peer2.config_id]
+    assert health["interface"]["ifindex"] == ifindex
+    # The reason is in the control plane's change trail, with who gave it.
+    trail = world.api(
+        "GET", "/changes/", params={"object_type": "peer", "changed_object_id": peer1.id}
+    ).json()["results"]
+    reasons = [(c["user_name"], (c["postchange_data"] or {}).get("disabled_reason")) for c in trail]
+    assert ("ops", "laptop lost") in reasons
+
+
+def wireguard_go_pids(ns: Namespace) -> list[int]:
+    pids = []
+    for pid in ns.pids():
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "wireguard-go":
+                pids.append(pid)
+        except OSError:
+            continue
+    return sorted(pids)

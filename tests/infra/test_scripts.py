@@ -1,0 +1,124 @@
+"""infra/: the scripts pass shellcheck and do what they say; the units are valid systemd.
+
+The firewall script is also exercised end to end (tests/e2e/test_wireguard.py); here it
+runs in a namespace of its own to show it is atomic and idempotent.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.e2e.netns import lab
+
+INFRA = REPO / "infra"
+SCRIPTS = sorted((INFRA / "scripts").glob("*.sh"))
+IN_CI = bool(os.environ.get("CI"))
+
+
+def needs(tool: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        shutil.which(tool) is None and not IN_CI, reason=f"{tool} not installed"
+    )
+
+
+@needs("shellcheck")
+def test_scripts_pass_shellcheck() -> None:
+    assert SCRIPTS
+    result = subprocess.run(
+        ["shellcheck", *map(str, SCRIPTS)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_scripts_are_executable_and_strict() -> None:
+    for script in SCRIPTS:
+        assert os.access(script, os.X_OK), script
+        text = script.read_text()
+        assert text.startswith("#!/usr/bin/env bash\n"), script
+        assert "set -euo pipefail" in text, script
+
+
+def test_infra_holds_no_secrets() -> None:
+    key_line = re.compile(r"(PrivateKey|PresharedKey)\s*=\s*[A-Za-z0-9+/]{42,43}=")
+    for path in INFRA.rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            assert "PRIVATE KEY-----" not in text, path
+            assert not key_line.search(text), path
+
+
+def test_rotate_logs_keeps_the_newest_generations(tmp_path: Path) -> None:
+    logs = tmp_path / "log"
+    logs.mkdir()
+    script = INFRA / "scripts" / "rotate-logs.sh"
+    env = {**os.environ, "SANCTUM_GW_NGINX__PID_FILE": str(tmp_path / "none.pid")}
+    for generation in range(5):
+        (logs / "access.log").write_text(f"generation {generation}\n")
+        subprocess.run([str(script), str(logs), "3"], env=env, check=True, capture_output=True)
+    names = sorted(p.name for p in logs.iterdir())
+    assert names == ["access.log", "access.log.1", "access.log.2.gz", "access.log.3.gz"]
+    assert (logs / "access.log.1").read_text() == "generation 4\n"
+    assert gzip.decompress((logs / "access.log.3.gz").read_bytes()) == b"generation 2\n"
+    bad = subprocess.run([str(script), str(logs), "0"], env=env, capture_output=True, check=False)
+    assert bad.returncode == 2
+
+
+@needs("systemd-analyze")
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    units = sorted((INFRA / "systemd").iterdir())
+    names = {u.name for u in units}
+    for wanted in (
+        "sanctum-data-plane.service",
+        "sanctum-cp-web.service",
+        "sanctum-cp-worker.service",
+        "sanctum-cp-beat.service",
+        "sanctum-gateway-agent.service",
+    ):
+        assert wanted in names
+    venv = str(Path(sys.executable).parent.parent)
+    for unit in units:
+        text = unit.read_text().replace("/opt/sanctum/.venv", venv)
+        (tmp_path / unit.name).write_text(text.replace("/opt/sanctum", str(REPO)))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *map(str, sorted(tmp_path.iterdir()))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and not IN_CI, reason="needs root (a network namespace)")
+def test_firewall_script_is_idempotent_and_validates(tmp_path: Path) -> None:
+    script = str(INFRA / "scripts" / "gateway-firewall.sh")
+    env = {
+        **os.environ,
+        "SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE": "eth0",
+        "SANCTUM_GW_WG_INTERFACE": "wg0",
+        "SANCTUM_GW_WG_PORT": "51999",
+    }
+    with lab() as the_lab:
+        ns = the_lab.namespace("fw")
+        for _ in range(2):
+            ns.sh(script, "apply", env=env)
+        rules = ns.sh("iptables", "-S").stdout
+        assert rules.count("-A INPUT -j SANCTUM-INPUT") == 1
+        assert "-A SANCTUM-PUBLIC -p udp -m udp --dport 51999 -j ACCEPT" in rules
+        assert rules.rstrip().endswith("-A SANCTUM-TUNNEL -j DROP")
+        # A port change replaces the rule; nothing else is left behind.
+        ns.sh(script, "apply", env={**env, "SANCTUM_GW_WG_PORT": "51820"})
+        rules = ns.sh("iptables", "-S").stdout
+        assert "51999" not in rules and "--dport 51820 -j ACCEPT" in rules
+        bad = ns.sh(script, "apply", env={**env, "SANCTUM_GW_WG_PORT": "70000"}, check=False)
+        assert bad.returncode == 2 and "not a port" in bad.stderr
+        ns.sh(script, "remove", env=env)
+        assert "SANCTUM" not in ns.sh("iptables", "-S").stdout
