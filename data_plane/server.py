@@ -1,9 +1,9 @@
 """Run a node: the runtime, then the client listener and the management listener.
 
 Both uvicorn servers share one event loop and one runtime. SIGINT/SIGTERM stop both:
-the listeners stop accepting, streams in flight get a grace period to finish, then every
-session is ended (KV cleared), which ends the generations still running (their streams
-get an error event and close), and the models are unloaded.
+the listeners stop accepting, streams in flight get a grace period to finish, then the
+generations still running are ended (their streams get an error event and close), every
+session is ended (KV cleared, usage recorded) and the models are unloaded.
 """
 
 from __future__ import annotations
@@ -91,10 +91,11 @@ async def serve(settings: Settings) -> None:
         mgmt.should_exit = True
         _, running = await asyncio.wait(tasks, timeout=GRACE_SECONDS)
         if running:
-            # Streams still in flight after the grace period: end their sessions, and
-            # with them their generations, so the listeners can close.
-            logger.info("ending sessions with requests in flight")
-            await runtime.sessions.end_all("shutdown")
+            # Streams still in flight after the grace period: unloading the models ends
+            # their generations (each stream gets an error event and its turn is
+            # accounted), so the listeners can close; then the sessions end.
+            logger.info("ending the generations still in flight")
+            await runtime.engines.aclose()
         await asyncio.gather(*tasks, return_exceptions=True)
         await runtime.stop()
         logger.info("node stopped node=%s", settings.node_id)

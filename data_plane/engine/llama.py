@@ -120,6 +120,7 @@ class _Work:
     next_token: int | None = None
     cancelled: bool = False
     finished: bool = False
+    counted: bool = True  # in the engine's in-flight count (the queue limit)
     decoder: TextDecoder = field(default_factory=TextDecoder)
     stop: StopMatcher = field(init=False)
 
@@ -427,7 +428,14 @@ class LlamaEngine(Engine):
         with self._cond:
             if not work.finished and not work.cancelled:
                 work.cancelled = True
+                # Its place counts as free now; its slot is let go of at the next step.
+                self._uncount(work)
                 self._cond.notify()
+
+    def _uncount(self, work: _Work) -> None:
+        if work.counted:  # under ``_cond``
+            work.counted = False
+            self._in_flight -= 1
 
     # --- the scheduler thread ----------------------------------------------------------
 
@@ -668,7 +676,7 @@ class LlamaEngine(Engine):
         with self._cond:
             if work in self._waiting:
                 self._waiting.remove(work)
-            self._in_flight -= 1
+            self._uncount(work)
         if work.sampler is not None:
             llama.llama_sampler_free(work.sampler)
             work.sampler = None
