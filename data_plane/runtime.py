@@ -30,6 +30,28 @@ from shared.signed_request import SignedRequestVerifier
 logger = logging.getLogger(__name__)
 
 
+def engine_config(spec: ModelSpec, settings: Settings) -> EngineConfig:
+    """How to load a pinned model: the pin's file, the node's engine settings."""
+    es = settings.engine
+    return EngineConfig(
+        path=spec.path,
+        info=ModelInfo(
+            name=spec.name,
+            version=spec.version,
+            sha256=spec.sha256,
+            context_size=es.context_size or spec.context_size,
+        ),
+        chat_template=spec.chat_template,
+        threads=es.threads,
+        n_gpu_layers=es.n_gpu_layers,
+        max_sequences=es.max_sequences,
+        batch_size=es.batch_size,
+        prefill_chunk=es.prefill_chunk,
+        max_queue=es.max_queue,
+        flash_attn=es.flash_attn,
+    )
+
+
 class EnginePool:
     """One loaded engine per pinned model, keyed by the pin's name and file hash."""
 
@@ -47,25 +69,8 @@ class EnginePool:
         key = (spec.name, spec.sha256)
         if key not in self._engines:
             # Loading takes a while; it runs off the event loop.
-            es = self._settings.engine
             started = time.monotonic()
-            self._engines[key] = await LlamaEngine.load(
-                EngineConfig(
-                    path=spec.path,
-                    info=ModelInfo(
-                        name=spec.name,
-                        version=spec.version,
-                        sha256=spec.sha256,
-                        context_size=es.context_size or spec.context_size,
-                    ),
-                    chat_template=spec.chat_template,
-                    threads=es.threads,
-                    n_gpu_layers=es.n_gpu_layers,
-                    max_sequences=es.max_sequences,
-                    batch_size=es.batch_size,
-                    max_queue=es.max_queue,
-                )
-            )
+            self._engines[key] = await LlamaEngine.load(engine_config(spec, self._settings))
             logger.info("model loaded name=%s seconds=%.2f", spec.name, time.monotonic() - started)
         return self._engines[key]
 

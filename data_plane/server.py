@@ -1,8 +1,9 @@
 """Run a node: the runtime, then the client listener and the management listener.
 
-Both uvicorn servers share one event loop and one runtime. SIGINT/SIGTERM stop both;
-streams in flight get a short grace period, then the runtime ends every session
-(KV cleared) and unloads the models.
+Both uvicorn servers share one event loop and one runtime. SIGINT/SIGTERM stop both:
+the listeners stop accepting, streams in flight get a grace period to finish, then the
+generations still running are ended (their streams get an error event and close), every
+session is ended (KV cleared, usage recorded) and the models are unloaded.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def _server(app: Any, host: str, port: int) -> uvicorn.Server:
         log_config=None,
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=GRACE_SECONDS,
+        # A backstop only: serve() ends what is left after GRACE_SECONDS itself.
+        timeout_graceful_shutdown=GRACE_SECONDS + 20,
     )
     return _Server(config)
 
@@ -87,6 +89,13 @@ async def serve(settings: Settings) -> None:
     finally:
         api.should_exit = True
         mgmt.should_exit = True
+        _, running = await asyncio.wait(tasks, timeout=GRACE_SECONDS)
+        if running:
+            # Streams still in flight after the grace period: unloading the models ends
+            # their generations (each stream gets an error event and its turn is
+            # accounted), so the listeners can close; then the sessions end.
+            logger.info("ending the generations still in flight")
+            await runtime.engines.aclose()
         await asyncio.gather(*tasks, return_exceptions=True)
         await runtime.stop()
         logger.info("node stopped node=%s", settings.node_id)

@@ -25,14 +25,28 @@ class ListenSettings(BaseModel):
 
 
 class EngineSettings(BaseModel):
-    """llama.cpp settings. ``context_size`` overrides the pin's when set."""
+    """llama.cpp and its scheduler, for each loaded model (docs/engine.md).
 
-    threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
+    ``context_size`` (tokens one session's sequence may hold) overrides the pin's when
+    set; the context reserves ``max_sequences`` times that many KV cells.
+    """
+
+    threads: int = Field(
+        default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, description="CPU threads"
+    )
     n_gpu_layers: int = Field(default=0, ge=-1)
-    context_size: int | None = Field(default=None, ge=128)
-    max_sequences: int = Field(default=8, ge=1, le=256, description="KV sequences per model")
-    batch_size: int = Field(default=512, ge=8, le=8192)
-    max_queue: int = Field(default=64, ge=0, description="waiting generations before 429")
+    context_size: int | None = Field(default=None, ge=128, description="tokens per sequence")
+    max_sequences: int = Field(
+        default=8, ge=1, le=256, description="sessions decoded together (KV sequences)"
+    )
+    batch_size: int = Field(default=512, ge=8, le=8192, description="tokens per decode step")
+    prefill_chunk: int = Field(
+        default=64, ge=1, le=8192, description="prompt tokens per step while others decode"
+    )
+    max_queue: int = Field(default=64, ge=0, description="generations waiting before 429")
+    flash_attn: bool = Field(
+        default=True, description="flash attention (keeps greedy output batch-independent)"
+    )
 
 
 class SessionSettings(BaseModel):

@@ -2,16 +2,24 @@
 
 One scheduler thread owns the llama.cpp context. Each open session holds a
 :class:`LlamaSequence`; while it generates it is bound to one of the context's sequence
-ids (a *slot*) and its KV cells live in that slot alone: nothing is shared between
-slots, not even a common prefix. Every step puts the next token of every decoding
-session, plus a chunk of any pending prompt, into one ``llama_batch`` and one
-``llama_decode``; each session then samples from its own logits with its own sampler
-chain (temperature, top_p, seed).
+ids (a *slot*). The context keeps one KV stream per slot (``kv_unified=False``), so a
+slot's cells are its own: nothing is shared between slots, not even a common prefix.
 
-More sessions than slots: an idle session's KV state is copied to RAM
-(``llama_state_seq_get_data``) and its slot freed; it is restored into a free slot when
-it next generates. Nothing is ever written to disk. Past ``max_queue`` waiting
-generations, callers get :class:`EngineBusy` (HTTP 429).
+Every step puts the next token of every decoding session, then chunks of pending
+prompts (round robin, at most ``prefill_chunk`` tokens while others are decoding, so a
+long prompt does not stall them), into one ``llama_batch`` and one ``llama_decode``;
+each session then samples from its own logits with its own sampler chain (greedy at
+temperature 0; otherwise temperature, top_p, and a seeded draw). Flash attention is on
+by default: its CPU kernel walks each query's own keys in order and skips masked cells,
+so a session's logits do not depend on which other sessions share the batch (greedy
+output is the same alone or batched).
+
+At most ``max_sequences`` generations run at once and ``max_queue`` more may wait for a
+slot; past that, callers get :class:`EngineBusy` (HTTP 429). When a waiting generation
+needs a slot and none is free, the least recently used idle session's KV state is copied
+to RAM (``llama_state_seq_get_data``) and its slot freed; the state is restored into a
+free slot when that session next generates. Nothing is ever written to disk, and a
+parked state is zeroed when it is restored or dropped.
 
 Only ids, counts and durations are logged.
 """
@@ -49,7 +57,8 @@ logger = logging.getLogger(__name__)
 
 _backend_lock = threading.Lock()
 _backend_ready = False
-_DONE = object()
+_DONE = object()  # the generation ended normally
+_STOPPED = object()  # the scheduler let go of the generation (settles ``stopped``)
 
 
 def _init_backend() -> None:
@@ -70,13 +79,15 @@ class EngineConfig:
     """How to load one model (from the pin and the node's engine settings)."""
 
     path: str
-    info: ModelInfo
+    info: ModelInfo  # context_size: tokens per sequence
     chat_template: str | None = None
     threads: int = 2
     n_gpu_layers: int = 0
     max_sequences: int = 8
     batch_size: int = 512
+    prefill_chunk: int = 64
     max_queue: int = 64
+    flash_attn: bool = True
 
 
 @dataclass(eq=False)
@@ -84,10 +95,14 @@ class LlamaSequence(BaseSequence):
     """A session's sequence; ``slot`` is its llama.cpp seq id while it holds KV cells."""
 
     slot: int | None = None
-    saved: bytes | None = None  # KV state parked in RAM while it has no slot
-    active: bool = False
+    saved: Any = None  # ctypes buffer: the KV state parked in RAM while it has no slot
+    saved_size: int = 0
+    active: bool = False  # a generation is queued or running
     work: _Work | None = None  # the latest generation, running or done
     last_used: float = field(default_factory=time.monotonic)
+    evaluated: int = 0  # tokens decoded into this sequence's own cells, over its life
+    parked: int = 0  # times its state was moved to RAM
+    restored: int = 0  # times it was restored from RAM
 
 
 @dataclass(eq=False)
@@ -98,17 +113,83 @@ class _Work:
     pending: list[int]
     params: SamplingParams
     result: Generation
-    emit: Callable[[Any], None]
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Any]
     stopped: asyncio.Future[None]  # resolved once the scheduler let go of the work
     sampler: Any = None
     next_token: int | None = None
     cancelled: bool = False
     finished: bool = False
+    counted: bool = True  # in the engine's in-flight count (the queue limit)
     decoder: TextDecoder = field(default_factory=TextDecoder)
     stop: StopMatcher = field(init=False)
 
     def __post_init__(self) -> None:
         self.stop = StopMatcher(self.params.stop)
+
+
+class _TokenStream(AsyncGenerator[str, None]):
+    """The text of one generation, as it is decoded.
+
+    Closing it, or dropping it, cancels the generation, even if it was never iterated
+    (a plain async generator that never started would not run its ``finally``). Text
+    that piled up while the reader was busy comes out as one chunk.
+    """
+
+    def __init__(self, engine: LlamaEngine, work: _Work) -> None:
+        self._engine = engine
+        self._work = work
+        self._held: Any = None
+        self._ended = False
+
+    def __aiter__(self) -> _TokenStream:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._ended:
+            raise StopAsyncIteration
+        queue = self._work.queue
+        try:
+            item = self._held if self._held is not None else await queue.get()
+        except BaseException:  # cancelled while waiting: the reader is gone
+            self._cancel()
+            raise
+        self._held = None
+        if item is _DONE:
+            self._ended = True
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        parts = [item]
+        while not queue.empty():
+            more = queue.get_nowait()
+            if isinstance(more, str):
+                parts.append(more)
+            else:
+                self._held = more
+                break
+        return "".join(parts)
+
+    async def asend(self, value: None) -> str:
+        return await self.__anext__()
+
+    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> str:
+        self._cancel()
+        raise val if val is not None else typ
+
+    async def aclose(self) -> None:
+        self._cancel()
+
+    def _cancel(self) -> None:
+        self._ended = True
+        self._engine._cancel(self._work)
+
+    def __del__(self) -> None:
+        # Dropped without being closed: stop decoding at the next step. (A bare flag
+        # write: no lock in a finalizer, and the scheduler is awake while work runs.)
+        if not self._work.finished:
+            self._work.cancelled = True
 
 
 class LlamaEngine(Engine):
@@ -124,14 +205,22 @@ class LlamaEngine(Engine):
             raise EngineError(f"llama.cpp could not load model {config.info.name}")
         self._vocab = llama.llama_model_get_vocab(self._model)
         self.n_slots = config.max_sequences
+        # Every decoding slot puts one token in a step, and a prompt needs room beside
+        # them: the batch holds at least one token more than there are slots.
+        self._batch_cap = max(config.batch_size, self.n_slots + 1)
         cparams = llama.llama_context_default_params()
         cparams.n_ctx = config.info.context_size * self.n_slots
         cparams.n_seq_max = self.n_slots
-        cparams.n_batch = config.batch_size
-        cparams.n_ubatch = config.batch_size
+        cparams.n_batch = self._batch_cap
+        cparams.n_ubatch = self._batch_cap
         cparams.n_threads = config.threads
         cparams.n_threads_batch = config.threads
         cparams.kv_unified = False  # each sequence its own KV stream: no shared cells
+        cparams.flash_attn_type = (
+            llama.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if config.flash_attn
+            else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         cparams.no_perf = True
         self._ctx = llama.llama_init_from_model(self._model, cparams)
         if not self._ctx:
@@ -145,9 +234,10 @@ class LlamaEngine(Engine):
             sha256=config.info.sha256,
             context_size=self.n_ctx_seq,
         )
-        self._batch = llama.llama_batch_init(config.batch_size, 0, 1)
+        self._batch = llama.llama_batch_init(self._batch_cap, 0, 1)
         self._bos = llama.llama_vocab_bos(self._vocab)
         self._add_bos = bool(llama.llama_vocab_get_add_bos(self._vocab))
+        self._pieces: dict[int, bytes] = {}
         self._template = ChatTemplate(
             config.chat_template or self._gguf_chat_template() or CHATML,
             bos_token=self._piece(self._bos, special=True).decode("utf-8", "replace"),
@@ -155,24 +245,33 @@ class LlamaEngine(Engine):
                 "utf-8", "replace"
             ),
         )
+        # Scheduler state: touched only by the scheduler thread, except where noted.
         self._slots: list[LlamaSequence | None] = [None] * self.n_slots
         self._active: list[_Work] = []
+        self._outbox: list[tuple[_Work, Any]] = []
+        self._rr = 0  # round-robin start for prompt chunks
+        # Shared with the event loop, under ``_cond``.
         self._waiting: deque[_Work] = deque()
         self._commands: deque[Callable[[], None]] = deque()
+        self._in_flight = 0  # generations queued or running
         self._cond = threading.Condition()
         self._stopping = False
-        self._rr = 0  # round-robin start for prompt chunks
+        self._closed = False
         self._thread = threading.Thread(
             target=self._run, name=f"engine-{config.info.name}", daemon=True
         )
         self._thread.start()
         logger.info(
-            "engine loaded model=%s slots=%d ctx_per_seq=%d batch=%d threads=%d",
+            "engine loaded model=%s slots=%d ctx_per_seq=%d batch=%d prefill_chunk=%d "
+            "threads=%d flash_attn=%s queue=%d",
             config.info.name,
             self.n_slots,
             self.n_ctx_seq,
-            config.batch_size,
+            self._batch_cap,
+            config.prefill_chunk,
             config.threads,
+            config.flash_attn,
+            config.max_queue,
         )
 
     @classmethod
@@ -192,6 +291,12 @@ class LlamaEngine(Engine):
             buf = ctypes.create_string_buffer(-n)
             n = llama.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
+
+    def _text_piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._piece(token)
+        return piece
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         data = text.encode("utf-8")
@@ -224,18 +329,23 @@ class LlamaEngine(Engine):
 
     async def close_sequence(self, seq: BaseSequence) -> None:
         assert isinstance(seq, LlamaSequence)
-        await self._call(lambda: self._close(seq))
+        try:
+            await self._call(lambda: self._close(seq))
+        except _EngineStopped:
+            # The context is gone, and every cell with it; what is left is in RAM.
+            _wipe(seq)
+            seq.tokens.clear()
+            seq.closed = True
 
     def _close(self, seq: LlamaSequence) -> None:
-        for work in [*self._active, *self._waiting]:
+        for work in self._works():
             if work.seq is seq:
-                work.cancelled = True
-        self._reap_cancelled()
+                self._finish(work, None, EngineError("generation cancelled: the session ended"))
         if seq.slot is not None:
             llama.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
             self._slots[seq.slot] = None
             seq.slot = None
-        seq.saved = None
+        _wipe(seq)
         seq.tokens.clear()
         seq.closed = True
 
@@ -263,7 +373,7 @@ class LlamaEngine(Engine):
 
         with self._cond:
             if self._stopping:
-                raise EngineError("engine is shutting down")
+                raise _EngineStopped("engine is shutting down")
             self._commands.append(run)
             self._cond.notify()
         return await fut
@@ -289,21 +399,14 @@ class LlamaEngine(Engine):
             # A cut-off generation is let go of at the scheduler's next step: wait for
             # that, so the session's next request doesn't find its sequence busy.
             await asyncio.shield(previous.stopped)
-        result.prompt_tokens = len(prompt)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-
-        def emit(item: Any) -> None:
-            # RuntimeError: the loop is gone (shutdown), so nobody is listening.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
         work = _Work(
             seq=seq,
             pending=list(prompt),
             params=params,
             result=result,
-            emit=emit,
+            loop=loop,
+            queue=asyncio.Queue(),
             stopped=loop.create_future(),
         )
         with self._cond:
@@ -311,29 +414,28 @@ class LlamaEngine(Engine):
                 raise EngineError("engine is shutting down")
             if seq.active:
                 raise EngineError("sequence is already generating")
-            if len(self._waiting) >= self.config.max_queue:
+            if self._in_flight >= self.n_slots + self.config.max_queue:
                 raise EngineBusy("too many generations are waiting for this model")
+            result.prompt_tokens = len(prompt)
+            self._in_flight += 1
             seq.active = True
             seq.work = work
             self._waiting.append(work)
             self._cond.notify()
-        return self._stream(work, queue)
+        return _TokenStream(self, work)
 
-    async def _stream(self, work: _Work, queue: asyncio.Queue[Any]) -> AsyncGenerator[str, None]:
-        try:
-            while True:
-                item = await queue.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            if not work.finished:
-                # The caller went away (client disconnect, cancel): stop decoding at once.
-                with self._cond:
-                    work.cancelled = True
-                    self._cond.notify()
+    def _cancel(self, work: _Work) -> None:
+        with self._cond:
+            if not work.finished and not work.cancelled:
+                work.cancelled = True
+                # Its place counts as free now; its slot is let go of at the next step.
+                self._uncount(work)
+                self._cond.notify()
+
+    def _uncount(self, work: _Work) -> None:
+        if work.counted:  # under ``_cond``
+            work.counted = False
+            self._in_flight -= 1
 
     # --- the scheduler thread ----------------------------------------------------------
 
@@ -350,38 +452,62 @@ class LlamaEngine(Engine):
                 commands = list(self._commands)
                 self._commands.clear()
                 stopping = self._stopping
-            for command in commands:
-                command()
-            if stopping:
-                self._fail_all(EngineError("engine is shutting down"))
-                return
-            self._reap_cancelled()
-            self._admit()
-            if self._active:
-                try:
+            try:
+                for command in commands:
+                    command()
+                if stopping:
+                    self._fail_all("engine is shutting down")
+                    return
+                self._reap_cancelled()
+                self._admit()
+                if self._active:
                     self._step()
-                except Exception:
-                    logger.exception("engine step failed model=%s", self.info.name)
-                    self._fail_all(EngineError("inference failed"))
+            except Exception:
+                logger.exception("engine step failed model=%s", self.info.name)
+                self._fail_all("inference failed")
+            finally:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Hand this step's text and endings to the event loops: one wake-up per loop."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Work, Any]]] = {}
+        for work, item in self._outbox:
+            by_loop.setdefault(work.loop, []).append((work, item))
+        self._outbox.clear()
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
+                loop.call_soon_threadsafe(_deliver, items)
+
+    def _works(self) -> list[_Work]:
+        """Every unfinished generation, running ones first."""
+        with self._cond:  # the event loop appends to ``_waiting``
+            return [*self._active, *self._waiting]
 
     def _reap_cancelled(self) -> None:
-        for work in [w for w in self._active if w.cancelled]:
-            self._finish(work, None)
-        for work in [w for w in self._waiting if w.cancelled]:
-            self._waiting.remove(work)
+        for work in [w for w in self._works() if w.cancelled]:
             self._finish(work, None)
 
     def _admit(self) -> None:
-        """Move waiting generations into slots, parking idle sessions' KV in RAM."""
-        while self._waiting:
-            work = self._waiting[0]
+        """Start waiting generations in order; park idle sessions to free slots."""
+        if not self._waiting:
+            return
+        with self._cond:
+            waiting = list(self._waiting)
+        blocked = False
+        for work in waiting:
             seq = work.seq
             if seq.slot is None:
+                if blocked:
+                    continue  # first come, first served for the free slots
                 slot = self._free_slot()
                 if slot is None:
-                    return  # every slot is generating; wait for one to finish
+                    blocked = True
+                    continue
                 self._bind(seq, slot)
-            self._waiting.popleft()
+            with self._cond:
+                self._waiting.remove(work)
             self._start(work)
 
     def _free_slot(self) -> int | None:
@@ -392,25 +518,39 @@ class LlamaEngine(Engine):
         if not idle:
             return None
         victim = min(idle, key=lambda s: s.last_used)
-        assert victim.slot is not None
         freed = victim.slot
-        size = llama.llama_state_seq_get_size(self._ctx, freed)
-        buf = (ctypes.c_uint8 * size)()
-        written = llama.llama_state_seq_get_data(self._ctx, buf, size, freed)
-        victim.saved = bytes(buf[:written])
-        llama.llama_memory_seq_rm(self._mem, freed, -1, -1)
-        victim.slot = None
-        self._slots[freed] = None
-        logger.debug("parked idle sequence in RAM slot=%d bytes=%d", freed, written)
+        assert freed is not None
+        self._park(victim, freed)
         return freed
+
+    def _park(self, seq: LlamaSequence, slot: int) -> None:
+        """Copy an idle sequence's KV state to RAM and free its slot."""
+        size = llama.llama_state_seq_get_size(self._ctx, slot)
+        buf = (ctypes.c_uint8 * max(size, 1))()
+        written = llama.llama_state_seq_get_data(self._ctx, buf, size, slot) if size else 0
+        if written:
+            seq.saved, seq.saved_size = buf, written
+            seq.parked += 1
+        else:
+            seq.tokens.clear()  # nothing saved: its next prompt is evaluated afresh
+        llama.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        seq.slot = None
+        self._slots[slot] = None
+        logger.debug("sequence parked in RAM slot=%d bytes=%d", slot, written)
 
     def _bind(self, seq: LlamaSequence, slot: int) -> None:
         llama.llama_memory_seq_rm(self._mem, slot, -1, -1)
         if seq.saved is not None:
-            data = (ctypes.c_uint8 * len(seq.saved)).from_buffer_copy(seq.saved)
-            if llama.llama_state_seq_set_data(self._ctx, data, len(seq.saved), slot) == 0:
-                seq.tokens.clear()  # restore failed: the prompt is evaluated afresh
-            seq.saved = None
+            read = llama.llama_state_seq_set_data(self._ctx, seq.saved, seq.saved_size, slot)
+            _wipe(seq)
+            held = llama.llama_memory_seq_pos_max(self._mem, slot) + 1
+            if read == 0 or held != len(seq.tokens):
+                # Restore failed: start the sequence over (its prompt is evaluated afresh).
+                llama.llama_memory_seq_rm(self._mem, slot, -1, -1)
+                seq.tokens.clear()
+            else:
+                seq.restored += 1
+            logger.debug("sequence restored from RAM slot=%d ok=%s", slot, read != 0)
         seq.slot = slot
         self._slots[slot] = seq
 
@@ -437,54 +577,66 @@ class LlamaEngine(Engine):
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
         if params.temperature <= 0:
             llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
-        else:
-            if params.top_p < 1.0:
-                llama.llama_sampler_chain_add(
-                    chain, llama.llama_sampler_init_top_p(params.top_p, 1)
-                )
-            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_temp(params.temperature))
-            seed = llama.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
-            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed))
+            return chain
+        # OpenAI's order: temperature shapes the distribution, top_p cuts its tail.
+        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_temp(params.temperature))
+        if params.top_p < 1.0:
+            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_p(params.top_p, 1))
+        seed = llama.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed))
         return chain
 
     def _step(self) -> None:
         batch = self._batch
+        tokens, pos, n_seq_id, seq_id, logits = (
+            batch.token,
+            batch.pos,
+            batch.n_seq_id,
+            batch.seq_id,
+            batch.logits,
+        )
         n = 0
         sample_at: list[tuple[_Work, int]] = []
-
-        def put(token: int, seq: LlamaSequence, logits: bool) -> None:
-            nonlocal n
-            batch.token[n] = token
-            batch.pos[n] = len(seq.tokens)
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = seq.slot
-            batch.logits[n] = logits
-            seq.tokens.append(token)
-            n += 1
-
         # Every decoding session advances one token per step: fair turns by construction.
         for work in self._active:
-            if work.next_token is not None:
-                put(work.next_token, work.seq, True)
-                sample_at.append((work, n - 1))
-                work.next_token = None
-        # Prompts share what is left of the batch, round robin, in bounded chunks so a
-        # long prompt does not stall the sessions that are already streaming.
+            token = work.next_token
+            if token is None:
+                continue
+            seq = work.seq
+            tokens[n], pos[n], n_seq_id[n], logits[n] = token, len(seq.tokens), 1, True
+            seq_id[n][0] = seq.slot
+            seq.tokens.append(token)
+            seq.evaluated += 1
+            sample_at.append((work, n))
+            work.next_token = None
+            n += 1
+        # Prompts share what is left, round robin; while others decode, at most
+        # ``prefill_chunk`` tokens a step, so a long prompt does not stall them.
         prefilling = [w for w in self._active if w.pending]
         if prefilling:
-            budget = self.config.batch_size - n
-            share = max(16, budget // len(prefilling))
+            budget = self._batch_cap - n
+            if n:
+                budget = min(budget, max(1, self.config.prefill_chunk))
             start = self._rr % len(prefilling)
             self._rr += 1
-            for work in prefilling[start:] + prefilling[:start]:
+            order = prefilling[start:] + prefilling[:start]
+            share = max(1, -(-budget // len(order)))
+            for work in order:
                 take = min(len(work.pending), share, budget)
                 if take <= 0:
                     break
+                seq = work.seq
                 chunk, work.pending = work.pending[:take], work.pending[take:]
-                for i, token in enumerate(chunk):
-                    last = not work.pending and i == take - 1
-                    put(token, work.seq, last)
+                p = len(seq.tokens)
+                for token in chunk:
+                    tokens[n], pos[n], n_seq_id[n], logits[n] = token, p, 1, False
+                    seq_id[n][0] = seq.slot
+                    n += 1
+                    p += 1
+                seq.tokens.extend(chunk)
+                seq.evaluated += take
                 if not work.pending:
+                    logits[n - 1] = True
                     sample_at.append((work, n - 1))
                 budget -= take
         batch.n_tokens = n
@@ -500,9 +652,9 @@ class LlamaEngine(Engine):
             self._finish(work, "stop")
             return
         work.result.completion_tokens += 1
-        text = work.stop.feed(work.decoder.feed(self._piece(token)))
+        text = work.stop.feed(work.decoder.feed(self._text_piece(token)))
         if text:
-            work.emit(text)
+            self._outbox.append((work, text))
         if work.stop.stopped:
             self._finish(work, "stop")
         elif work.result.completion_tokens >= work.params.max_tokens:
@@ -512,43 +664,43 @@ class LlamaEngine(Engine):
         else:
             work.next_token = token
 
-    def _finish(self, work: _Work, reason: str | None) -> None:
-        """End a generation; ``reason`` None means cancelled (nothing more is sent)."""
+    def _finish(self, work: _Work, reason: str | None, error: EngineError | None = None) -> None:
+        """End a generation: ``reason`` "stop" or "length", or None when it was cut off
+        (then its reader, if one is still there, gets ``error``)."""
         if work.finished:
             return
         work.finished = True
         work.pending = []
         if work in self._active:
             self._active.remove(work)
+        with self._cond:
+            if work in self._waiting:
+                self._waiting.remove(work)
+            self._uncount(work)
         if work.sampler is not None:
             llama.llama_sampler_free(work.sampler)
             work.sampler = None
         work.seq.active = False
         work.seq.last_used = time.monotonic()
-        loop = work.stopped.get_loop()
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-            loop.call_soon_threadsafe(_settle, work.stopped, None, None)
         if reason is None:
-            return
-        tail = work.stop.feed(work.decoder.flush()) + work.stop.flush()
-        if tail:
-            work.emit(tail)
-        work.result.finish_reason = reason
-        work.emit(_DONE)
+            self._outbox.append((work, error or EngineError("generation cancelled")))
+        else:
+            tail = work.stop.feed(work.decoder.flush()) + work.stop.flush()
+            if tail:
+                self._outbox.append((work, tail))
+            work.result.finish_reason = reason
+            self._outbox.append((work, _DONE))
+        self._outbox.append((work, _STOPPED))
 
-    def _fail_all(self, error: EngineError) -> None:
-        for work in [*self._active, *self._waiting]:
-            if not work.finished:
-                work.emit(error)
-            work.cancelled = True
-        self._waiting.clear()
-        self._reap_cancelled()
+    def _fail_all(self, message: str) -> None:
+        for work in self._works():
+            self._finish(work, None, EngineError(message))
         # A failed decode leaves the cells of that batch in doubt: start sequences over.
         for seq in self._slots:
             if seq is not None:
-                seq.tokens.clear()
                 assert seq.slot is not None
                 llama.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+                seq.tokens.clear()
 
     # --- shutdown ----------------------------------------------------------------------
 
@@ -559,10 +711,33 @@ class LlamaEngine(Engine):
             self._stopping = True
             self._cond.notify()
         await asyncio.to_thread(self._thread.join)
+        for seq in self._slots:
+            if seq is not None:
+                seq.slot = None
         llama.llama_batch_free(self._batch)
         llama.llama_free(self._ctx)
         llama.llama_model_free(self._model)
         logger.info("engine unloaded model=%s", self.info.name)
+
+
+class _EngineStopped(EngineError):
+    """The scheduler is gone (the engine was closed)."""
+
+
+def _wipe(seq: LlamaSequence) -> None:
+    """Zero and drop a parked KV state."""
+    if seq.saved is not None:
+        ctypes.memset(seq.saved, 0, len(seq.saved))
+    seq.saved, seq.saved_size = None, 0
+
+
+def _deliver(items: list[tuple[_Work, Any]]) -> None:
+    """On the event loop: one step's output for its readers."""
+    for work, item in items:
+        if item is _STOPPED:
+            _settle(work.stopped, None, None)
+        else:
+            work.queue.put_nowait(item)
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:

@@ -61,11 +61,17 @@ class Turn:
     extra: dict[str, Any] = field(default_factory=dict)  # sanctum fields of the response
     text: list[str] = field(default_factory=list)
     ended: dict[str, Any] | None = None  # end hooks' output for a one-shot session
+    finished: bool = False
 
     async def chunks(self) -> AsyncIterator[str]:
-        async for chunk in self.stream:
-            self.text.append(chunk)
-            yield chunk
+        """The answer's text; Unavailable (503) if the engine ends the generation under
+        it (the node shutting down, the session torn down)."""
+        try:
+            async for chunk in self.stream:
+                self.text.append(chunk)
+                yield chunk
+        except EngineError as exc:
+            raise Unavailable(str(exc), code="generation_ended") from None
 
 
 class InferenceService:
@@ -220,8 +226,12 @@ class InferenceService:
     async def finish(self, turn: Turn) -> None:
         """Account the turn to its session, keep the transcript, end a one-shot session.
 
-        Runs whether the turn completed or was cut off (the client went away).
+        Runs whether the turn completed or was cut off (the client went away); a second
+        call does nothing.
         """
+        if turn.finished:
+            return
+        turn.finished = True
         session, result = turn.session, turn.result
         await turn.stream.aclose()  # a turn cut off stops decoding now, not at GC time
         session.requests += 1

@@ -9,9 +9,11 @@ from typing import Any
 import anyio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from data_plane.api.deps import ClientDep, InferenceDep, RetrievalDep, SessionHeader
 from data_plane.api.schemas import ChatCompletionRequest, CompletionRequest
+from data_plane.errors import ApiError
 from data_plane.services.inference import InferenceService, Turn
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -79,6 +81,31 @@ def _sse(payload: dict[str, Any] | str) -> str:
     return f"data: {data}\n\n"
 
 
+class _TurnResponse(StreamingResponse):
+    """A streamed turn that is accounted for however its response ends.
+
+    A client that goes away before the body starts cancels the response before
+    ``events`` ever runs, so its ``finally`` never would: the turn is finished here too
+    (its generation stopped, the session freed).
+    """
+
+    def __init__(self, service: InferenceService, turn: Turn, content: AsyncIterator[str]) -> None:
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={SESSION_HEADER: turn.session.id, "Cache-Control": "no-store"},
+        )
+        self._service = service
+        self._turn = turn
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._service.finish(self._turn)
+
+
 def _streamed(
     service: InferenceService,
     turn: Turn,
@@ -93,8 +120,16 @@ def _streamed(
             first = delta("")
             if first:
                 yield _sse(chunk(first))
-            async for text in turn.chunks():
-                yield _sse(chunk(delta(text)))
+            try:
+                async for text in turn.chunks():
+                    yield _sse(chunk(delta(text)))
+            except ApiError as exc:
+                # The generation was ended under the stream (shutdown, teardown): say so
+                # in OpenAI's error shape, as the stream's last event.
+                finished = True
+                await service.finish(turn)
+                yield _sse(exc.body())
+                return
             finished = True
             await service.finish(turn)  # one-shot: its usage record is durable first
             last = chunk(final(turn.result.finish_reason))
@@ -110,11 +145,7 @@ def _streamed(
                 with anyio.CancelScope(shield=True):
                     await service.finish(turn)
 
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={SESSION_HEADER: turn.session.id, "Cache-Control": "no-store"},
-    )
+    return _TurnResponse(service, turn, events())
 
 
 @router.post("/chat/completions", response_model=None)
