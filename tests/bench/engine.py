@@ -7,8 +7,10 @@ the same token counts for every system:
 (b) ``python -m llama_cpp.server`` with 8 concurrent clients;
 (c) Sanctum's data plane over HTTP with 1 and with 8 concurrent clients.
 
-Every system gets the same threads and context per sequence, greedy decoding and no
-repeat penalty, so at temperature 0 they write the same text (checked and reported).
+Every system gets the same threads, context per sequence and attention kernel (flash
+attention, which Sanctum uses so that a session's output does not depend on its batch
+mates), greedy decoding and no repeat penalty, so at temperature 0 they write the same
+text (checked and reported).
 Completion tokens are counted by tokenizing each answer with the model's own vocabulary,
 the same way for every system. TTFT is the time from sending a request to its first
 text; the inter-token latency of a stream is (last text - first text) / (tokens - 1).
@@ -174,6 +176,7 @@ def _direct_run(path: str) -> Run:
         n_ctx=DEFAULT_CONTEXT_SIZE,
         n_threads=THREADS,
         n_threads_batch=THREADS,
+        flash_attn=True,
         verbose=False,
     )
     try:
@@ -241,6 +244,8 @@ def _llama_server_run(path: str) -> Run:
             "False",
             "--interrupt_requests",
             "False",
+            "--flash_attn",
+            "True",
             "--verbose",
             "False",
         ],
