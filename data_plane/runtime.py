@@ -16,7 +16,7 @@ import time
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from data_plane.config_store import ConfigRejected, ConfigStore
-from data_plane.engine.base import Engine, ModelInfo
+from data_plane.engine.base import Engine, EngineError, ModelInfo
 from data_plane.engine.llama import EngineConfig, LlamaEngine
 from data_plane.outbox import UsageOutbox
 from data_plane.rag import Retrieval
@@ -28,6 +28,9 @@ from shared.keys import NODE, ensure_key_pair, load_private_key, load_public_key
 from shared.signed_request import SignedRequestVerifier
 
 logger = logging.getLogger(__name__)
+
+# How long a retired model's turns in flight get to be accounted before their sessions end.
+RETIRE_GRACE_SECONDS = 30.0
 
 
 def engine_config(spec: ModelSpec, settings: Settings) -> EngineConfig:
@@ -58,6 +61,7 @@ class EnginePool:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._engines: dict[tuple[str, str], Engine] = {}
+        self._closed = False
 
     def get(self, spec: ModelSpec) -> Engine | None:
         return self._engines.get((spec.name, spec.sha256))
@@ -68,9 +72,15 @@ class EnginePool:
     async def load(self, spec: ModelSpec) -> Engine:
         key = (spec.name, spec.sha256)
         if key not in self._engines:
+            if self._closed:
+                raise EngineError("the node is shutting down")
             # Loading takes a while; it runs off the event loop.
             started = time.monotonic()
-            self._engines[key] = await LlamaEngine.load(engine_config(spec, self._settings))
+            engine = await LlamaEngine.load(engine_config(spec, self._settings))
+            if self._closed:  # the pool closed while it loaded
+                await engine.aclose()
+                raise EngineError("the node is shutting down")
+            self._engines[key] = engine
             logger.info("model loaded name=%s seconds=%.2f", spec.name, time.monotonic() - started)
         return self._engines[key]
 
@@ -81,9 +91,11 @@ class EnginePool:
         return [self._engines.pop(k) for k in gone]
 
     async def aclose(self) -> None:
-        for engine in self._engines.values():
-            await engine.aclose()
+        self._closed = True
+        engines = list(self._engines.values())
         self._engines.clear()
+        for engine in engines:
+            await engine.aclose()
 
 
 def node_signing_key(settings: Settings) -> Ed25519PrivateKey:
@@ -162,9 +174,24 @@ class Runtime:
                 ) from None
             self.config.commit(token, bundle)
             for engine in self.engines.retired(bundle):
-                await self.sessions.end_all("shutdown", self.sessions.by_engine(engine))
-                await engine.aclose()
+                await self._retire(engine)
             return bundle
+
+    async def _retire(self, engine: Engine) -> None:
+        """Unload a model the new bundle no longer pins, and end its sessions.
+
+        The engine closes first: generations still running end (each stream gets an error
+        event) and their turns are accounted as their handlers finish; then the sessions
+        end, each with its usage record stored.
+        """
+        await engine.aclose()
+        sessions = self.sessions.by_engine(engine)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RETIRE_GRACE_SECONDS):
+                for session in sessions:
+                    async with session.busy:  # its turn in flight has been accounted
+                        pass
+        await self.sessions.end_all("shutdown", sessions)
 
     def engine_for(self, spec: ModelSpec) -> Engine | None:
         return self.engines.get(spec)

@@ -2,8 +2,9 @@
 
 Both uvicorn servers share one event loop and one runtime. SIGINT/SIGTERM stop both:
 the listeners stop accepting, streams in flight get a grace period to finish, then the
-generations still running are ended (their streams get an error event and close), every
-session is ended (KV cleared, usage recorded) and the models are unloaded.
+engines close: the generations still running end (their streams get an error event and
+close, their turns are accounted) and the models are freed. Last, every session still
+open ends, its usage record stored.
 """
 
 from __future__ import annotations

@@ -197,26 +197,33 @@ class SessionStore:
         return await self.end(session, "teardown")
 
     async def expire_idle(self) -> int:
-        now = time.monotonic()
-        expired = [s for s in list(self._sessions.values()) if s.expired(now)]
-        await self.end_all("expiry", expired)
-        return len(expired)
+        expired = [s for s in list(self._sessions.values()) if s.expired(time.monotonic())]
+        # Ending one awaits; a session that started a turn meanwhile is not idle any more.
+        return await self.end_all("expiry", expired, still=lambda s: s.expired(time.monotonic()))
 
     async def end_all(
-        self, ended_by: EndedBy = "shutdown", sessions: list[Session] | None = None
-    ) -> None:
-        """End these sessions (default: every open one) with no caller to answer.
+        self,
+        ended_by: EndedBy = "shutdown",
+        sessions: list[Session] | None = None,
+        still: Callable[[Session], bool] | None = None,
+    ) -> int:
+        """End these sessions (default: every open one) with no caller to answer; those
+        that ``still`` turns down when their turn comes are left open. Returns how many
+        ended.
 
         One that fails to end cleanly (its record can't be stored, say) is logged and
         the others still end.
         """
+        ended = 0
         for session in list(self._sessions.values()) if sessions is None else sessions:
-            if session.closed:
+            if session.closed or (still is not None and not still(session)):
                 continue
+            ended += 1
             try:
                 await self.end(session, ended_by)
             except Exception:
                 logger.exception("session end failed session=%s by=%s", session.id, ended_by)
+        return ended
 
     def open_sessions(self) -> list[Session]:
         return list(self._sessions.values())

@@ -67,8 +67,9 @@ def _init_backend() -> None:
     with _backend_lock:
         if _backend_ready:
             return
-        # llama-cpp-python forwards llama.cpp's log to this logger; below ERROR it is
-        # load-time chatter (and at debug level it could print token text).
+        # llama-cpp-python's log callback prints llama.cpp's messages straight to stderr
+        # (not through our formatter) when this logger's level lets them through. Below
+        # ERROR they are load-time chatter, and at debug level they could hold token text.
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
         llama.llama_backend_init()
         _backend_ready = True
@@ -299,6 +300,8 @@ class LlamaEngine(Engine):
         return piece
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        if self._closed:  # the vocabulary went with the model
+            raise EngineError("the model was unloaded")
         data = text.encode("utf-8")
         cap = len(data) + 8
         arr = (llama.llama_token * cap)()
@@ -412,6 +415,8 @@ class LlamaEngine(Engine):
         with self._cond:
             if self._stopping:
                 raise EngineError("engine is shutting down")
+            if seq.closed:  # the session ended while its previous turn was let go of
+                raise EngineError("sequence is closed")
             if seq.active:
                 raise EngineError("sequence is already generating")
             if self._in_flight >= self.n_slots + self.config.max_queue:
@@ -532,6 +537,7 @@ class LlamaEngine(Engine):
             seq.saved, seq.saved_size = buf, written
             seq.parked += 1
         else:
+            ctypes.memset(buf, 0, len(buf))  # whatever a failed copy left behind
             seq.tokens.clear()  # nothing saved: its next prompt is evaluated afresh
         llama.llama_memory_seq_rm(self._mem, slot, -1, -1)
         seq.slot = None
@@ -714,6 +720,8 @@ class LlamaEngine(Engine):
         for seq in self._slots:
             if seq is not None:
                 seq.slot = None
+        # On the event loop, like ``tokenize``: no call into the model after this.
+        self._closed = True
         llama.llama_batch_free(self._batch)
         llama.llama_free(self._ctx)
         llama.llama_model_free(self._model)

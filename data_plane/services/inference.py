@@ -7,6 +7,7 @@ A call without a session runs in a one-shot session that ends with the call.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -193,9 +194,9 @@ class InferenceService:
             raise Conflict(f"session {session.id} is answering another request")
         await session.busy.acquire()
         try:
-            tokens, new_messages, extra = await prompt()
             result = Generation()
             try:
+                tokens, new_messages, extra = await prompt()
                 stream = await session.engine.generate(session.seq, tokens, params, result)
             except ContextOverflow as exc:
                 raise BadRequest(
@@ -227,11 +228,15 @@ class InferenceService:
         """Account the turn to its session, keep the transcript, end a one-shot session.
 
         Runs whether the turn completed or was cut off (the client went away); a second
-        call does nothing.
+        call does nothing. It runs to its end even if its caller is cancelled meanwhile,
+        so a one-shot session's record is stored whatever the client does.
         """
         if turn.finished:
             return
         turn.finished = True
+        await asyncio.shield(self._finish(turn))
+
+    async def _finish(self, turn: Turn) -> None:
         session, result = turn.session, turn.result
         await turn.stream.aclose()  # a turn cut off stops decoding now, not at GC time
         session.requests += 1

@@ -187,8 +187,14 @@ def test_shutdown_with_streams_in_flight_ends_cleanly(
         for t in threads:
             t.join(timeout=60)
         assert not any(t.is_alive() for t in threads)
+        # Every turn was accounted and its one-shot session's record stored before exit.
+        node.start()
+        records = [node.open_record(r["jws"]) for r in node.usage()]
     finally:
         node.stop()
+    assert len(records) == 3
+    assert all(r.request_count == 1 for r in records)
+    assert sum(r.completion_tokens > 0 for r in records) >= 2  # the two that decoded
     log = "".join(node.output)
     # Every stream ended with an event the client can read: the end of its answer, or
     # an error in OpenAI's shape saying the generation was ended.

@@ -413,6 +413,26 @@ def test_a_reader_that_goes_away_stops_decoding_at_once(model_spec: ModelSpec) -
     assert n["unread"] <= 2 and n["dropped"] <= 2
 
 
+def test_a_cancelled_generation_frees_its_queue_place_at_once(model_spec: ModelSpec) -> None:
+    engine = make_engine(model_spec, max_sequences=1, max_queue=0)
+
+    async def main() -> None:
+        first, second = await engine.open_sequence(), await engine.open_sequence()
+        params = SamplingParams(max_tokens=1000, temperature=0.0)
+        stream = await engine.generate(first, engine.text_tokens(COUNTING), params, Generation())
+        await stream.__anext__()  # the one place is taken: anyone else is refused
+        with pytest.raises(EngineBusy):
+            await engine.generate(second, [1, 2, 3], params, Generation())
+        await stream.aclose()
+        # No await in between: the scheduler has not run a step since the cancel, and
+        # still the place is free.
+        out = await engine.generate(second, engine.text_tokens("Hello"), params, Generation())
+        await out.aclose()
+        await engine.aclose()
+
+    run(main)
+
+
 def test_shutdown_ends_streams_in_flight_and_frees_the_model(model_spec: ModelSpec) -> None:
     engine = make_engine(model_spec, max_sequences=2, max_queue=2)
 
@@ -440,6 +460,8 @@ def test_shutdown_ends_streams_in_flight_and_frees_the_model(model_spec: ModelSp
             await engine.close_sequence(seq)  # after shutdown: nothing left to free
         with pytest.raises(EngineError):
             await engine.generate(seqs[0], [1, 2, 3], params, Generation())
+        with pytest.raises(EngineError, match="unloaded"):
+            engine.tokenize("the vocabulary went with the model")
         assert all(s.closed and not s.tokens for s in seqs)
         return ended
 

@@ -356,11 +356,27 @@ def test_expiry_and_shutdown_produce_records_that_survive_a_restart(
         # cursors are stable across the restart
         assert after[: len(before)] == before
         assert after[-1]["cursor"] > before[-1]["cursor"]
-        # unpinning a model ends its sessions too, with a record
+        # unpinning a model ends its sessions too, with a record that counts the turn
+        # that was streaming when the model went
         unpinned = open_session(node, tenant)
-        node.push([], [tenant])  # answered once the model's sessions have ended
+        with httpx.stream(
+            "POST",
+            f"{node.api}/v1/completions",
+            json={"model": MODEL, "prompt": "1, 2, 3, 4, 5,", "max_tokens": 400, "stream": True},
+            headers={"Authorization": f"Bearer {tenant.key}", "X-Sanctum-Session": unpinned},
+            timeout=60,
+        ) as streaming:
+            lines = streaming.iter_lines()
+            assert any(  # it is decoding
+                line.startswith("data: {") and json.loads(line[6:])["choices"][0].get("text")
+                for line in lines
+            )
+            node.push([], [tenant])  # answered once the model's sessions have ended
+            rest = [line for line in lines if line.startswith("data: ")]
+        assert json.loads(rest[-1][6:])["error"]["code"] == "generation_ended"
         last = node.open_record(node.usage()[-1]["jws"])
         assert last.session_id == unpinned and last.ended_by == "shutdown"
+        assert last.request_count == 1 and last.completion_tokens > 0
     finally:
         node.stop()
 

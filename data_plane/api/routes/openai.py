@@ -15,6 +15,7 @@ from data_plane.api.deps import ClientDep, InferenceDep, RetrievalDep, SessionHe
 from data_plane.api.schemas import ChatCompletionRequest, CompletionRequest
 from data_plane.errors import ApiError
 from data_plane.services.inference import InferenceService, Turn
+from shared.config import ModelSpec
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -51,7 +52,7 @@ async def list_models(
                 "sanctum": {
                     "version": m.version,
                     "sha256": m.sha256,
-                    "context_size": m.context_size,
+                    "context_size": _context_size(service, m),
                 },
             }
             for m in service.allowed_models(client)
@@ -74,6 +75,13 @@ def _sanctum(turn: Turn) -> dict[str, Any]:
     if turn.ended:
         out.update(turn.ended)
     return out
+
+
+def _context_size(service: InferenceService, spec: ModelSpec) -> int:
+    """Tokens a session's sequence holds: the loaded engine's, which node settings may
+    set below or above the pin's."""
+    engine = service.runtime.engine_for(spec)
+    return engine.info.context_size if engine is not None else spec.context_size
 
 
 def _sse(payload: dict[str, Any] | str) -> str:
