@@ -15,6 +15,7 @@ documents answer, showing the sources.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -52,13 +53,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="data directory for the platform (default: a temporary one)",
     )
+    demo.add_argument(
+        "--show-logs",
+        action="store_true",
+        help="print the platform's logs here too (default: DATA_DIR/platform.log)",
+    )
     demo.set_defaults(func=run)
 
 
 def start_up(
-    data_dir: Path, extra: list[str] | None = None
+    data_dir: Path, extra: list[str] | None = None, log: IO[str] | None = None
 ) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    """Start ``sanctum up`` on free ports and return it with the lines it printed."""
+    """Start ``sanctum up`` on free ports and return it with the lines it printed; its
+    logs (stderr) go to ``log``, or to ours."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -76,6 +83,7 @@ def start_up(
             *(extra or []),
         ],
         stdout=subprocess.PIPE,
+        stderr=log,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -154,15 +162,16 @@ def walk_through(lines: dict[str, str], data_dir: Path) -> None:
         session = client.post("/sessions", json={"model": model, "ttl": 300}).json()["id"]
         say(f"session opened: {session}")
         for question in (
-            "My name is Ada and I audit banks. Say hello to me in one sentence.",
-            "What is my name?",
+            "Hello! My name is Zorblax. Please remember my name.",
+            "I like green apples.",
+            "What is my name?",  # the session holds the earlier turns
         ):
             print(f"\nuser> {question}\nassistant> ", end="", flush=True)
             last = stream_chat(
                 client,
                 {
                     "model": model,
-                    "max_tokens": 48,
+                    "max_tokens": 40,
                     "temperature": 0,
                     "messages": [{"role": "user", "content": question}],
                 },
@@ -323,13 +332,20 @@ def ask_with_retrieval(lines: dict[str, str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="sanctum-demo-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="sanctum-demo-"))
         data_dir = args.data_dir or Path(tmp)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log_path = data_dir / "platform.log"
+        log = None if args.show_logs else stack.enter_context(log_path.open("a"))
         say(f"starting sanctum up (data in {data_dir}); the first start loads the model...")
+        if log is not None:
+            say(f"  the platform's logs (ids, counts, durations) go to {log_path}")
         try:
-            proc, lines = start_up(data_dir)
+            proc, lines = start_up(data_dir, log=log)
         except RuntimeError as exc:
             say(f"error: {exc}")
+            _show_log_tail(log_path if log is not None else None)
             return 1
         try:
             say(f"ready: API at {lines['SANCTUM_API_BASE']}")
@@ -346,8 +362,21 @@ def run(args: argparse.Namespace) -> int:
             LedgerCheckFailed,
         ) as exc:
             say(f"error: the walk-through failed: {type(exc).__name__}: {exc}")
+            _show_log_tail(log_path if log is not None else None)
             return 1
         finally:
             code = stop_up(proc)
         say(f"\nsanctum up stopped (exit {code}).")
+        if code != 0:
+            _show_log_tail(log_path if log is not None else None)
         return 0 if code == 0 else 1
+    return 1  # not reached
+
+
+def _show_log_tail(path: Path | None, lines: int = 40) -> None:
+    """After a failure, the end of the platform's log (when it went to a file)."""
+    if path is None or not path.exists():
+        return
+    say(f"the last lines of {path}:")
+    for line in path.read_text(errors="replace").splitlines()[-lines:]:
+        say(f"  | {line}")

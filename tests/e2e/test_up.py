@@ -373,6 +373,13 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "assistant> " in result.stdout
     assert '"completion_tokens"' in result.stdout
     assert "session torn down" in result.stdout
+    # the session holds its earlier turns
+    assert "Zorblax" in result.stdout.split("user> What is my name?")[1].split("[usage")[0]
+    # the platform's logs went to a file, not over the walk-through, and hold no content
+    log = (tmp_path / "demo" / "platform.log").read_text()
+    assert "node ready" in log and "data_plane.access" in log
+    assert "data_plane.access" not in result.stdout + result.stderr
+    assert "Zorblax" not in log and "green apples" not in log
     assert "usage record signed by node-1 (verified against its key" in result.stdout
     assert "fetched again from /v1/receipts: the same record" in result.stdout
     assert "downloaded the audit bundle of client demo as auditor" in result.stdout
