@@ -87,8 +87,14 @@ class RetrievalSettings(BaseModel):
     embedder_threads: int = Field(
         default=1,
         ge=1,
-        description="torch threads; one leaves the other cores to llama.cpp, and a short "
-        "query is no faster on more",
+        description="torch threads for ingestion and session documents; one leaves the "
+        "other cores to llama.cpp",
+    )
+    embedder_query_threads: int = Field(
+        default_factory=lambda: max(1, os.cpu_count() or 1),
+        ge=1,
+        description="torch threads for a chat's query: a few milliseconds on every core, "
+        "on the path to the first token",
     )
     embed_batch_size: int = Field(default=32, ge=1, le=1024)
     qdrant_path: Path | None = Field(

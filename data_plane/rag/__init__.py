@@ -27,6 +27,7 @@ class Retrieval:
             name=rs.embedding_model,
             path=rs.embedder_path,
             threads=rs.embedder_threads,
+            query_threads=rs.embedder_query_threads,
             batch_size=rs.embed_batch_size,
         )
         self.store = KnowledgeBaseStore(

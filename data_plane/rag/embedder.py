@@ -53,11 +53,14 @@ class Embedder:
         name: str = "all-MiniLM-L6-v2",
         path: Path | None = None,
         threads: int = 1,
+        query_threads: int | None = None,
         batch_size: int = 32,
     ) -> None:
         self.name = name
         self.path = path
         self.threads = threads
+        self.query_threads = query_threads or threads
+        self._torch_threads = 0  # what the embedder's thread last set
         self.batch_size = batch_size
         self._model: Any = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
@@ -69,13 +72,12 @@ class Embedder:
     def load_sync(self) -> None:
         """Load the model in this thread (used directly by benchmarks)."""
         _offline()
-        import torch
         import transformers
         from sentence_transformers import SentenceTransformer
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
-        torch.set_num_threads(self.threads)
+        self.set_threads(self.threads)
         started = time.monotonic()
         model = SentenceTransformer(
             str(self.path or bundled_model_path()), device="cpu", local_files_only=True
@@ -120,8 +122,18 @@ class Embedder:
         """Run ``fn`` on the embedder's thread (for tokenizer work such as chunking)."""
         return await self._run(fn, *args)
 
-    def encode_sync(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed ``texts`` in this thread: a (len, dimensions) float32 array."""
+    def set_threads(self, n: int) -> None:
+        """torch's intra-op threads for the calls that follow (on the embedder's thread)."""
+        if n != self._torch_threads:
+            import torch
+
+            torch.set_num_threads(n)
+            self._torch_threads = n
+
+    def encode_sync(self, texts: Sequence[str], *, threads: int | None = None) -> np.ndarray:
+        """Embed ``texts`` in this thread: a (len, dimensions) float32 array. Bulk work
+        runs on ``threads`` torch threads (one by default: llama.cpp keeps the rest)."""
+        self.set_threads(threads or self.threads)
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         vectors = self.model.encode(
@@ -135,7 +147,7 @@ class Embedder:
 
     async def embed_query(self, text: str) -> np.ndarray:
         """One text's vector (a chat's retrieval query)."""
-        vectors = await self._run(self.encode_sync, [text])
+        vectors = await self._run(lambda: self.encode_sync([text], threads=self.query_threads))
         return vectors[0]
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:

@@ -10,18 +10,20 @@ the same token counts for every system:
 Every system gets the same threads, context per sequence and attention kernel (flash
 attention, which Sanctum uses so that a session's output does not depend on its batch
 mates), greedy decoding and no repeat penalty, so at temperature 0 they write the same
-text (checked and reported).
+text (checked and reported). The systems take turns for ``ROUNDS`` rounds (all servers
+up, one of them working at a time) and each is reported by its median round.
 Completion tokens are counted by tokenizing each answer with the model's own vocabulary,
 the same way for every system. TTFT is the time from sending a request to its first
 text; the inter-token latency of a stream is (last text - first text) / (tokens - 1).
 Also reported: the data plane's resident memory with 1, 8 and 32 open sessions.
 
-``python -m tests.bench engine`` (or ``make bench``); takes a couple of minutes.
+``python -m tests.bench engine`` (or ``make bench``); takes about five minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,7 @@ from tests.bench import write_section
 
 MAX_TOKENS = 96
 CLIENTS = 8
+ROUNDS = 3  # every system runs once per round, in turn; each reports its median round
 THREADS = max(1, os.cpu_count() or 1)
 PROMPTS = [
     "Once upon a time, in a small village by the sea, there lived an old fisherman who",
@@ -216,10 +220,12 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) ->
     raise RuntimeError("server did not start")
 
 
-def _llama_server_run(path: str) -> Run:
-    """(b): ``python -m llama_cpp.server``, given the same threads and context, and no
-    logits for prompt tokens; ``interrupt_requests`` off so every client gets its answer
-    (by default a new request cuts off the stream in progress)."""
+@contextlib.contextmanager
+def _llama_server(path: str) -> Iterator[str]:
+    """(b): ``python -m llama_cpp.server`` on a free port (its API base), given the same
+    threads, context and attention kernel, and no logits for prompt tokens;
+    ``interrupt_requests`` off so every client gets its answer (by default a new request
+    cuts off the stream in progress)."""
     port = _free_port()
     proc = subprocess.Popen(
         [
@@ -256,14 +262,15 @@ def _llama_server_run(path: str) -> Run:
         base = f"http://127.0.0.1:{port}/v1"
         _wait_http(f"{base}/models", proc)
         asyncio.run(_http_run("warm-up", base, {}, DEFAULT_MODEL_NAME, 1))
-        return asyncio.run(_http_run("(b) llama_cpp.server", base, {}, DEFAULT_MODEL_NAME, CLIENTS))
+        yield base
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def _sanctum_runs(spec: ModelSpec) -> tuple[list[Run], dict[int, float]]:
-    """(c): a real ``python -m data_plane serve`` node; then RSS with open sessions."""
+@contextlib.contextmanager
+def _sanctum_node(spec: ModelSpec) -> Iterator[tuple[str, dict[str, str], int]]:
+    """(c): a real ``python -m data_plane serve`` node: its API base, headers and pid."""
     from tests.conftest import make_tenant, new_node
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -277,24 +284,8 @@ def _sanctum_runs(spec: ModelSpec) -> tuple[list[Run], dict[int, float]]:
             headers = {"Authorization": f"Bearer {tenant.key}"}
             base = f"{node.api}/v1"
             asyncio.run(_http_run("warm-up", base, headers, DEFAULT_MODEL_NAME, 1))
-            runs = [
-                asyncio.run(
-                    _http_run("(c) Sanctum, 1 client", base, headers, DEFAULT_MODEL_NAME, 1)
-                ),
-                asyncio.run(
-                    _http_run(
-                        f"(c) Sanctum, {CLIENTS} clients",
-                        base,
-                        headers,
-                        DEFAULT_MODEL_NAME,
-                        CLIENTS,
-                    )
-                ),
-            ]
             assert node.proc is not None
-            memory = {0: _rss_mib(node.proc.pid)}
-            memory.update(_open_sessions(base, headers, node.proc.pid))
-            return runs, memory
+            yield base, headers, node.proc.pid
         finally:
             node.stop()
 
@@ -342,14 +333,44 @@ def main() -> None:
         context_size=DEFAULT_CONTEXT_SIZE,
     )
     started = time.monotonic()
-    direct = _direct_run(path)
-    print(f"  {direct.name}: done", flush=True)
-    server = _llama_server_run(path)
-    print(f"  {server.name}: done", flush=True)
-    (one, many), memory = _sanctum_runs(spec)
-    print("  (c) Sanctum: done", flush=True)
+    rounds: list[list[Run]] = []
+    with _llama_server(path) as llama_base, _sanctum_node(spec) as (base, headers, pid):
+        # The systems take turns, round after round, so that a slow spell of this shared
+        # machine does not fall on one of them only.
+        for n in range(ROUNDS):
+            rounds.append(
+                [
+                    _direct_run(path),
+                    asyncio.run(
+                        _http_run(
+                            "(b) llama_cpp.server", llama_base, {}, DEFAULT_MODEL_NAME, CLIENTS
+                        )
+                    ),
+                    asyncio.run(
+                        _http_run("(c) Sanctum, 1 client", base, headers, DEFAULT_MODEL_NAME, 1)
+                    ),
+                    asyncio.run(
+                        _http_run(
+                            f"(c) Sanctum, {CLIENTS} clients",
+                            base,
+                            headers,
+                            DEFAULT_MODEL_NAME,
+                            CLIENTS,
+                        )
+                    ),
+                ]
+            )
+            print(f"  round {n + 1} of {ROUNDS}: done", flush=True)
+        memory = {0: _rss_mib(pid)}
+        memory.update(_open_sessions(base, headers, pid))
+    for runs in rounds:
+        _count_tokens(path, runs)
+    # Each system's median round by aggregate tokens/s (its latencies from that round).
+    direct, server, one, many = (
+        sorted((r[i] for r in rounds), key=lambda run: run.tps)[len(rounds) // 2] for i in range(4)
+    )
     runs = [direct, server, one, many]
-    _count_tokens(path, runs)
+    per_round = [(r[2].tps / r[0].tps, r[3].tps / r[1].tps) for r in rounds]
 
     rows = [
         "| system | clients | completion tokens | aggregate tokens/s | TTFT p50 | TTFT p95 "
@@ -371,8 +392,9 @@ def main() -> None:
             f"{len(PROMPTS)} prompts, {MAX_TOKENS} completion tokens each at temperature 0, "
             f"{THREADS} threads, context {DEFAULT_CONTEXT_SIZE} per sequence, bundled "
             f"{DEFAULT_MODEL_NAME} ({DEFAULT_MODEL_VERSION}). One client sends the prompts one "
-            f"after another; {CLIENTS} clients send one each at once. Run time "
-            f"{time.monotonic() - started:.0f} s.",
+            f"after another; {CLIENTS} clients send one each at once. The systems took "
+            f"turns for {ROUNDS} rounds; each row is that system's median round by "
+            f"aggregate tokens/s. Run time {time.monotonic() - started:.0f} s.",
             "",
             *rows,
             "",
@@ -384,6 +406,12 @@ def main() -> None:
             f"| {'yes' if batched >= 2 else 'no'} |",
             f"| (c) {CLIENTS} clients TTFT p95 <= (b)'s | {many.ttft(0.95) * 1000:.0f} ms vs "
             f"{server.ttft(0.95) * 1000:.0f} ms | {'yes' if ttft_ok else 'no'} |",
+            "",
+            "The same ratios round by round: (c) 1 client / (a) "
+            + ", ".join(f"{a:.2f}" for a, _ in per_round)
+            + f"; (c) {CLIENTS} clients / (b) "
+            + ", ".join(f"{b:.2f}" for _, b in per_round)
+            + ".",
             "",
             f"Same text as the baseline at temperature 0: {same}/{len(PROMPTS)} answers of (c) "
             f"with 1 client match (a); {same_many}/{CLIENTS} of (c) with {CLIENTS} clients "
