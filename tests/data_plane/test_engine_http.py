@@ -21,21 +21,11 @@ import pytest
 from shared.config import ClientLimits, ModelSpec
 from shared.models import DEFAULT_MODEL_NAME
 from tests.conftest import Node, Tenant, Tenants, make_tenant, new_node, wait_until
+from tests.data_plane.engine_prompts import COUNTING, PROMPTS
 
 pytestmark = pytest.mark.model
 
 MODEL = DEFAULT_MODEL_NAME
-COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # the model goes on counting: a long stream
-PROMPTS = [
-    "What is the capital city of France? Answer in one sentence.",
-    "Write a short poem about the moon.",
-    "Explain photosynthesis to a child.",
-    "List three fruits that are red.",
-    "Describe the ocean in two sentences.",
-    "How do airplanes fly?",
-    "Tell me a fun fact about cats.",
-    "Why is the sky blue?",
-]
 
 
 @pytest.fixture(scope="module")

@@ -22,21 +22,11 @@ from data_plane.engine.llama import EngineConfig, LlamaEngine, LlamaSequence
 from data_plane.runtime import engine_config
 from data_plane.settings import Settings
 from shared.config import ModelSpec
+from tests.data_plane.engine_prompts import COUNTING, PROMPTS
 
 pytestmark = pytest.mark.model
 
 CONTEXT = 1024  # tokens per sequence: enough for every prompt here, and a small KV
-PROMPTS = [
-    "What is the capital city of France? Answer in one sentence.",
-    "Write a short poem about the moon.",
-    "Explain photosynthesis to a child.",
-    "List three fruits that are red.",
-    "Describe the ocean in two sentences.",
-    "How do airplanes fly?",
-    "Tell me a fun fact about cats.",
-    "Why is the sky blue?",
-]
-COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # the model goes on counting: a long stream
 PASSWORDS = ["Zorblax", "Quentaris", "Mirabel"]
 
 
