@@ -12,6 +12,10 @@ import os
 import platform
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.usage import UsageRecord
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 
@@ -37,3 +41,24 @@ def write_section(name: str, body: str) -> None:
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"
     RESULTS.write_text(text)
+
+
+def usage_record(n: int, client_id: str, ended: _dt.datetime) -> UsageRecord:
+    """The ``n``-th record of a benchmark: a 30-second session of ``client_id``."""
+    from shared.usage import UsageRecord, format_timestamp, new_record_id
+
+    return UsageRecord(
+        record_id=new_record_id(),
+        session_id=f"sess_{n:032x}",
+        client_id=client_id,
+        node_id="node-1",
+        model="smollm2-135m-instruct",
+        model_version="q4_1",
+        model_sha256="ab" * 32,
+        started_at=format_timestamp(ended - _dt.timedelta(seconds=30)),
+        ended_at=format_timestamp(ended),
+        ended_by="teardown",
+        request_count=3,
+        prompt_tokens=420,
+        completion_tokens=180,
+    )

@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.bench import write_section
+from tests.bench import usage_record, write_section
 
 REPO = Path(__file__).resolve().parents[2]
 BATCHES = {1: 300, 100: 3000, 500: 5000}  # batch size -> records appended at that size
@@ -48,28 +48,14 @@ def _records(count: int, seed: int, clients: int = 20) -> tuple[str, list[str]]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from shared.keys import public_pem
-    from shared.usage import UsageRecord, format_timestamp, new_record_id, sign_usage_record
+    from shared.usage import sign_usage_record
 
     key = Ed25519PrivateKey.from_private_bytes(seed.to_bytes(32, "big"))
     start = datetime(2025, 1, 1, tzinfo=UTC)
     tokens = []
     for n in range(count):
         ended = start + timedelta(seconds=n)
-        record = UsageRecord(
-            record_id=new_record_id(),
-            session_id=f"sess_{n:032x}",
-            client_id=f"client-{n % clients}",
-            node_id="node-1",
-            model="smollm2-135m-instruct",
-            model_version="q4_1",
-            model_sha256="ab" * 32,
-            started_at=format_timestamp(ended - timedelta(seconds=30)),
-            ended_at=format_timestamp(ended),
-            ended_by="teardown",
-            request_count=3,
-            prompt_tokens=420,
-            completion_tokens=180,
-        )
+        record = usage_record(n, f"client-{n % clients}", ended)
         tokens.append(sign_usage_record(record, key))
     return public_pem(key.public_key()).decode(), tokens
 

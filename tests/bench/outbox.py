@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from data_plane.outbox import RecordMeta, UsageOutbox
 from data_plane.settings import OutboxSettings
-from shared.usage import UsageRecord, format_timestamp, new_record_id, sign_usage_record
-from tests.bench import write_section
+from shared.usage import sign_usage_record
+from tests.bench import usage_record, write_section
 
 RECORDS = 1500
 CONCURRENCY = (1, 8, 64)
@@ -27,21 +27,7 @@ KEY = Ed25519PrivateKey.generate()
 
 def signed(n: int) -> tuple[str, RecordMeta]:
     ended = datetime.now(UTC)
-    record = UsageRecord(
-        record_id=new_record_id(),
-        session_id=f"sess_{n:032x}",
-        client_id="bench",
-        node_id="node-1",
-        model="smollm2-135m-instruct",
-        model_version="q4_1",
-        model_sha256="ab" * 32,
-        started_at=format_timestamp(ended - timedelta(seconds=30)),
-        ended_at=format_timestamp(ended),
-        ended_by="teardown",
-        request_count=3,
-        prompt_tokens=420,
-        completion_tokens=180,
-    )
+    record = usage_record(n, "bench", ended)
     meta = RecordMeta(record.record_id, record.session_id, "bench", ended.timestamp())
     return sign_usage_record(record, KEY), meta
 
