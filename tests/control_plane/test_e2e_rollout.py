@@ -163,7 +163,9 @@ def test_a_node_stopped_during_a_rollout_catches_up_when_it_returns(installation
 
     node.start()  # same ports; it comes back holding the previous version from its disk
 
-    status = installation.wait_in_sync(version)
-    assert status["state"]["health_status"] == "ok"
+    installation.wait_in_sync(version)
+    # The retried push can land before beat's next health poll: wait for that poll.
+    healthy = wait_until(lambda: installation.node_status()["state"]["health_status"] == "ok")
+    assert healthy, installation.node_status()
     assert _chat(node, replacement)
     assert _refused(node, key)

@@ -70,7 +70,13 @@ def test_a_worker_pushes_and_beat_catches_a_returning_node_up(redis_server, cont
             caught_up = wait_until(lambda: node("flaky")["rollout"] == "in_sync", timeout=60)
             assert caught_up, node("flaky")
             assert flaky.held_version == 1
-            assert node("flaky")["state"]["health_status"] == "ok"
+            # The retried push can land before beat's next health poll, and a poll that
+            # began while the node was still down records "unreachable" when it ends.
+            # Health is what the poll last saw, so the next poll (1 s) must read "ok".
+            healthy = wait_until(
+                lambda: node("flaky")["state"]["health_status"] == "ok", timeout=30
+            )
+            assert healthy, node("flaky")
     finally:
         steady.stop()
         flaky.stop()
