@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,6 +105,7 @@ class Node:
     env: dict[str, str] = field(default_factory=dict)
     output: list[str] = field(default_factory=list)
     version: int = 0
+    _pump: threading.Thread | None = None
 
     @property
     def cp_key(self) -> Any:
@@ -140,7 +141,8 @@ class Node:
                     ready.set()
             ready.set()
 
-        threading.Thread(target=pump, daemon=True).start()
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
         if not ready.wait(timeout) or not self.api:
             self.stop()
             raise RuntimeError("data plane did not start:\n" + "".join(self.output[-40:]))
@@ -155,6 +157,8 @@ class Node:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._pump is not None:
+            self._pump.join(timeout=10)  # the output holds every line the process wrote
         code = self.proc.returncode
         self.proc = None
         return code
@@ -274,13 +278,15 @@ def fresh_node(tmp_path: Path) -> Iterator[Node]:
     n.stop()
 
 
-def wait_until(predicate: Any, timeout: float = 30, interval: float = 0.1) -> bool:
+def wait_until(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1) -> Any:
+    """The predicate's first truthy result within ``timeout`` seconds, else None."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return True
+        result = predicate()
+        if result:
+            return result
         time.sleep(interval)
-    return False
+    return None
 
 
 # --- retrieval -----------------------------------------------------------------------------

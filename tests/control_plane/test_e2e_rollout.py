@@ -15,7 +15,8 @@ import pytest
 
 from shared.keys import write_key_pair
 from shared.models import DEFAULT_MODEL_NAME, bundled_gguf_path
-from tests.control_plane.processes import ControlPlane, DataPlaneNode, wait_until
+from tests.conftest import wait_until
+from tests.control_plane.processes import ControlPlane, DataPlaneNode
 
 pytestmark = [pytest.mark.e2e, pytest.mark.model, pytest.mark.redis]
 

@@ -170,8 +170,11 @@ def test_shutdown_with_streams_in_flight_ends_cleanly(
                 ended.append(last)
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
-        for t in threads:
+        # The first two take both slots before the third asks, so the third queues.
+        for t in threads[:2]:
             t.start()
+        assert wait_until(lambda: len(streaming) == 2, timeout=120)
+        threads[2].start()
         assert wait_until(lambda: len(streaming) == 3, timeout=120)
         assert node.stop(signal.SIGTERM) == 0
         for t in threads:

@@ -338,9 +338,12 @@ def test_expiry_and_shutdown_produce_records_that_survive_a_restart(
         expiring = open_session(node, tenant, ttl=1)
         with node.client(tenant) as c:
             assert wait_until(lambda: c.get(f"/sessions/{expiring}").status_code == 404, 10)
-            # the client can fetch the record of a session that expired
-            receipt = c.get(f"/receipts/{expiring}")
-            assert receipt.status_code == 200
+            # the client can fetch the record of a session that expired (written just
+            # after the session leaves the store)
+            receipt = wait_until(
+                lambda: (r := c.get(f"/receipts/{expiring}")).status_code == 200 and r, 10
+            )
+            assert receipt
         left_open = open_session(node, tenant)
         before = node.usage()
         assert node.stop(signal.SIGTERM) == 0

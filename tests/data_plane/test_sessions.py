@@ -30,7 +30,11 @@ def test_idle_session_expires(fresh_node: Node, model_spec: ModelSpec) -> None:
         )
         assert wait_until(lambda: c.get(f"/sessions/{sid}").status_code == 404, timeout=10)
         assert c.delete(f"/sessions/{sid}").status_code == 404
-    assert any(f"session={sid}" in line and "by=expiry" in line for line in fresh_node.output)
+    # The session leaves the store first; its record is written and the line logged after.
+    assert wait_until(
+        lambda: any(f"session={sid}" in line and "by=expiry" in line for line in fresh_node.output),
+        timeout=10,
+    )
 
 
 def test_sigterm_ends_open_sessions_and_exits_zero(fresh_node: Node, model_spec: ModelSpec) -> None:

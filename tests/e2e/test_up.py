@@ -31,11 +31,15 @@ class Up:
     lines: dict[str, str] = field(default_factory=dict)
     stdout: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
+    pumps: list[threading.Thread] = field(default_factory=list)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=90)
+        code = self.proc.wait(timeout=90)
+        for pump in self.pumps:
+            pump.join(timeout=10)  # stdout and stderr hold every line the process wrote
+        return code
 
     def openai(self) -> OpenAI:
         return OpenAI(
@@ -80,8 +84,12 @@ def start_up(data_dir: Path, timeout: float = 240) -> Up:
                     ready.set()
         ready.set()
 
-    threading.Thread(target=pump, args=(proc.stdout, up.stdout, True), daemon=True).start()
-    threading.Thread(target=pump, args=(proc.stderr, up.stderr, False), daemon=True).start()
+    up.pumps = [
+        threading.Thread(target=pump, args=(proc.stdout, up.stdout, True), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr, up.stderr, False), daemon=True),
+    ]
+    for thread in up.pumps:
+        thread.start()
     if not ready.wait(timeout) or "SANCTUM_READY" not in up.lines:
         up.stop()
         raise AssertionError("sanctum up did not become ready:\n" + "".join(up.stderr[-30:]))

@@ -44,9 +44,10 @@ from shared.models import DEFAULT_MODEL_NAME, DEFAULT_MODEL_VERSION, bundled_ggu
 from shared.signed_request import SignedRequestAuth
 from shared.wireguard import generate_key_pair
 from tests.canary import files_containing, new_marker, texts_containing
-from tests.conftest import REPO
-from tests.control_plane.processes import ControlPlane, Process, free_port
-from tests.e2e.netns import Lab, Namespace, lab, wait_for
+from tests.conftest import REPO, free_port, wait_until
+from tests.control_plane.processes import ControlPlane, Process
+from tests.data_plane.engine_prompts import COUNTING
+from tests.e2e.netns import Lab, Namespace, lab
 
 TOOLS = ("ip", "wg", "wg-quick", "wireguard-go", "nginx", "iptables-restore", "redis-server")
 
@@ -134,7 +135,7 @@ class World:
             state = self.api("GET", f"/gateways/{self.gateway_id}/").json()["state"] or {}
             return (state.get("applied_version") or 0) >= version
 
-        assert wait_for(applied, timeout=120), self.api("GET", "/gateway-releases/").json()
+        assert wait_until(applied, timeout=120), self.api("GET", "/gateway-releases/").json()
         return version
 
     def agent_health(self) -> dict[str, Any]:
@@ -391,7 +392,7 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
     )
     assert pinned.status_code == 201, pinned.text
     pin = pinned.json()["id"]
-    assert wait_for(
+    assert wait_until(
         lambda: api("GET", f"/model-pins/{pin}/").json()["hash_status"] == "verified",
         timeout=180,
     )
@@ -407,7 +408,7 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
     assert registered.status_code == 201, registered.text
     node_id = registered.json()["id"]
     assert api("POST", "/releases/", json={"nodes": ["node-1"]}).status_code == 202
-    assert wait_for(
+    assert wait_until(
         lambda: api("GET", f"/nodes/{node_id}/").json()["rollout"] == "in_sync", timeout=300
     ), api("GET", f"/nodes/{node_id}/").json()
 
@@ -596,7 +597,7 @@ def test_gateway_reports_each_peers_handshake(world: World) -> None:
         peers = world.api("GET", "/peers/").json()["results"]
         return all(p["last_handshake_at"] for p in peers) and len(peers) == 2
 
-    assert wait_for(recorded, timeout=60), world.api("GET", "/peers/").json()
+    assert wait_until(recorded, timeout=60), world.api("GET", "/peers/").json()
     state = world.api("GET", f"/gateways/{world.gateway_id}/").json()["state"]
     assert state["health_status"] == "ok" and state["applied_version"] == health["config_version"]
 
@@ -616,12 +617,14 @@ def test_disabling_a_peer_cuts_its_tunnel_and_only_its_tunnel(world: World) -> N
     synced_at: list[float] = []
 
     def long_stream() -> str | None:
-        stream = peer2.openai(timeout=300).chat.completions.create(
+        # The model goes on counting, so the stream outlasts any rollout; the test
+        # hangs up once enough of it has come through after the sync.
+        stream = peer2.openai(timeout=300).completions.create(
             model=DEFAULT_MODEL_NAME,
-            max_tokens=400,
+            prompt=COUNTING,
+            max_tokens=1000,
             temperature=0,
             stream=True,
-            messages=[{"role": "user", "content": "Write a long story about a dragon."}],
         )
         for chunk in stream:
             chunks.append(time.monotonic())
@@ -629,7 +632,7 @@ def test_disabling_a_peer_cuts_its_tunnel_and_only_its_tunnel(world: World) -> N
                 return chunk.choices[0].finish_reason
             if synced_at and sum(t > synced_at[0] for t in chunks) >= 5:
                 # Five events came through after the rollout: enough said, hang up (the
-                # node ends the generation) rather than wait for all 400 tokens.
+                # node ends the generation) rather than wait for all 1000 tokens.
                 stream.close()
                 return "still streaming"
         return None
@@ -651,7 +654,7 @@ def test_disabling_a_peer_cuts_its_tunnel_and_only_its_tunnel(world: World) -> N
 
     streaming = peer2.ns.submit(long_stream)
     asking = peer2.ns.submit(keep_asking)
-    assert wait_for(lambda: len(chunks) >= 3, timeout=120), "the stream did not start"
+    assert wait_until(lambda: len(chunks) >= 3, timeout=120), "the stream did not start"
 
     # The operator disables peer 1 and rolls out; the worker pushes the new config.
     disabled = world.api("POST", f"/peers/{peer1.id}/disable/", json={"reason": "laptop lost"})

@@ -20,9 +20,10 @@ from control_plane.audit.models import Receipt, TreeHead
 from shared.checkpoint import open_checkpoint
 from shared.keys import generate_private_key, load_public_key
 from shared.merkle import InMemoryTree
+from tests.conftest import REPO
 from tests.control_plane.audit.conftest import verified
 from tests.control_plane.fakes import FakeNode
-from tests.control_plane.processes import REPO, ControlPlane
+from tests.control_plane.processes import ControlPlane
 
 BATCHES, PER_BATCH, COLLECTORS = 24, 3, 4
 

@@ -30,8 +30,8 @@ from data_plane.outbox import parse_line
 from shared.keys import write_key_pair
 from shared.models import DEFAULT_MODEL_NAME
 from shared.usage import peek_usage_record
-from tests.conftest import child_env
-from tests.control_plane.processes import REPO, DataPlaneNode, wait_until
+from tests.conftest import REPO, child_env, wait_until
+from tests.control_plane.processes import DataPlaneNode
 
 pytestmark = [pytest.mark.e2e, pytest.mark.model, pytest.mark.redis, pytest.mark.slow]
 

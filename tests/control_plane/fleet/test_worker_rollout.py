@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from shared.keys import generate_private_key, load_public_key, public_pem
+from tests.conftest import wait_until
 from tests.control_plane.fakes import FakeNode
-from tests.control_plane.processes import wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 
