@@ -52,6 +52,11 @@ def engine_config(spec: ModelSpec, settings: Settings) -> EngineConfig:
         prefill_chunk=es.prefill_chunk,
         max_queue=es.max_queue,
         flash_attn=es.flash_attn,
+        max_parked_bytes=es.max_parked_bytes,
+        time_slice_tokens=es.time_slice_tokens,
+        client_max_running=es.client_max_running,
+        client_max_queued=es.client_max_queued,
+        client_max_parked_bytes=es.client_max_parked_bytes,
     )
 
 

@@ -47,6 +47,29 @@ class EngineSettings(BaseModel):
     flash_attn: bool = Field(
         default=True, description="flash attention (keeps greedy output batch-independent)"
     )
+    max_parked_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="RAM for KV state parked out of the slots, all clients together; past "
+        "it the oldest parked state is dropped (its session is evaluated afresh)",
+    )
+    time_slice_tokens: int = Field(
+        default=256,
+        ge=0,
+        description="with more clients than slots, a generation that decoded this many "
+        "tokens gives its slot to a client with none (0: never)",
+    )
+    client_max_running: int | None = Field(
+        default=None,
+        ge=1,
+        description="a client's generations running at once (default: every slot)",
+    )
+    client_max_queued: int = Field(
+        default=16, ge=0, description="a client's generations waiting for a slot, before 429"
+    )
+    client_max_parked_bytes: int = Field(
+        default=256 << 20, ge=0, description="RAM for one client's parked KV state"
+    )
 
 
 class SessionSettings(BaseModel):

@@ -34,6 +34,21 @@ class EngineBusy(EngineError):
     """No sequence slot is free and the queue is full."""
 
 
+class ClientBusy(EngineBusy):
+    """This client holds as many running and waiting generations as its caps allow
+    (other clients are still admitted)."""
+
+
+@dataclass(frozen=True)
+class ClientCaps:
+    """What one client may hold of an engine: from its limits in the signed config, or
+    the node's defaults for a client that sets none."""
+
+    max_running: int  # generations decoding at once (slots)
+    max_queued: int  # generations waiting for a slot
+    max_parked_bytes: int  # KV state of its idle or paused sessions, parked in RAM
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -62,8 +77,12 @@ class Generation:
 
 @dataclass(eq=False)
 class Sequence:
-    """A session's KV sequence. ``tokens`` mirrors exactly what its KV cells hold."""
+    """A session's KV sequence. ``tokens`` mirrors exactly what its KV cells hold.
 
+    ``client`` is the id of the client whose session it is: the engine shares its turns,
+    queue places and parked RAM out client by client."""
+
+    client: str = ""
     tokens: list[int] = field(default_factory=list)
     closed: bool = False
 
@@ -72,6 +91,7 @@ class Engine(abc.ABC):
     """One loaded model. Safe to call from the event loop; heavy work runs off it."""
 
     info: ModelInfo
+    default_caps: ClientCaps  # for a client whose config sets no caps of its own
 
     @abc.abstractmethod
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
@@ -89,19 +109,26 @@ class Engine(abc.ABC):
         """The prompt of a plain completion (text only, BOS added if the model wants it)."""
 
     @abc.abstractmethod
-    async def open_sequence(self) -> Sequence:
-        """A fresh, empty sequence for a new session (raises EngineBusy)."""
+    async def open_sequence(self, client: str = "") -> Sequence:
+        """A fresh, empty sequence for a new session of ``client``."""
 
     @abc.abstractmethod
     async def generate(
-        self, seq: Sequence, prompt: list[int], params: SamplingParams, result: Generation
+        self,
+        seq: Sequence,
+        prompt: list[int],
+        params: SamplingParams,
+        result: Generation,
+        caps: ClientCaps | None = None,
     ) -> AsyncGenerator[str, None]:
         """Queue a generation of ``prompt`` in ``seq``; return the stream of its text.
 
-        Awaiting it raises ContextOverflow or EngineBusy before any output, so the caller
-        can still answer with an error status. Closing the stream early (a client that
-        went away) stops decoding at once and leaves the sequence consistent. ``result``
-        holds the counts and the finish reason once the stream ends.
+        Awaiting it raises ContextOverflow, EngineBusy (the model's queue is full) or
+        ClientBusy (the sequence's client is at ``caps``; the engine's defaults when
+        None) before any output, so the caller can still answer with an error status.
+        Closing the stream early (a client that went away) stops decoding at once and
+        leaves the sequence consistent. ``result`` holds the counts and the finish reason
+        once the stream ends.
         """
 
     @abc.abstractmethod
@@ -136,18 +163,29 @@ class StopMatcher:
             self.stopped = True
             self._held = ""
             return buf[:cut]
-        keep = 0
-        for stop in self._stops:
-            for n in range(min(len(stop) - 1, len(buf)), 0, -1):
-                if buf.endswith(stop[:n]):
-                    keep = max(keep, n)
-                    break
+        keep = max(_prefix_suffix(buf, stop) for stop in self._stops)
         self._held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep]
 
     def flush(self) -> str:
         held, self._held = self._held, ""
         return "" if self.stopped else held
+
+
+def _prefix_suffix(buf: str, stop: str) -> int:
+    """Length of the longest end of ``buf`` that is a proper start of ``stop``.
+
+    Only places where ``stop``'s first character occurs are tried, each with one
+    C-level comparison, so a token costs about the length of the stop strings, not its
+    square: the scheduler thread runs this for every token of every session.
+    """
+    first = stop[0]
+    i = buf.find(first, max(0, len(buf) - len(stop) + 1))
+    while i >= 0:
+        if stop.startswith(buf[i:]):
+            return len(buf) - i
+        i = buf.find(first, i + 1)
+    return 0
 
 
 class TextDecoder:

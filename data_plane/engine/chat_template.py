@@ -10,6 +10,7 @@ the output is split at the markers.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Callable, Sequence
 
@@ -25,6 +26,9 @@ CHATML = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+_MARKER = re.compile("\x00[0-9a-f]{16}\x00")
 
 
 class ChatTemplateError(ValueError):
@@ -77,19 +81,23 @@ class ChatTemplate:
         markers = [f"\x00{secrets.token_hex(8)}\x00" for _ in messages]
         masked = [{**m, "content": marker} for m, marker in zip(messages, markers, strict=True)]
         rendered = self.render(masked)
-        if any(rendered.count(marker) != 1 for marker in markers):
-            # The template transforms content (rare); fall back to rendering it whole,
-            # with content still tokenized as text where we can't tell it apart.
+        # One pass over the output, so a long chat costs time in proportion to its length.
+        found = list(_MARKER.finditer(rendered))
+        if [f.group() for f in found] != markers:
+            # The template transforms, repeats or drops content (rare); fall back to
+            # rendering it whole, with content still tokenized as text where we can't
+            # tell it apart.
             logger.warning("chat template rewrites message content; markup parsed whole")
             return tokenize(self.render(messages), True)
         out: list[int] = []
-        rest = rendered
-        for message, marker in zip(messages, markers, strict=True):
-            head, rest = rest.split(marker, 1)
+        at = 0
+        for message, marker in zip(messages, found, strict=True):
+            head = rendered[at : marker.start()]
             if head:
                 out += tokenize(head, True)
             if message["content"]:
                 out += tokenize(message["content"], False)
-        if rest:
-            out += tokenize(rest, True)
+            at = marker.end()
+        if at < len(rendered):
+            out += tokenize(rendered[at:], True)
         return out

@@ -15,11 +15,26 @@ so a session's logits do not depend on which other sessions share the batch (gre
 output is the same alone or batched).
 
 At most ``max_sequences`` generations run at once and ``max_queue`` more may wait for a
-slot; past that, callers get :class:`EngineBusy` (HTTP 429). When a waiting generation
-needs a slot and none is free, the least recently used idle session's KV state is copied
-to RAM (``llama_state_seq_get_data``) and its slot freed; the state is restored into a
-free slot when that session next generates. Nothing is ever written to disk, and a
-parked state is zeroed when it is restored or dropped.
+slot; past that, callers get :class:`EngineBusy` (HTTP 429). Each client has caps of its
+own (:class:`ClientCaps`: running generations, queue places, parked RAM); a client at
+its caps gets :class:`ClientBusy` while others are still admitted.
+
+Slots are shared out client by client, not first come first served: the waiting client
+with the fewest running generations goes first (ties: the one admitted longest ago).
+When every slot is taken and a waiting client runs two or more generations fewer than
+another, that other client's newest generation is *paused*: its KV state goes to RAM,
+its slot to the waiting client, and it resumes (same sampler, same next token) when a
+slot frees. With more clients than slots, a generation that has decoded
+``time_slice_tokens`` tokens since it got its slot is paused the same way for a client
+with none running that has waited as long.
+
+When a waiting generation needs a slot and none is free, the least recently used idle
+session's KV state is copied to RAM (``llama_state_seq_get_data``) and its slot freed;
+the state is restored into a free slot when that session next generates. Parked state is
+capped per client and per engine: past a cap, the oldest parked state is dropped and
+its session evaluates its tokens afresh when it next runs (same output, more time).
+Nothing is ever written to disk, and a parked state is zeroed when it is restored or
+dropped.
 
 Only ids, counts and durations are logged.
 """
@@ -40,6 +55,8 @@ from typing import Any
 import llama_cpp as llama
 
 from data_plane.engine.base import (
+    ClientBusy,
+    ClientCaps,
     ContextOverflow,
     Engine,
     EngineBusy,
@@ -89,6 +106,27 @@ class EngineConfig:
     prefill_chunk: int = 64
     max_queue: int = 64
     flash_attn: bool = True
+    max_parked_bytes: int = 1 << 30  # KV state parked in RAM, all clients together
+    time_slice_tokens: int = 256  # 0: a running generation is paused only for fair shares
+    # Caps for a client whose config sets none (None: as many as the engine has).
+    client_max_running: int | None = None
+    client_max_queued: int = 16
+    client_max_parked_bytes: int = 256 << 20
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the scheduler, for health and tests: counts and ids, no content."""
+
+    slots: int
+    slots_busy: int
+    running: dict[str, int]  # by client
+    waiting: dict[str, int]  # by client
+    parked_bytes: int
+    parked_bytes_by_client: dict[str, int]
+    parked_sequences: int
+    paused: int  # generations paused so far, to give their slot to another client
+    parked_dropped: int  # parked states dropped for a RAM cap so far
 
 
 @dataclass(eq=False)
@@ -119,9 +157,14 @@ class _Work:
     stopped: asyncio.Future[None]  # resolved once the scheduler let go of the work
     sampler: Any = None
     next_token: int | None = None
+    caps: ClientCaps | None = None
     cancelled: bool = False
     finished: bool = False
     counted: bool = True  # in the engine's in-flight count (the queue limit)
+    paused: bool = False  # had a slot, gave it up: resumes where it stopped
+    waiting_since: int = 0  # the scheduler step it (last) started waiting at
+    admitted_no: int = 0  # the engine's admission count when it (last) got its slot
+    slice_start: int = 0  # completion tokens when it (last) got its slot
     decoder: TextDecoder = field(default_factory=TextDecoder)
     stop: StopMatcher = field(init=False)
 
@@ -246,15 +289,31 @@ class LlamaEngine(Engine):
                 "utf-8", "replace"
             ),
         )
+        self.default_caps = ClientCaps(
+            max_running=config.client_max_running or self.n_slots,
+            max_queued=config.client_max_queued,
+            max_parked_bytes=config.client_max_parked_bytes,
+        )
         # Scheduler state: touched only by the scheduler thread, except where noted.
         self._slots: list[LlamaSequence | None] = [None] * self.n_slots
         self._active: list[_Work] = []
         self._outbox: list[tuple[_Work, Any]] = []
         self._rr = 0  # round-robin start for prompt chunks
+        self._steps = 0
+        self._running: dict[str, int] = {}  # active generations by client
+        self._admitted_at: dict[str, int] = {}  # by client: its latest admission's number
+        self._admissions = 0
+        self._parked: dict[LlamaSequence, None] = {}  # parked states, oldest first
+        self._parked_bytes = 0
+        self._parked_by_client: dict[str, int] = {}
+        self._parked_caps: dict[str, int] = {}  # by client, from its latest generation
+        self._paused_count = 0
+        self._dropped_count = 0
         # Shared with the event loop, under ``_cond``.
-        self._waiting: deque[_Work] = deque()
+        self._waiting: dict[str, deque[_Work]] = {}  # by client, in arrival order
         self._commands: deque[Callable[[], None]] = deque()
         self._in_flight = 0  # generations queued or running
+        self._in_flight_by_client: dict[str, int] = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._closed = False
@@ -327,8 +386,8 @@ class LlamaEngine(Engine):
 
     # --- sequences ---------------------------------------------------------------------
 
-    async def open_sequence(self) -> LlamaSequence:
-        return LlamaSequence()
+    async def open_sequence(self, client: str = "") -> LlamaSequence:
+        return LlamaSequence(client=client)
 
     async def close_sequence(self, seq: BaseSequence) -> None:
         assert isinstance(seq, LlamaSequence)
@@ -348,7 +407,7 @@ class LlamaEngine(Engine):
             llama.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
             self._slots[seq.slot] = None
             seq.slot = None
-        _wipe(seq)
+        self._unpark(seq)
         seq.tokens.clear()
         seq.closed = True
 
@@ -389,8 +448,10 @@ class LlamaEngine(Engine):
         prompt: list[int],
         params: SamplingParams,
         result: Generation,
+        caps: ClientCaps | None = None,
     ) -> AsyncGenerator[str, None]:
         assert isinstance(seq, LlamaSequence)
+        caps = caps or self.default_caps
         if not prompt:
             raise EngineError("empty prompt")
         if len(prompt) >= self.n_ctx_seq:
@@ -411,7 +472,9 @@ class LlamaEngine(Engine):
             loop=loop,
             queue=asyncio.Queue(),
             stopped=loop.create_future(),
+            caps=caps,
         )
+        client = seq.client
         with self._cond:
             if self._stopping:
                 raise EngineError("engine is shutting down")
@@ -419,13 +482,23 @@ class LlamaEngine(Engine):
                 raise EngineError("sequence is closed")
             if seq.active:
                 raise EngineError("sequence is already generating")
+            mine = self._in_flight_by_client.get(client, 0)
+            places = min(caps.max_running, self.n_slots) + caps.max_queued
+            if mine >= places:
+                raise ClientBusy(
+                    f"this client has {mine} generations running or waiting for model "
+                    f"{self.info.name}, its limit"
+                )
             if self._in_flight >= self.n_slots + self.config.max_queue:
                 raise EngineBusy("too many generations are waiting for this model")
             result.prompt_tokens = len(prompt)
             self._in_flight += 1
+            self._in_flight_by_client[client] = mine + 1
+            self._parked_caps[client] = caps.max_parked_bytes
             seq.active = True
             seq.work = work
-            self._waiting.append(work)
+            work.waiting_since = self._steps
+            self._waiting.setdefault(client, deque()).append(work)
             self._cond.notify()
         return _TokenStream(self, work)
 
@@ -441,6 +514,28 @@ class LlamaEngine(Engine):
         if work.counted:  # under ``_cond``
             work.counted = False
             self._in_flight -= 1
+            client = work.seq.client
+            left = self._in_flight_by_client.get(client, 0) - 1
+            if left > 0:
+                self._in_flight_by_client[client] = left
+            else:
+                self._in_flight_by_client.pop(client, None)
+
+    def stats(self) -> EngineStats:
+        """The scheduler's counts now (read from any thread; a step may be under way)."""
+        with self._cond:
+            waiting = {c: len(q) for c, q in self._waiting.items() if q}
+        return EngineStats(
+            slots=self.n_slots,
+            slots_busy=sum(1 for s in self._slots if s is not None),
+            running={c: n for c, n in dict(self._running).items() if n},
+            waiting=waiting,
+            parked_bytes=self._parked_bytes,
+            parked_bytes_by_client={c: n for c, n in dict(self._parked_by_client).items() if n},
+            parked_sequences=len(self._parked),
+            paused=self._paused_count,
+            parked_dropped=self._dropped_count,
+        )
 
     # --- the scheduler thread ----------------------------------------------------------
 
@@ -450,7 +545,7 @@ class LlamaEngine(Engine):
                 while (
                     not self._commands
                     and not self._active
-                    and not self._waiting
+                    and not any(self._waiting.values())
                     and not self._stopping
                 ):
                     self._cond.wait()
@@ -467,6 +562,7 @@ class LlamaEngine(Engine):
                 self._admit()
                 if self._active:
                     self._step()
+                    self._steps += 1
             except Exception:
                 logger.exception("engine step failed model=%s", self.info.name)
                 self._fail_all("inference failed")
@@ -488,32 +584,63 @@ class LlamaEngine(Engine):
     def _works(self) -> list[_Work]:
         """Every unfinished generation, running ones first."""
         with self._cond:  # the event loop appends to ``_waiting``
-            return [*self._active, *self._waiting]
+            return [*self._active, *(w for q in self._waiting.values() for w in q)]
 
     def _reap_cancelled(self) -> None:
         for work in [w for w in self._works() if w.cancelled]:
             self._finish(work, None)
 
     def _admit(self) -> None:
-        """Start waiting generations in order; park idle sessions to free slots."""
-        if not self._waiting:
-            return
-        with self._cond:
-            waiting = list(self._waiting)
-        blocked = False
-        for work in waiting:
-            seq = work.seq
-            if seq.slot is None:
-                if blocked:
-                    continue  # first come, first served for the free slots
-                slot = self._free_slot()
-                if slot is None:
-                    blocked = True
-                    continue
-                self._bind(seq, slot)
+        """Give free slots to waiting generations, client by client (see the module's
+        docstring); park idle sessions, or pause another client's generation, to free
+        one."""
+        out_of_slots = False
+        paused_now: set[str] = set()  # clients paused in this pass wait for free slots
+        while True:
             with self._cond:
-                self._waiting.remove(work)
+                heads = {c: q[0] for c, q in self._waiting.items() if q}
+            # Fewest running first; among equals, the client admitted longest ago.
+            order = sorted(
+                heads, key=lambda c: (self._running.get(c, 0), self._admitted_at.get(c, -1))
+            )
+            for client in order:
+                work = heads[client]
+                assert work.caps is not None
+                if self._running.get(client, 0) >= work.caps.max_running:
+                    continue
+                if work.seq.slot is None:
+                    if out_of_slots:
+                        continue
+                    slot = self._free_slot()
+                    if slot is None and client not in paused_now:
+                        slot = self._pause_for(client, work, paused_now)
+                    if slot is None:
+                        out_of_slots = True
+                        continue
+                    self._bind(work.seq, slot)
+                self._take(work)
+                break
+            else:
+                return  # a whole pass admitted nobody
+
+    def _take(self, work: _Work) -> None:
+        """Move ``work`` (its sequence holds a slot) from its queue to the running set."""
+        client = work.seq.client
+        with self._cond:
+            queue = self._waiting[client]
+            queue.remove(work)
+            if not queue:
+                del self._waiting[client]
+        if work.paused:
+            work.paused = False
+            self._active.append(work)  # its sampler and next token are as it left them
+        else:
             self._start(work)
+        self._running[client] = self._running.get(client, 0) + 1
+        self._admissions += 1
+        self._admitted_at[client] = self._admissions
+        work.admitted_no = self._admissions
+        work.slice_start = work.result.completion_tokens
 
     def _free_slot(self) -> int | None:
         for slot, owner in enumerate(self._slots):
@@ -528,32 +655,121 @@ class LlamaEngine(Engine):
         self._park(victim, freed)
         return freed
 
+    def _pause_for(self, client: str, waiting: _Work, paused_now: set[str]) -> int | None:
+        """Pause another client's running generation so ``client`` gets a slot, when
+        fairness asks for it; returns the slot it freed."""
+        mine = self._running.get(client, 0)
+        victim: _Work | None = None
+        most = max(self._active, key=lambda w: self._running[w.seq.client], default=None)
+        if most is not None and self._running[most.seq.client] >= mine + 2:
+            # A fair share: the other client's newest generation gives way.
+            rich = most.seq.client
+            victim = max(
+                (w for w in self._active if w.seq.client == rich), key=lambda w: w.admitted_no
+            )
+        elif (
+            mine == 0
+            and self.config.time_slice_tokens > 0
+            and self._steps - waiting.waiting_since >= self.config.time_slice_tokens
+        ):
+            # More clients than slots: the longest-running slice gives way.
+            ran = [
+                w
+                for w in self._active
+                if w.result.completion_tokens - w.slice_start >= self.config.time_slice_tokens
+            ]
+            if ran:
+                victim = max(ran, key=lambda w: w.result.completion_tokens - w.slice_start)
+        if victim is None:
+            return None
+        slot = victim.seq.slot
+        assert slot is not None
+        self._active.remove(victim)
+        owner = victim.seq.client
+        self._running[owner] -= 1
+        victim.paused = True
+        victim.waiting_since = self._steps
+        with self._cond:
+            self._waiting.setdefault(owner, deque()).appendleft(victim)
+        self._park(victim.seq, slot)
+        self._paused_count += 1
+        paused_now.add(owner)
+        logger.debug("generation paused for another client's turn slot=%d", slot)
+        return slot
+
     def _park(self, seq: LlamaSequence, slot: int) -> None:
-        """Copy an idle sequence's KV state to RAM and free its slot."""
+        """Copy a sequence's KV state to RAM and free its slot (an idle session's, or a
+        paused generation's); then hold parked RAM to its caps."""
         size = llama.llama_state_seq_get_size(self._ctx, slot)
         buf = (ctypes.c_uint8 * max(size, 1))()
         written = llama.llama_state_seq_get_data(self._ctx, buf, size, slot) if size else 0
-        if written:
-            seq.saved, seq.saved_size = buf, written
-            seq.parked += 1
-        else:
-            ctypes.memset(buf, 0, len(buf))  # whatever a failed copy left behind
-            seq.tokens.clear()  # nothing saved: its next prompt is evaluated afresh
         llama.llama_memory_seq_rm(self._mem, slot, -1, -1)
         seq.slot = None
         self._slots[slot] = None
+        if written:
+            seq.saved, seq.saved_size = buf, written
+            seq.parked += 1
+            self._parked[seq] = None
+            self._parked_bytes += len(buf)
+            self._parked_by_client[seq.client] = self._parked_by_client.get(seq.client, 0) + len(
+                buf
+            )
+        else:
+            ctypes.memset(buf, 0, len(buf))  # whatever a failed copy left behind
+            self._lost_cells(seq)  # nothing saved: its tokens are evaluated afresh
         logger.debug("sequence parked in RAM slot=%d bytes=%d", slot, written)
+        self._hold_parked_caps(seq.client)
+
+    def _hold_parked_caps(self, client: str) -> None:
+        """Drop the oldest parked states past the client's cap, then past the engine's."""
+        cap = self._parked_caps.get(client, self.default_caps.max_parked_bytes)
+        while self._parked_by_client.get(client, 0) > cap:
+            self._drop_parked(next(s for s in self._parked if s.client == client))
+        while self._parked_bytes > self.config.max_parked_bytes:
+            self._drop_parked(next(iter(self._parked)))
+
+    def _drop_parked(self, seq: LlamaSequence) -> None:
+        self._unpark(seq)
+        self._lost_cells(seq)
+        self._dropped_count += 1
+        logger.debug("parked state dropped for the RAM cap")
+
+    def _unpark(self, seq: LlamaSequence) -> None:
+        """Zero and release a parked state, and stop counting it."""
+        if seq in self._parked:
+            del self._parked[seq]
+            size = len(seq.saved)
+            self._parked_bytes -= size
+            left = self._parked_by_client.get(seq.client, 0) - size
+            if left > 0:
+                self._parked_by_client[seq.client] = left
+            else:
+                self._parked_by_client.pop(seq.client, None)
+        _wipe(seq)
+
+    def _lost_cells(self, seq: LlamaSequence) -> None:
+        """``seq`` holds no cells and no parked state any more: what it held is evaluated
+        again when it next runs. A paused generation replays its tokens so far (prompt,
+        and what it generated) and then goes on from where it stopped."""
+        work = seq.work
+        if work is not None and work.paused and not work.finished:
+            replay = [*seq.tokens, *work.pending]
+            if work.next_token is not None:
+                replay.append(work.next_token)  # sampled and sent, never decoded
+                work.next_token = None
+            work.pending = replay
+        seq.tokens.clear()
 
     def _bind(self, seq: LlamaSequence, slot: int) -> None:
         llama.llama_memory_seq_rm(self._mem, slot, -1, -1)
         if seq.saved is not None:
             read = llama.llama_state_seq_set_data(self._ctx, seq.saved, seq.saved_size, slot)
-            _wipe(seq)
+            self._unpark(seq)
             held = llama.llama_memory_seq_pos_max(self._mem, slot) + 1
             if read == 0 or held != len(seq.tokens):
-                # Restore failed: start the sequence over (its prompt is evaluated afresh).
+                # Restore failed: start the sequence over (its tokens are evaluated afresh).
                 llama.llama_memory_seq_rm(self._mem, slot, -1, -1)
-                seq.tokens.clear()
+                self._lost_cells(seq)
             else:
                 seq.restored += 1
             logger.debug("sequence restored from RAM slot=%d ok=%s", slot, read != 0)
@@ -677,11 +893,18 @@ class LlamaEngine(Engine):
             return
         work.finished = True
         work.pending = []
+        client = work.seq.client
         if work in self._active:
             self._active.remove(work)
+            self._running[client] -= 1
+            if not self._running[client]:
+                del self._running[client]
         with self._cond:
-            if work in self._waiting:
-                self._waiting.remove(work)
+            queue = self._waiting.get(client)
+            if queue is not None and work in queue:
+                queue.remove(work)
+                if not queue:
+                    del self._waiting[client]
             self._uncount(work)
         if work.sampler is not None:
             llama.llama_sampler_free(work.sampler)

@@ -79,3 +79,13 @@ def test_template_errors_do_not_quote_content() -> None:
     with pytest.raises(ChatTemplateError) as info:
         template.render([{"role": "assistant", "content": "SECRET"}])
     assert "SECRET" not in str(info.value)
+
+
+def test_a_template_that_repeats_content_is_tokenized_whole() -> None:
+    """A template that shows the last message twice can't be split at its markers; the
+    chat is then rendered and tokenized whole rather than with a marker left in it."""
+    source = CHATML + "{{ messages[-1]['content'] }}"
+    template = ChatTemplate(source, bos_token="", eos_token="<|im_end|>")
+    msgs = [{"role": "user", "content": "U"}]
+    assert template.tokens(msgs, fake_tokenize) == fake_tokenize(template.render(msgs), True)
+
