@@ -22,8 +22,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from data_plane.api import knowledge_bases, management
-from data_plane.api.routes import embeddings, openai, receipts, sessions
-from data_plane.errors import ApiError, PayloadTooLarge
+from data_plane.api.routes import embeddings, openai, receipts, sessions, usage
+from data_plane.errors import ApiError, PayloadTooLarge, TooManyRequests
+from data_plane.fair_queue import QueueFull
+from data_plane.rate_limits import RateLimited
 from data_plane.runtime import Runtime
 from data_plane.services.inference import InferenceService
 from data_plane.services.knowledge_bases import KnowledgeBaseService
@@ -97,7 +99,19 @@ class BodySizeLimit:
 def _install_common(app: FastAPI, max_body_bytes: int) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    # Domain errors of the components that any route may meet: mapped here, once.
+    @app.exception_handler(RateLimited)
+    async def rate_limited(_: Request, exc: RateLimited) -> JSONResponse:
+        err = TooManyRequests(exc.message, code=exc.code, headers=exc.headers)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+        code = "too_many_requests_queued" if exc.client_limit else "node_busy"
+        err = TooManyRequests(str(exc), code=code, retry_after=1)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -106,17 +120,30 @@ def _install_common(app: FastAPI, max_body_bytes: int) -> None:
             return _error(
                 400, "request body is not valid JSON", "invalid_request_error", "invalid_json"
             )
-        # Name the fields and what is wrong; never echo the input (it may be content).
-        parts = []
-        for e in errors[:5]:
-            loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
-            parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
-        first = errors[0].get("loc", ()) if errors else ()
-        param = ".".join(str(p) for p in first if p != "body") or None
+
+        # Name the fields and what is wrong; never echo the input (it may be content),
+        # not even the name of a field the API does not have.
+        def where(e: Any) -> str:
+            loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+            if e.get("type") == "extra_forbidden" and loc:
+                loc[-1] = "(unknown field)"
+            return ".".join(loc)
+
+        parts = [f"{where(e) or 'body'}: {e.get('msg', 'invalid')}" for e in errors[:5]]
+        param = (where(errors[0]) if errors else "") or None
         return _error(422, "; ".join(parts), "invalid_request_error", "invalid_parameter", param)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer to a body its JSON parser gave up on (nested past
+            # Python's recursion limit, say); its own message names no reason.
+            return _error(
+                400,
+                "request body could not be parsed as JSON (nested too deeply?)",
+                "invalid_request_error",
+                "invalid_json",
+            )
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
         return _error(exc.status_code, message, "invalid_request_error", code)
@@ -130,6 +157,10 @@ def _install_common(app: FastAPI, max_body_bytes: int) -> None:
     async def access_log(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
         started = time.monotonic()
         response = await call_next(request)
+        limited = getattr(request.state, "rate_limited", None)
+        if limited is not None and response.status_code != 429:
+            # OpenAI sends a client's rate-limit state with every answer; its SDK reads it.
+            response.headers.update(limited())
         route = request.scope.get("route")
         logger.info(
             "%s %s %d %.1fms",
@@ -157,6 +188,11 @@ def _lifespan(runtime: Runtime, owned: bool) -> Callable[[FastAPI], Any]:
     return lifespan
 
 
+# What each listener serves (the fuzz tests read their OpenAPI documents from these).
+CLIENT_ROUTERS = (openai.router, embeddings.router, sessions.router, receipts.router, usage.router)
+MANAGEMENT_ROUTERS = (management.router, knowledge_bases.router)
+
+
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """The client API (OpenAI-compatible routes and sessions)."""
     owned = runtime is None
@@ -173,10 +209,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.inference = InferenceService(runtime)
     app.state.retrieval = RetrievalService(runtime)
     app.state.inference.context_assemblers.append(app.state.retrieval.assemble)
-    app.include_router(openai.router)
-    app.include_router(embeddings.router)
-    app.include_router(sessions.router)
-    app.include_router(receipts.router)
+    for router in CLIENT_ROUTERS:
+        app.include_router(router)
     _install_common(app, runtime.settings.max_body_bytes)
     return app
 
@@ -194,7 +228,7 @@ def create_management_app(runtime: Runtime) -> FastAPI:
     app.state.runtime = runtime
     app.state.retrieval = RetrievalService(runtime)
     app.state.knowledge_bases = KnowledgeBaseService(runtime)
-    app.include_router(management.router)
-    app.include_router(knowledge_bases.router)
+    for router in MANAGEMENT_ROUTERS:
+        app.include_router(router)
     _install_common(app, runtime.settings.max_management_body_bytes)
     return app

@@ -16,14 +16,16 @@ import time
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from data_plane.config_store import ConfigRejected, ConfigStore
-from data_plane.engine.base import Engine, EngineError, ModelInfo
+from data_plane.engine.base import ClientCaps, Engine, EngineError, ModelInfo
 from data_plane.engine.llama import EngineConfig, LlamaEngine
+from data_plane.fair_queue import FairExecutor
 from data_plane.outbox import UsageOutbox
 from data_plane.rag import Retrieval
+from data_plane.rate_limits import RateLimiter
 from data_plane.services.usage import UsageService
 from data_plane.sessions import SessionStore
 from data_plane.settings import Settings
-from shared.config import ConfigBundle, ModelSpec
+from shared.config import ClientSpec, ConfigBundle, ModelSpec
 from shared.keys import NODE, ensure_key_pair, load_private_key, load_public_key
 from shared.signed_request import SignedRequestVerifier
 
@@ -31,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 # How long a retired model's turns in flight get to be accounted before their sessions end.
 RETIRE_GRACE_SECONDS = 30.0
+# How often changed quota counts are written to disk.
+COUNTERS_FLUSH_SECONDS = 2.0
 
 
 def engine_config(spec: ModelSpec, settings: Settings) -> EngineConfig:
@@ -134,9 +138,18 @@ class Runtime:
             settings.node_id, self.node_key, UsageOutbox(settings.outbox_dir, settings.outbox)
         )
         self.engines = EnginePool(settings)
-        self.sessions = SessionStore()
+        self.sessions = SessionStore(max_open=settings.sessions.max_open)
         self.sessions.add_end_hook(self.usage.on_session_end)
         self.retrieval = Retrieval(settings) if settings.retrieval.enabled else None
+        limits = settings.limits
+        # Chat templates and tokenizing: off the event loop, client by client.
+        self.prompt_work = FairExecutor(
+            "prompt builder",
+            workers=limits.prompt_workers,
+            max_per_client=limits.prompt_queue_per_client,
+            max_total=limits.prompt_queue,
+        )
+        self.rate_limits = RateLimiter(settings.data_dir / "state" / "usage-counters.json")
         self.started_at = time.time()
         self._apply_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -152,6 +165,7 @@ class Runtime:
         self._tasks = [
             asyncio.create_task(self._sweep(), name="session-sweeper"),
             asyncio.create_task(self._compact(), name="outbox-compactor"),
+            asyncio.create_task(self._flush_counters(), name="counters-flusher"),
         ]
 
     async def stop(self) -> None:
@@ -162,6 +176,8 @@ class Runtime:
         await self.sessions.end_all("shutdown")  # each one's record is stored first
         await self.usage.outbox.close()
         await self.engines.aclose()
+        await asyncio.to_thread(self.prompt_work.close)
+        await asyncio.to_thread(self.rate_limits.flush)
         if self.retrieval is not None:
             await self.retrieval.stop()
 
@@ -201,6 +217,18 @@ class Runtime:
     def engine_for(self, spec: ModelSpec) -> Engine | None:
         return self.engines.get(spec)
 
+    @staticmethod
+    def caps_for(client: ClientSpec, engine: Engine) -> ClientCaps:
+        """The client's caps on ``engine``: its own from the config, else the node's."""
+        limits, default = client.limits, engine.default_caps
+        return ClientCaps(
+            max_running=limits.max_running or default.max_running,
+            max_queued=default.max_queued if limits.max_queued is None else limits.max_queued,
+            max_parked_bytes=default.max_parked_bytes
+            if limits.max_parked_bytes is None
+            else limits.max_parked_bytes,
+        )
+
     async def _sweep(self) -> None:
         interval = self.settings.sessions.sweep_interval_seconds
         while True:
@@ -211,6 +239,14 @@ class Runtime:
                     logger.info("sessions expired count=%d", expired)
             except Exception:
                 logger.exception("session sweep failed")
+
+    async def _flush_counters(self) -> None:
+        while True:
+            await asyncio.sleep(COUNTERS_FLUSH_SECONDS)
+            try:
+                await asyncio.to_thread(self.rate_limits.flush)
+            except Exception:
+                logger.exception("usage counters flush failed")
 
     async def _compact(self) -> None:
         """Drop outbox segments acknowledged and past the receipt retention."""

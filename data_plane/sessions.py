@@ -96,7 +96,8 @@ EndHook = Callable[[Session, UsageSummary], Awaitable[dict[str, Any] | None]]
 class SessionStore:
     """Every open session of this node, by id."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_open: int = 1024) -> None:
+        self.max_open = max_open
         self._sessions: dict[str, Session] = {}
         self._end_hooks: list[EndHook] = []
         self._lock = asyncio.Lock()
@@ -126,7 +127,13 @@ class SessionStore:
                     f"client has {max_sessions} open sessions, its limit; "
                     "tear one down or wait for one to expire"
                 )
-            seq = await engine.open_sequence()
+            if len(self._sessions) >= self.max_open:
+                raise TooManyRequests(
+                    f"this node holds {self.max_open} open sessions, its limit; retry later",
+                    code="node_sessions_full",
+                    retry_after=5,
+                )
+            seq = await engine.open_sequence(client_id)
             session = Session(
                 id=f"sess_{secrets.token_hex(16)}",
                 client_id=client_id,
@@ -149,7 +156,7 @@ class SessionStore:
     def get(self, client_id: str, session_id: str) -> Session:
         session = self._sessions.get(session_id)
         if session is None or session.client_id != client_id:
-            raise NotFound(f"no session {session_id}", param="session_id")
+            raise NotFound("no such session", param="session_id")
         return session
 
     async def end(self, session: Session, ended_by: EndedBy) -> tuple[UsageSummary, dict[str, Any]]:

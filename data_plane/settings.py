@@ -76,6 +76,32 @@ class SessionSettings(BaseModel):
     default_ttl_seconds: int = Field(default=900, ge=1)
     max_ttl_seconds: int = Field(default=86_400, ge=1)
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    max_open: int = Field(
+        default=1024, ge=1, description="sessions open on this node, all clients together"
+    )
+
+
+class LimitsSettings(BaseModel):
+    """What one request may ask of the node (docs/security.md). Each limit is checked
+    before the work it bounds, and a request past one gets a 4xx that names it."""
+
+    max_messages: int = Field(
+        default=2048, ge=1, description="messages in a chat request (with a session's own)"
+    )
+    max_prompt_chars: int = Field(
+        default=262_144,
+        ge=1024,
+        description="characters of message content, or of a prompt, in one request",
+    )
+    max_stop: int = Field(default=16, ge=0, le=256, description="stop strings in a request")
+    max_stop_chars: int = Field(default=128, ge=1, le=4096, description="characters a stop")
+    prompt_workers: int = Field(
+        default=2, ge=1, le=64, description="threads that build prompts (templates, tokens)"
+    )
+    prompt_queue_per_client: int = Field(
+        default=16, ge=1, description="a client's prompts waiting for those threads"
+    )
+    prompt_queue: int = Field(default=256, ge=1, description="prompts waiting, all clients")
 
 
 class OutboxSettings(BaseModel):
@@ -120,6 +146,15 @@ class RetrievalSettings(BaseModel):
         "on the path to the first token",
     )
     embed_batch_size: int = Field(default=32, ge=1, le=1024)
+    embed_batch_tokens: int = Field(
+        default=1024,
+        ge=16,
+        description="tokens per embedding batch: how long another client's query may wait",
+    )
+    embedder_queue_per_client: int = Field(
+        default=32, ge=1, description="a client's calls waiting for the embedder"
+    )
+    embedder_queue: int = Field(default=256, ge=1, description="calls waiting, all clients")
     qdrant_path: Path | None = Field(
         default=None, description="local mode's folder (default: data_dir/qdrant)"
     )
@@ -141,7 +176,37 @@ class RetrievalSettings(BaseModel):
         default=256 * 1024, ge=1024, description="one session document's text (UTF-8)"
     )
     max_session_documents: int = Field(default=32, ge=1, description="documents per session")
+    max_session_file_bytes: int = Field(
+        default=768 * 1024,
+        ge=1024,
+        description="one session document sent as a file (PDF, HTML, text), before parsing",
+    )
+    session_documents_client_bytes: int = Field(
+        default=128 * 1_048_576,
+        ge=1024,
+        description="RAM for one client's session documents (text and vectors), all sessions",
+    )
+    session_documents_node_bytes: int = Field(
+        default=1024 * 1_048_576,
+        ge=1024,
+        description="RAM for every session document on the node (text and vectors)",
+    )
+    max_pdf_pages: int = Field(default=200, ge=1, description="pages of a PDF that is parsed")
+    parse_timeout_seconds: float = Field(
+        default=10, gt=0, description="parsing one session document, at most"
+    )
+    ingest_parse_timeout_seconds: float = Field(
+        default=120, gt=0, description="parsing one knowledge-base file, at most"
+    )
+    parser_memory_bytes: int = Field(
+        default=1024 * 1_048_576,
+        ge=64 * 1_048_576,
+        description="address space of the process that parses documents",
+    )
     max_embedding_inputs: int = Field(default=256, ge=1, description="inputs per embeddings call")
+    max_embedding_tokens: int = Field(
+        default=16_384, ge=1, description="tokens of all inputs of one embeddings call"
+    )
     max_context_tokens: int = Field(
         default=1024, ge=64, description="model tokens of retrieved context per turn, at most"
     )
@@ -182,6 +247,7 @@ class Settings(BaseSettings):
     listen: ListenSettings = ListenSettings()
     engine: EngineSettings = EngineSettings()
     sessions: SessionSettings = SessionSettings()
+    limits: LimitsSettings = LimitsSettings()
     outbox: OutboxSettings = OutboxSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
 

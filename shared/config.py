@@ -54,9 +54,32 @@ class ApiKeySpec(_Contract):
     expires_at: datetime | None = None
 
 
+Count = Annotated[int, Field(ge=1, le=10**15)]
+
+
 class ClientLimits(_Contract):
+    """What one client may use of the node this bundle is for.
+
+    Rates and quotas are this node's share of the client's own (the control plane
+    divides them among the nodes that serve the client); ``None`` means no limit. Caps
+    left ``None`` take the node's defaults (docs/engine.md).
+    """
+
     max_sessions: int = Field(default=8, ge=1, le=10_000)
     max_tokens_per_request: int = Field(default=2048, ge=1, le=1_000_000)
+    max_running: int | None = Field(
+        default=None, ge=1, le=4096, description="generations decoding at once, per model"
+    )
+    max_queued: int | None = Field(
+        default=None, ge=0, le=100_000, description="generations waiting for a slot, per model"
+    )
+    max_parked_bytes: int | None = Field(
+        default=None, ge=0, le=2**50, description="RAM for its parked KV state, per model"
+    )
+    requests_per_minute: Count | None = None
+    tokens_per_minute: Count | None = None
+    tokens_per_day: Count | None = None
+    tokens_per_month: Count | None = None
 
 
 class ClientSpec(_Contract):

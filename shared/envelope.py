@@ -105,7 +105,7 @@ def verify(
     if header.get("alg") != ALGORITHM:
         raise EnvelopeError(f"envelope algorithm must be {ALGORITHM}")
     if header.get("typ") != typ:
-        raise EnvelopeError(f"envelope type is {header.get('typ')!r}, expected {typ!r}")
+        raise EnvelopeError(f"envelope type must be {typ!r}")
     by_kid = {key_id(k): k for k in keys}
     key = by_kid.get(str(header.get("kid")))
     if key is None:

@@ -43,6 +43,33 @@ def make_pdf(text: str, width: int = 90) -> bytes:
         )
     objects[0] = b"<< /Type /Catalog /Pages 2 0 R >>"
     objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>".encode()
+    return _assemble(objects)
+
+
+def make_slow_pdf(operations: int) -> bytes:
+    """A one-page PDF whose compressed content stream shows ``operations`` one-letter
+    strings: a few kilobytes on the wire, about 10 microseconds a string to extract
+    (10,000,000 of them: a hundred seconds of pypdf's time)."""
+    import zlib
+
+    stream = b"BT /F1 11 Tf " + b"(a) Tj " * operations + b"ET"
+    data = zlib.compress(stream, 9)
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 842] /Contents 5 0 R "
+        b"/Resources << /Font << /F1 3 0 R >> >> >>",
+        b"<< /Length "
+        + str(len(data)).encode()
+        + b" /Filter /FlateDecode >>\nstream\n"
+        + data
+        + b"\nendstream",
+    ]
+    return _assemble(objects)
+
+
+def _assemble(objects: list[bytes]) -> bytes:
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, body in enumerate(objects, start=1):

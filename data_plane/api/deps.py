@@ -59,6 +59,18 @@ def current_client(
 
 
 ClientDep = Annotated[ClientSpec, Depends(current_client)]
+
+
+def limited_client(request: Request, runtime: RuntimeDep, client: ClientDep) -> ClientSpec:
+    """The calling client, once a request of its per-minute allowance is taken (429 when
+    none is left). Routes that start work use this; reads of metadata don't count."""
+    runtime.rate_limits.take_request(client.id, client.limits)
+    limits = runtime.rate_limits
+    request.state.rate_limited = lambda: limits.headers(client.id, client.limits)
+    return client
+
+
+LimitedClientDep = Annotated[ClientSpec, Depends(limited_client)]
 SessionHeader = Annotated[
     str | None,
     Header(alias="X-Sanctum-Session", description="continue this session", max_length=128),

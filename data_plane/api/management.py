@@ -21,6 +21,7 @@ from data_plane.config_store import ConfigRejected
 from data_plane.errors import BadRequest, Unprocessable
 from shared.keys import key_id, public_jwk
 from shared.usage import (
+    MAX_COUNT,
     MAX_PAGE,
     OutboxItem,
     UsageAck,
@@ -98,7 +99,9 @@ async def health(runtime: RuntimeDep, retrieval: RetrievalDep) -> dict[str, Any]
 @router.get("/usage", dependencies=[ControlPlaneSigned])
 async def list_usage(
     runtime: RuntimeDep,
-    after: Annotated[int, Query(ge=0, description="read records after this cursor")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_COUNT, description="read records after this cursor")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> UsagePage:
     """Unacknowledged usage records with a cursor above ``after``, oldest first."""

@@ -7,9 +7,10 @@ logprobs) are refused with 400 rather than silently dropped.
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from data_plane.sessions import Session
 
@@ -62,9 +63,8 @@ class _Sampling(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stop_list(cls, stop: str | list[str] | None) -> list[str]:
+        # How many and how long: the node's limits, checked by the inference service.
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
         return stops
@@ -92,6 +92,9 @@ class ChatCompletionRequest(_Sampling):
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def content_chars(self) -> int:
+        return sum(len(m.text()) for m in self.messages)
 
 
 class CompletionRequest(_Sampling):
@@ -146,15 +149,39 @@ class EmbeddingRequest(BaseModel):
 
 
 class SessionDocumentCreate(BaseModel):
-    """A document for one session's retrieval, held in RAM until the session ends."""
+    """A document for one session's retrieval, held in RAM until the session ends: its
+    ``text``, or a file as ``content`` (base64; PDF, HTML, Markdown or plain text, the
+    type taken from the extension of ``name``)."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"name": "notes.md", "text": "The meeting is at 10."}]},
+        json_schema_extra={
+            "examples": [
+                {"name": "notes.md", "text": "The meeting is at 10."},
+                {"name": "report.pdf", "content": "JVBERi0xLjQK..."},
+            ]
+        },
     )
 
     name: str = Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")
-    text: str
+    text: str | None = None
+    content: bytes | None = Field(default=None, description="the file, base64-encoded")
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _base64(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value  # None, or something the bytes type refuses
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError:
+            raise ValueError("content is not valid base64") from None
+
+    @model_validator(mode="after")
+    def _text_or_file(self) -> SessionDocumentCreate:
+        if (self.text is None) == (self.content is None):
+            raise ValueError("send either text or content (a file), not both")
+        return self
 
 
 class SessionInfo(BaseModel):

@@ -1,4 +1,4 @@
-"""Retrieval components: the embedder, the chunker, the knowledge-base index, parsing.
+"""Retrieval components: the embedder, the chunker, the knowledge-base index, the parser.
 
 Each component owns one heavy resource and is built once, in the runtime's start
 (:class:`Retrieval`). The use cases that combine them live in ``data_plane.services``.
@@ -11,6 +11,7 @@ import time
 
 from data_plane.rag.chunking import Chunker
 from data_plane.rag.embedder import Embedder
+from data_plane.rag.parser_process import DocumentParser
 from data_plane.rag.store import KnowledgeBaseStore
 from data_plane.settings import Settings
 
@@ -29,6 +30,12 @@ class Retrieval:
             threads=rs.embedder_threads,
             query_threads=rs.embedder_query_threads,
             batch_size=rs.embed_batch_size,
+            batch_tokens=rs.embed_batch_tokens,
+            max_queued_per_client=rs.embedder_queue_per_client,
+            max_queued=rs.embedder_queue,
+        )
+        self.parser = DocumentParser(
+            memory_bytes=rs.parser_memory_bytes, max_pages=rs.max_pdf_pages
         )
         self.store = KnowledgeBaseStore(
             path=settings.qdrant_path,
@@ -59,6 +66,7 @@ class Retrieval:
             tokenizer_name=self.embedder.name,
         )
         await self.store.start(self.embedder.dimensions)
+        await self.parser.start()
         logger.info(
             "retrieval ready model=%s dimensions=%d qdrant=%s seconds=%.2f",
             self.embedder.name,
@@ -70,6 +78,7 @@ class Retrieval:
     async def stop(self) -> None:
         await self.store.close()
         self.embedder.close()
+        self.parser.close()
 
 
-__all__ = ["Chunker", "Embedder", "KnowledgeBaseStore", "Retrieval"]
+__all__ = ["Chunker", "DocumentParser", "Embedder", "KnowledgeBaseStore", "Retrieval"]

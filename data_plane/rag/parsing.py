@@ -33,7 +33,8 @@ _BLANKS = re.compile(r"\n\s*\n\s*")
 
 
 class DocumentRejected(ValueError):
-    """A file that is skipped; ``kind`` is ``unsupported``, ``unreadable`` or ``empty``."""
+    """A file that is refused; ``kind`` is ``unsupported``, ``unreadable``, ``empty``,
+    ``too_large`` (past a page or size limit) or ``too_slow`` (past the parse time)."""
 
     def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)
@@ -45,15 +46,19 @@ def file_type(name: str) -> str:
     return PurePosixPath(name).suffix.lower()
 
 
-def parse_document(name: str, data: bytes) -> str:
-    """The text of file ``name`` (its type from the extension), normalised."""
+def parse_document(name: str, data: bytes, *, max_pages: int | None = None) -> str:
+    """The text of file ``name`` (its type from the extension), normalised.
+
+    Nodes call this through ``data_plane.rag.parser_process``, never in their own
+    process: a crafted file can make it slow.
+    """
     kind = file_type(name)
     if kind in TEXT_TYPES:
         text = _plain(data)
     elif kind in HTML_TYPES:
         text = _html(data)
     elif kind in PDF_TYPES:
-        text = _pdf(data)
+        text = _pdf(data, max_pages)
     else:
         shown = kind or "no extension"
         raise DocumentRejected(
@@ -93,13 +98,16 @@ def _html(data: bytes) -> str:
     return _BLANKS.sub("\n\n", "\n".join(lines))
 
 
-def _pdf(data: bytes) -> str:
+def _pdf(data: bytes, max_pages: int | None) -> str:
     from pypdf import PdfReader
 
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise DocumentRejected("unreadable", "encrypted PDF")
+        count = len(reader.pages)
+        if max_pages is not None and count > max_pages:
+            raise DocumentRejected("too_large", f"{count} pages; at most {max_pages}")
         pages = [page.extract_text() or "" for page in reader.pages]
     except DocumentRejected:
         raise

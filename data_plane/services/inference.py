@@ -1,8 +1,16 @@
 """Chat and completion use cases: pick the model, the session, the prompt; run the engine.
 
-Every check a caller can fail (model, session, limits, context size, queue) runs before
-the first byte of the answer, so errors get their status code even for a streamed call.
-A call without a session runs in a one-shot session that ends with the call.
+Every check a caller can fail (model, session, limits, context size, rate and quota,
+queue) runs before the first byte of the answer, so errors get their status code even
+for a streamed call. A call without a session runs in a one-shot session that ends with
+the call.
+
+The work a request can ask for is bounded before it starts (messages, characters, stop
+strings: ``LimitsSettings``), and the prompt is built (chat template, tokenizing) on
+the runtime's prompt workers, client by client, never on the event loop. Its token
+cost (prompt tokens plus ``max_tokens``) is then known and taken from the client's
+tokens-per-minute and quotas before the generation queues; what it did not use is given
+back when it ends.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from typing import Any
 
 from data_plane.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
 from data_plane.engine.base import (
+    ClientBusy,
     ContextOverflow,
     Engine,
     EngineBusy,
@@ -33,6 +42,7 @@ from data_plane.errors import (
     TooManyRequests,
     Unavailable,
 )
+from data_plane.rate_limits import Reservation
 from data_plane.runtime import Runtime
 from data_plane.sessions import Session
 from shared.config import ClientSpec, ModelSpec
@@ -62,6 +72,7 @@ class Turn:
     extra: dict[str, Any] = field(default_factory=dict)  # sanctum fields of the response
     text: list[str] = field(default_factory=list)
     ended: dict[str, Any] | None = None  # end hooks' output for a one-shot session
+    reservation: Reservation | None = None  # what it took of the rate limits and quotas
     finished: bool = False
 
     async def chunks(self) -> AsyncIterator[str]:
@@ -86,12 +97,13 @@ class InferenceService:
         bundle = self.runtime.config.current
         spec = bundle.model(name) if bundle else None
         if spec is None:
-            raise NotFound(f"model {name} does not exist", param="model", code="model_not_found")
+            # Named by ``param``, not quoted: an error never echoes what was sent.
+            raise NotFound("no such model on this node", param="model", code="model_not_found")
         if name not in client.models:
-            raise Forbidden(f"this key may not use model {name}", param="model")
+            raise Forbidden("this key may not use that model", param="model")
         engine = self.runtime.engine_for(spec)
         if engine is None:
-            raise Unavailable(f"model {name} is not loaded on this node")
+            raise Unavailable("that model is not loaded on this node")
         return spec, engine
 
     def allowed_models(self, client: ClientSpec) -> list[ModelSpec]:
@@ -126,6 +138,40 @@ class InferenceService:
         self.model_for(client, model)  # the client may have lost the model since
         return session
 
+    def _check_size(self, req: _Sampling, chars: int, param: str) -> None:
+        """Refuse a request past the node's limits before any work is done for it."""
+        limits = self.runtime.settings.limits
+        if chars > limits.max_prompt_chars:
+            raise BadRequest(
+                f"{param} hold {chars} characters; at most {limits.max_prompt_chars} in a request",
+                param=param,
+                code="request_too_large",
+            )
+        stops = req.stops()
+        if len(stops) > limits.max_stop:
+            raise BadRequest(
+                f"{len(stops)} stop sequences; at most {limits.max_stop}",
+                param="stop",
+                code="too_many_stop_sequences",
+            )
+        if any(len(stop) > limits.max_stop_chars for stop in stops):
+            raise BadRequest(
+                f"a stop sequence may be at most {limits.max_stop_chars} characters",
+                param="stop",
+                code="stop_sequence_too_long",
+            )
+
+    def _check_messages(self, count: int, held: int = 0) -> None:
+        limit = self.runtime.settings.limits.max_messages
+        if held + count > limit:
+            where = f"this session holds {held} and " if held else ""
+            raise BadRequest(
+                f"{where}the request has {count} messages; at most {limit} in a chat"
+                + ("; start a new session" if held else ""),
+                param="messages",
+                code="too_many_messages",
+            )
+
     def _params(self, client: ClientSpec, req: _Sampling, limit: int | None) -> SamplingParams:
         unsupported = req.unsupported()
         if unsupported:
@@ -148,20 +194,27 @@ class InferenceService:
     async def start_chat(
         self, client: ClientSpec, req: ChatCompletionRequest, session_id: str | None
     ) -> Turn:
+        self._check_messages(len(req.messages))
+        self._check_size(req, req.content_chars(), "messages")
         params = self._params(client, req, req.token_limit())
         session = await self._session(client, req.model, session_id)
-        return await self._start(session, params, lambda: self._chat_prompt(client, session, req))
+        return await self._start(
+            client, session, params, lambda: self._chat_prompt(client, session, req)
+        )
 
     async def start_completion(
         self, client: ClientSpec, req: CompletionRequest, session_id: str | None
     ) -> Turn:
+        text = req.prompt_text()
+        self._check_size(req, len(text), "prompt")
         params = self._params(client, req, req.token_limit())
         session = await self._session(client, req.model, session_id)
 
         async def prompt() -> tuple[list[int], Messages | None, dict[str, Any]]:
-            return session.engine.text_tokens(req.prompt_text()), None, {}
+            tokens = await self.runtime.prompt_work.run(client.id, session.engine.text_tokens, text)
+            return tokens, None, {}
 
-        return await self._start(session, params, prompt)
+        return await self._start(client, session, params, prompt)
 
     async def _chat_prompt(
         self, client: ClientSpec, session: Session, req: ChatCompletionRequest
@@ -173,19 +226,23 @@ class InferenceService:
         new = sent[len(held) :] if held and sent[: len(held)] == held else sent
         if not new:
             raise BadRequest("no new message for this session", param="messages")
+        self._check_messages(len(new), len(held))
         messages = held + new
         extra: dict[str, Any] = {}
         for assemble in self.context_assemblers:
             messages, more = await assemble(client, session, req, messages, session.engine)
             extra.update(more)
         try:
-            tokens = session.engine.chat_tokens(messages)
+            tokens = await self.runtime.prompt_work.run(
+                client.id, session.engine.chat_tokens, messages
+            )
         except ChatTemplateError as exc:
             raise BadRequest(f"messages don't fit the model's chat format: {exc}") from None
         return tokens, new, extra
 
     async def _start(
         self,
+        client: ClientSpec,
         session: Session,
         params: SamplingParams,
         prompt: Callable[[], Awaitable[tuple[list[int], Messages | None, dict[str, Any]]]],
@@ -193,22 +250,37 @@ class InferenceService:
         if session.busy.locked():
             raise Conflict(f"session {session.id} is answering another request")
         await session.busy.acquire()
+        reservation: Reservation | None = None
         try:
             result = Generation()
+            engine = session.engine
             try:
                 tokens, new_messages, extra = await prompt()
-                stream = await session.engine.generate(session.seq, tokens, params, result)
+                if len(tokens) >= engine.info.context_size:  # before it costs the client
+                    raise ContextOverflow(len(tokens), engine.info.context_size)
+                reservation = self.runtime.rate_limits.reserve(
+                    client.id, client.limits, len(tokens) + params.max_tokens
+                )
+                stream = await engine.generate(
+                    session.seq, tokens, params, result, self.runtime.caps_for(client, engine)
+                )
             except ContextOverflow as exc:
                 raise BadRequest(
                     f"{exc}; shorten the messages or start a new session",
                     param="messages",
                     code="context_length_exceeded",
                 ) from None
+            except ClientBusy as exc:
+                raise TooManyRequests(
+                    str(exc), code="too_many_generations", retry_after=1
+                ) from None
             except EngineBusy as exc:
-                raise TooManyRequests(str(exc), code="engine_busy") from None
+                raise TooManyRequests(str(exc), code="engine_busy", retry_after=1) from None
             except EngineError as exc:
                 raise Unavailable(str(exc)) from None
         except BaseException:
+            if reservation is not None:
+                self.runtime.rate_limits.settle(reservation, 0)
             session.busy.release()
             if session.one_shot:
                 await self.runtime.sessions.end(session, "one_shot")
@@ -221,6 +293,7 @@ class InferenceService:
             started=time.monotonic(),
             new_messages=new_messages,
             extra={"session_id": session.id, **extra},
+            reservation=reservation,
         )
         return turn
 
@@ -239,6 +312,10 @@ class InferenceService:
     async def _finish(self, turn: Turn) -> None:
         session, result = turn.session, turn.result
         await turn.stream.aclose()  # a turn cut off stops decoding now, not at GC time
+        if turn.reservation is not None:
+            self.runtime.rate_limits.settle(
+                turn.reservation, result.prompt_tokens + result.completion_tokens
+            )
         session.requests += 1
         session.prompt_tokens += result.prompt_tokens
         session.completion_tokens += result.completion_tokens

@@ -19,9 +19,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from data_plane.errors import NotFound, Unavailable
+from data_plane.fair_queue import NODE_WORK
 from data_plane.rag import Retrieval
 from data_plane.rag.chunking import Chunk
-from data_plane.rag.parsing import FILE_TYPES, DocumentRejected, parse_document
+from data_plane.rag.parsing import FILE_TYPES, DocumentRejected
 from data_plane.rag.store import DocumentRecord, KnowledgeBaseInfo, document_id
 from data_plane.runtime import Runtime
 
@@ -106,7 +107,9 @@ class KnowledgeBaseService:
                 else:
                     pending.append(_Pending(index, file, *prepared))
             texts = [c.text for p in pending for c in p.chunks]
-            vectors = await retrieval.embedder.embed(texts)
+            vectors = await retrieval.embedder.embed(
+                texts, tokens=[c.tokens for p in pending for c in p.chunks]
+            )
             at = 0
             now = datetime.now(UTC).isoformat()
             for p in pending:
@@ -153,7 +156,13 @@ class KnowledgeBaseService:
                 reason=f"too large ({len(file.data)} bytes; at most {limit})",
             )
         try:
-            text = await asyncio.to_thread(parse_document, file.name, file.data)
+            text = await retrieval.parser.parse(
+                file.name,
+                file.data,
+                client=NODE_WORK,
+                timeout=self.settings.ingest_parse_timeout_seconds,
+                max_text_bytes=4 * limit,  # a PDF's text can outgrow its compressed file
+            )
         except DocumentRejected as exc:
             return Outcome(file.name, "skipped", reason=exc.reason)
         digest = hashlib.sha256(file.data).hexdigest()
@@ -194,7 +203,7 @@ class KnowledgeBaseService:
             record = await self.retrieval.store.delete_document(client_id, knowledge_base, name)
         if record is None:
             raise NotFound(
-                f"no such document in knowledge base {knowledge_base} of client {client_id}",
+                "no such document in that knowledge base",
                 param="name",
             )
         logger.info(
@@ -208,6 +217,6 @@ class KnowledgeBaseService:
 
 def _missing(client_id: str, knowledge_base: str) -> NotFound:
     return NotFound(
-        f"client {client_id} has no knowledge base {knowledge_base}",
+        "that client has no such knowledge base",
         code="knowledge_base_not_found",
     )

@@ -25,16 +25,19 @@ from data_plane.api.schemas import ChatCompletionRequest
 from data_plane.engine.base import Engine
 from data_plane.engine.chat_template import ChatTemplateError
 from data_plane.errors import (
+    ApiError,
     BadRequest,
     Conflict,
     Forbidden,
     NotFound,
     PayloadTooLarge,
+    TooManyRequests,
     Unavailable,
     Unprocessable,
 )
 from data_plane.rag import Retrieval
 from data_plane.rag.memory import EXTRAS_KEY, SessionDocuments
+from data_plane.rag.parsing import DocumentRejected
 from data_plane.rag.store import Hit
 from data_plane.runtime import Runtime
 from data_plane.sessions import Session
@@ -98,24 +101,36 @@ class RetrievalService:
         embedder = self.retrieval.embedder
         if model != embedder.name:
             raise NotFound(
-                f"embedding model {model} does not exist; this node serves {embedder.name}",
+                f"no such embedding model; this node serves {embedder.name}",
                 param="model",
                 code="model_not_found",
             )
         if dimensions is not None and dimensions != embedder.dimensions:
             raise BadRequest(
-                f"{model} makes {embedder.dimensions}-dimensional vectors only",
+                f"{embedder.name} makes {embedder.dimensions}-dimensional vectors only",
                 param="dimensions",
             )
         if not inputs:
             raise BadRequest("input must not be empty", param="input")
         limit = self.settings.max_embedding_inputs
         if len(inputs) > limit:
-            raise BadRequest(f"at most {limit} inputs per request", param="input")
+            raise BadRequest(
+                f"{len(inputs)} inputs; at most {limit} per request",
+                param="input",
+                code="too_many_inputs",
+            )
+        chars = sum(len(text) for text in inputs)
+        if chars > self.runtime.settings.limits.max_prompt_chars:
+            raise BadRequest(
+                f"input holds {chars} characters; at most "
+                f"{self.runtime.settings.limits.max_prompt_chars} in a request",
+                param="input",
+                code="request_too_large",
+            )
         for i, text in enumerate(inputs):
             if not text.strip():
                 raise BadRequest(f"input[{i}] is empty", param="input")
-        counts = await embedder.count_tokens(inputs)
+        counts = await embedder.count_tokens(inputs, client=client.id)
         for i, n in enumerate(counts):
             if n > embedder.max_tokens:
                 raise BadRequest(
@@ -124,8 +139,15 @@ class RetrievalService:
                     param="input",
                     code="context_length_exceeded",
                 )
+        total, most = sum(counts), self.settings.max_embedding_tokens
+        if total > most:
+            raise BadRequest(
+                f"inputs hold {total} tokens; at most {most} per request",
+                param="input",
+                code="request_too_large",
+            )
         started = time.monotonic()
-        vectors = await embedder.embed(inputs)
+        vectors = await embedder.embed(inputs, client=client.id, tokens=counts)
         logger.info(
             "embeddings client=%s inputs=%d tokens=%d seconds=%.3f",
             client.id,
@@ -142,27 +164,64 @@ class RetrievalService:
         return docs if isinstance(docs, SessionDocuments) else None
 
     async def add_session_document(
-        self, client: ClientSpec, session_id: str, name: str, text: str
+        self,
+        client: ClientSpec,
+        session_id: str,
+        name: str,
+        *,
+        text: str | None = None,
+        content: bytes | None = None,
     ) -> dict[str, Any]:
-        """Chunk and embed ``text`` into the session's RAM-only documents."""
+        """Chunk and embed ``text``, or the text of file ``content``, into the session's
+        RAM-only documents."""
         session = self.runtime.sessions.get(client.id, session_id)
         retrieval = self.retrieval
-        if not text.strip():
-            raise BadRequest("text is empty", param="text", code="empty_document")
-        size = len(text.encode("utf-8"))
         limit = self.settings.max_session_document_bytes
+        started = time.monotonic()
+        if content is not None:
+            most = self.settings.max_session_file_bytes
+            if len(content) > most:
+                raise PayloadTooLarge(
+                    f"file is {len(content)} bytes; a session document's file may be at "
+                    f"most {most}",
+                    param="content",
+                )
+            self._check_room(session, name)
+            try:
+                text = await retrieval.parser.parse(
+                    name,
+                    content,
+                    client=client.id,
+                    timeout=self.settings.parse_timeout_seconds,
+                    max_text_bytes=limit,
+                )
+            except DocumentRejected as exc:
+                raise _refused(exc) from None
+            param = "content"
+        else:
+            param = "text"
+        assert text is not None
+        if not text.strip():
+            raise BadRequest(f"{param} is empty", param=param, code="empty_document")
+        size = len(text.encode("utf-8"))
         if size > limit:
             raise PayloadTooLarge(
                 f"document is {size} bytes; a session document may be at most {limit}",
-                param="text",
+                param=param,
             )
         self._check_room(session, name)
-        started = time.monotonic()
-        chunks = await retrieval.embedder.run(retrieval.chunker.split, text)
-        vectors = await retrieval.embedder.embed([c.text for c in chunks])
+        chunks = await retrieval.embedder.run(retrieval.chunker.split, text, client=client.id)
+        need = sum(len(c.text.encode("utf-8")) for c in chunks) + 4 * len(chunks) * (
+            retrieval.embedder.dimensions
+        )
+        self._check_memory(client, session, name, need)
+        vectors = await retrieval.embedder.embed(
+            [c.text for c in chunks], client=client.id, tokens=[c.tokens for c in chunks]
+        )
         if session.closed:  # ended while its document was being embedded
-            raise NotFound(f"no session {session_id}", param="session_id")
+            raise NotFound("no such session", param="session_id")
         self._check_room(session, name)
+        self._check_memory(client, session, name, need)
         docs = self.documents_of(session)
         if docs is None:
             docs = SessionDocuments(session.id, retrieval.embedder.dimensions)
@@ -190,6 +249,29 @@ class RetrievalService:
         limit = self.settings.max_session_documents
         if docs is not None and name not in docs and len(docs) >= limit:
             raise Conflict(f"session {session.id} holds {limit} documents, its limit", param="name")
+
+    def _check_memory(self, client: ClientSpec, session: Session, name: str, need: int) -> None:
+        """429 when the document would take the client's or the node's session documents
+        past their RAM caps (a document it replaces is counted out)."""
+        mine = everyone = 0
+        for s in self.runtime.sessions.open_sessions():
+            docs = self.documents_of(s)
+            if docs is None:
+                continue
+            held = docs.size - (docs.size_of(name) if s is session else 0)
+            everyone += held
+            if s.client_id == client.id:
+                mine += held
+        for held, cap, whose in (
+            (mine, self.settings.session_documents_client_bytes, "this client's"),
+            (everyone, self.settings.session_documents_node_bytes, "this node's"),
+        ):
+            if held + need > cap:
+                raise TooManyRequests(
+                    f"{whose} session documents hold {held} bytes of {cap}; this one needs "
+                    f"{need}: end a session or remove documents",
+                    code="session_memory_full",
+                )
 
     def session_document_count(self) -> int:
         return sum(
@@ -220,7 +302,7 @@ class RetrievalService:
         for name in dict.fromkeys(names):
             if name not in client.knowledge_bases or not await store.exists(client.id, name):
                 raise NotFound(
-                    f"knowledge base {name} does not exist",
+                    "no such knowledge base",
                     param="sanctum.knowledge_bases",
                     code="knowledge_base_not_found",
                 )
@@ -233,7 +315,7 @@ class RetrievalService:
         """The ``k`` best chunks for ``query`` over these knowledge bases and the session's
         documents."""
         retrieval = self.retrieval
-        vector: np.ndarray = await retrieval.embedder.embed_query(query)
+        vector: np.ndarray = await retrieval.embedder.embed_query(query, client=client.id)
         hits: list[Hit] = []
         if knowledge_bases:
             hits += await retrieval.store.search(client.id, knowledge_bases, vector, k)
@@ -268,13 +350,17 @@ class RetrievalService:
         context_size = engine.info.context_size
         reserve = min(req.token_limit() or self.settings.answer_reserve_tokens, context_size // 2)
         try:
-            assembled, used, context_tokens = fit_context(
-                messages,
-                last,
-                hits,
-                engine,
-                reserve=reserve,
-                max_context_tokens=self.settings.max_context_tokens,
+            # Tokenizing: on the prompt workers, like the prompt it goes into.
+            assembled, used, context_tokens = await self.runtime.prompt_work.run(
+                client.id,
+                lambda: fit_context(
+                    messages,
+                    last,
+                    hits,
+                    engine,
+                    reserve=reserve,
+                    max_context_tokens=self.settings.max_context_tokens,
+                ),
             )
         except ChatTemplateError:
             return messages, {"sources": []}  # the inference service answers 400 for it
@@ -353,3 +439,18 @@ def fit_context(
     if not blocks:
         return messages, [], 0
     return assembled, used, sum(costs)
+
+
+def _refused(exc: DocumentRejected) -> ApiError:
+    """The HTTP error for a session document's file that can't be used (the reason names
+    the problem, never the file's content)."""
+    reason = f"this file can't be used: {exc.reason}"
+    if exc.kind == "unsupported":
+        return BadRequest(reason, param="name", code="unsupported_file_type")
+    if exc.kind == "empty":
+        return BadRequest(reason, param="content", code="empty_document")
+    if exc.kind == "too_large":
+        return PayloadTooLarge(reason, param="content", code="document_too_large")
+    if exc.kind == "too_slow":
+        return Unprocessable(reason, param="content", code="document_too_slow")
+    return Unprocessable(reason, param="content", code="unreadable_document")

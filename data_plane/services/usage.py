@@ -93,5 +93,5 @@ class UsageService:
         """The signed record of one of the client's ended sessions (404 otherwise)."""
         found = await self.outbox.receipt(session_id)
         if found is None or found.meta.client_id != client_id:
-            raise NotFound(f"no usage record for session {session_id}", param="session_id")
+            raise NotFound("no usage record for that session", param="session_id")
         return found

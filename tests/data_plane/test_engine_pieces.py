@@ -88,4 +88,3 @@ def test_a_template_that_repeats_content_is_tokenized_whole() -> None:
     template = ChatTemplate(source, bos_token="", eos_token="<|im_end|>")
     msgs = [{"role": "user", "content": "U"}]
     assert template.tokens(msgs, fake_tokenize) == fake_tokenize(template.render(msgs), True)
-

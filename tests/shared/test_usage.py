@@ -114,7 +114,8 @@ def test_unknown_nodes_and_rotated_keys() -> None:
 def test_other_envelope_types_are_not_usage_records() -> None:
     document = make_record(0, "acme", "node-a").document()
     config = envelope.sign(document, NODE_A, envelope.TYP_CONFIG)
-    with pytest.raises(UsageRecordError, match="envelope type is 'sanctum-config\\+jws'"):
+    expected = "envelope type must be 'sanctum-usage-record\\+jws'"
+    with pytest.raises(UsageRecordError, match=expected):
         open_usage_record(config, TRUSTED)
 
 

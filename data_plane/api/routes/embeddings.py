@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from data_plane.api.deps import ClientDep, RetrievalDep
+from data_plane.api.deps import LimitedClientDep, RetrievalDep
 from data_plane.api.schemas import EmbeddingRequest
 from data_plane.errors import BadRequest
 
@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 @router.post("/embeddings", response_model=None)
 async def create_embeddings(
-    body: EmbeddingRequest, client: ClientDep, service: RetrievalDep
+    body: EmbeddingRequest, client: LimitedClientDep, service: RetrievalDep
 ) -> JSONResponse:
     """Vectors of a string or a list of strings (normalised; cosine = dot product)."""
     texts = body.texts()

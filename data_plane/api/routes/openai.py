@@ -11,7 +11,13 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from data_plane.api.deps import ClientDep, InferenceDep, RetrievalDep, SessionHeader
+from data_plane.api.deps import (
+    ClientDep,
+    InferenceDep,
+    LimitedClientDep,
+    RetrievalDep,
+    SessionHeader,
+)
 from data_plane.api.schemas import ChatCompletionRequest, CompletionRequest
 from data_plane.errors import ApiError
 from data_plane.services.inference import InferenceService, Turn
@@ -159,7 +165,7 @@ def _streamed(
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest,
-    client: ClientDep,
+    client: LimitedClientDep,
     service: InferenceDep,
     session_id: SessionHeader = None,
 ) -> JSONResponse | StreamingResponse:
@@ -216,7 +222,7 @@ async def chat_completions(
 @router.post("/completions", response_model=None)
 async def completions(
     body: CompletionRequest,
-    client: ClientDep,
+    client: LimitedClientDep,
     service: InferenceDep,
     session_id: SessionHeader = None,
 ) -> JSONResponse | StreamingResponse:

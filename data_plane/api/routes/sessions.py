@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from data_plane.api.deps import ClientDep, InferenceDep, RetrievalDep, RuntimeDep
+from data_plane.api.deps import ClientDep, InferenceDep, LimitedClientDep, RetrievalDep, RuntimeDep
 from data_plane.api.schemas import SessionCreate, SessionDocumentCreate, SessionInfo
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_session(
-    body: SessionCreate, client: ClientDep, service: InferenceDep
+    body: SessionCreate, client: LimitedClientDep, service: InferenceDep
 ) -> SessionInfo:
     """Open a session on a model; its id goes in the X-Sanctum-Session header."""
     session = await service.open_session(client, body.model, body.ttl)
@@ -37,11 +37,14 @@ async def delete_session(session_id: str, client: ClientDep, runtime: RuntimeDep
 
 @router.post("/{session_id}/documents", status_code=status.HTTP_201_CREATED)
 async def add_document(
-    session_id: str, body: SessionDocumentCreate, client: ClientDep, service: RetrievalDep
+    session_id: str, body: SessionDocumentCreate, client: LimitedClientDep, service: RetrievalDep
 ) -> dict[str, Any]:
-    """Add a document to this session's retrieval (RAM only, dropped at teardown).
+    """Add a document to this session's retrieval (RAM only, dropped at teardown): text,
+    or a file that the node parses (in a process of its own, within a time limit).
 
     Every chat turn of the session then searches it; a document of the same name is
     replaced.
     """
-    return await service.add_session_document(client, session_id, body.name, body.text)
+    return await service.add_session_document(
+        client, session_id, body.name, text=body.text, content=body.content
+    )

@@ -48,8 +48,8 @@ def test_close_drops_everything(embedder: Embedder, chunker: Chunker) -> None:
 class _Engine:
     """Stands in for the engine around the session store (the unit under test)."""
 
-    async def open_sequence(self) -> Sequence:
-        return Sequence()
+    async def open_sequence(self, client: str = "") -> Sequence:
+        return Sequence(client=client)
 
     async def close_sequence(self, seq: Sequence) -> None:
         seq.closed = True

@@ -1,0 +1,106 @@
+"""Heavy work of one request never runs on the event loop that serves everyone else.
+
+The app runs in this process on a real runtime (the real model); the one thing the test
+changes is that building the first client's prompt waits on a gate the test holds. If
+prompt building ran on the event loop, nothing else could be answered until the gate
+opened: here another client's whole chat is answered while it is still shut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from data_plane.app import create_app
+from data_plane.runtime import Runtime
+from data_plane.settings import Settings
+from shared.config import ConfigBundle, ModelSpec, sign_bundle
+from shared.keys import CONTROL_PLANE, ensure_key_pair
+from tests.conftest import make_tenant
+
+pytestmark = pytest.mark.model
+
+GATED = "Please wait for the gate."
+
+
+def _chat(content: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": "m",
+        "max_tokens": 2,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": content}],
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("route", ["chat", "completion"])
+def test_another_client_is_answered_while_a_prompt_is_being_built(
+    tmp_path: Path, model_spec: ModelSpec, route: str
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        retrieval={"enabled": False},
+        engine={"context_size": 512, "max_sequences": 2, "threads": 2},
+    )
+    cp_key = ensure_key_pair(settings.keys_dir, CONTROL_PLANE)
+    slow, fast = make_tenant("slow", ("m",)), make_tenant("fast", ("m",))
+    spec = model_spec.model_copy(update={"name": "m"})
+    bundle = ConfigBundle(
+        version=1,
+        issued_at=datetime.now(UTC),
+        node=settings.node_id,
+        models=(spec,),
+        clients=(slow.spec, fast.spec),
+    )
+    gate, entered = threading.Event(), threading.Event()
+
+    async def main() -> tuple[int, bool, int]:
+        runtime = Runtime(settings)
+        await runtime.start()
+        try:
+            await runtime.apply_config(sign_bundle(bundle, cp_key))
+            (engine,) = runtime.engines.loaded()
+            real_chat, real_text = engine.chat_tokens, engine.text_tokens
+
+            def held(tokens: list[int], gated: bool) -> list[int]:
+                if gated:
+                    entered.set()
+                    assert gate.wait(120)
+                return tokens
+
+            engine.chat_tokens = lambda messages: held(  # type: ignore[method-assign]
+                real_chat(messages), any(m["content"] == GATED for m in messages)
+            )
+            engine.text_tokens = lambda text: held(real_text(text), text == GATED)  # type: ignore[method-assign]
+            app = create_app(runtime=runtime)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://node") as c:
+
+                def post(tenant: Any, content: str) -> Any:
+                    headers = {"Authorization": f"Bearer {tenant.key}"}
+                    if route == "chat":
+                        return c.post("/v1/chat/completions", json=_chat(content), headers=headers)
+                    body = {"model": "m", "prompt": content, "max_tokens": 2, "temperature": 0}
+                    return c.post("/v1/completions", json=body, headers=headers)
+
+                gated = asyncio.create_task(post(slow, GATED))
+                assert await asyncio.to_thread(entered.wait, 60)
+                other = await post(fast, "Say hi.")
+                still_waiting = not gated.done()
+                gate.set()
+                first = await gated
+            return other.status_code, still_waiting, first.status_code
+        finally:
+            gate.set()
+            await runtime.stop()
+
+    other, still_waiting, first = asyncio.run(main())
+    assert other == 200
+    assert still_waiting  # answered while the first client's prompt was still being built
+    assert first == 200
