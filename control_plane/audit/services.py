@@ -487,3 +487,46 @@ def log_key_info() -> LogKeyInfo:
         pem=public_pem(public).decode("ascii"),
         jwk=public_jwk(public),
     )
+
+
+@dataclass(frozen=True)
+class QuotaUse:
+    """A client's tokens in one UTC period, as its collected receipts count them."""
+
+    period: str  # "day" or "month"
+    since: datetime
+    until: datetime
+    tokens: int
+    quota: int | None
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.quota is None else max(0, self.quota - self.tokens)
+
+
+def quota_use(client: Client, at: datetime | None = None) -> list[QuotaUse]:
+    """Tokens (prompt plus completion) ``client`` used this UTC day and month, from the
+    receipts logged so far, against its quotas.
+
+    Nodes enforce their shares of the quotas as they serve; this view lags them by the
+    collection interval (records are pulled, not pushed).
+    """
+    from django.db.models import Sum
+
+    at = (at or timezone.now()).astimezone(UTC)
+    day = datetime(at.year, at.month, at.day, tzinfo=UTC)
+    month = day.replace(day=1)
+    next_month = datetime(month.year + month.month // 12, month.month % 12 + 1, 1, tzinfo=UTC)
+    out = []
+    for name, since, until, quota in (
+        ("day", day, day + timedelta(days=1), client.tokens_per_day),
+        ("month", month, next_month, client.tokens_per_month),
+    ):
+        totals = (
+            Receipt.objects.for_client(client.slug)
+            .in_period(since, until)
+            .aggregate(prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
+        )
+        tokens = (totals["prompt"] or 0) + (totals["completion"] or 0)
+        out.append(QuotaUse(name, since, until, tokens, quota))
+    return out

@@ -16,6 +16,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from control_plane.accounts.errors import Conflict
+from control_plane.audit.services import quota_use
 from control_plane.clients.choices import ApiKeyStatus
 from control_plane.clients.models import ApiKey, Client
 from control_plane.clients.services import IssuedKey, issue_api_key, revoke_api_key, rotate_api_key
@@ -79,7 +80,7 @@ class ClientAdmin(admin.ModelAdmin):
     )
     list_filter = ("is_active", "embeddings", "created_at")
     search_fields = ("slug", "name", "description")
-    readonly_fields = ("created_at", "updated_at")
+    readonly_fields = ("created_at", "updated_at", "usage")
     inlines = (ApiKeyInline,)
     actions = ("issue_key",)
     fieldsets = (
@@ -87,6 +88,32 @@ class ClientAdmin(admin.ModelAdmin):
         (
             "What it may use",
             {"fields": ("embeddings", "knowledge_bases", "max_sessions", "max_tokens_per_request")},
+        ),
+        (
+            "Rates and quotas",
+            {
+                "description": "The client's in all: each enabled node enforces an equal "
+                "share. Roll out after a change, or after adding or removing a node.",
+                "fields": (
+                    "requests_per_minute",
+                    "tokens_per_minute",
+                    "tokens_per_day",
+                    "tokens_per_month",
+                    "usage",
+                ),
+            },
+        ),
+        (
+            "On each node",
+            {
+                "description": "What it may hold of each node's engine; empty takes the "
+                "node's default.",
+                "fields": (
+                    "max_running_generations",
+                    "max_queued_generations",
+                    "max_parked_kv_mib",
+                ),
+            },
         ),
         ("Record", {"fields": ("created_at", "updated_at")}),
     )
@@ -101,6 +128,16 @@ class ClientAdmin(admin.ModelAdmin):
     @admin.display(description="usable keys", ordering="usable_key_count")
     def usable_keys(self, obj: Client) -> int:
         return obj.usable_key_count
+
+    @admin.display(description="tokens used (from receipts)")
+    def usage(self, obj: Client) -> str:
+        if obj.pk is None:
+            return "-"
+        parts = []
+        for use in quota_use(obj):
+            quota = "no quota" if use.quota is None else f"of {use.quota:,}"
+            parts.append(f"this {use.period}: {use.tokens:,} {quota}")
+        return "; ".join(parts)
 
     @admin.display(description="models")
     def allowed_models(self, obj: Client) -> str:

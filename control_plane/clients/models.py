@@ -11,6 +11,9 @@ from control_plane.clients.choices import ApiKeyStatus
 from control_plane.clients.querysets import ApiKeyQuerySet, ClientQuerySet
 from control_plane.clients.validators import bundle_name_validator, validate_name_list
 
+# Limits that are the client's in all, of which each node enforces a share.
+RATE_FIELDS = ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "tokens_per_month")
+
 
 class Client(ChangeLoggedModel):
     """An organisation that calls the data plane: its id in every bundle and receipt, its
@@ -38,6 +41,51 @@ class Client(ChangeLoggedModel):
     max_tokens_per_request = models.PositiveIntegerField(
         default=2048, validators=[MinValueValidator(1), MaxValueValidator(1_000_000)]
     )
+    # Rates and quotas: the client's in all; each node enforces its share (see
+    # ``limit_shares``). Empty means no limit.
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Empty: no limit."
+    )
+    tokens_per_minute = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Prompt and completion tokens. Empty: no limit.",
+    )
+    tokens_per_day = models.PositiveBigIntegerField(
+        "token quota per day",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="UTC day. Empty: no quota.",
+    )
+    tokens_per_month = models.PositiveBigIntegerField(
+        "token quota per month",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="UTC calendar month. Empty: no quota.",
+    )
+    # What it may hold of each node's engine. Empty: the node's default.
+    max_running_generations = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(4096)],
+        help_text="Generations decoding at once on a node. Empty: the node's default.",
+    )
+    max_queued_generations = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(100_000)],
+        help_text="Generations waiting for a slot on a node. Empty: the node's default.",
+    )
+    max_parked_kv_mib = models.PositiveIntegerField(
+        "parked KV cache (MiB)",
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(1 << 30)],
+        help_text="RAM for its idle sessions' KV state on a node. Empty: the node's default.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -52,6 +100,10 @@ class Client(ChangeLoggedModel):
         "knowledge_bases",
         "max_sessions",
         "max_tokens_per_request",
+        *RATE_FIELDS,
+        "max_running_generations",
+        "max_queued_generations",
+        "max_parked_kv_mib",
     )
 
     class Meta:
@@ -59,6 +111,21 @@ class Client(ChangeLoggedModel):
 
     def __str__(self) -> str:
         return self.slug
+
+    def limit_shares(self, nodes: int) -> list[dict[str, int | None]]:
+        """Each of ``nodes`` nodes' share of the rates and quotas: they add up to the
+        client's own (the first nodes take one more where it does not divide), and a
+        node's share is at least 1 (so, with fewer units than nodes, a little more)."""
+        shares: list[dict[str, int | None]] = [{} for _ in range(max(1, nodes))]
+        for name in RATE_FIELDS:
+            total = getattr(self, name)
+            for i, share in enumerate(shares):
+                if total is None:
+                    share[name] = None
+                else:
+                    base, extra = divmod(total, len(shares))
+                    share[name] = max(1, base + (1 if i < extra else 0))
+        return shares
 
 
 class ApiKey(ChangeLoggedModel):

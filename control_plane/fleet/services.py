@@ -60,10 +60,13 @@ def build_bundle(node: Node, version: int, issued_at: datetime | None = None) ->
     """The config ``node`` should hold, from the database as it is now.
 
     Models: every enabled pin whose file hash is verified. Clients: every active one,
-    with its usable keys (revoked and expired ones are left out) and the pinned models
-    it may use.
+    with its usable keys (revoked and expired ones are left out), the pinned models it
+    may use, and this node's share of its rates and quotas: every enabled node serves
+    every client, so each enforces its part (``Client.limit_shares``; docs/security.md).
     """
     issued_at = issued_at or timezone.now()
+    serving = list(Node.objects.enabled().order_by("name").values_list("name", flat=True))
+    share_of = serving.index(node.name) if node.name in serving else 0
     pins = list(ModelPin.objects.servable().prefetch_related("clients").order_by("name"))
     models = tuple(
         ModelSpec(
@@ -97,6 +100,12 @@ def build_bundle(node: Node, version: int, issued_at: datetime | None = None) ->
             limits=ClientLimits(
                 max_sessions=client.max_sessions,
                 max_tokens_per_request=client.max_tokens_per_request,
+                max_running=client.max_running_generations,
+                max_queued=client.max_queued_generations,
+                max_parked_bytes=None
+                if client.max_parked_kv_mib is None
+                else client.max_parked_kv_mib << 20,
+                **client.limit_shares(len(serving))[share_of],
             ),
         )
         for client in Client.objects.active().order_by("slug")

@@ -33,6 +33,13 @@ class ClientSerializer(serializers.ModelSerializer):
             "knowledge_bases",
             "max_sessions",
             "max_tokens_per_request",
+            "requests_per_minute",
+            "tokens_per_minute",
+            "tokens_per_day",
+            "tokens_per_month",
+            "max_running_generations",
+            "max_queued_generations",
+            "max_parked_kv_mib",
             "models",
             "created_at",
             "updated_at",
@@ -48,6 +55,23 @@ class ClientSerializer(serializers.ModelSerializer):
 
     def get_models(self, obj: Client) -> list[str]:
         return sorted({pin.name for pin in obj.model_pins.all() if pin.enabled})
+
+
+class QuotaUseSerializer(serializers.Serializer):
+    period = serializers.ChoiceField(choices=["day", "month"])
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField()
+    tokens = serializers.IntegerField(help_text="Prompt and completion tokens, from receipts.")
+    quota = serializers.IntegerField(allow_null=True)
+    remaining = serializers.IntegerField(allow_null=True)
+
+
+class ClientUsageSerializer(serializers.Serializer):
+    client = serializers.CharField()
+    requests_per_minute = serializers.IntegerField(allow_null=True)
+    tokens_per_minute = serializers.IntegerField(allow_null=True)
+    nodes = serializers.IntegerField(help_text="Nodes that each enforce a share of the limits.")
+    quotas = QuotaUseSerializer(many=True)
 
 
 class ApiKeySerializer(serializers.ModelSerializer):

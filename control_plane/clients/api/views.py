@@ -10,16 +10,19 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from control_plane.audit.services import quota_use
 from control_plane.clients.api.serializers import (
     ApiKeyIssueSerializer,
     ApiKeyRevokeSerializer,
     ApiKeySerializer,
     ClientSerializer,
+    ClientUsageSerializer,
     IssuedApiKeySerializer,
 )
 from control_plane.clients.filtersets import ApiKeyFilterSet, ClientFilterSet
 from control_plane.clients.models import ApiKey, Client
 from control_plane.clients.services import IssuedKey, issue_api_key, revoke_api_key, rotate_api_key
+from control_plane.fleet.models import Node
 
 
 class ClientViewSet(viewsets.ModelViewSet):
@@ -30,6 +33,24 @@ class ClientViewSet(viewsets.ModelViewSet):
     ordering_fields = ("slug", "name", "created_at")
     lookup_field = "slug"
     lookup_url_kwarg = "id"
+
+    @extend_schema(responses={200: ClientUsageSerializer})
+    @action(detail=True, methods=["get"])
+    def usage(self, request: Request, id: str | None = None) -> Response:
+        """Tokens used this UTC day and month (from the receipts collected so far)
+        against the client's quotas, and its rate limits."""
+        client = self.get_object()
+        return Response(
+            ClientUsageSerializer(
+                {
+                    "client": client.slug,
+                    "requests_per_minute": client.requests_per_minute,
+                    "tokens_per_minute": client.tokens_per_minute,
+                    "nodes": Node.objects.enabled().count(),
+                    "quotas": quota_use(client),
+                }
+            ).data
+        )
 
 
 def _issued_response(issued: IssuedKey, code: int) -> Response:
