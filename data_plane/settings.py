@@ -99,7 +99,9 @@ class LimitsSettings(BaseModel):
         default=2, ge=1, le=64, description="threads that build prompts (templates, tokens)"
     )
     prompt_queue_per_client: int = Field(
-        default=16, ge=1, description="a client's prompts waiting for those threads"
+        default=64,
+        ge=1,
+        description="a client's prompts waiting for those threads (its sessions bound them too)",
     )
     prompt_queue: int = Field(default=256, ge=1, description="prompts waiting, all clients")
 
@@ -139,6 +141,12 @@ class RetrievalSettings(BaseModel):
         description="torch threads for ingestion and session documents; one leaves the "
         "other cores to llama.cpp",
     )
+    embedder_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="CPU niceness of the embedder's thread: the engine's decode goes first",
+    )
     embedder_query_threads: int = Field(
         default_factory=lambda: max(1, os.cpu_count() or 1),
         ge=1,
@@ -147,12 +155,12 @@ class RetrievalSettings(BaseModel):
     )
     embed_batch_size: int = Field(default=32, ge=1, le=1024)
     embed_batch_tokens: int = Field(
-        default=1024,
+        default=512,
         ge=16,
         description="tokens per embedding batch: how long another client's query may wait",
     )
     embedder_queue_per_client: int = Field(
-        default=32, ge=1, description="a client's calls waiting for the embedder"
+        default=64, ge=1, description="a client's calls waiting for the embedder"
     )
     embedder_queue: int = Field(default=256, ge=1, description="calls waiting, all clients")
     qdrant_path: Path | None = Field(

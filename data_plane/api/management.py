@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from data_plane.api.deps import ControlPlaneSigned, RetrievalDep, RuntimeDep
 from data_plane.config_store import ConfigRejected
+from data_plane.engine.base import Engine
 from data_plane.errors import BadRequest, Unprocessable
 from shared.keys import key_id, public_jwk
 from shared.usage import (
@@ -83,6 +84,17 @@ async def health(runtime: RuntimeDep, retrieval: RetrievalDep) -> dict[str, Any]
             for e in runtime.engines.loaded()
         ],
         "sessions_open": len(runtime.sessions),
+        # Totals only: which clients wait is nobody's business here.
+        "engines": [_engine_health(e) for e in runtime.engines.loaded()],
+        "queues": {
+            "prompt_builder": sum(runtime.prompt_work.waiting().values()),
+            "embedder": sum(runtime.retrieval.embedder.waiting().values())
+            if runtime.retrieval is not None
+            else 0,
+            "document_parser": sum(runtime.retrieval.parser.waiting().values())
+            if runtime.retrieval is not None
+            else 0,
+        },
         "retrieval": runtime.retrieval is not None,
         "knowledge_bases": [kb.as_dict() for kb in knowledge_bases],
         "session_documents": retrieval.session_document_count(),
@@ -93,6 +105,21 @@ async def health(runtime: RuntimeDep, retrieval: RetrievalDep) -> dict[str, Any]
             "last_cursor": outbox.last_cursor,
             "acked_through": outbox.acked_through,
         },
+    }
+
+
+def _engine_health(engine: Engine) -> dict[str, Any]:
+    stats = engine.stats()
+    return {
+        "name": engine.info.name,
+        "slots": stats.slots,
+        "slots_busy": stats.slots_busy,
+        "running": sum(stats.running.values()),
+        "waiting": sum(stats.waiting.values()),
+        "parked_bytes": stats.parked_bytes,
+        "parked_sequences": stats.parked_sequences,
+        "paused": stats.paused,
+        "parked_dropped": stats.parked_dropped,
     }
 
 

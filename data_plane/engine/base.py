@@ -66,6 +66,21 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the scheduler, for health and tests: counts and ids, no content."""
+
+    slots: int
+    slots_busy: int
+    running: dict[str, int]  # by client
+    waiting: dict[str, int]  # by client
+    parked_bytes: int
+    parked_bytes_by_client: dict[str, int]
+    parked_sequences: int
+    paused: int  # generations paused so far, to give their slot to another client
+    parked_dropped: int  # parked states dropped for a RAM cap so far
+
+
 @dataclass
 class Generation:
     """Counts of one generation, filled in as it runs."""
@@ -134,6 +149,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def close_sequence(self, seq: Sequence) -> None:
         """Remove every KV cell of ``seq`` and forget its tokens."""
+
+    @abc.abstractmethod
+    def stats(self) -> EngineStats:
+        """Counts of the scheduler now: slots, waiting, parked RAM."""
 
     @abc.abstractmethod
     async def aclose(self) -> None:

@@ -61,6 +61,7 @@ from data_plane.engine.base import (
     Engine,
     EngineBusy,
     EngineError,
+    EngineStats,
     Generation,
     ModelInfo,
     SamplingParams,
@@ -112,21 +113,6 @@ class EngineConfig:
     client_max_running: int | None = None
     client_max_queued: int = 16
     client_max_parked_bytes: int = 256 << 20
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    """A snapshot of the scheduler, for health and tests: counts and ids, no content."""
-
-    slots: int
-    slots_busy: int
-    running: dict[str, int]  # by client
-    waiting: dict[str, int]  # by client
-    parked_bytes: int
-    parked_bytes_by_client: dict[str, int]
-    parked_sequences: int
-    paused: int  # generations paused so far, to give their slot to another client
-    parked_dropped: int  # parked states dropped for a RAM cap so far
 
 
 @dataclass(eq=False)
@@ -832,12 +818,16 @@ class LlamaEngine(Engine):
             sample_at.append((work, n))
             work.next_token = None
             n += 1
-        # Prompts share what is left, round robin; while others decode, at most
-        # ``prefill_chunk`` tokens a step, so a long prompt does not stall them.
+        # Prompts share what is left, round robin; while others decode or wait for a
+        # slot, at most ``prefill_chunk`` tokens a step, so a long prompt (or a wave of
+        # new ones) does not stall them: a step stays short, and a client that arrives
+        # meanwhile gets its turn at the next one.
         prefilling = [w for w in self._active if w.pending]
         if prefilling:
             budget = self._batch_cap - n
-            if n:
+            with self._cond:
+                others_wait = any(self._waiting.values())
+            if n or others_wait:
                 budget = min(budget, max(1, self.config.prefill_chunk))
             start = self._rr % len(prefilling)
             self._rr += 1

@@ -33,6 +33,7 @@ class Retrieval:
             batch_tokens=rs.embed_batch_tokens,
             max_queued_per_client=rs.embedder_queue_per_client,
             max_queued=rs.embedder_queue,
+            nice=rs.embedder_nice,
         )
         self.parser = DocumentParser(
             memory_bytes=rs.parser_memory_bytes, max_pages=rs.max_pdf_pages

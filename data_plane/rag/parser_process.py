@@ -181,6 +181,9 @@ def _limit_memory(extra: int) -> None:
 
 
 def _serve(memory_bytes: int) -> None:
+    # Parsing is bulk work: the node's own threads (the engine's decode steps above all)
+    # go first when the cores are busy.
+    os.nice(10)
     # Nothing the parsers log or warn may reach a terminal or a log: their messages can
     # quote the file.
     logging.disable(logging.CRITICAL)
