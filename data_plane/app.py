@@ -9,6 +9,7 @@ hands it to both apps.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -33,6 +34,7 @@ from data_plane.services.retrieval import RetrievalService
 from data_plane.settings import Settings
 
 logger = logging.getLogger("data_plane.access")
+_VALIDATOR = re.compile(r"function-after\[\w+\(\), (\w+)\]")
 
 
 def _error(status: int, message: str, type_: str, code: str | None, param: str | None = None):
@@ -124,7 +126,8 @@ def _install_common(app: FastAPI, max_body_bytes: int) -> None:
         # Name the fields and what is wrong; never echo the input (it may be content),
         # not even the name of a field the API does not have.
         def where(e: Any) -> str:
-            loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+            # (A union's branch of our checked strings shows as "function-after[...]".)
+            loc = [_VALIDATOR.sub(r"\1", str(p)) for p in e.get("loc", ()) if p != "body"]
             if e.get("type") == "extra_forbidden" and loc:
                 loc[-1] = "(unknown field)"
             return ".".join(loc)
@@ -158,9 +161,11 @@ def _install_common(app: FastAPI, max_body_bytes: int) -> None:
         started = time.monotonic()
         response = await call_next(request)
         limited = getattr(request.state, "rate_limited", None)
-        if limited is not None and response.status_code != 429:
-            # OpenAI sends a client's rate-limit state with every answer; its SDK reads it.
-            response.headers.update(limited())
+        if limited is not None:
+            # OpenAI sends a client's rate-limit state with every answer; its SDK reads
+            # it. (A rate-limit refusal already carries the state it was refused at.)
+            for name, value in limited().items():
+                response.headers.setdefault(name, value)
         route = request.scope.get("route")
         logger.info(
             "%s %s %d %.1fms",

@@ -9,7 +9,9 @@ many large requests would hold every worker and make everyone else wait behind i
 round robin across clients: a client's next item waits for at most one item of each
 other client that has work queued, however much those clients sent. Queues are bounded
 per client and in all; past a bound :meth:`FairExecutor.run` raises :class:`QueueFull`
-at once (the API answers 429) rather than letting work pile up in RAM. An item whose
+at once (the API answers 429) rather than letting work pile up in RAM. A client with
+nothing queued always gets a place, so a few clients that fill the queue can't shut
+out the rest (the queue then holds at most one item more per client). An item whose
 caller went away before a worker took it is skipped.
 
 Items carry client content in RAM only, and nothing here logs them.
@@ -93,7 +95,7 @@ class FairExecutor:
                     f"this client has {held} requests waiting for the {self.name}, its limit",
                     client_limit=True,
                 )
-            if self._total >= self.max_total:
+            if held and self._total >= self.max_total:
                 raise QueueFull(
                     f"{self._total} requests are waiting for the {self.name}, its limit",
                     client_limit=False,

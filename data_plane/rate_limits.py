@@ -14,7 +14,7 @@ no node asks another, or anything else, before it answers.
   bucket is full and then empties it.
 - **Tokens per day and per month** (UTC): a turn is admitted only if its whole cost fits
   in what is left of both; when it ends, what it used (prompt plus completion tokens,
-  the counts of its usage record) is kept. The counts live in
+  the counts of its usage record) is kept, in the period it ended in. The counts live in
   ``state/usage-counters.json`` (client ids and numbers, nothing else), written every
   few seconds and at shutdown, so a restart keeps them; a crash forgets the last few
   seconds of counting.
@@ -168,6 +168,7 @@ class RateLimiter:
         self._clock = clock
         self._clients: dict[str, _ClientState] = {}
         self._lock = threading.Lock()  # the event loop and the flush thread
+        self._writing = threading.Lock()  # one flush at a time (the task's, shutdown's)
         self._dirty = False
         self._load()
 
@@ -246,16 +247,18 @@ class RateLimiter:
         """A turn ended having used ``used`` tokens: give back what it reserved and did
         not use, and count what it did."""
         now = self._clock()
+        at = datetime.fromtimestamp(now, UTC)
         with self._lock:
             state = self._clients.setdefault(reservation.client_id, _ClientState())
             if reservation.tokens and state.tokens is not None:
                 state.tokens.refill(now, state.tokens.capacity)
                 state.tokens.level += reservation.tokens - used
             for kind, period in reservation.periods:
-                count = state.counts.get(kind)
-                if count is None or count.period != period:
-                    continue  # the period turned while it ran: the new one starts at 0
-                count.reserved = max(0, count.reserved - reservation.quota)
+                count = self._count(state, kind, at)
+                if count.period == period:
+                    count.reserved = max(0, count.reserved - reservation.quota)
+                # A turn that ran across midnight counts in the period it ended in, as
+                # its usage record does (the control plane sums receipts by end time).
                 count.used += used
                 self._dirty = True
 
@@ -307,25 +310,33 @@ class RateLimiter:
     # --- persistence ---------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write the quota counts if they changed (atomically; ids and numbers only)."""
-        with self._lock:
-            if not self._dirty:
-                return
-            document = {
-                client: {
-                    kind: {"period": c.period, "used": c.used} for kind, c in state.counts.items()
+        """Write the quota counts if they changed (atomically; ids and numbers only).
+        One writer at a time; a write that fails leaves them to be written again."""
+        with self._writing:
+            with self._lock:
+                if not self._dirty:
+                    return
+                document = {
+                    client: {
+                        kind: {"period": c.period, "used": c.used}
+                        for kind, c in state.counts.items()
+                    }
+                    for client, state in self._clients.items()
+                    if state.counts
                 }
-                for client, state in self._clients.items()
-                if state.counts
-            }
-            self._dirty = False
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_name(self._path.name + ".tmp")
-        with open(tmp, "w", encoding="ascii") as fh:
-            json.dump(document, fh, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self._path)
+                self._dirty = False
+            try:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self._path.with_name(self._path.name + ".tmp")
+                with open(tmp, "w", encoding="ascii") as fh:
+                    json.dump(document, fh, sort_keys=True)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self._path)
+            except BaseException:
+                with self._lock:
+                    self._dirty = True
+                raise
 
     def _load(self) -> None:
         if not self._path.exists():

@@ -11,6 +11,8 @@ from control_plane.clients.choices import ApiKeyStatus
 from control_plane.clients.querysets import ApiKeyQuerySet, ClientQuerySet
 from control_plane.clients.validators import bundle_name_validator, validate_name_list
 
+# The most the config contract takes for a count (``shared.config.Count``).
+MAX_TOKENS = 10**15
 # Limits that are the client's in all, of which each node enforces a share.
 RATE_FIELDS = ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "tokens_per_month")
 
@@ -49,21 +51,21 @@ class Client(ChangeLoggedModel):
     tokens_per_minute = models.PositiveBigIntegerField(
         null=True,
         blank=True,
-        validators=[MinValueValidator(1)],
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_TOKENS)],
         help_text="Prompt and completion tokens. Empty: no limit.",
     )
     tokens_per_day = models.PositiveBigIntegerField(
         "token quota per day",
         null=True,
         blank=True,
-        validators=[MinValueValidator(1)],
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_TOKENS)],
         help_text="UTC day. Empty: no quota.",
     )
     tokens_per_month = models.PositiveBigIntegerField(
         "token quota per month",
         null=True,
         blank=True,
-        validators=[MinValueValidator(1)],
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_TOKENS)],
         help_text="UTC calendar month. Empty: no quota.",
     )
     # What it may hold of each node's engine. Empty: the node's default.

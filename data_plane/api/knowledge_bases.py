@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, ValidationError
 
 from data_plane.api.deps import ControlPlaneSigned, KnowledgeBasesDep
+from data_plane.api.schemas import Text
 from data_plane.services.knowledge_bases import IngestFile
 
 router = APIRouter(
@@ -25,7 +26,7 @@ router = APIRouter(
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"  # shared.config.Name
 ClientId = Annotated[str, Path(pattern=NAME_PATTERN)]
 KbName = Annotated[str, Path(pattern=NAME_PATTERN)]
-DocumentName = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f\x7f]+$")]
+DocumentName = Annotated[Text, Field(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class IngestDocument(BaseModel):

@@ -92,6 +92,7 @@ async def health(runtime: RuntimeDep, retrieval: RetrievalDep) -> dict[str, Any]
             if runtime.retrieval is not None
             else 0,
             "document_parser": sum(runtime.retrieval.parser.waiting().values())
+            + sum(runtime.retrieval.ingest_parser.waiting().values())
             if runtime.retrieval is not None
             else 0,
         },

@@ -10,10 +10,30 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from data_plane.sessions import Session
 
+
+def _unicode(value: str) -> str:
+    # JSON can carry lone surrogates ("\ud800") that no encoder takes; refused here,
+    # once, rather than failing deep in the tokenizer.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+"""A string of a request: any Unicode text (every string of the client API is one)."""
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 MaxTokens = Annotated[int, Field(ge=1, le=1_000_000)]
@@ -21,15 +41,15 @@ MaxTokens = Annotated[int, Field(ge=1, le=1_000_000)]
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -49,16 +69,16 @@ class _Sampling(BaseModel):
         json_schema_extra={"examples": [{"model": "smollm2-135m-instruct", "max_tokens": 64}]},
     )
 
-    model: str = Field(min_length=1, max_length=200)
+    model: Text = Field(min_length=1, max_length=200)
     max_tokens: MaxTokens | None = None
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
-    user: str | None = None
+    user: Text | None = None
 
     @field_validator("stop")
     @classmethod
@@ -98,7 +118,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    prompt: Text | list[Text]
     echo: bool = False
 
     @field_validator("prompt")
@@ -121,7 +141,7 @@ class SessionCreate(BaseModel):
         json_schema_extra={"examples": [{"model": "smollm2-135m-instruct", "ttl": 900}]},
     )
 
-    model: str = Field(min_length=1, max_length=200)
+    model: Text = Field(min_length=1, max_length=200)
     ttl: int | None = Field(default=None, ge=1, description="idle seconds before it expires")
 
 
@@ -133,11 +153,11 @@ class EmbeddingRequest(BaseModel):
         json_schema_extra={"examples": [{"model": "all-MiniLM-L6-v2", "input": ["some text"]}]},
     )
 
-    model: str = Field(min_length=1, max_length=200)
-    input: str | list[str] | list[int] | list[list[int]]
+    model: Text = Field(min_length=1, max_length=200)
+    input: Text | list[Text] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
-    user: str | None = None
+    user: Text | None = None
 
     def texts(self) -> list[str] | None:
         """The inputs as texts, or None when they are token arrays."""
@@ -163,8 +183,8 @@ class SessionDocumentCreate(BaseModel):
         },
     )
 
-    name: str = Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")
-    text: str | None = None
+    name: Text = Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")
+    text: Text | None = None
     content: bytes | None = Field(default=None, description="the file, base64-encoded")
 
     @field_validator("content", mode="before")

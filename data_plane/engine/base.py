@@ -163,11 +163,17 @@ class StopMatcher:
     """Holds back text that may be the start of a stop string.
 
     ``feed`` returns the text that is safe to emit; once a stop string appears, the text
-    before it is returned and ``stopped`` turns true.
+    before it is returned and ``stopped`` turns true. Each stop string has a
+    Knuth-Morris-Pratt state (how much of its start the text ends with), advanced one
+    character at a time: a token costs about the number of stop strings times its
+    length in characters, however long or repetitive the stop strings are. The
+    scheduler thread runs this for every token of every session.
     """
 
     def __init__(self, stops: Seq[str]) -> None:
         self._stops = [s for s in stops if s]
+        self._fail = [_failure(s) for s in self._stops]
+        self._state = [0] * len(self._stops)
         self._held = ""
         self.stopped = False
 
@@ -177,12 +183,26 @@ class StopMatcher:
         if not self._stops:
             return text
         buf = self._held + text
-        cut = min((i for i in (buf.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        matched = False
+        for i, stop in enumerate(self._stops):
+            state, fail = self._state[i], self._fail[i]
+            for ch in text:
+                while state and stop[state] != ch:
+                    state = fail[state - 1]
+                if stop[state] == ch:
+                    state += 1
+                if state == len(stop):
+                    matched = True
+                    break
+            self._state[i] = state
+        if matched:
+            # Where the earliest stop string starts (each match starts inside buf: a
+            # state never exceeds what is held back).
+            cut = min(i for i in (buf.find(s) for s in self._stops) if i >= 0)
             self.stopped = True
             self._held = ""
             return buf[:cut]
-        keep = max(_prefix_suffix(buf, stop) for stop in self._stops)
+        keep = max(self._state)
         self._held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep]
 
@@ -191,20 +211,17 @@ class StopMatcher:
         return "" if self.stopped else held
 
 
-def _prefix_suffix(buf: str, stop: str) -> int:
-    """Length of the longest end of ``buf`` that is a proper start of ``stop``.
-
-    Only places where ``stop``'s first character occurs are tried, each with one
-    C-level comparison, so a token costs about the length of the stop strings, not its
-    square: the scheduler thread runs this for every token of every session.
-    """
-    first = stop[0]
-    i = buf.find(first, max(0, len(buf) - len(stop) + 1))
-    while i >= 0:
-        if stop.startswith(buf[i:]):
-            return len(buf) - i
-        i = buf.find(first, i + 1)
-    return 0
+def _failure(pattern: str) -> list[int]:
+    """KMP's table: for each prefix, the length of its longest proper border."""
+    table = [0] * len(pattern)
+    k = 0
+    for i in range(1, len(pattern)):
+        while k and pattern[i] != pattern[k]:
+            k = table[k - 1]
+        if pattern[i] == pattern[k]:
+            k += 1
+        table[i] = k
+    return table
 
 
 class TextDecoder:

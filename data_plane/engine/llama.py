@@ -6,8 +6,9 @@ ids (a *slot*). The context keeps one KV stream per slot (``kv_unified=False``),
 slot's cells are its own: nothing is shared between slots, not even a common prefix.
 
 Every step puts the next token of every decoding session, then chunks of pending
-prompts (round robin, at most ``prefill_chunk`` tokens while others are decoding, so a
-long prompt does not stall them), into one ``llama_batch`` and one ``llama_decode``;
+prompts (round robin, at most ``prefill_chunk`` tokens while others decode or wait for
+a slot, so a long prompt does not stall them), into one ``llama_batch`` and one
+``llama_decode``;
 each session then samples from its own logits with its own sampler chain (greedy at
 temperature 0; otherwise temperature, top_p, and a seeded draw). Flash attention is on
 by default: its CPU kernel walks each query's own keys in order and skips masked cells,
@@ -150,6 +151,7 @@ class _Work:
     paused: bool = False  # had a slot, gave it up: resumes where it stopped
     waiting_since: int = 0  # the scheduler step it (last) started waiting at
     admitted_no: int = 0  # the engine's admission count when it (last) got its slot
+    arrived: int = 0  # the engine's generation count when it was queued
     slice_start: int = 0  # completion tokens when it (last) got its slot
     decoder: TextDecoder = field(default_factory=TextDecoder)
     stop: StopMatcher = field(init=False)
@@ -265,6 +267,9 @@ class LlamaEngine(Engine):
             context_size=self.n_ctx_seq,
         )
         self._batch = llama.llama_batch_init(self._batch_cap, 0, 1)
+        self._vocab_users = threading.Condition()  # tokenize calls under way, for aclose
+        self._tokenizing = 0
+        self._closed = False
         self._bos = llama.llama_vocab_bos(self._vocab)
         self._add_bos = bool(llama.llama_vocab_get_add_bos(self._vocab))
         self._pieces: dict[int, bytes] = {}
@@ -300,9 +305,9 @@ class LlamaEngine(Engine):
         self._commands: deque[Callable[[], None]] = deque()
         self._in_flight = 0  # generations queued or running
         self._in_flight_by_client: dict[str, int] = {}
+        self._arrivals = 0
         self._cond = threading.Condition()
         self._stopping = False
-        self._closed = False
         self._thread = threading.Thread(
             target=self._run, name=f"engine-{config.info.name}", daemon=True
         )
@@ -345,17 +350,26 @@ class LlamaEngine(Engine):
         return piece
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        if self._closed:  # the vocabulary went with the model
-            raise EngineError("the model was unloaded")
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        arr = (llama.llama_token * cap)()
-        n = llama.llama_tokenize(self._vocab, data, len(data), arr, cap, False, special)
-        if n < 0:
-            cap = -n
+        # Prompt workers tokenize on their own threads: each call holds the vocabulary
+        # in use, and ``aclose`` frees the model only once no call holds it.
+        with self._vocab_users:
+            if self._closed:  # the vocabulary went with the model
+                raise EngineError("the model was unloaded")
+            self._tokenizing += 1
+        try:
+            data = text.encode("utf-8")
+            cap = len(data) + 8
             arr = (llama.llama_token * cap)()
             n = llama.llama_tokenize(self._vocab, data, len(data), arr, cap, False, special)
-        return list(arr[:n])
+            if n < 0:
+                cap = -n
+                arr = (llama.llama_token * cap)()
+                n = llama.llama_tokenize(self._vocab, data, len(data), arr, cap, False, special)
+            return list(arr[:n])
+        finally:
+            with self._vocab_users:
+                self._tokenizing -= 1
+                self._vocab_users.notify_all()
 
     def _with_bos(self, tokens: list[int]) -> list[int]:
         if self._add_bos and (not tokens or tokens[0] != self._bos):
@@ -475,10 +489,15 @@ class LlamaEngine(Engine):
                     f"this client has {mine} generations running or waiting for model "
                     f"{self.info.name}, its limit"
                 )
-            if self._in_flight >= self.n_slots + self.config.max_queue:
+            # A full model queue refuses clients that already have generations in it;
+            # one with none still gets a place, so a few clients can't shut out the
+            # rest (in all, at most one place more per client).
+            if mine and self._in_flight >= self.n_slots + self.config.max_queue:
                 raise EngineBusy("too many generations are waiting for this model")
             result.prompt_tokens = len(prompt)
             self._in_flight += 1
+            self._arrivals += 1
+            work.arrived = self._arrivals
             self._in_flight_by_client[client] = mine + 1
             self._parked_caps[client] = caps.max_parked_bytes
             seq.active = True
@@ -629,17 +648,33 @@ class LlamaEngine(Engine):
         work.slice_start = work.result.completion_tokens
 
     def _free_slot(self) -> int | None:
+        """A free slot, or one freed by parking the least recently used session that
+        holds a slot without running: an idle one first, then one whose next turn waits
+        (its client at its running cap), so a capped client can't sit on slots."""
         for slot, owner in enumerate(self._slots):
             if owner is None:
                 return slot
-        idle = [s for s in self._slots if s is not None and not s.active]
-        if not idle:
+        holders = [s for s in self._slots if s is not None and (not s.active or self._held_up(s))]
+        if not holders:
             return None
-        victim = min(idle, key=lambda s: s.last_used)
+        victim = min(holders, key=lambda s: (s.active, s.last_used))
         freed = victim.slot
         assert freed is not None
         self._park(victim, freed)
         return freed
+
+    def _held_up(self, seq: LlamaSequence) -> bool:
+        """``seq``'s next turn waits and won't run soon: its client is at its running
+        cap, or the turn is behind others of its client."""
+        work = seq.work
+        if work is None or work.finished or work in self._active:
+            return False
+        assert work.caps is not None
+        if self._running.get(seq.client, 0) >= work.caps.max_running:
+            return True
+        with self._cond:
+            queue = self._waiting.get(seq.client)
+            return queue is not None and bool(queue) and queue[0] is not work
 
     def _pause_for(self, client: str, waiting: _Work, paused_now: set[str]) -> int | None:
         """Pause another client's running generation so ``client`` gets a slot, when
@@ -648,11 +683,14 @@ class LlamaEngine(Engine):
         victim: _Work | None = None
         most = max(self._active, key=lambda w: self._running[w.seq.client], default=None)
         if most is not None and self._running[most.seq.client] >= mine + 2:
-            # A fair share: the other client's newest generation gives way.
+            # A fair share: the other client's latest arrival gives way (always the same
+            # one while it waits, not whichever resumed last), if its state can be
+            # parked under the caps rather than thrown away and evaluated again.
             rich = most.seq.client
-            victim = max(
-                (w for w in self._active if w.seq.client == rich), key=lambda w: w.admitted_no
+            candidates = sorted(
+                (w for w in self._active if w.seq.client == rich), key=lambda w: -w.arrived
             )
+            victim = next((w for w in candidates if self._parks_whole(w.seq)), None)
         elif (
             mine == 0
             and self.config.time_slice_tokens > 0
@@ -666,7 +704,7 @@ class LlamaEngine(Engine):
             ]
             if ran:
                 victim = max(ran, key=lambda w: w.result.completion_tokens - w.slice_start)
-        if victim is None:
+        if victim is None or not self._parks_whole(victim.seq):
             return None
         slot = victim.seq.slot
         assert slot is not None
@@ -682,6 +720,14 @@ class LlamaEngine(Engine):
         paused_now.add(owner)
         logger.debug("generation paused for another client's turn slot=%d", slot)
         return slot
+
+    def _parks_whole(self, seq: LlamaSequence) -> bool:
+        """Whether ``seq``'s state would fit under its client's parked cap and the
+        engine's (however much else had to be dropped to make room)."""
+        assert seq.slot is not None
+        size = llama.llama_state_seq_get_size(self._ctx, seq.slot)
+        cap = self._parked_caps.get(seq.client, self.default_caps.max_parked_bytes)
+        return size <= min(cap, self.config.max_parked_bytes)
 
     def _park(self, seq: LlamaSequence, slot: int) -> None:
         """Copy a sequence's KV state to RAM and free its slot (an idle session's, or a
@@ -707,12 +753,15 @@ class LlamaEngine(Engine):
         self._hold_parked_caps(seq.client)
 
     def _hold_parked_caps(self, client: str) -> None:
-        """Drop the oldest parked states past the client's cap, then past the engine's."""
+        """Drop the oldest parked states past the client's cap; then, past the engine's,
+        the oldest of whichever client holds the most (a client churning sessions of
+        its own pushes out its own states, not others')."""
         cap = self._parked_caps.get(client, self.default_caps.max_parked_bytes)
         while self._parked_by_client.get(client, 0) > cap:
             self._drop_parked(next(s for s in self._parked if s.client == client))
         while self._parked_bytes > self.config.max_parked_bytes:
-            self._drop_parked(next(iter(self._parked)))
+            most = max(self._parked_by_client, key=lambda c: self._parked_by_client[c])
+            self._drop_parked(next(s for s in self._parked if s.client == most))
 
     def _drop_parked(self, seq: LlamaSequence) -> None:
         self._unpark(seq)
@@ -825,8 +874,11 @@ class LlamaEngine(Engine):
         prefilling = [w for w in self._active if w.pending]
         if prefilling:
             budget = self._batch_cap - n
-            with self._cond:
-                others_wait = any(self._waiting.values())
+            with self._cond:  # (not those held back by their own client's cap)
+                others_wait = any(
+                    q and self._running.get(c, 0) < (q[0].caps or self.default_caps).max_running
+                    for c, q in self._waiting.items()
+                )
             if n or others_wait:
                 budget = min(budget, max(1, self.config.prefill_chunk))
             start = self._rr % len(prefilling)
@@ -933,12 +985,19 @@ class LlamaEngine(Engine):
         for seq in self._slots:
             if seq is not None:
                 seq.slot = None
-        # On the event loop, like ``tokenize``: no call into the model after this.
-        self._closed = True
+        # No call into the model after this: new tokenize calls are refused, and those
+        # under way on prompt workers finish first.
+        await asyncio.to_thread(self._stop_tokenizing)
         llama.llama_batch_free(self._batch)
         llama.llama_free(self._ctx)
         llama.llama_model_free(self._model)
         logger.info("engine unloaded model=%s", self.info.name)
+
+    def _stop_tokenizing(self) -> None:
+        with self._vocab_users:
+            self._closed = True
+            while self._tokenizing:
+                self._vocab_users.wait()
 
 
 class _EngineStopped(EngineError):

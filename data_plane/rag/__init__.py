@@ -35,7 +35,12 @@ class Retrieval:
             max_queued=rs.embedder_queue,
             nice=rs.embedder_nice,
         )
+        # Two parsers: a client's session document never waits behind an operator's
+        # knowledge-base file (whose time limit is twelve times longer).
         self.parser = DocumentParser(
+            memory_bytes=rs.parser_memory_bytes, max_pages=rs.max_pdf_pages
+        )
+        self.ingest_parser = DocumentParser(
             memory_bytes=rs.parser_memory_bytes, max_pages=rs.max_pdf_pages
         )
         self.store = KnowledgeBaseStore(
@@ -80,6 +85,7 @@ class Retrieval:
         await self.store.close()
         self.embedder.close()
         self.parser.close()
+        self.ingest_parser.close()  # its child starts with the first ingestion
 
 
 __all__ = ["Chunker", "DocumentParser", "Embedder", "KnowledgeBaseStore", "Retrieval"]

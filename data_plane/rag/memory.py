@@ -28,7 +28,8 @@ class _Document:
 
 
 def document_size(chunks: list[Chunk], vectors: np.ndarray) -> int:
-    return sum(len(c.text.encode("utf-8")) for c in chunks) + int(vectors.nbytes)
+    """Chunk texts and vectors, the vectors twice: the search matrix holds a copy."""
+    return sum(len(c.text.encode("utf-8")) for c in chunks) + 2 * int(vectors.nbytes)
 
 
 class SessionDocuments:

@@ -64,7 +64,11 @@ class _Child:
         self.stdin: IO[bytes] = self.proc.stdin
         self.stdout: IO[bytes] = self.proc.stdout
         # The child says it is ready once its imports are done and its limits set.
-        if self._answer(timeout=120) != {"ready": True}:
+        try:
+            ready = self._answer(timeout=120)
+        except (TimeoutError, EOFError, OSError, ValueError):
+            ready = None
+        if ready != {"ready": True}:
             self.kill()
             raise RuntimeError("the document parser did not start")
 
@@ -145,7 +149,10 @@ class DocumentParser:
         return self._child
 
     def _parse(self, name: str, data: bytes, timeout: float, max_text_bytes: int) -> str:
-        child = self._ensure()
+        try:
+            child = self._ensure()
+        except RuntimeError:
+            raise DocumentRejected("unreadable", "the document parser is not available") from None
         try:
             answer = child.parse(name, data, self.max_pages, max_text_bytes, timeout)
         except TimeoutError:

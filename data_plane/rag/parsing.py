@@ -60,10 +60,8 @@ def parse_document(name: str, data: bytes, *, max_pages: int | None = None) -> s
     elif kind in PDF_TYPES:
         text = _pdf(data, max_pages)
     else:
-        shown = kind or "no extension"
-        raise DocumentRejected(
-            "unsupported", f"unsupported file type ({shown}); use {', '.join(FILE_TYPES)}"
-        )
+        # The reason names the types that work, not the name it got (never echoed).
+        raise DocumentRejected("unsupported", f"unsupported file type; use {', '.join(FILE_TYPES)}")
     text = normalize(text)
     if not text:
         raise DocumentRejected("empty", "no text in this file")

@@ -156,7 +156,7 @@ class KnowledgeBaseService:
                 reason=f"too large ({len(file.data)} bytes; at most {limit})",
             )
         try:
-            text = await retrieval.parser.parse(
+            text = await retrieval.ingest_parser.parse(
                 file.name,
                 file.data,
                 client=NODE_WORK,

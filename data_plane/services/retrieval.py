@@ -211,9 +211,9 @@ class RetrievalService:
             )
         self._check_room(session, name)
         chunks = await retrieval.embedder.run(retrieval.chunker.split, text, client=client.id)
-        need = sum(len(c.text.encode("utf-8")) for c in chunks) + 4 * len(chunks) * (
+        need = sum(len(c.text.encode("utf-8")) for c in chunks) + 2 * 4 * len(chunks) * (
             retrieval.embedder.dimensions
-        )
+        )  # as document_size counts it
         self._check_memory(client, session, name, need)
         vectors = await retrieval.embedder.embed(
             [c.text for c in chunks], client=client.id, tokens=[c.tokens for c in chunks]
@@ -264,7 +264,10 @@ class RetrievalService:
                 mine += held
         for held, cap, whose in (
             (mine, self.settings.session_documents_client_bytes, "this client's"),
-            (everyone, self.settings.session_documents_node_bytes, "this node's"),
+            # The node's cap lets a client with no documents yet have one, so a few
+            # clients can't fill the node for everyone (at most one document more
+            # per client, each under the client's cap).
+            (everyone if mine else 0, self.settings.session_documents_node_bytes, "this node's"),
         ):
             if held + need > cap:
                 raise TooManyRequests(

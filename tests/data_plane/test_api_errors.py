@@ -217,3 +217,21 @@ def test_streamed_answer_ends_with_done(node: Node, tenants: Tenants) -> None:
     assert events[-1] == "data: [DONE]"
     chunks = [json.loads(e[6:]) for e in events[:-1]]
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "\ud800"}]}),
+        ("/completions", {"model": MODEL, "prompt": "a\udfffb", "max_tokens": 2}),
+        ("/chat/completions", {**CHAT, "stop": ["\ud83d"]}),
+    ],
+)
+def test_text_that_is_not_unicode_is_422_not_500(
+    node: Node, tenants: Tenants, path: str, body: dict
+) -> None:
+    """JSON can carry lone surrogates that no encoder takes; they are refused up front."""
+    with node.client(tenants.alice) as c:
+        r = c.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
+    err = assert_error(r, 422, "invalid_parameter")
+    assert "lone surrogate" in err["message"] and "function-" not in err["message"]

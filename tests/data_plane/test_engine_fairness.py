@@ -145,18 +145,25 @@ def test_a_client_at_its_caps_is_refused_while_another_is_admitted(
     assert b_text
 
 
-def test_the_models_own_queue_limit_still_holds(model_spec: ModelSpec) -> None:
+def test_the_models_own_queue_limit_refuses_those_in_it_not_newcomers(
+    model_spec: ModelSpec,
+) -> None:
+    """One slot and one queue place: client a fills both and its third is refused for
+    the model's queue (not its own caps), while client c, with nothing queued, still
+    gets a place: a few clients can't shut the model to everyone else."""
     engine = make_engine(model_spec, max_sequences=1, max_queue=1)
 
     async def main() -> None:
-        seqs = [await engine.open_sequence(c) for c in ("a", "b", "c")]
+        a1, a2, a3, c = [await engine.open_sequence(x) for x in ("a", "a", "a", "c")]
         params = SamplingParams(max_tokens=300, temperature=0.0)
-        first = await engine.generate(seqs[0], engine.text_tokens(COUNTING), params, Generation())
-        second = await engine.generate(seqs[1], engine.text_tokens(COUNTING), params, Generation())
+        first = await engine.generate(a1, engine.text_tokens(COUNTING), params, Generation())
+        second = await engine.generate(a2, engine.text_tokens(COUNTING), params, Generation())
         with pytest.raises(EngineBusy) as busy:
-            await engine.generate(seqs[2], [1, 2, 3], params, Generation())
+            await engine.generate(a3, [1, 2, 3], params, Generation())
         assert not isinstance(busy.value, ClientBusy)
-        for stream in (first, second):
+        newcomer = await engine.generate(c, engine.text_tokens(COUNTING), params, Generation())
+        assert engine.stats().waiting.get("c") == 1 or engine.stats().running.get("c") == 1
+        for stream in (first, second, newcomer):
             await stream.aclose()
         await engine.aclose()
 
@@ -297,3 +304,41 @@ def _state_size(engine: LlamaEngine, prompt: list[int]) -> int:
     size: int = run(main)
     assert size > 0
     return size
+
+
+def test_a_client_at_its_running_cap_does_not_sit_on_slots(model_spec: ModelSpec) -> None:
+    """Four slots, all held by client A's warm sessions; A may run one generation at a
+    time and queues four. B and C are answered at once: the slots of A's sessions whose
+    turns can't run yet are parked for them."""
+    engine = make_engine(model_spec, max_sequences=4, time_slice_tokens=0)
+    caps_a = replace(engine.default_caps, max_running=1)
+    prompt = engine.text_tokens(COUNTING)
+
+    async def main() -> tuple[dict[str, int], list[str | None], str, str]:
+        seqs = [await engine.open_sequence("a") for _ in range(4)]
+        for seq in seqs:  # each session now holds a slot, idle
+            await _drain(await engine.generate(seq, prompt, GREEDY, Generation(), caps_a))
+        params = SamplingParams(max_tokens=150, temperature=0.0)
+        results = [Generation() for _ in seqs]
+        tasks = [
+            asyncio.create_task(_drain(await engine.generate(seq, prompt, params, result, caps_a)))
+            for seq, result in zip(seqs, results, strict=True)
+        ]
+        await until(lambda: engine.stats().running == {"a": 1})
+        held = dict(engine.stats().waiting)
+        b, c = await engine.open_sequence("b"), await engine.open_sequence("c")
+        b_text, c_text = await asyncio.gather(
+            complete(engine, b, chat(engine, PROMPTS[0]), max_tokens=4),
+            complete(engine, c, chat(engine, PROMPTS[1]), max_tokens=4),
+        )
+        a_finished = [r.finish_reason for r in results]
+        await asyncio.gather(*tasks)
+        for seq in [*seqs, b, c]:
+            await engine.close_sequence(seq)
+        await engine.aclose()
+        return held, a_finished, b_text.text, c_text.text
+
+    held, a_finished, b_text, c_text = run(main)
+    assert held == {"a": 3}
+    assert b_text and c_text
+    assert a_finished.count(None) >= 3  # answered while A's turns were still to come

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from data_plane.engine.base import StopMatcher, TextDecoder
 from data_plane.engine.chat_template import CHATML, ChatTemplate, ChatTemplateError
@@ -27,6 +29,41 @@ def feed_all(stops: list[str], pieces: list[str]) -> tuple[str, bool]:
 )
 def test_stop_matcher(stops: list[str], pieces: list[str], expected: str, stopped: bool) -> None:
     assert feed_all(stops, pieces) == (expected, stopped)
+
+
+def _reference(stops: list[str], pieces: list[str]) -> tuple[str, bool]:
+    """What the matcher must produce: the whole text up to the earliest stop string."""
+    text = "".join(pieces)
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return (text[: min(found)], True) if found else (text, False)
+
+
+@settings(max_examples=400, derandomize=True)
+@given(
+    stops=st.lists(st.text(alphabet="ab\n", min_size=1, max_size=6), max_size=4),
+    pieces=st.lists(st.text(alphabet="ab\n", max_size=5), max_size=12),
+)
+def test_stop_matcher_agrees_with_a_plain_search(stops: list[str], pieces: list[str]) -> None:
+    """Fed in any pieces, it emits exactly the text before the earliest stop string,
+    and holds back no more than the end that could start one."""
+    expected, stopped = _reference(stops, pieces)
+    out, got_stopped = feed_all(stops, pieces)
+    # A stop string that only appears across the end of the text isn't complete:
+    # the earliest complete one decides, and before any, all text is emitted.
+    assert (out, got_stopped) == (expected, stopped)
+
+
+def test_repetitive_stop_strings_hold_back_only_what_could_start_one() -> None:
+    """Sixteen 128-character stop strings of one repeated letter, against text of that
+    letter (every position could start one: the case that made the old matcher
+    quadratic): it emits all but the 127 characters that could still begin a stop."""
+    stops = ["a" * 127 + str(i % 10) for i in range(16)]
+    m = StopMatcher(stops)
+    out = "".join(m.feed("aaaa") for _ in range(2000))
+    assert not m.stopped and out == "a" * (8000 - 127)
+    assert m.flush() == "a" * 127
+    m = StopMatcher(stops)
+    assert m.feed("a" * 200 + "3tail") == "a" * 73 and m.stopped
 
 
 def test_text_decoder_joins_split_characters() -> None:

@@ -113,15 +113,22 @@ def test_quotas_refuse_a_turn_that_would_pass_them_until_the_period_turns(
         rl.reserve("a", limits, 1)
 
 
-def test_a_turn_that_ends_after_its_day_does_not_count_against_the_next(
+def test_a_turn_that_ends_after_midnight_counts_in_the_day_it_ended(
     tmp_path: Path, clock: Clock
 ) -> None:
+    """As its usage record does: the control plane sums receipts by their end time."""
     rl = limiter(tmp_path, clock)
     limits = ClientLimits(tokens_per_day=100)
     held = rl.reserve("a", limits, 90)
     clock.advance(120)
-    rl.settle(held, 90)
-    assert rl.usage("a", limits)["tokens_per_day"]["remaining"] == 100
+    rl.settle(held, 70)
+    day = rl.usage("a", limits)["tokens_per_day"]
+    assert (day["period"], day["used"], day["reserved"], day["remaining"]) == (
+        "2026-02-01",
+        70,
+        0,
+        30,
+    )
 
 
 def test_counts_survive_a_restart_and_a_damaged_file_starts_them_over(
@@ -150,3 +157,16 @@ def test_counts_survive_a_restart_and_a_damaged_file_starts_them_over(
 )
 def test_reset_times_are_written_as_openai_writes_them(seconds: float, text: str) -> None:
     assert duration(seconds) == text
+
+
+def test_a_failed_write_is_tried_again(tmp_path: Path, clock: Clock) -> None:
+    blocked = tmp_path / "state"
+    blocked.write_text("a file where the folder should be")
+    rl = RateLimiter(blocked / "usage-counters.json", clock=clock)
+    limits = ClientLimits(tokens_per_day=100)
+    rl.settle(rl.reserve("a", limits, 10), 10)
+    with pytest.raises(OSError):
+        rl.flush()
+    blocked.unlink()
+    rl.flush()
+    assert json.loads((blocked / "usage-counters.json").read_text())["a"]["day"]["used"] == 10

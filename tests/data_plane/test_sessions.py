@@ -172,3 +172,24 @@ def test_session_info_does_not_keep_it_alive(fresh_node: Node, model_spec: Model
         info = c.get(f"/sessions/{sid}").json()
         assert info["id"] == sid and info["model"] == MODEL and info["requests"] == 0
         assert wait_until(lambda: c.get(f"/sessions/{sid}").status_code == 404, timeout=10)
+
+
+def test_a_full_node_refuses_clients_with_sessions_but_opens_a_first_one(
+    fresh_node: Node, model_spec: ModelSpec
+) -> None:
+    """The node's own session limit: past it, a client that holds sessions gets 429 and
+    one that holds none still gets its first, so a few clients can't fill the node."""
+    fresh_node.env["SANCTUM_DP_SESSIONS__MAX_OPEN"] = "3"
+    fresh_node.start()
+    heavy, light = make_tenant("heavy", (MODEL,)), make_tenant("light", (MODEL,))
+    fresh_node.push([model_spec], [heavy, light])
+    with fresh_node.client(heavy) as h, fresh_node.client(light) as lt:
+        held = [h.post("/sessions", json={"model": MODEL}) for _ in range(3)]
+        assert [r.status_code for r in held] == [201] * 3
+        refused = h.post("/sessions", json={"model": MODEL})
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "node_sessions_full"
+        assert refused.headers["retry-after"] == "5"
+        first = lt.post("/sessions", json={"model": MODEL})
+        assert first.status_code == 201
+        assert lt.post("/sessions", json={"model": MODEL}).status_code == 429

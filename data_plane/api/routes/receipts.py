@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from data_plane.api.deps import ClientDep, RuntimeDep
+from data_plane.api.deps import LimitedClientDep, RuntimeDep
 from data_plane.api.schemas import Receipt
 
 router = APIRouter(prefix="/v1/receipts", tags=["receipts"])
 
 
 @router.get("/{session_id}")
-async def get_receipt(session_id: str, client: ClientDep, runtime: RuntimeDep) -> Receipt:
+async def get_receipt(session_id: str, client: LimitedClientDep, runtime: RuntimeDep) -> Receipt:
     """The signed usage record of an ended session of this client (404 for any other).
 
     The node keeps it until the control plane has stored it, and for the receipt

@@ -69,14 +69,24 @@ def test_an_admin_sets_limits_through_the_api_and_the_trail_records_them(admin_a
     )
     bad = admin_api.patch(
         "/api/clients/acme/",
-        {"requests_per_minute": 0, "max_running_generations": 0, "tokens_per_month": -1},
+        {
+            "requests_per_minute": 0,
+            "max_running_generations": 0,
+            "tokens_per_month": -1,
+            "tokens_per_day": 10**15 + 1,  # past what the config contract carries
+        },
         format="json",
     )
 
     assert response.status_code == 200, response.json()
     assert response.json()["requests_per_minute"] == 60
     assert bad.status_code == 400
-    assert set(bad.json()) == {"requests_per_minute", "max_running_generations", "tokens_per_month"}
+    assert set(bad.json()) == {
+        "requests_per_minute",
+        "max_running_generations",
+        "tokens_per_month",
+        "tokens_per_day",
+    }
     client = Client.objects.get(slug="acme")
     assert (client.requests_per_minute, client.tokens_per_day) == (60, 100_000)
     change = ObjectChange.objects.filter(object_repr="acme").order_by("-pk").first()
