@@ -150,7 +150,6 @@ class _Work:
     counted: bool = True  # in the engine's in-flight count (the queue limit)
     paused: bool = False  # had a slot, gave it up: resumes where it stopped
     waiting_since: int = 0  # the scheduler step it (last) started waiting at
-    admitted_no: int = 0  # the engine's admission count when it (last) got its slot
     arrived: int = 0  # the engine's generation count when it was queued
     slice_start: int = 0  # completion tokens when it (last) got its slot
     decoder: TextDecoder = field(default_factory=TextDecoder)
@@ -644,7 +643,6 @@ class LlamaEngine(Engine):
         self._running[client] = self._running.get(client, 0) + 1
         self._admissions += 1
         self._admitted_at[client] = self._admissions
-        work.admitted_no = self._admissions
         work.slice_start = work.result.completion_tokens
 
     def _free_slot(self) -> int | None:

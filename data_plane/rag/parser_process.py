@@ -118,7 +118,6 @@ class DocumentParser:
             max_total=max_queued,
         )
         self._child: _Child | None = None
-        self.killed = 0  # children killed for a file that took too long or broke them
 
     async def start(self) -> None:
         """Start the child now, so the first file does not wait for its imports."""
@@ -170,7 +169,6 @@ class DocumentParser:
     def _replace(self, child: _Child, why: str) -> None:
         child.kill()
         self._child = None
-        self.killed += 1
         logger.info("document parser replaced reason=%s", why)
 
 
