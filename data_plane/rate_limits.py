@@ -278,20 +278,16 @@ class RateLimiter:
         out: dict[str, Any] = {}
         with self._lock:
             state = self._clients.setdefault(client_id, _ClientState())
-            for name, limit, attr in (
-                ("requests_per_minute", limits.requests_per_minute, "requests"),
-                ("tokens_per_minute", limits.tokens_per_minute, "tokens"),
-            ):
-                if limit is None:
-                    out[name] = None
-                    continue
-                bucket = self._bucket(getattr(state, attr), limit, now)
-                setattr(state, attr, bucket)
-                out[name] = {
-                    "limit": limit,
-                    "remaining": max(0, math.floor(bucket.level)),
-                    "resets_in_seconds": round(bucket.full_in(), 3),
-                }
+            for name, limit, bucket in self._minute_buckets(state, limits, now):
+                out[f"{name}_per_minute"] = (
+                    None
+                    if bucket is None
+                    else {
+                        "limit": limit,
+                        "remaining": max(0, math.floor(bucket.level)),
+                        "resets_in_seconds": round(bucket.full_in(), 3),
+                    }
+                )
             for kind in PERIODS:
                 quota = _quota(limits, kind)
                 count = self._count(state, kind, at)
@@ -371,16 +367,28 @@ class RateLimiter:
             count = state.counts[kind] = _PeriodCount(period)
         return count
 
+    def _minute_buckets(
+        self, state: _ClientState, limits: ClientLimits, now: float
+    ) -> list[tuple[str, int | None, _Bucket | None]]:
+        """("requests" or "tokens", its per-minute limit, its bucket refilled to ``now``;
+        None without a limit)."""
+        out: list[tuple[str, int | None, _Bucket | None]] = []
+        for name, limit in (
+            ("requests", limits.requests_per_minute),
+            ("tokens", limits.tokens_per_minute),
+        ):
+            bucket = None
+            if limit is not None:
+                bucket = self._bucket(getattr(state, name), limit, now)
+                setattr(state, name, bucket)
+            out.append((name, limit, bucket))
+        return out
+
     def _headers(self, state: _ClientState, limits: ClientLimits, now: float) -> dict[str, str]:
         out: dict[str, str] = {}
-        for name, limit, attr in (
-            ("requests", limits.requests_per_minute, "requests"),
-            ("tokens", limits.tokens_per_minute, "tokens"),
-        ):
-            if limit is None:
+        for name, limit, bucket in self._minute_buckets(state, limits, now):
+            if bucket is None:
                 continue
-            bucket = self._bucket(getattr(state, attr), limit, now)
-            setattr(state, attr, bucket)
             out[f"x-ratelimit-limit-{name}"] = str(limit)
             out[f"x-ratelimit-remaining-{name}"] = str(max(0, math.floor(bucket.level)))
             out[f"x-ratelimit-reset-{name}"] = duration(bucket.full_in())
