@@ -62,6 +62,11 @@ def child_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def model_spec() -> ModelSpec:
+    return bundled_model_spec()
+
+
+def bundled_model_spec() -> ModelSpec:
+    """The pin of the bundled GGUF model, as tests and benchmarks push it to a node."""
     gguf = bundled_gguf_path()
     return ModelSpec(
         name=DEFAULT_MODEL_NAME,

@@ -14,27 +14,12 @@ from typing import Any
 
 import httpx
 
-from shared.config import ModelSpec, file_sha256
 from shared.models import (
-    DEFAULT_CONTEXT_SIZE,
     DEFAULT_MODEL_NAME,
-    DEFAULT_MODEL_VERSION,
-    bundled_gguf_path,
 )
-from tests.conftest import Node, Tenant, new_node
+from tests.conftest import Node, Tenant, bundled_model_spec, new_node
 
 MODEL = DEFAULT_MODEL_NAME
-
-
-def model_spec() -> ModelSpec:
-    path = bundled_gguf_path()
-    return ModelSpec(
-        name=DEFAULT_MODEL_NAME,
-        version=DEFAULT_MODEL_VERSION,
-        sha256=file_sha256(str(path)),
-        path=str(path),
-        context_size=DEFAULT_CONTEXT_SIZE,
-    )
 
 
 @contextlib.contextmanager
@@ -44,7 +29,7 @@ def running_node(tenants: list[Tenant], **env: str) -> Iterator[Node]:
         node = new_node(Path(tmp), SANCTUM_DP_LOG_LEVEL="WARNING", **env)
         node.start()
         try:
-            node.push([model_spec()], tenants)
+            node.push([bundled_model_spec()], tenants)
             yield node
         finally:
             node.stop()
