@@ -187,3 +187,5 @@ def test_usage_is_the_clients_own_and_reading_it_costs_nothing(
     assert "x-ratelimit-limit-requests" not in answers[-1].headers
     with node.client(t.rpm) as c:  # each key sees its own client's
         assert c.get("/usage").json()["client_id"] == "rpm"
+    stranger = httpx.get(f"{node.api}/v1/usage", timeout=60)  # no key: nobody's
+    assert stranger.status_code == 401 and "client_id" not in stranger.text
