@@ -10,10 +10,12 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 
 from shared.keys import CONTROL_PLANE, ensure_key_pair, load_private_key, public_pem
+from shared.signed_request import SignedRequestAuth
 
 
 @functools.cache
@@ -33,3 +35,8 @@ def public_key_path() -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(pem)
     return path
+
+
+def management_auth(audience: str) -> httpx.Auth:
+    """httpx auth signing each request to the node or gateway named ``audience``."""
+    return SignedRequestAuth(signing_key())
