@@ -1,34 +1,50 @@
-"""The node's config: applied only when signed, newer, and pinning files that match.
+"""Signed releases held by a node or a gateway: applied only when signed by a trusted
+config key, meant for this target, unexpired and above the version floor.
 
-The last good bundle is kept on disk (it holds hashes and limits, no content) so a
-restarted node serves it again at once; it is verified again when loaded, since the
-file could have been changed while the node was down.
+One store serves both (a node's config bundle, a gateway's config); each plugs in how
+to open its document and what else to check (a node: its model files). On disk, under
+the target's state directory:
+
+- ``<name>.jws``: the last good release, verified again at start (it may have been
+  changed while the process was down);
+- ``<name>.floor``: the highest version ever applied. It only rises and is written
+  before the release it covers, so neither a restart, a saved release that no longer
+  verifies, nor a failed apply lets an older signed release back in;
+- ``trust.json``: the key set the last release brought (``shared.release``), which
+  replaces the anchor file's set until an operator installs a different anchor file.
+
+A release that expires stops counting as usable: the target refuses clients (503) and
+says so in its health until the control plane's next one arrives.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from shared.config import (
-    ConfigBundle,
-    ModelSpec,
-    api_key_matches,
-    api_key_prefix,
-    file_sha256,
-    open_bundle,
-)
+from shared import management
+from shared.config import ConfigBundle, ModelSpec, api_key_matches, api_key_prefix, file_sha256
 from shared.envelope import EnvelopeError
+from shared.keys import KeyFileError
+from shared.release import Release
+from shared.trust import CONFIG, KeySet
 
 logger = logging.getLogger(__name__)
 
+R = TypeVar("R", bound=Release)
+
 
 class ConfigRejected(Exception):
-    """A bundle was refused; the last good one keeps serving."""
+    """A release was refused; the last good one keeps serving."""
 
     def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
         super().__init__(message)
@@ -36,6 +52,211 @@ class ConfigRejected(Exception):
         self.code = code
         self.message = message
         self.extra = extra
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class TrustStore:
+    """The control-plane keys this target trusts: the anchor file's, or the last release's.
+
+    The anchor (``SANCTUM_*_TRUST_KEYS``, installed by the operator) bootstraps trust; a
+    release signed by a trusted key may bring a new set (a rotation), which is kept in
+    ``trust.json`` with the anchor's digest. A changed anchor file wins again: it is
+    how an operator recovers from a key they no longer trust.
+    """
+
+    def __init__(self, anchor: Path, saved: Path) -> None:
+        self._anchor_path = anchor
+        self._saved = saved
+        anchor_bytes = self._read_anchor()
+        self._anchor_digest = hashlib.sha256(anchor_bytes).hexdigest()
+        self.keys = KeySet.parse(anchor_bytes, source=str(anchor))
+        self._load_adopted()
+
+    def _read_anchor(self) -> bytes:
+        try:
+            return self._anchor_path.read_bytes()
+        except OSError:
+            raise KeyFileError(f"no key set at {self._anchor_path}") from None
+
+    def _load_adopted(self) -> None:
+        try:
+            saved = json.loads(self._saved.read_text("utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            logger.error("saved trust set unreadable; using the anchor file's")
+            return
+        if not isinstance(saved, dict) or saved.get("anchor_sha256") != self._anchor_digest:
+            logger.warning("trust anchor file changed; its key set replaces the saved one")
+            return
+        try:
+            self.keys = KeySet.model_validate(saved.get("key_set"))
+        except ValidationError:
+            logger.error("saved trust set malformed; using the anchor file's")
+
+    def adopt(self, keys: KeySet) -> None:
+        if keys == self.keys:
+            return
+        document = {"anchor_sha256": self._anchor_digest, "key_set": keys.document()}
+        _write_atomically(self._saved, json.dumps(document, sort_keys=True))
+        self.keys = keys
+        logger.info("trust set changed kids=%s", ",".join(sorted(k.kid[:8] for k in keys.keys)))
+
+    def public_keys(self, purpose: str) -> list[Ed25519PublicKey]:
+        return self.keys.public_keys(purpose)
+
+
+class ReleaseStore(Generic[R]):
+    """Holds the current release; :meth:`commit` is the only way to change it."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        name: str,
+        target: str,
+        trust: TrustStore,
+        opener: Callable[[str, list[Ed25519PublicKey]], R],
+        check: Callable[[R], None] | None = None,
+    ) -> None:
+        self._path = state_dir / f"{name}.jws"
+        self._floor_path = state_dir / f"{name}.floor"
+        self._target = target
+        self._open = opener
+        self._check = check
+        self.trust = trust
+        self.current: R | None = None
+        self.floor = self._read_floor()
+
+    # --- the floor -----------------------------------------------------------------
+
+    def _read_floor(self) -> int:
+        try:
+            return max(0, int(self._floor_path.read_text("ascii").strip() or 0))
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError):
+            # Unreadable means unknown: refusing everything until an operator looks is
+            # safer than accepting any old release.
+            logger.error("version floor unreadable at %s; refusing releases", self._floor_path)
+            return 2**62
+
+    def _raise_floor(self, version: int) -> None:
+        if version > self.floor:
+            _write_atomically(self._floor_path, f"{version}\n")
+            self.floor = version
+
+    # --- checking ------------------------------------------------------------------
+
+    def _verify(self, token: str) -> R:
+        try:
+            release = self._open(token, self.trust.public_keys(CONFIG))
+        except EnvelopeError as exc:
+            raise ConfigRejected(401, management.BAD_SIGNATURE, str(exc)) from None
+        except ValidationError as exc:
+            fields = sorted({".".join(str(p) for p in e["loc"]) or "$" for e in exc.errors()})
+            raise ConfigRejected(
+                400,
+                management.INVALID_CONFIG,
+                f"release fails the contract at: {', '.join(fields)}",
+            ) from None
+        if release.target != self._target:
+            raise ConfigRejected(
+                409,
+                management.WRONG_TARGET,
+                f"release is for {release.target}, this is {self._target}",
+            )
+        return release
+
+    def check(self, token: str) -> R:
+        """Verify ``token`` fully without applying it (raises :class:`ConfigRejected`)."""
+        release = self._verify(token)
+        held = max(self.floor, self.current.version if self.current else 0)
+        if release.version <= held:
+            raise ConfigRejected(
+                409,
+                management.STALE_VERSION,
+                f"release version {release.version} is not newer than {held}",
+                current_version=held,
+            )
+        if release.expired(datetime.now(UTC)):
+            raise ConfigRejected(
+                422, management.CONFIG_EXPIRED, f"release version {release.version} has expired"
+            )
+        if self._check is not None:
+            self._check(release)
+        return release
+
+    def load_saved(self) -> tuple[str, R] | None:
+        """The last good release from disk, verified again; None if there is none.
+
+        An expired one is still loaded (health names its version) but is not usable.
+        """
+        if not self._path.exists():
+            return None
+        token = self._path.read_text("ascii").strip()
+        try:
+            release = self._verify(token)
+            if release.version < self.floor:
+                raise ConfigRejected(
+                    409, management.STALE_VERSION, "saved release is below the version floor"
+                )
+            if self._check is not None:
+                self._check(release)
+        except ConfigRejected as exc:
+            logger.error("saved release refused code=%s; starting without", exc.code)
+            return None
+        self.current = release
+        self._raise_floor(release.version)
+        logger.info("release loaded from disk version=%d", release.version)
+        return token, release
+
+    def commit(self, token: str, release: R) -> None:
+        """Persist and switch to a release that passed :meth:`check` (floor first)."""
+        self._raise_floor(release.version)
+        _write_atomically(self._path, token)
+        self.current = release
+        self.trust.adopt(release.trust)
+
+    # --- state ---------------------------------------------------------------------
+
+    def usable(self, now: datetime | None = None) -> R | None:
+        """The current release unless there is none or it has expired."""
+        release = self.current
+        if release is None or release.expired(now or datetime.now(UTC)):
+            return None
+        return release
+
+    def problems(self) -> list[str]:
+        release = self.current
+        if release is None:
+            return ["no config applied"]
+        if release.expired(datetime.now(UTC)):
+            return [
+                f"config version {release.version} expired at "
+                f"{release.expires_at.isoformat()}: refusing clients until a new one arrives"
+            ]
+        return []
+
+    def summary(self) -> dict[str, object]:
+        release = self.current
+        return {
+            "config_version": release.version if release else None,
+            "config_expires_at": release.expires_at.isoformat() if release else None,
+            "version_floor": self.floor,
+            "trusted_kids": sorted(k.kid for k in self.trust.keys.keys),
+        }
+
+
+# --- the node's own ------------------------------------------------------------------
 
 
 class ModelFileCheck:
@@ -65,88 +286,23 @@ class ModelFileCheck:
                 f"model {spec.name}: file sha256 is {actual}, the pin says {spec.sha256}",
             )
 
-
-class ConfigStore:
-    """Holds the current bundle; ``apply`` is the only way to change it."""
-
-    def __init__(
-        self,
-        state_dir: Path,
-        trusted_key: Ed25519PublicKey,
-        node_id: str,
-    ) -> None:
-        self._path = state_dir / "config.jws"
-        self._trusted = trusted_key
-        self._node_id = node_id
-        self._files = ModelFileCheck()
-        self.current: ConfigBundle | None = None
-
-    def load_saved(self) -> ConfigBundle | None:
-        """The last good bundle from disk, verified again; None if there is none."""
-        if not self._path.exists():
-            return None
-        try:
-            bundle = self._verify(self._path.read_text("ascii"))
-        except ConfigRejected as exc:
-            logger.error("saved config refused code=%s; starting without config", exc.code)
-            return None
-        self.current = bundle
-        logger.info("config loaded from disk version=%d", bundle.version)
-        return bundle
-
-    def _verify(self, token: str) -> ConfigBundle:
-        try:
-            bundle = open_bundle(token, self._trusted)
-        except EnvelopeError as exc:
-            raise ConfigRejected(401, "bad_signature", str(exc)) from None
-        except ValidationError as exc:
-            fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
-            raise ConfigRejected(
-                400, "invalid_config", f"bundle fails the contract at: {', '.join(fields)}"
-            ) from None
-        if bundle.node != self._node_id:
-            raise ConfigRejected(
-                409, "wrong_node", f"bundle is for node {bundle.node}, this is {self._node_id}"
-            )
+    def check_bundle(self, bundle: ConfigBundle) -> None:
         for spec in bundle.models:
-            self._files.check(spec)
-        return bundle
+            self.check(spec)
 
-    def check(self, token: str) -> ConfigBundle:
-        """Verify ``token`` fully without applying it (raises ConfigRejected)."""
-        bundle = self._verify(token)
-        held = self.current.version if self.current else 0
-        if bundle.version <= held:
-            raise ConfigRejected(
-                409,
-                "stale_version",
-                f"bundle version {bundle.version} is not newer than {held}",
-                current_version=held,
-            )
-        return bundle
 
-    def commit(self, token: str, bundle: ConfigBundle) -> None:
-        """Persist and switch to a bundle that passed :meth:`check`."""
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_name(self._path.name + ".tmp")
-        with open(tmp, "w", encoding="ascii") as fh:
-            fh.write(token)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self._path)
-        self.current = bundle
-        logger.info(
-            "config applied version=%d models=%d clients=%d",
-            bundle.version,
-            len(bundle.models),
-            len(bundle.clients),
-        )
+class ConfigStore(ReleaseStore[ConfigBundle]):
+    """A node's config bundle, and the lookups on it."""
 
-    # --- lookups on the current bundle ---------------------------------------------------
+    def __init__(self, state_dir: Path, trust: TrustStore, node_id: str) -> None:
+        from shared.config import open_bundle
+
+        self.files = ModelFileCheck()
+        super().__init__(state_dir, "config", node_id, trust, open_bundle, self.files.check_bundle)
 
     def authenticate(self, key: str, now_ts: float) -> str | None:
         """The client id owning ``key``, or None (unknown, malformed, expired)."""
-        bundle = self.current
+        bundle = self.usable(datetime.fromtimestamp(now_ts, UTC))
         prefix = api_key_prefix(key)
         if bundle is None or prefix is None:
             return None

@@ -15,7 +15,7 @@ import time
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from data_plane.config_store import ConfigRejected, ConfigStore
+from data_plane.config_store import ConfigRejected, ConfigStore, TrustStore
 from data_plane.engine.base import ClientCaps, Engine, EngineError, ModelInfo
 from data_plane.engine.llama import EngineConfig, LlamaEngine
 from data_plane.fair_queue import FairExecutor
@@ -26,8 +26,9 @@ from data_plane.services.usage import UsageService
 from data_plane.sessions import SessionStore
 from data_plane.settings import Settings
 from shared.config import ClientSpec, ConfigBundle, ModelSpec
-from shared.keys import NODE, ensure_key_pair, load_private_key, load_public_key
-from shared.signed_request import SignedRequestVerifier
+from shared.keys import NODE, ensure_key_pair, load_private_key
+from shared.signed_request import ReplayGuard, SignedRequestVerifier
+from shared.trust import MANAGEMENT
 
 logger = logging.getLogger(__name__)
 
@@ -125,14 +126,16 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        control_plane_key = load_public_key(settings.control_plane_key_path)
-        self.config = ConfigStore(
-            settings.data_dir / "state",
-            control_plane_key,
+        state = settings.data_dir / "state"
+        trust = TrustStore(settings.trust_keys_path, state / "trust.json")
+        self.config = ConfigStore(state, trust, settings.node_id)
+        # Every management call is a request signed for this node; ids seen survive a
+        # restart, so a replay stays refused.
+        self.requests = SignedRequestVerifier(
+            lambda: trust.public_keys(MANAGEMENT),
             settings.node_id,
+            ReplayGuard(state / "replay.log"),
         )
-        # Management calls other than config (usage records, acks) are signed requests.
-        self.requests = SignedRequestVerifier(control_plane_key)
         self.node_key = node_signing_key(settings)
         self.usage = UsageService(
             settings.node_id, self.node_key, UsageOutbox(settings.outbox_dir, settings.outbox)
@@ -158,9 +161,9 @@ class Runtime:
         await self.usage.outbox.open()  # before any session can end
         if self.retrieval is not None:
             await self.retrieval.start()
-        bundle = self.config.load_saved()
-        if bundle is not None:
-            for spec in bundle.models:
+        saved = self.config.load_saved()
+        if saved is not None:
+            for spec in saved[1].models:
                 await self.engines.load(spec)
         self._tasks = [
             asyncio.create_task(self._sweep(), name="session-sweeper"),

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import Name
+from shared.trust import TRUST_FILE
 
 
 class ListenSettings(BaseModel):
@@ -241,8 +242,11 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Path("var/data-plane")
     node_id: Name = Field(default="node-1", description="named in every usage record")
-    control_plane_public_key: Path | None = Field(
-        default=None, description="PEM of the key that signs config (default: data_dir/keys)"
+    trust_keys: Path | None = Field(
+        default=None,
+        description="the control plane's published key set, JSON (default: "
+        "data_dir/keys/control-plane-keys.json): the anchor of trust for config and "
+        "management requests",
     )
     node_private_key: Path | None = Field(
         default=None, description="PEM of this node's signing key (default: data_dir/keys)"
@@ -261,10 +265,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_needs_explicit_keys(self) -> Settings:
-        if self.environment == "production" and self.control_plane_public_key is None:
+        if self.environment == "production" and self.trust_keys is None:
             raise ValueError(
-                "production needs SANCTUM_DP_CONTROL_PLANE_PUBLIC_KEY: a node must not trust "
-                "a key it found lying in its own data directory"
+                "production needs SANCTUM_DP_TRUST_KEYS: a node must not trust keys it "
+                "found lying in its own data directory"
             )
         if self.environment == "production" and self.node_private_key is None:
             raise ValueError(
@@ -283,8 +287,8 @@ class Settings(BaseSettings):
         return self.retrieval.qdrant_path or self.data_dir / "qdrant"
 
     @property
-    def control_plane_key_path(self) -> Path:
-        return self.control_plane_public_key or self.keys_dir / "control-plane.pub"
+    def trust_keys_path(self) -> Path:
+        return self.trust_keys or self.keys_dir / TRUST_FILE
 
     @property
     def outbox_dir(self) -> Path:

@@ -18,6 +18,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from shared import envelope
+from shared.keys import Signer
+from shared.release import Release
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -94,11 +96,10 @@ class ClientSpec(_Contract):
     limits: ClientLimits = ClientLimits()
 
 
-class ConfigBundle(_Contract):
-    """Version ``version`` of one node's config. Versions only ever go up."""
+class ConfigBundle(Release):
+    """Version ``version`` of one node's config (``shared.release``: versions only go up,
+    it expires, and it carries the keys the node trusts)."""
 
-    version: int = Field(ge=1)
-    issued_at: datetime
     node: Name
     models: tuple[ModelSpec, ...] = ()
     clients: tuple[ClientSpec, ...] = ()
@@ -119,6 +120,10 @@ class ConfigBundle(_Contract):
             raise ValueError("client ids must be unique")
         return clients
 
+    @property
+    def target(self) -> str:
+        return self.node
+
     def model(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
 
@@ -126,7 +131,7 @@ class ConfigBundle(_Contract):
         return self.model_dump(mode="json")
 
 
-def sign_bundle(bundle: ConfigBundle, key: Any) -> str:
+def sign_bundle(bundle: ConfigBundle, key: Signer) -> str:
     """The bundle in its signed envelope, ready for ``PUT /internal/config``."""
     return envelope.sign(bundle.document(), key, envelope.TYP_CONFIG)
 

@@ -6,8 +6,9 @@ config, usage records, signed management requests. The protected header carries
 config bundle can't be replayed as a usage record or the other way round. The payload
 is the document's canonical JSON.
 
-The JWS itself is made and checked by joserfc; this module pins the algorithm, the key
-type and the header rules in one place.
+Signing goes through :class:`shared.keys.Signer` (a file key or a hardware one: only
+its ``sign`` is called, over the JWS signing input); checking is joserfc's. This module
+pins the algorithm, the key type and the header rules in one place.
 """
 
 from __future__ import annotations
@@ -17,17 +18,14 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 from joserfc.jws import JWSRegistry
 
 from shared.canonical import canonical_json
-from shared.keys import key_id
+from shared.keys import Signer, b64url, key_id
 
 ALGORITHM = "EdDSA"
 
@@ -37,6 +35,7 @@ TYP_USAGE_RECORD = "sanctum-usage-record+jws"
 TYP_REQUEST = "sanctum-request+jws"
 TYP_TREE_HEAD = "sanctum-tree-head+jws"
 TYP_AUDIT_MANIFEST = "sanctum-audit-manifest+jws"
+TYP_HEALTH = "sanctum-health+jws"
 
 
 # joserfc refuses payloads over 128,000 bytes by default; an audit manifest lists every
@@ -60,20 +59,16 @@ class EnvelopeError(ValueError):
     """
 
 
-def _okp(key: Ed25519PrivateKey | Ed25519PublicKey) -> OKPKey:
+def _okp(key: Ed25519PublicKey) -> OKPKey:
     return OKPKey.import_key(key)
 
 
-def sign(document: dict[str, Any], key: Ed25519PrivateKey, typ: str) -> str:
-    """Sign ``document`` (its canonical JSON) and return the compact JWS."""
+def sign(document: dict[str, Any], key: Signer, typ: str) -> str:
+    """Sign ``document`` (its canonical JSON) and return the compact JWS (RFC 7515 §7.1)."""
     header = {"alg": ALGORITHM, "typ": typ, "kid": key_id(key.public_key())}
-    with warnings.catch_warnings():
-        # RFC 9864 prefers the fully specified "Ed25519" name; our contract says EdDSA,
-        # which every JOSE library verifies, so the library's deprecation note is noise.
-        warnings.simplefilter("ignore")
-        return jws.serialize_compact(
-            header, canonical_json(document), _okp(key), registry=_REGISTRY
-        )
+    signing_input = f"{b64url(canonical_json(header))}.{b64url(canonical_json(document))}"
+    signature = key.sign(signing_input.encode("ascii"))
+    return f"{signing_input}.{b64url(signature)}"
 
 
 def peek_header(token: str) -> dict[str, Any]:

@@ -37,7 +37,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from shared import envelope
 from shared.canonical import CanonicalEncodingError, b64urldecode_canonical
 from shared.config import Name
-from shared.keys import b64url
+from shared.keys import Signer, b64url
+from shared.release import Release
+from shared.trust import KeySet
 from shared.wireguard import (
     INTERFACE_NAME,
     WireGuardKey,
@@ -255,11 +257,10 @@ def derive_allow_list(peers: Iterable[GatewayPeer]) -> tuple[str, ...]:
     )
 
 
-class GatewayConfig(_Contract):
-    """Version ``version`` of one gateway's config. Versions only ever go up."""
+class GatewayConfig(Release):
+    """Version ``version`` of one gateway's config (``shared.release``: versions only go
+    up, it expires, and it carries the keys the gateway trusts)."""
 
-    version: int = Field(ge=1)
-    issued_at: datetime
     gateway: Name
     interface: WireGuardInterface
     http_port: int = Field(default=80, ge=1, le=65535, description="nginx, on the tunnel")
@@ -307,6 +308,8 @@ class GatewayConfig(_Contract):
         *,
         version: int,
         issued_at: datetime,
+        expires_at: datetime,
+        trust: KeySet,
         gateway: str,
         interface: WireGuardInterface,
         peers: Sequence[GatewayPeer] = (),
@@ -317,6 +320,8 @@ class GatewayConfig(_Contract):
         return cls(
             version=version,
             issued_at=issued_at,
+            expires_at=expires_at,
+            trust=trust,
             gateway=gateway,
             interface=interface,
             http_port=http_port,
@@ -324,6 +329,10 @@ class GatewayConfig(_Contract):
             upstreams=tuple(upstreams),
             allow=derive_allow_list(peers),
         )
+
+    @property
+    def target(self) -> str:
+        return self.gateway
 
     def enabled_peers(self) -> list[GatewayPeer]:
         return [p for p in self.peers if p.enabled]
@@ -362,7 +371,7 @@ def make_peer(
     )
 
 
-def sign_gateway_config(config: GatewayConfig, key: Any) -> str:
+def sign_gateway_config(config: GatewayConfig, key: Signer) -> str:
     """The config in its signed envelope, ready for the agent's ``PUT /internal/config``."""
     return envelope.sign(config.document(), key, envelope.TYP_GATEWAY_CONFIG)
 

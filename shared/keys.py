@@ -1,8 +1,13 @@
 """Ed25519 keys: generation, PEM files, JWK form and RFC 7638 key ids.
 
-The control plane signs config and tree heads with its key; each data-plane node (and
-gateway) signs usage records with its own. Private keys are written 0600 and never
-logged; public keys travel as PEM files or JWKs.
+The control plane holds one key per purpose (``shared.trust``); each data-plane node
+and gateway signs with its own. Private key files are created exclusively with mode
+0600, refused at load when anyone but their owner may read them, and never logged;
+public keys travel as PEM files, JWKs or key sets. A private key file is never taken
+as a public key: a verifier pins public halves only.
+
+:class:`Signer` is what every signing call takes: an ``Ed25519PrivateKey`` is one, and
+a hardware key plugs in by offering the same two methods.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import stat
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -26,7 +33,16 @@ KEY_ROLES = (CONTROL_PLANE, NODE)
 
 
 class KeyFileError(ValueError):
-    """A key file is missing, unreadable, or not an Ed25519 key."""
+    """A key file is missing, unreadable, too widely readable, or not an Ed25519 key."""
+
+
+@runtime_checkable
+class Signer(Protocol):
+    """Makes Ed25519 signatures without handing out the key (a file key, or an HSM)."""
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def public_key(self) -> Ed25519PublicKey: ...
 
 
 def b64url(data: bytes) -> str:
@@ -78,26 +94,45 @@ def public_pem(key: Ed25519PublicKey) -> bytes:
     )
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
+def _write(path: Path, data: bytes, mode: int, *, overwrite: bool = False) -> None:
+    """Write ``data`` to ``path`` with ``mode``, never through an existing file.
+
+    The file is created exclusively (``O_EXCL``), so a file planted beforehand (or a
+    symlink) is never written through; with ``overwrite`` a fresh temporary file is
+    created the same way and renamed over the old one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    target = path.with_name(path.name + ".tmp") if overwrite else path
+    if overwrite:
+        target.unlink(missing_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
+        os.fchmod(fd, mode)  # the umask may only take bits away; say exactly which
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    if overwrite:
+        os.replace(target, path)
+
+
+def write_private_key(path: Path, key: Ed25519PrivateKey, *, overwrite: bool = False) -> None:
+    """``key`` as PKCS#8 PEM in a new 0600 file (``FileExistsError`` if one is there)."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --force to replace it")
+    _write(path, private_pem(key), 0o600, overwrite=overwrite)
+
+
+def write_public_key(path: Path, key: Ed25519PublicKey) -> None:
+    _write(path, public_pem(key), 0o644, overwrite=True)
 
 
 def write_key_pair(directory: Path, role: str, *, overwrite: bool = False) -> Path:
     """Write ``ROLE.key`` (0600) and ``ROLE.pub`` in ``directory``; return the .key path."""
     private_path = directory / f"{role}.key"
-    if private_path.exists() and not overwrite:
-        raise FileExistsError(f"{private_path} exists; pass --force to replace it")
     key = generate_private_key()
-    _write(private_path, private_pem(key), 0o600)
-    _write(directory / f"{role}.pub", public_pem(key.public_key()), 0o644)
+    write_private_key(private_path, key, overwrite=overwrite)
+    write_public_key(directory / f"{role}.pub", key.public_key())
     return private_path
 
 
@@ -109,7 +144,21 @@ def ensure_key_pair(directory: Path, role: str) -> Ed25519PrivateKey:
     return load_private_key(private_path)
 
 
+def check_private_file(path: Path | str) -> None:
+    """Refuse a private key file that its group or others may read or write."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise KeyFileError(f"can't read private key {path}: {type(exc).__name__}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"private key {path} is open to others (mode {stat.S_IMODE(mode):04o}): "
+            "chmod 600 it, and consider it exposed"
+        )
+
+
 def load_private_key(path: Path | str) -> Ed25519PrivateKey:
+    check_private_file(path)
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except (OSError, ValueError) as exc:
@@ -120,12 +169,17 @@ def load_private_key(path: Path | str) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: Path | str) -> Ed25519PublicKey:
-    """Load a public key from a PEM file (a private key file gives its public half)."""
-    data = Path(path).read_bytes() if Path(path).exists() else None
-    if data is None:
-        raise KeyFileError(f"no key file at {path}")
+    """Load a public key from a PEM file; a private key file is refused.
+
+    A verifier pins the public half it was given: a private key in its place means the
+    secret was copied where it does not belong, so it is an error, not a convenience.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        raise KeyFileError(f"no key file at {path}") from None
     if b"PRIVATE KEY" in data:
-        return load_private_key(path).public_key()
+        raise KeyFileError(f"{path} holds a private key: give the public half (.pub) to verifiers")
     return public_key_from_pem(data, source=str(path))
 
 

@@ -13,16 +13,21 @@ CONFIG_PATH = "/internal/config"
 HEALTH_PATH = "/internal/health"
 KNOWLEDGE_BASES_PATH = "/internal/knowledge-bases"
 JOSE = "application/jose"
+# The audience of what nodes and gateways sign for the control plane (health answers).
+CONTROL_PLANE_AUDIENCE = "control-plane"
 
 # Error codes a config push can be refused with (``error.code`` in the answer).
 STALE_VERSION = "stale_version"
 BAD_SIGNATURE = "bad_signature"
 INVALID_CONFIG = "invalid_config"
 WRONG_TARGET = "wrong_target"
+CONFIG_EXPIRED = "config_expired"
 
 __all__ = [
     "BAD_SIGNATURE",
+    "CONFIG_EXPIRED",
     "CONFIG_PATH",
+    "CONTROL_PLANE_AUDIENCE",
     "HEALTH_PATH",
     "INVALID_CONFIG",
     "JOSE",

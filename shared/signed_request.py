@@ -1,89 +1,187 @@
-"""Requests signed by the control plane's key, for the management listeners.
+"""Requests signed by the control plane's management key, for the management listeners.
 
-A config bundle authenticates itself; other management calls (usage records and their
-acknowledgement, knowledge-base loading) carry ``Authorization: Sanctum-Signed <JWS>``
-whose payload binds the method, the path with its query, a SHA-256 of the body, a time
-and a one-time id. The receiver checks the signature against the control plane's public
-key, that all of these match the request, that the time is within the allowed skew and
-that the id was not seen before (replay).
+Every management call (config pushes, health, usage records and their acknowledgement,
+knowledge-base loading) carries ``Authorization: Sanctum-Signed <JWS>`` whose payload
+binds the method, the path with its query, a SHA-256 of the body, the audience (the id
+of the node or gateway it is meant for), a time and a one-time id. The receiver checks
+the signature against the management keys it trusts, that all of these match the
+request and itself, that the time is within the allowed skew and that the id was not
+seen before. Seen ids are kept in a file (:class:`ReplayGuard`), so a restart does not
+reopen the window for a replay, and a request for one node is refused by every other.
+
+Why not HTTP Message Signatures (RFC 9421): the maintained Python package for it
+(``http-message-signatures``) covers the signature base and algorithms but neither
+audience, one-time ids nor replay state, and signs header fields rather than the body
+(a ``Content-Digest`` header would have to be added and checked on both ends). The
+claims here are the same ones RFC 9421 would cover, in the JWS envelope every other
+document on the management link already uses, with one verifier.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterable
+from pathlib import Path
 from typing import Any
 
 import httpx
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared import envelope
+from shared.keys import Signer
 
 SCHEME = "Sanctum-Signed"
 MAX_SKEW_SECONDS = 300
 
 
 class SignedRequestError(ValueError):
-    """The request's signature is missing, wrong, stale or replayed."""
+    """The request's signature is missing, wrong, stale, replayed or for someone else."""
 
 
-def _claims(method: str, path: str, body: bytes) -> dict[str, Any]:
+def _claims(method: str, path: str, body: bytes, audience: str) -> dict[str, Any]:
     return {
         "method": method.upper(),
         "path": path,
         "body_sha256": hashlib.sha256(body).hexdigest(),
+        "aud": audience,
         "iat": int(time.time()),
         "jti": secrets.token_hex(16),
     }
 
 
-def authorization(key: Ed25519PrivateKey, method: str, path: str, body: bytes = b"") -> str:
-    """The ``Authorization`` header value for one request."""
-    token = envelope.sign(_claims(method, path, body), key, envelope.TYP_REQUEST)
-    return f"{SCHEME} {token}"
+def authorization(
+    key: Signer, method: str, path: str, body: bytes = b"", *, audience: str
+) -> tuple[str, str]:
+    """The ``Authorization`` header value for one request, and its one-time id."""
+    claims = _claims(method, path, body, audience)
+    token = envelope.sign(claims, key, envelope.TYP_REQUEST)
+    return f"{SCHEME} {token}", claims["jti"]
 
 
 class SignedRequestAuth(httpx.Auth):
-    """httpx auth that signs every request with the control plane's key."""
+    """httpx auth that signs every request for ``audience`` with ``key``.
+
+    ``jti`` is the one-time id of the last request signed: a signed answer (health)
+    echoes it as its nonce.
+    """
 
     requires_request_body = True
 
-    def __init__(self, key: Ed25519PrivateKey) -> None:
+    def __init__(self, key: Signer, audience: str) -> None:
         self._key = key
+        self._audience = audience
+        self.jti: str | None = None
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         target = request.url.raw_path.decode("ascii")
-        request.headers["Authorization"] = authorization(
-            self._key, request.method, target, request.content
+        request.headers["Authorization"], self.jti = authorization(
+            self._key, request.method, target, request.content, audience=self._audience
         )
         yield request
 
 
-class SignedRequestVerifier:
-    """Checks signed requests; remembers recent ids to refuse replays."""
+class ReplayGuard:
+    """One-time ids seen within the skew window, kept in memory and, given a path, in a
+    file, so they stay refused across a restart.
 
-    def __init__(self, trusted: Ed25519PublicKey, max_skew: int = MAX_SKEW_SECONDS) -> None:
-        self._trusted = trusted
-        self._max_skew = max_skew
-        self._seen: OrderedDict[str, float] = OrderedDict()
+    The file is append-only lines of ``<expiry> <id>``, fsynced before a request is let
+    through, and rewritten without the expired ones when it is opened and when it grows.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._path = path
+        self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._lines = 0
+        if path is not None:
+            self._load(path)
 
-    def verify(self, header: str | None, method: str, path: str, body: bytes) -> None:
+    def _load(self, path: Path) -> None:
+        now = time.time()
+        try:
+            text = path.read_text("ascii")
+        except FileNotFoundError:
+            text = ""
+        except (OSError, UnicodeDecodeError):
+            text = ""  # unreadable: start empty; the skew still bounds the window
+        for line in text.splitlines():
+            expiry, _, jti = line.partition(" ")
+            try:
+                until = float(expiry)
+            except ValueError:
+                continue
+            if until > now and jti:
+                self._seen[jti] = until
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        if self._path is None:
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_name(self._path.name + ".tmp")
+        with open(tmp, "w", encoding="ascii") as fh:
+            fh.writelines(f"{until:.0f} {jti}\n" for jti, until in self._seen.items())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._path)
+        self._lines = len(self._seen)
+
+    def first_use(self, jti: str, until: float) -> bool:
+        """Record ``jti`` until ``until``; False if it was seen already."""
+        now = time.time()
+        with self._lock:
+            for old in [k for k, t in self._seen.items() if t <= now]:
+                del self._seen[old]
+            if jti in self._seen:
+                return False
+            self._seen[jti] = until
+            if self._path is not None:
+                if self._lines > 4 * len(self._seen) + 1024:
+                    self._rewrite()
+                else:
+                    with open(self._path, "a", encoding="ascii") as fh:
+                        fh.write(f"{until:.0f} {jti}\n")
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    self._lines += 1
+            return True
+
+
+class SignedRequestVerifier:
+    """Checks signed requests meant for ``audience``; refuses replays via ``replay``.
+
+    ``trusted`` gives the management keys trusted right now (a node's set changes when
+    a config bundle brings a new one).
+    """
+
+    def __init__(
+        self,
+        trusted: Callable[[], Iterable[Ed25519PublicKey]],
+        audience: str,
+        replay: ReplayGuard,
+        max_skew: int = MAX_SKEW_SECONDS,
+    ) -> None:
+        self._trusted = trusted
+        self._audience = audience
+        self._replay = replay
+        self._max_skew = max_skew
+
+    def verify(self, header: str | None, method: str, path: str, body: bytes) -> dict[str, Any]:
+        """The request's claims, once every check holds (else :class:`SignedRequestError`)."""
         if not header or not header.startswith(SCHEME + " "):
             raise SignedRequestError("missing signed authorization")
         try:
             claims = envelope.verify(
-                header[len(SCHEME) + 1 :].strip(), self._trusted, envelope.TYP_REQUEST
+                header[len(SCHEME) + 1 :].strip(), list(self._trusted()), envelope.TYP_REQUEST
             )
         except envelope.EnvelopeError as exc:
             raise SignedRequestError(str(exc)) from None
+        if claims.get("aud") != self._audience:
+            raise SignedRequestError("signature is for another node or gateway")
         if claims.get("method") != method.upper() or claims.get("path") != path:
             raise SignedRequestError("signature is for another request")
         if claims.get("body_sha256") != hashlib.sha256(body).hexdigest():
@@ -92,10 +190,31 @@ class SignedRequestVerifier:
         iat = claims.get("iat")
         if not isinstance(iat, int) or abs(now - iat) > self._max_skew:
             raise SignedRequestError("signature is too old or from the future")
-        jti = str(claims.get("jti", ""))
-        with self._lock:
-            while self._seen and next(iter(self._seen.values())) < now - 2 * self._max_skew:
-                self._seen.popitem(last=False)
-            if not jti or jti in self._seen:
-                raise SignedRequestError("request replayed")
-            self._seen[jti] = now
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not 16 <= len(jti) <= 64:
+            raise SignedRequestError("signature has no one-time id")
+        if not self._replay.first_use(jti, iat + self._max_skew + 1):
+            raise SignedRequestError("request replayed")
+        return claims
+
+
+# --- signed answers ------------------------------------------------------------------
+
+
+def sign_answer(document: dict[str, Any], key: Signer, *, nonce: str, audience: str) -> str:
+    """A node's or gateway's answer (health), signed, bound to the request's one-time id."""
+    body = {**document, "nonce": nonce, "aud": audience, "iat": int(time.time())}
+    return envelope.sign(body, key, envelope.TYP_HEALTH)
+
+
+def open_answer(
+    token: str | bytes, key: Ed25519PublicKey, *, nonce: str, audience: str
+) -> dict[str, Any]:
+    """The answer's document, if ``key`` signed it for our request (else SignedRequestError)."""
+    try:
+        document = envelope.verify(token, key, envelope.TYP_HEALTH)
+    except envelope.EnvelopeError as exc:
+        raise SignedRequestError(f"answer refused: {exc}") from None
+    if document.get("nonce") != nonce or document.get("aud") != audience:
+        raise SignedRequestError("answer is not for this request")
+    return document

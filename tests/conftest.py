@@ -11,13 +11,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from shared import management
 from shared.config import (
     ApiKeySpec,
     ClientLimits,
@@ -28,14 +29,16 @@ from shared.config import (
     new_api_key,
     sign_bundle,
 )
-from shared.keys import CONTROL_PLANE, NODE, ensure_key_pair, load_public_key, write_key_pair
+from shared.keyring import Keyring, dev_keyring
+from shared.keys import NODE, generate_private_key, load_public_key, write_key_pair
 from shared.models import (
     DEFAULT_CONTEXT_SIZE,
     DEFAULT_MODEL_NAME,
     DEFAULT_MODEL_VERSION,
     bundled_gguf_path,
 )
-from shared.signed_request import SignedRequestAuth
+from shared.signed_request import SignedRequestAuth, open_answer
+from shared.trust import CONFIG, MANAGEMENT, TARGET_PURPOSES, TRUST_FILE, KeySet, TrustedKey
 from shared.usage import USAGE_PATH, UsageRecord, open_usage_record
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,6 +80,20 @@ def bundled_model_spec() -> ModelSpec:
     )
 
 
+def throwaway_trust() -> KeySet:
+    """A trust set of fresh config and management keys, for releases nobody verifies."""
+    return KeySet(
+        keys=tuple(TrustedKey.of(generate_private_key().public_key(), p) for p in TARGET_PURPOSES)
+    )
+
+
+def release_fields(trust: KeySet | None = None, **over: Any) -> dict[str, Any]:
+    """``issued_at``, ``expires_at`` (a day on) and ``trust`` of a release made now."""
+    now = datetime.now(UTC)
+    fields = {"issued_at": now, "expires_at": now + timedelta(days=1)}
+    return {**fields, "trust": trust or throwaway_trust(), **over}
+
+
 @dataclass
 class Tenant:
     """A client of a test node, with its plain API key."""
@@ -113,8 +130,16 @@ class Node:
     _pump: threading.Thread | None = None
 
     @property
+    def keyring(self) -> Keyring:
+        return dev_keyring(self.keys)
+
+    @property
     def cp_key(self) -> Any:
-        return ensure_key_pair(self.keys, CONTROL_PLANE)
+        """The control plane's config key (signs bundles)."""
+        return self.keyring.signer(CONFIG)
+
+    def management_auth(self, audience: str = "node-1") -> SignedRequestAuth:
+        return SignedRequestAuth(self.keyring.signer(MANAGEMENT), audience)
 
     def start(self, timeout: float = 120) -> None:
         api_port, mgmt_port = free_port(), free_port()
@@ -122,13 +147,15 @@ class Node:
             [sys.executable, "-m", "data_plane", "serve"],
             cwd=REPO,
             env=child_env(
-                SANCTUM_DP_DATA_DIR=str(self.data_dir),
-                SANCTUM_DP_NODE_ID="node-1",
-                SANCTUM_DP_CONTROL_PLANE_PUBLIC_KEY=str(self.keys / f"{CONTROL_PLANE}.pub"),
-                SANCTUM_DP_NODE_PRIVATE_KEY=str(self.keys / f"{NODE}.key"),
-                SANCTUM_DP_LISTEN__API_PORT=str(api_port),
-                SANCTUM_DP_LISTEN__MANAGEMENT_PORT=str(mgmt_port),
-                **self.env,
+                **{
+                    "SANCTUM_DP_DATA_DIR": str(self.data_dir),
+                    "SANCTUM_DP_NODE_ID": "node-1",
+                    "SANCTUM_DP_TRUST_KEYS": str(self.keys / TRUST_FILE),
+                    "SANCTUM_DP_NODE_PRIVATE_KEY": str(self.keys / f"{NODE}.key"),
+                    "SANCTUM_DP_LISTEN__API_PORT": str(api_port),
+                    "SANCTUM_DP_LISTEN__MANAGEMENT_PORT": str(mgmt_port),
+                    **self.env,
+                }
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -170,20 +197,24 @@ class Node:
 
     def bundle(self, models: list[ModelSpec], tenants: list[Tenant], **kwargs: Any) -> ConfigBundle:
         self.version = kwargs.pop("version", self.version + 1)
+        now = datetime.now(UTC)
         return ConfigBundle(
             version=self.version,
-            issued_at=datetime.now(UTC),
+            issued_at=kwargs.pop("issued_at", now),
+            expires_at=kwargs.pop("expires_at", now + timedelta(days=1)),
+            trust=kwargs.pop("trust", self.keyring.key_set(TARGET_PURPOSES)),
             node=kwargs.pop("node", "node-1"),
             models=tuple(models),
             clients=tuple(t.spec for t in tenants),
             **kwargs,
         )
 
-    def put_config(self, token: str) -> httpx.Response:
+    def put_config(self, token: str, auth: httpx.Auth | None = None) -> httpx.Response:
         return httpx.put(
-            f"{self.management}/internal/config",
+            f"{self.management}{management.CONFIG_PATH}",
             content=token,
-            headers={"Content-Type": "application/jose"},
+            headers={"Content-Type": management.JOSE},
+            auth=auth or self.management_auth(),
             timeout=120,
         )
 
@@ -213,10 +244,22 @@ class Node:
         """Verify a usage record against this node's public key (as the control plane will)."""
         return open_usage_record(token, {"node-1": self.node_public_key})
 
-    def management_client(self, key: Any = None) -> httpx.Client:
+    def management_client(self, key: Any = None, audience: str = "node-1") -> httpx.Client:
         """A client for the management listener whose requests the control plane signed."""
-        return httpx.Client(
-            base_url=self.management, auth=SignedRequestAuth(key or self.cp_key), timeout=60
+        auth = SignedRequestAuth(key, audience) if key else self.management_auth(audience)
+        return httpx.Client(base_url=self.management, auth=auth, timeout=60)
+
+    def health(self) -> dict[str, Any]:
+        """The node's health: a signed request, and the node's signed answer checked."""
+        auth = self.management_auth()
+        response = httpx.get(f"{self.management}{management.HEALTH_PATH}", auth=auth, timeout=30)
+        assert response.status_code == 200, response.text
+        assert auth.jti is not None
+        return open_answer(
+            response.content,
+            self.node_public_key,
+            nonce=auth.jti,
+            audience=management.CONTROL_PLANE_AUDIENCE,
         )
 
     def usage(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
@@ -235,9 +278,9 @@ class Node:
 
 def new_node(tmp: Path, **env: str) -> Node:
     keys = tmp / "keys"
-    for role in (CONTROL_PLANE, NODE):
-        if not (keys / f"{role}.key").exists():
-            write_key_pair(keys, role)
+    dev_keyring(keys)
+    if not (keys / f"{NODE}.key").exists():
+        write_key_pair(keys, NODE)
     return Node(data_dir=tmp / "node", keys=keys, env=env)
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
-from data_plane.errors import Unauthorized
+from data_plane.errors import Unauthorized, Unavailable
 from data_plane.runtime import Runtime
 from data_plane.services.inference import InferenceService
 from data_plane.services.knowledge_bases import KnowledgeBaseService
 from data_plane.services.retrieval import RetrievalService
+from shared import management
 from shared.config import ClientSpec
 from shared.signed_request import SignedRequestError
 
@@ -50,8 +51,15 @@ def current_client(
     scheme, _, key = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("missing API key: send Authorization: Bearer <key>")
+    if runtime.config.current is not None and runtime.config.usable() is None:
+        # Fail closed: an expired bundle may list keys revoked since it was signed.
+        raise Unavailable(
+            "this node's config has expired and it serves nobody until the control plane "
+            "sends a new one",
+            code=management.CONFIG_EXPIRED,
+        )
     client_id = runtime.config.authenticate(key.strip(), time.time())
-    bundle = runtime.config.current
+    bundle = runtime.config.usable()
     client = next((c for c in bundle.clients if c.id == client_id), None) if bundle else None
     if client is None:
         raise Unauthorized("invalid, expired or revoked API key")
@@ -77,18 +85,20 @@ SessionHeader = Annotated[
 ]
 
 
-async def control_plane_signed(request: Request, runtime: RuntimeDep) -> None:
-    """Refuse (401) a management request unless the control plane's key signed it.
+async def control_plane_signed(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+    """Refuse (401) a management request unless a trusted management key signed it for
+    this node; its claims otherwise.
 
     The signature binds the method, the path with its query string exactly as sent, a
-    hash of the body, a recent time and a one-time id (``shared.signed_request``).
+    hash of the body, the audience, a recent time and a one-time id
+    (``shared.signed_request``).
     """
     target = request.scope.get("raw_path") or request.url.path.encode("ascii")
     query = request.scope.get("query_string", b"")
     if query:
         target += b"?" + query
     try:
-        runtime.requests.verify(
+        return runtime.requests.verify(
             request.headers.get("authorization"),
             request.method,
             target.decode("ascii", "replace"),
@@ -99,3 +109,4 @@ async def control_plane_signed(request: Request, runtime: RuntimeDep) -> None:
 
 
 ControlPlaneSigned = Depends(control_plane_signed)
+SignedClaims = Annotated[dict[str, Any], ControlPlaneSigned]

@@ -16,9 +16,10 @@ from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, ValidationError
 from data_plane.api.deps import ControlPlaneSigned, KnowledgeBasesDep
 from data_plane.api.schemas import Text
 from data_plane.services.knowledge_bases import IngestFile
+from shared import management
 
 router = APIRouter(
-    prefix="/internal/knowledge-bases",
+    prefix=management.KNOWLEDGE_BASES_PATH,
     tags=["knowledge bases"],
     dependencies=[ControlPlaneSigned],
 )

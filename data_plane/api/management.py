@@ -1,10 +1,12 @@
 """The management listener's routes: signed config in, usage records out, health.
 
-Bound to the management address only. A config bundle authenticates itself (its
-signature); reading and acknowledging usage records takes a request signed by the
-control plane's key (``shared.signed_request``); health is metadata for the control
-plane's poller, the knowledge bases' names and counts included. The usage contract is
-written up in docs/audit.md; knowledge-base loading is in ``knowledge_bases``.
+Bound to the management address only. Every route takes only a request signed by a
+management key the node trusts and meant for this node (``shared.signed_request``);
+a config bundle is, besides, signed by a config key. Health is metadata for the
+control plane's poller (the knowledge bases' names and counts included), answered as
+a JWS signed by the node's key and bound to the request's one-time id, so an answer
+can't be forged or replayed. The usage contract is written up in docs/audit.md;
+knowledge-base loading is in ``knowledge_bases``.
 """
 
 from __future__ import annotations
@@ -13,17 +15,23 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from data_plane.api.deps import ControlPlaneSigned, RetrievalDep, RuntimeDep
+from data_plane.api.deps import ControlPlaneSigned, RetrievalDep, RuntimeDep, SignedClaims
 from data_plane.config_store import ConfigRejected
 from data_plane.engine.base import Engine
 from data_plane.errors import BadRequest, Unprocessable
+from data_plane.runtime import Runtime
+from data_plane.services.retrieval import RetrievalService
+from shared import management
 from shared.keys import key_id, public_jwk
+from shared.signed_request import sign_answer
 from shared.usage import (
     MAX_COUNT,
     MAX_PAGE,
+    USAGE_ACK_PATH,
+    USAGE_PATH,
     OutboxItem,
     UsageAck,
     UsageAckResult,
@@ -34,8 +42,10 @@ from shared.usage import (
 router = APIRouter(prefix="/internal", tags=["management"])
 
 
-@router.put("/config", response_model=None)
-async def put_config(request: Request, runtime: RuntimeDep) -> dict[str, Any] | JSONResponse:
+@router.put(management.CONFIG_PATH.removeprefix("/internal"), response_model=None)
+async def put_config(
+    request: Request, runtime: RuntimeDep, _: SignedClaims
+) -> dict[str, Any] | JSONResponse:
     """Apply a signed config bundle (``application/jose``: the compact JWS)."""
     body = await request.body()
     try:
@@ -44,7 +54,7 @@ async def put_config(request: Request, runtime: RuntimeDep) -> dict[str, Any] | 
         token = ""
     try:
         if not token:
-            raise ConfigRejected(400, "invalid_config", "body must be a compact JWS")
+            raise ConfigRejected(400, management.INVALID_CONFIG, "body must be a compact JWS")
         bundle = await runtime.apply_config(token)
     except ConfigRejected as exc:
         return JSONResponse(
@@ -62,18 +72,32 @@ async def put_config(request: Request, runtime: RuntimeDep) -> dict[str, Any] | 
     return {"version": bundle.version, "applied": True}
 
 
-@router.get("/health")
-async def health(runtime: RuntimeDep, retrieval: RetrievalDep) -> dict[str, Any]:
+@router.get(management.HEALTH_PATH.removeprefix("/internal"), response_class=Response)
+async def health(runtime: RuntimeDep, retrieval: RetrievalDep, claims: SignedClaims) -> Response:
+    """The node's health, signed by its key for this request (``application/jose``)."""
+    document = await _health(runtime, retrieval)
+    token = sign_answer(
+        document,
+        runtime.node_key,
+        nonce=claims["jti"],
+        audience=management.CONTROL_PLANE_AUDIENCE,
+    )
+    return Response(token, media_type=management.JOSE)
+
+
+async def _health(runtime: Runtime, retrieval: RetrievalService) -> dict[str, Any]:
     bundle = runtime.config.current
+    problems = runtime.config.problems()
     knowledge_bases = (
         await runtime.retrieval.store.knowledge_bases() if runtime.retrieval is not None else []
     )
     outbox = runtime.usage.outbox
     public = runtime.node_key.public_key()
     return {
-        "status": "ok",
+        "status": "degraded" if bundle is not None and problems else "ok",
         "node": runtime.settings.node_id,
-        "config_version": bundle.version if bundle else None,
+        **runtime.config.summary(),
+        "problems": problems,
         "models": [
             {
                 "name": e.info.name,
@@ -124,7 +148,7 @@ def _engine_health(engine: Engine) -> dict[str, Any]:
     }
 
 
-@router.get("/usage", dependencies=[ControlPlaneSigned])
+@router.get(USAGE_PATH.removeprefix("/internal"), dependencies=[ControlPlaneSigned])
 async def list_usage(
     runtime: RuntimeDep,
     after: Annotated[
@@ -144,7 +168,7 @@ async def list_usage(
     )
 
 
-@router.post("/usage/ack", dependencies=[ControlPlaneSigned])
+@router.post(USAGE_ACK_PATH.removeprefix("/internal"), dependencies=[ControlPlaneSigned])
 async def ack_usage(request: Request, runtime: RuntimeDep) -> UsageAckResult:
     """The control plane has stored these records: the node may drop them (after the
     receipt retention). Acknowledging again, or what the node does not know, is harmless."""

@@ -6,6 +6,11 @@ change the machine: ``wg syncconf``, swap nginx's config and reload it, reload i
 Nothing on the machine changes until everything that can be checked has been; if a
 later step fails, WireGuard is put back to the last good config, nginx keeps its last
 good file, and the new config is not saved, so the control plane's next push retries.
+
+A config that expires is taken down by itself (:meth:`GatewayAgent.watch_expiry`):
+every peer is removed from WireGuard and nginx answers 444 to all, until the control
+plane's next config arrives. A gateway that can't hear from the control plane fails
+closed rather than keep peers that may have been disabled since.
 """
 
 from __future__ import annotations
@@ -13,17 +18,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
-from data_plane.config_store import ConfigRejected
+from data_plane.config_store import ConfigRejected, ReleaseStore, TrustStore
 from data_plane.gateway.commands import CommandFailed
 from data_plane.gateway.firewall import Firewall
 from data_plane.gateway.nginx import Nginx, NginxCheckFailed, TemplateError
 from data_plane.gateway.settings import GatewaySettings
-from data_plane.gateway.store import GatewayConfigStore
 from data_plane.gateway.wireguard import InterfaceMissing, WireGuard
-from shared.gateway import GatewayConfig, SealError, open_preshared_key
-from shared.keys import load_public_key
+from shared.gateway import GatewayConfig, SealError, open_gateway_config, open_preshared_key
+from shared.keys import ensure_key_pair, load_private_key
+from shared.signed_request import ReplayGuard, SignedRequestVerifier
+from shared.trust import MANAGEMENT
 from shared.wireguard import WireGuardKeyError, key_bytes, public_key
 
 logger = logging.getLogger(__name__)
@@ -41,9 +48,25 @@ class GatewayAgent:
         firewall: Firewall | None = None,
     ) -> None:
         self.settings = settings
-        self.store = GatewayConfigStore(
-            settings.config_path, load_public_key(settings.control_plane_key_path), settings.name
+        trust = TrustStore(settings.trust_keys_path, settings.state_dir / "trust.json")
+        self.store: ReleaseStore[GatewayConfig] = ReleaseStore(
+            settings.config_path.parent,
+            settings.config_path.name.removesuffix(".jws"),
+            settings.name,
+            trust,
+            open_gateway_config,
         )
+        self.requests = SignedRequestVerifier(
+            lambda: trust.public_keys(MANAGEMENT),
+            settings.name,
+            ReplayGuard(settings.state_dir / "replay.log"),
+        )
+        self.signing_key = (
+            load_private_key(settings.signing_key)
+            if settings.signing_key is not None
+            else ensure_key_pair(settings.keys_dir, "gateway")
+        )
+        self._closed_for_expiry = False
         self.wireguard = wireguard or WireGuard(settings.wireguard)
         self.nginx = nginx or Nginx(settings)
         self.firewall = firewall or Firewall(settings.firewall)
@@ -103,7 +126,7 @@ class GatewayAgent:
                 logger.info("gateway started without config: every connection gets 444")
                 return
             token, config = saved
-            await self._apply(config)
+            await self._apply(self._effective(config))
             self.store.commit(token, config)
             logger.info("gateway started with saved config version=%d", config.version)
         except (ConfigRejected, CommandFailed, NginxCheckFailed, TemplateError) as exc:
@@ -120,6 +143,7 @@ class GatewayAgent:
                 self.last_error = f"version {config.version}: {exc.message}"
                 raise
             self.store.commit(token, config)
+            self._closed_for_expiry = False
             self.last_error = None
             self.applied_at = time.time()
             logger.info(
@@ -130,6 +154,28 @@ class GatewayAgent:
                 len(config.upstreams),
             )
             return config
+
+    def _effective(self, config: GatewayConfig) -> GatewayConfig:
+        """``config``, or once it has expired the same with no peer at all."""
+        if not config.expired(datetime.now(UTC)):
+            return config
+        self._closed_for_expiry = True
+        return config.model_copy(update={"peers": (), "allow": ()})
+
+    async def watch_expiry(self, every: float = 5.0) -> None:
+        """Take the peers down when the held config expires (runs for the agent's life)."""
+        while True:
+            await asyncio.sleep(every)
+            config = self.store.current
+            if config is None or self._closed_for_expiry:
+                continue
+            if config.expired(datetime.now(UTC)):
+                async with self._lock:
+                    try:
+                        await self._apply(self._effective(config))
+                    except ConfigRejected as exc:
+                        self.last_error = f"closing expired config: {exc.message}"
+                logger.warning("gateway config version=%d expired: peers removed", config.version)
 
     async def _apply(self, config: GatewayConfig) -> None:
         private = self.private_key()
@@ -164,7 +210,9 @@ class GatewayAgent:
         if previous is None:
             return
         try:
-            await self.wireguard.sync(previous, private, self._open_psks(previous, private))
+            await self.wireguard.sync(
+                self._effective(previous), private, self._open_psks(previous, private)
+            )
             logger.warning("wireguard put back to version=%d", previous.version)
         except (CommandFailed, InterfaceMissing, ConfigRejected) as exc:
             logger.error("wireguard could not be put back: %s", _describe(exc))
@@ -178,6 +226,7 @@ class GatewayAgent:
         interface: dict[str, Any] | None = None
         peers: list[dict[str, Any]] = []
         problems = [self.last_error] if self.last_error else []
+        problems += self.store.problems() if config is not None else []
         if iface_name:
             try:
                 status = await self.wireguard.status(iface_name)
@@ -209,7 +258,7 @@ class GatewayAgent:
         return {
             "status": "ok" if not problems else "degraded",
             "gateway": self.settings.name,
-            "config_version": config.version if config else None,
+            **self.store.summary(),
             "applied_at": int(self.applied_at) if self.applied_at else None,
             "interface": interface,
             "nginx": {"running": nginx_running},

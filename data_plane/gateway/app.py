@@ -1,10 +1,11 @@
-"""The gateway agent's management listener: signed config in, health out.
+"""The gateway agent's management listener: signed config in, signed health out.
 
-Bound to the management address only. ``PUT /internal/config`` takes the signed gateway
-config (the envelope authenticates itself); every other route needs a request signed by
-the control plane's key (``shared.signed_request``). Errors come in the same shape as
-the data plane's management listener. This app imports nothing of the inference stack:
-a gateway has no model.
+Bound to the management address only. Every route takes only a request signed by a
+management key the gateway trusts and meant for this gateway
+(``shared.signed_request``); the config is, besides, signed by a config key. Health is
+answered as a JWS signed by the gateway's key, bound to the request's one-time id.
+Errors come in the same shape as the data plane's management listener. This app
+imports nothing of the inference stack: a gateway has no model.
 """
 
 from __future__ import annotations
@@ -15,16 +16,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from data_plane.config_store import ConfigRejected
 from data_plane.gateway.agent import GatewayAgent
-from shared.signed_request import SignedRequestError, SignedRequestVerifier
+from shared import management
+from shared.signed_request import SignedRequestError, sign_answer
 
 logger = logging.getLogger("data_plane.gateway.access")
-
-JOSE = "application/jose"
 
 
 def _error(status: int, message: str, code: str | None, type_: str = "invalid_request_error"):
@@ -57,7 +57,19 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(agent: GatewayAgent, verifier: SignedRequestVerifier) -> FastAPI:
+def _signed(request: Request, body: bytes) -> dict[str, Any] | JSONResponse:
+    """The request's claims, or the 401 to answer when it is not a signed request for us."""
+    agent: GatewayAgent = request.app.state.agent
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    try:
+        return agent.requests.verify(
+            request.headers.get("authorization"), request.method, target, body
+        )
+    except SignedRequestError as exc:
+        return _error(401, str(exc), "invalid_signature", "authentication_error")
+
+
+def create_app(agent: GatewayAgent) -> FastAPI:
     app = FastAPI(
         title="Sanctum gateway agent",
         version="1",
@@ -68,18 +80,21 @@ def create_app(agent: GatewayAgent, verifier: SignedRequestVerifier) -> FastAPI:
     app.state.agent = agent
     limit = agent.settings.max_config_bytes
 
-    @app.put("/internal/config", response_model=None)
+    @app.put(management.CONFIG_PATH, response_model=None)
     async def put_config(request: Request) -> dict[str, Any] | JSONResponse:
         """Apply a signed gateway config (``application/jose``: the compact JWS)."""
         body = await _read_body(request, limit)
         if body is None:
             return _error(413, f"config exceeds {limit} bytes", "payload_too_large")
+        claims = _signed(request, body)
+        if isinstance(claims, JSONResponse):
+            return claims
         try:
             token = body.decode("ascii").strip()
         except UnicodeDecodeError:
             token = ""
         if not token:
-            return _error(400, "body must be a compact JWS", "invalid_config")
+            return _error(400, "body must be a compact JWS", management.INVALID_CONFIG)
         try:
             config = await agent.apply(token)
         except ConfigRejected as exc:
@@ -91,15 +106,19 @@ def create_app(agent: GatewayAgent, verifier: SignedRequestVerifier) -> FastAPI:
             "peers": len(config.enabled_peers()),
         }
 
-    @app.get("/internal/health", response_model=None)
-    async def health(request: Request) -> dict[str, Any] | JSONResponse:
-        """Config version, interface and per-peer latest handshake. Signed requests only."""
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        try:
-            verifier.verify(request.headers.get("authorization"), "GET", target, b"")
-        except SignedRequestError as exc:
-            return _error(401, str(exc), "unauthorized", "authentication_error")
-        return await agent.health()
+    @app.get(management.HEALTH_PATH, response_model=None)
+    async def health(request: Request) -> Response:
+        """Config version, interface and per-peer latest handshake, signed for the caller."""
+        claims = _signed(request, b"")
+        if isinstance(claims, JSONResponse):
+            return claims
+        token = sign_answer(
+            await agent.health(),
+            agent.signing_key,
+            nonce=claims["jti"],
+            audience=management.CONTROL_PLANE_AUDIENCE,
+        )
+        return Response(token, media_type=management.JOSE)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -17,8 +17,6 @@ from data_plane.gateway.agent import GatewayAgent
 from data_plane.gateway.app import create_app
 from data_plane.gateway.settings import GatewaySettings
 from data_plane.logs import configure_logging
-from shared.keys import load_public_key
-from shared.signed_request import SignedRequestVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +40,9 @@ async def serve(settings: GatewaySettings) -> None:
     _check_install(settings)
     agent = GatewayAgent(settings)
     await agent.start()
-    verifier = SignedRequestVerifier(load_public_key(settings.control_plane_key_path))
+    watcher = asyncio.create_task(agent.watch_expiry(), name="config-expiry")
     config = uvicorn.Config(
-        create_app(agent, verifier),
+        create_app(agent),
         host=settings.listen.host,
         port=settings.listen.port,
         lifespan="off",
@@ -61,6 +59,7 @@ async def serve(settings: GatewaySettings) -> None:
         print(f"SANCTUM_GW_READY management=http://{settings.listen.host}:{port}", flush=True)
         logger.info("gateway agent ready gateway=%s", settings.name)
     await task
+    watcher.cancel()
     if not server.started:
         raise SystemExit(1)
 

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.trust import TRUST_FILE
+
 # The repository's infra/ folder: the agent is deployed from a checkout (see
 # docs/network.md), and the provisioning script points these at the installed copy.
 INFRA_DIR = Path(__file__).resolve().parents[2] / "infra"
@@ -70,8 +72,15 @@ class GatewaySettings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     name: str = "gateway-1"
     state_dir: Path = Path("var/gateway")
-    control_plane_public_key: Path | None = Field(
-        default=None, description="PEM of the key that signs config (default: state_dir/keys)"
+    trust_keys: Path | None = Field(
+        default=None,
+        description="the control plane's published key set, JSON (default: "
+        "state_dir/keys/control-plane-keys.json)",
+    )
+    signing_key: Path | None = Field(
+        default=None,
+        description="PEM of this gateway's Ed25519 key, which signs its health answers "
+        "(default: state_dir/keys/gateway.key, made on first start in development)",
     )
     http_port: int = Field(
         default=80, ge=1, le=65535, description="nginx's port until a config names one"
@@ -86,10 +95,15 @@ class GatewaySettings(BaseSettings):
     @model_validator(mode="after")
     def _production_needs_explicit_paths(self) -> GatewaySettings:
         if self.environment == "production":
-            if self.control_plane_public_key is None:
+            if self.trust_keys is None:
                 raise ValueError(
-                    "production needs SANCTUM_GW_CONTROL_PLANE_PUBLIC_KEY: a gateway must not "
-                    "trust a key it found lying in its own state directory"
+                    "production needs SANCTUM_GW_TRUST_KEYS: a gateway must not trust keys "
+                    "it found lying in its own state directory"
+                )
+            if self.signing_key is None:
+                raise ValueError(
+                    "production needs SANCTUM_GW_SIGNING_KEY: the key is provisioned and "
+                    "registered with the control plane, never made up at start"
                 )
             if self.firewall.script is None:
                 raise ValueError(
@@ -98,8 +112,12 @@ class GatewaySettings(BaseSettings):
         return self
 
     @property
-    def control_plane_key_path(self) -> Path:
-        return self.control_plane_public_key or self.state_dir / "keys" / "control-plane.pub"
+    def trust_keys_path(self) -> Path:
+        return self.trust_keys or self.keys_dir / TRUST_FILE
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.state_dir / "keys"
 
     @property
     def wireguard_key_path(self) -> Path:

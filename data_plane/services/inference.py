@@ -94,7 +94,7 @@ class InferenceService:
     # --- lookups -------------------------------------------------------------------------
 
     def model_for(self, client: ClientSpec, name: str) -> tuple[ModelSpec, Engine]:
-        bundle = self.runtime.config.current
+        bundle = self.runtime.config.usable()
         spec = bundle.model(name) if bundle else None
         if spec is None:
             # Named by ``param``, not quoted: an error never echoes what was sent.
@@ -107,7 +107,7 @@ class InferenceService:
         return spec, engine
 
     def allowed_models(self, client: ClientSpec) -> list[ModelSpec]:
-        bundle = self.runtime.config.current
+        bundle = self.runtime.config.usable()
         if bundle is None:
             return []
         return [m for m in bundle.models if m.name in client.models]

@@ -9,9 +9,11 @@
   the control plane) extends the one saved in OLD (a checkpoint, or a bundle or
   consistency file holding one).
 
-``--log-key FILE`` pins the control plane's log key (a PEM public key, an Ed25519 JWK
-JSON file, or a signed-note verifier key ``name+keyid+base64``); without it the key the
-file carries is used, and the output says so. Exit status: 0 when every check holds,
+``--log-key FILE`` pins the control plane's log key: its published key set
+(``control-plane-keys.json``, every log key it has signed with, so tree heads signed
+before and after a rotation verify), a PEM public key, an Ed25519 JWK JSON file, or a
+signed-note verifier key ``name+keyid+base64``; a private key file is refused. Without
+it the key the file carries is used, and the output says so. Exit status: 0 when every check holds,
 1 when one fails (each failure is printed, naming the receipt and the check), 2 when a
 file can't be read or the arguments are wrong.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.checkpoint import CheckpointError, parse_verifier_key
-from shared.keys import KeyFileError, load_public_key
+from shared.keys import KeyFileError, key_id, load_public_key
 from shared.ledger import (
     BundleReport,
     ConsistencyReport,
@@ -36,6 +38,7 @@ from shared.ledger import (
     verify_consistency_files,
     verify_held_receipt,
 )
+from shared.trust import LOG, KeySet
 
 DESCRIPTION = """\
   sanctum verify BUNDLE                  node signatures, inclusion proofs, tree head
@@ -82,14 +85,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--log-key",
         metavar="FILE",
         type=Path,
-        help="the control plane's log public key (PEM, JWK or note verifier key)",
+        help="the control plane's published key set, or its log public key (PEM, JWK "
+        "or note verifier key)",
     )
     parser.add_argument("--origin", help="the log's expected origin (checkpoint first line)")
     parser.set_defaults(func=run)
 
 
-def load_log_key(path: Path) -> tuple[str | None, Ed25519PublicKey]:
-    """Read a pinned log key: PEM, JWK JSON, or ``name+keyid+base64`` (which names it too)."""
+def load_log_key(path: Path, checked: Path | None = None) -> tuple[str | None, Ed25519PublicKey]:
+    """Read a pinned log key: a key set, PEM, JWK JSON, or ``name+keyid+base64`` (which
+    names it too). From a key set, the log key the file to check (``checked``) names,
+    if the set holds it; else the set's first log key (and the check fails)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -98,11 +104,26 @@ def load_log_key(path: Path) -> tuple[str | None, Ed25519PublicKey]:
     try:
         if text.startswith("-----BEGIN"):
             return None, load_public_key(path)
+        if text.startswith("{") and '"keys"' in text:
+            return None, _from_key_set(KeySet.parse(text, source=str(path)), checked)
         if text.startswith("{"):
             return None, PublicJwk.model_validate(json.loads(text)).public_key()
         return parse_verifier_key(text)
     except (KeyFileError, CheckpointError, ValueError) as exc:
         raise _InputError(f"log key {path} is not an Ed25519 public key: {exc}") from None
+
+
+def _from_key_set(keys: KeySet, checked: Path | None) -> Ed25519PublicKey:
+    published = keys.public_keys(LOG, now=0)
+    if not published:
+        raise ValueError("the key set holds no log key")
+    try:
+        carried = checked.read_bytes() if checked is not None else b"{}"
+        jwk = json.loads(carried).get("log_key", {}).get("jwk", {})
+        named = PublicJwk.model_validate(jwk).public_key()
+    except (OSError, ValueError, AttributeError):
+        return published[0]
+    return next((k for k in published if key_id(k) == key_id(named)), published[0])
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -148,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: sanctum verify takes {usage}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        name, key = load_log_key(args.log_key) if args.log_key else (None, None)
+        name, key = load_log_key(args.log_key, files[-1]) if args.log_key else (None, None)
         if args.consistency:
             report_c = verify_consistency_files(
                 _read(files[0], "OLD"),

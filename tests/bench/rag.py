@@ -24,7 +24,6 @@ import os
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +45,16 @@ from shared.config import (
     new_api_key,
     sign_bundle,
 )
-from shared.keys import CONTROL_PLANE, ensure_key_pair
+from shared.keyring import dev_keyring
 from shared.models import (
     DEFAULT_CONTEXT_SIZE,
     DEFAULT_MODEL_NAME,
     DEFAULT_MODEL_VERSION,
     bundled_gguf_path,
 )
+from shared.trust import CONFIG, TARGET_PURPOSES, TRUST_FILE
 from tests.bench import write_section
+from tests.conftest import release_fields
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "rag" / "corpus"
 INGEST_COPIES = 8  # the test corpus, eight times over (distinct documents): ~260 chunks
@@ -81,10 +82,11 @@ def ms(seconds: float) -> str:
 
 async def build_runtime(tmp: Path) -> tuple[Runtime, ClientSpec]:
     keys = tmp / "keys"
-    key = ensure_key_pair(keys, CONTROL_PLANE)
+    ring = dev_keyring(keys)
+    key = ring.signer(CONFIG)
     settings = Settings(
         data_dir=tmp / "node",
-        control_plane_public_key=keys / f"{CONTROL_PLANE}.pub",
+        trust_keys=keys / TRUST_FILE,
         listen=ListenSettings(),
     )
     runtime = Runtime(settings)
@@ -99,7 +101,7 @@ async def build_runtime(tmp: Path) -> tuple[Runtime, ClientSpec]:
     )
     bundle = ConfigBundle(
         version=1,
-        issued_at=datetime.now(UTC),
+        **release_fields(ring.key_set(TARGET_PURPOSES)),
         node=settings.node_id,
         models=(
             ModelSpec(

@@ -1,4 +1,6 @@
-"""Config is applied only when signed by the control plane, newer, and pinning real files.
+"""Config is applied only when pushed by a signed management request for this node,
+signed by a trusted config key, unexpired, above the version floor, and pinning real
+files.
 
 Every refusal leaves the previous bundle serving, which each test checks by using the
 key that bundle holds.
@@ -9,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -16,8 +19,12 @@ import pytest
 
 from shared.config import ModelSpec, sign_bundle
 from shared.keys import generate_private_key
+from shared.management import CONFIG_PATH, HEALTH_PATH, JOSE
 from shared.models import DEFAULT_MODEL_NAME
-from tests.conftest import Node, make_tenant
+from shared.signed_request import SignedRequestAuth, SignedRequestError, authorization, open_answer
+from shared.trust import MANAGEMENT
+from shared.usage import USAGE_PATH
+from tests.conftest import Node, make_tenant, wait_until
 
 pytestmark = pytest.mark.model
 
@@ -48,7 +55,7 @@ def running(fresh_node: Node, model_spec: ModelSpec) -> tuple[Node, str]:
 
 
 def health(node: Node) -> dict:
-    return httpx.get(f"{node.management}/internal/health", timeout=60).json()
+    return node.health()
 
 
 def refused(node: Node, token: str, status: int, code: str) -> None:
@@ -154,15 +161,14 @@ def test_bundle_for_another_node_is_refused(
 ) -> None:
     node, key = running
     token = sign_bundle(node.bundle([model_spec], [], node="node-2"), node.cp_key)
-    refused(node, token, 409, "wrong_node")
+    refused(node, token, 409, "wrong_target")
     assert serving(node, key)
 
 
 def test_garbage_is_refused(running: tuple[Node, str]) -> None:
     node, key = running
     refused(node, "not a jws", 401, "bad_signature")
-    r = httpx.put(f"{node.management}/internal/config", content=b"\xff\xfe", timeout=60)
-    assert r.status_code == 400
+    assert node.put_config(b"\xff\xfe").status_code == 400  # type: ignore[arg-type]
     assert serving(node, key)
 
 
@@ -187,3 +193,119 @@ def test_saved_config_changed_on_disk_is_not_trusted(running: tuple[Node, str]) 
     node.start()
     assert health(node)["config_version"] is None
     assert not serving(node, key)
+
+
+# --- the version floor, expiry and signed pushes ------------------------------------------
+
+
+def test_an_older_bundle_is_refused_after_a_restart_whose_saved_bundle_no_longer_verifies(
+    running: tuple[Node, str], model_spec: ModelSpec
+) -> None:
+    node, first_key = running
+    tenant = make_tenant("second", (DEFAULT_MODEL_NAME,))
+    older = sign_bundle(node.bundle([model_spec], [make_tenant("old", ())]), node.cp_key)
+    node.push([model_spec], [tenant])  # version 3 applied; version 2 was never sent
+    node.stop()
+    saved = node.data_dir / "state" / "config.jws"
+    header, payload, signature = saved.read_text().split(".")
+    saved.write_text(f"{header}.{payload[:-2]}AA.{signature}")
+    node.start()
+    assert health(node)["config_version"] is None  # the saved bundle is not trusted...
+    assert health(node)["version_floor"] == 3  # ...but the floor it set stays
+    refused(node, older, 409, "stale_version")
+    assert not serving(node, first_key)
+
+
+def test_an_expired_bundle_is_refused(running: tuple[Node, str], model_spec: ModelSpec) -> None:
+    node, key = running
+    past = datetime.now(UTC) - timedelta(hours=2)
+    expired = node.bundle([model_spec], [], issued_at=past, expires_at=past + timedelta(hours=1))
+    refused(node, sign_bundle(expired, node.cp_key), 422, "config_expired")
+    assert serving(node, key)
+
+
+def test_a_node_whose_bundle_expires_refuses_clients_until_a_new_one(
+    running: tuple[Node, str], model_spec: ModelSpec
+) -> None:
+    node, _ = running
+    tenant = make_tenant("brief", (DEFAULT_MODEL_NAME,))
+    soon = datetime.now(UTC) + timedelta(seconds=4)
+    response = node.put_config(
+        sign_bundle(node.bundle([model_spec], [tenant], expires_at=soon), node.cp_key)
+    )
+    assert response.status_code == 200, response.text
+    assert serving(node, tenant.key)
+    assert wait_until(lambda: datetime.now(UTC) > soon, timeout=10)
+    answer = httpx.get(
+        f"{node.api}/v1/models", headers={"Authorization": f"Bearer {tenant.key}"}, timeout=60
+    )
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "config_expired"
+    report = health(node)
+    assert report["status"] == "degraded"
+    assert any("expired" in p for p in report["problems"])
+    node.push([model_spec], [tenant])
+    assert serving(node, tenant.key)
+
+
+def test_a_config_push_must_be_a_signed_request_for_this_node(
+    running: tuple[Node, str], model_spec: ModelSpec
+) -> None:
+    node, key = running
+    tenant = make_tenant("pushed", (DEFAULT_MODEL_NAME,))
+    token = sign_bundle(node.bundle([model_spec], [tenant]), node.cp_key)
+    unsigned = httpx.put(f"{node.management}{CONFIG_PATH}", content=token, timeout=60)
+    for_node_2 = node.put_config(token, auth=node.management_auth("node-2"))
+    by_config_key = node.put_config(token, auth=SignedRequestAuth(node.cp_key, "node-1"))
+    for response in (unsigned, for_node_2, by_config_key):
+        assert response.status_code == 401, response.text
+        assert response.json()["error"]["code"] == "invalid_signature"
+    assert serving(node, key) and not serving(node, tenant.key)
+    assert node.put_config(token).status_code == 200
+    assert serving(node, tenant.key)
+
+
+def test_health_takes_only_signed_requests_and_answers_signed(fresh_node: Node) -> None:
+    fresh_node.start()
+    url = f"{fresh_node.management}{HEALTH_PATH}"
+    unsigned = httpx.get(url, timeout=60)
+    by_config_key = httpx.get(url, auth=SignedRequestAuth(fresh_node.cp_key, "node-1"))
+    for response in (unsigned, by_config_key):
+        assert response.status_code == 401
+        assert "node-1" not in response.text  # tells nothing about the node
+    auth = fresh_node.management_auth()
+    answer = httpx.get(url, auth=auth, timeout=60)
+    assert answer.headers["content-type"] == JOSE
+    document = open_answer(
+        answer.content, fresh_node.node_public_key, nonce=str(auth.jti), audience="control-plane"
+    )
+    assert document["node"] == "node-1"
+    with pytest.raises(SignedRequestError):  # an old answer is no answer to a new request
+        open_answer(
+            answer.content, fresh_node.node_public_key, nonce="0" * 32, audience="control-plane"
+        )
+
+
+def test_a_management_request_is_refused_replayed_to_another_node_or_after_a_restart(
+    fresh_node: Node, tmp_path: Path
+) -> None:
+    other = Node(data_dir=tmp_path / "node-2", keys=fresh_node.keys)
+    other.env["SANCTUM_DP_NODE_ID"] = "node-2"
+    fresh_node.start()
+    other.start()
+    try:
+        header, _ = authorization(
+            fresh_node.keyring.signer(MANAGEMENT), "GET", USAGE_PATH, audience="node-1"
+        )
+        signed = {"Authorization": header}
+        assert httpx.get(f"{fresh_node.management}{USAGE_PATH}", headers=signed).status_code == 200
+        to_other = httpx.get(f"{other.management}{USAGE_PATH}", headers=signed)
+        assert to_other.status_code == 401
+        assert "another node" in to_other.json()["error"]["message"]
+        fresh_node.stop()
+        fresh_node.start()
+        again = httpx.get(f"{fresh_node.management}{USAGE_PATH}", headers=signed)
+        assert again.status_code == 401
+        assert "replayed" in again.json()["error"]["message"]
+    finally:
+        other.stop()

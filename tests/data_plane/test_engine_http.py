@@ -59,8 +59,7 @@ def _stream(node: Node, tenant: Tenant, stack: ExitStack, **extra: Any) -> Itera
 
 def _idle(node: Node) -> None:
     """Wait until the previous test's requests are gone (their one-shot sessions ended)."""
-    health = f"{node.management}/internal/health"
-    assert wait_until(lambda: httpx.get(health).json()["sessions_open"] == 0, timeout=60)
+    assert wait_until(lambda: node.health()["sessions_open"] == 0, timeout=60)
 
 
 def _next_text(lines: Iterator[str]) -> str:

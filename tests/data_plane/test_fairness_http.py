@@ -75,12 +75,11 @@ def test_b_is_answered_while_a_keeps_32_streams_going(
         ):
             streams = [asyncio.create_task(a_stream(ca)) for _ in range(A_STREAMS)]
             await asyncio.wait_for(started.wait(), 300)
-            async with httpx.AsyncClient(base_url=node.management) as m:
-                for _ in range(600):  # every slot is A's, and the other 24 of A's wait
-                    health = (await m.get("/internal/health")).json()["engines"][0]
-                    if (health["running"], health["waiting"]) == (8, A_STREAMS - 8):
-                        break
-                    await asyncio.sleep(0.1)
+            for _ in range(600):  # every slot is A's, and the other 24 of A's wait
+                health = (await asyncio.to_thread(node.health))["engines"][0]
+                if (health["running"], health["waiting"]) == (8, A_STREAMS - 8):
+                    break
+                await asyncio.sleep(0.1)
             assert (health["running"], health["waiting"]) == (8, A_STREAMS - 8)
             b_statuses = []
             for _ in range(5):
@@ -98,8 +97,7 @@ def test_b_is_answered_while_a_keeps_32_streams_going(
             for task in streams:
                 task.cancel()
             await asyncio.gather(*streams, return_exceptions=True)
-            async with httpx.AsyncClient(base_url=node.management) as m:
-                paused = (await m.get("/internal/health")).json()["engines"][0]
+            paused = (await asyncio.to_thread(node.health))["engines"][0]
         return b_statuses, [a_finished_meanwhile], paused["paused"]
 
     b_statuses, (a_finished,), paused = asyncio.run(main())

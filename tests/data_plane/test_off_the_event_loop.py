@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,9 @@ from data_plane.app import create_app
 from data_plane.runtime import Runtime
 from data_plane.settings import Settings
 from shared.config import ConfigBundle, ModelSpec, sign_bundle
-from shared.keys import CONTROL_PLANE, ensure_key_pair
-from tests.conftest import make_tenant
+from shared.keyring import dev_keyring
+from shared.trust import CONFIG, TARGET_PURPOSES
+from tests.conftest import make_tenant, release_fields
 
 pytestmark = pytest.mark.model
 
@@ -48,12 +48,13 @@ def test_another_client_is_answered_while_a_prompt_is_being_built(
         retrieval={"enabled": False},
         engine={"context_size": 512, "max_sequences": 2, "threads": 2},
     )
-    cp_key = ensure_key_pair(settings.keys_dir, CONTROL_PLANE)
+    ring = dev_keyring(settings.keys_dir)
+    cp_key = ring.signer(CONFIG)
     slow, fast = make_tenant("slow", ("m",)), make_tenant("fast", ("m",))
     spec = model_spec.model_copy(update={"name": "m"})
     bundle = ConfigBundle(
         version=1,
-        issued_at=datetime.now(UTC),
+        **release_fields(ring.key_set(TARGET_PURPOSES)),
         node=settings.node_id,
         models=(spec,),
         clients=(slow.spec, fast.spec),

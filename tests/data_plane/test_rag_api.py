@@ -199,7 +199,7 @@ def test_a_client_never_retrieves_another_clients_chunks(
 
 
 def session_documents_on_node(node: Node) -> int:
-    count: int = httpx.get(f"{node.management}/internal/health").json()["session_documents"]
+    count: int = node.health()["session_documents"]
     return count
 
 
@@ -368,7 +368,7 @@ def test_embeddings_need_permission_and_good_input(rag_node: Node, rag_tenants: 
 
 
 def test_health_reports_the_knowledge_bases(rag_node: Node) -> None:
-    health = httpx.get(f"{rag_node.management}/internal/health").json()
+    health = rag_node.health()
     kbs = {(kb["client"], kb["name"]): kb for kb in health["knowledge_bases"]}
     assert kbs[("acme", "handbook")]["documents"] == 14
     assert kbs[("acme", "handbook")]["chunks"] >= 14

@@ -15,16 +15,17 @@ import httpx
 import pytest
 
 from shared.config import ClientLimits, ModelSpec
+from shared.keyring import dev_keyring
 from shared.keys import (
-    CONTROL_PLANE,
     generate_private_key,
     key_id,
     load_private_key,
     public_jwk,
-    write_key_pair,
 )
+from shared.management import HEALTH_PATH
 from shared.models import DEFAULT_MODEL_NAME
-from shared.signed_request import authorization
+from shared.signed_request import SignedRequestAuth, authorization, open_answer
+from shared.trust import MANAGEMENT, TRUST_FILE
 from shared.usage import (
     USAGE_ACK_PATH,
     USAGE_PATH,
@@ -212,32 +213,39 @@ def test_management_usage_refuses_requests_not_signed_by_the_control_plane(
     mnode: Node, erin: Tenant
 ) -> None:
     url = f"{mnode.management}{USAGE_PATH}"
+    mgmt = mnode.keyring.signer(MANAGEMENT)
+
+    def signed(key: Any, method: str, path: str, body: bytes = b"", aud: str = "node-1") -> dict:
+        return {"Authorization": authorization(key, method, path, body, audience=aud)[0]}
+
     unsigned = httpx.get(url, timeout=60)
     by_another_key = httpx.get(
-        url,
-        headers={"Authorization": authorization(generate_private_key(), "GET", USAGE_PATH)},
-        timeout=60,
+        url, headers=signed(generate_private_key(), "GET", USAGE_PATH), timeout=60
+    )
+    # The config key signs bundles, not requests: one key per purpose.
+    by_the_config_key = httpx.get(url, headers=signed(mnode.cp_key, "GET", USAGE_PATH), timeout=60)
+    for_another_node = httpx.get(
+        url, headers=signed(mgmt, "GET", USAGE_PATH, aud="node-2"), timeout=60
     )
     other_path = httpx.get(
-        url + "?after=0",
-        headers={"Authorization": authorization(mnode.cp_key, "GET", USAGE_PATH + "?after=5")},
-        timeout=60,
+        url + "?after=0", headers=signed(mgmt, "GET", USAGE_PATH + "?after=5"), timeout=60
     )
     body = json.dumps({"cursor": 1}).encode()
     other_body = httpx.post(
         f"{mnode.management}{USAGE_ACK_PATH}",
         content=body,
-        headers={"Authorization": authorization(mnode.cp_key, "POST", USAGE_ACK_PATH, b"{}")},
+        headers=signed(mgmt, "POST", USAGE_ACK_PATH, b"{}"),
         timeout=60,
     )
     bearer = httpx.get(url, headers={"Authorization": f"Bearer {erin.key}"}, timeout=60)
-    once = {"Authorization": authorization(mnode.cp_key, "GET", USAGE_PATH)}
+    once = signed(mgmt, "GET", USAGE_PATH)
     first, replayed = (
         httpx.get(url, headers=once, timeout=60),
         httpx.get(url, headers=once, timeout=60),
     )
     assert first.status_code == 200
-    for response in (unsigned, by_another_key, other_path, other_body, bearer, replayed):
+    refused = (unsigned, by_another_key, by_the_config_key, for_another_node, other_path)
+    for response in (*refused, other_body, bearer, replayed):
         assert response.status_code == 401, response.text
         assert response.json()["error"]["code"] == "invalid_signature"
     assert "replayed" in replayed.json()["error"]["message"]
@@ -314,7 +322,7 @@ def test_bad_ack_bodies_are_refused(mnode: Node, erin: Tenant) -> None:
 
 def test_health_names_the_node_key_and_the_backlog(mnode: Node, erin: Tenant) -> None:
     teardown(mnode, erin, open_session(mnode, erin))
-    health = httpx.get(f"{mnode.management}/internal/health", timeout=60).json()
+    health = mnode.health()
     assert health["node_key"] == {
         "kid": key_id(mnode.node_public_key),
         "jwk": public_jwk(mnode.node_public_key),
@@ -386,11 +394,11 @@ def test_expiry_and_shutdown_produce_records_that_survive_a_restart(
 
 def serve_without_node_key(tmp_path: Path, environment: str) -> subprocess.Popen[str]:
     keys = tmp_path / "keys"
-    write_key_pair(keys, CONTROL_PLANE)
+    dev_keyring(keys)
     env = child_env(
         SANCTUM_DP_ENVIRONMENT=environment,
         SANCTUM_DP_DATA_DIR=str(tmp_path / "node"),
-        SANCTUM_DP_CONTROL_PLANE_PUBLIC_KEY=str(keys / f"{CONTROL_PLANE}.pub"),
+        SANCTUM_DP_TRUST_KEYS=str(keys / TRUST_FILE),
         SANCTUM_DP_LISTEN__API_PORT="0",
         SANCTUM_DP_LISTEN__MANAGEMENT_PORT="0",
     )
@@ -424,7 +432,13 @@ def test_development_node_makes_its_key_in_the_data_dir(tmp_path: Path) -> None:
         else:
             raise AssertionError("node did not start")
         key = load_private_key(tmp_path / "node" / "keys" / "node.key")
-        health = httpx.get(f"{management}/internal/health", timeout=60).json()
+        auth = SignedRequestAuth(dev_keyring(tmp_path / "keys").signer(MANAGEMENT), "node-1")
+        answer = httpx.get(f"{management}{HEALTH_PATH}", auth=auth, timeout=60)
+        assert answer.status_code == 200, answer.text
+        # The answer is signed by the key the node made, for this request.
+        health = open_answer(
+            answer.content, key.public_key(), nonce=str(auth.jti), audience="control-plane"
+        )
         assert health["node_key"]["kid"] == key_id(key.public_key())
     finally:
         proc.terminate()

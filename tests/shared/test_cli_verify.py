@@ -90,14 +90,16 @@ def test_one_changed_byte_exits_1(files: dict[str, Path], tmp_path: Path) -> Non
     assert main(["verify", str(changed)]) == 1
 
 
-def test_the_log_key_may_be_pinned_as_pem_jwk_vkey_or_private_key(
+def test_the_log_key_may_be_pinned_as_pem_jwk_vkey_but_never_a_private_key(
     files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["verify", str(files["bundle"])]) == 0
     assert "note  log key taken from the bundle itself" in capsys.readouterr().out
-    for key in ["log_pem", "log_jwk", "log_vkey", "log_private"]:
+    for key in ["log_pem", "log_jwk", "log_vkey"]:
         assert main(["verify", str(files["bundle"]), "--log-key", str(files[key])]) == 0, key
         assert "note  log key" not in capsys.readouterr().out
+    assert main(["verify", str(files["bundle"]), "--log-key", str(files["log_private"])]) == 2
+    assert "holds a private key" in capsys.readouterr().err
 
 
 def test_a_wrong_log_key_exits_1(

@@ -19,6 +19,8 @@ from shared.config import (
     sign_bundle,
 )
 from shared.keys import generate_private_key
+from shared.trust import KeySet
+from tests.conftest import release_fields
 
 
 def test_api_keys_are_random_and_only_their_hash_is_kept() -> None:
@@ -35,7 +37,7 @@ def test_bundle_round_trip() -> None:
     key, prefix, digest = new_api_key()
     bundle = ConfigBundle(
         version=3,
-        issued_at=datetime.now(UTC),
+        **release_fields(),
         node="node-1",
         clients=(ClientSpec(id="acme", api_keys=(ApiKeySpec(prefix=prefix, sha256=digest),)),),
     )
@@ -46,7 +48,11 @@ def test_bundle_round_trip() -> None:
 
 def test_bundle_contract_is_strict() -> None:
     with pytest.raises(ValidationError):
-        ConfigBundle(version=0, issued_at=datetime.now(UTC), node="n")
+        ConfigBundle(version=0, **release_fields(), node="n")
+    with pytest.raises(ValidationError, match="expires_at"):
+        ConfigBundle(version=1, **release_fields(expires_at=datetime.now(UTC)), node="n")
+    with pytest.raises(ValidationError, match="config key"):
+        ConfigBundle(version=1, **release_fields(trust=KeySet()), node="n")
     with pytest.raises(ValidationError):
         ConfigBundle.model_validate(
             {"version": 1, "issued_at": "2026-01-01T00:00:00Z", "node": "n", "surprise": 1}
@@ -54,7 +60,7 @@ def test_bundle_contract_is_strict() -> None:
     with pytest.raises(ValidationError, match="unique"):
         ConfigBundle(
             version=1,
-            issued_at=datetime.now(UTC),
+            **release_fields(),
             node="n",
             clients=(ClientSpec(id="a"), ClientSpec(id="a")),
         )

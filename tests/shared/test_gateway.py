@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
@@ -34,6 +33,7 @@ from shared.wireguard import (
     public_key,
     render_client_config,
 )
+from tests.conftest import release_fields
 
 NEEDS_WG = pytest.mark.skipif(
     shutil.which("wg") is None and not os.environ.get("CI"), reason="wireguard-tools missing"
@@ -68,7 +68,7 @@ def _config(n_peers: int = 2, **kwargs) -> tuple[GatewayConfig, str, dict[str, s
         )
     config = GatewayConfig.create(
         version=kwargs.pop("version", 1),
-        issued_at=datetime.now(UTC),
+        **release_fields(),
         gateway="gw-1",
         interface=_interface(gw_public),
         peers=peers,
@@ -189,7 +189,7 @@ def test_disabled_peers_travel_without_psk_and_stay_out_of_the_allow_list() -> N
     assert peer.preshared_key is None and peer.addresses == ("10.77.0.9/32",)
     config = GatewayConfig.create(
         version=1,
-        issued_at=datetime.now(UTC),
+        **release_fields(),
         gateway="gw-1",
         interface=_interface(gw_public),
         peers=[peer],

@@ -7,7 +7,7 @@ import shutil
 import signal
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,12 @@ from data_plane.gateway.settings import GatewaySettings
 from data_plane.gateway.wireguard import InterfaceStatus, PeerStatus
 from shared.gateway import GatewayConfig, Upstream, WireGuardInterface, make_peer
 from shared.gateway import sign_gateway_config as sign
-from shared.keys import CONTROL_PLANE, ensure_key_pair
+from shared.keyring import Keyring, dev_keyring
+from shared.keys import load_private_key
+from shared.signed_request import authorization
+from shared.trust import CONFIG, MANAGEMENT, TARGET_PURPOSES, TRUST_FILE
 from shared.wireguard import generate_key_pair, generate_preshared_key, public_key
-from tests.conftest import free_port
+from tests.conftest import free_port, release_fields
 
 GATEWAY = "gw-test"
 
@@ -101,7 +104,7 @@ class Kit:
         return GatewaySettings(
             name=GATEWAY,
             state_dir=self.state,
-            control_plane_public_key=self.state / "keys" / f"{CONTROL_PLANE}.pub",
+            trust_keys=self.state / "keys" / TRUST_FILE,
             nginx=nginx,
             firewall={"script": None},
             http_port=self.http_port,
@@ -122,12 +125,17 @@ class Kit:
         gateway: str = GATEWAY,
         sealed_to: str | None = None,
         version: int | None = None,
+        expires_at: datetime | None = None,
     ) -> GatewayConfig:
         self.version = version if version is not None else self.version + 1
         to = sealed_to or self.wg_public
+        fields = release_fields(self.keyring.key_set(TARGET_PURPOSES))
+        if expires_at is not None:
+            fields["expires_at"] = expires_at
+            fields["issued_at"] = min(fields["issued_at"], expires_at - timedelta(hours=1))
         return GatewayConfig.create(
             version=self.version,
-            issued_at=datetime.now(UTC),
+            **fields,
             gateway=gateway,
             interface=WireGuardInterface(
                 name="wgt0", public_key=to, listen_port=51820, addresses=("10.77.0.1/24",)
@@ -154,6 +162,24 @@ class Kit:
     def sign(self, config: GatewayConfig, key: Ed25519PrivateKey | None = None) -> str:
         return sign(config, key or self.cp_key)
 
+    @property
+    def keyring(self) -> Keyring:
+        return dev_keyring(self.state / "keys")
+
+    @property
+    def gateway_key(self) -> Ed25519PrivateKey:
+        """The key the agent signs its health with (made at its first start here)."""
+        return load_private_key(self.state / "keys" / "gateway.key")
+
+    def signed(
+        self, method: str, path: str, body: bytes = b"", audience: str = GATEWAY, key: Any = None
+    ) -> tuple[dict[str, str], str]:
+        """Headers of a management request signed for this gateway, and its one-time id."""
+        header, jti = authorization(
+            key or self.keyring.signer(MANAGEMENT), method, path, body, audience=audience
+        )
+        return {"Authorization": header}, jti
+
 
 def stop_nginx(pid_file: Path) -> None:
     try:
@@ -166,7 +192,7 @@ def stop_nginx(pid_file: Path) -> None:
 @pytest.fixture
 def kit(tmp_path: Path) -> Iterator[Kit]:
     state = tmp_path / "gw"
-    cp_key = ensure_key_pair(state / "keys", CONTROL_PLANE)
+    cp_key = dev_keyring(state / "keys").signer(CONFIG)
     wg_private, wg_public = generate_key_pair()
     key_file = state / "wireguard.key"
     key_file.write_text(wg_private + "\n")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,14 +20,15 @@ from data_plane.gateway.app import create_app
 from shared import envelope
 from shared.gateway import Upstream
 from shared.keys import generate_private_key
-from shared.signed_request import SignedRequestVerifier, authorization
+from shared.management import CONFIG_PATH, HEALTH_PATH, JOSE
+from shared.signed_request import open_answer
 from shared.wireguard import generate_key_pair
 from tests.conftest import wait_until
 from tests.data_plane.gateway.conftest import NEEDS_NGINX, FakeWireGuard, Kit
 
 pytestmark = NEEDS_NGINX
 
-HEALTH = "/internal/health"
+HEALTH = HEALTH_PATH
 
 
 @contextmanager
@@ -34,15 +37,29 @@ def running_agent(
 ) -> Iterator[tuple[TestClient, GatewayAgent]]:
     settings = kit.settings(**overrides)
     agent = GatewayAgent(settings, wireguard=wg or FakeWireGuard())  # type: ignore[arg-type]
-    verifier = SignedRequestVerifier(kit.cp_key.public_key())
-    with TestClient(create_app(agent, verifier), base_url="http://gw") as client:
+    with TestClient(create_app(agent), base_url="http://gw") as client:
         client.portal.call(agent.start)
+        client.kit = kit  # type: ignore[attr-defined]
         yield client, agent
 
 
-def put(client: TestClient, token: str):
-    return client.put(
-        "/internal/config", content=token, headers={"Content-Type": "application/jose"}
+def put(client: TestClient, token: str, **signing: Any):
+    """A config push signed for this gateway, as the control plane sends it."""
+    kit: Kit = client.kit  # type: ignore[attr-defined]
+    headers, _ = kit.signed("PUT", CONFIG_PATH, token.encode(), **signing)
+    return client.put(CONFIG_PATH, content=token, headers={"Content-Type": JOSE, **headers})
+
+
+def held(agent: GatewayAgent) -> int:
+    return agent.store.current.version if agent.store.current else 0
+
+
+def health(client: TestClient, kit: Kit) -> dict:
+    headers, jti = kit.signed("GET", HEALTH)
+    response = client.get(HEALTH, headers=headers)
+    assert response.status_code == 200, response.text
+    return open_answer(
+        response.content, kit.gateway_key.public_key(), nonce=jti, audience="control-plane"
     )
 
 
@@ -81,7 +98,7 @@ def test_signed_config_is_applied_and_survives_a_restart(kit: Kit) -> None:
 
     wg2 = FakeWireGuard()
     with running_agent(kit, wg2) as (client, agent):
-        assert agent.store.held_version == 1
+        assert held(agent) == 1
         assert wg2.synced and wg2.synced[-1][0].version == 1  # re-applied at start
         stale = put(client, token)
         assert stale.status_code == 409
@@ -106,7 +123,7 @@ def test_peers_get_through_nginx_and_others_get_444(kit: Kit) -> None:
     [
         ("unsigned", 401, "bad_signature"),
         ("other_key", 401, "bad_signature"),
-        ("other_gateway", 409, "wrong_gateway"),
+        ("other_gateway", 409, "wrong_target"),
         ("other_wg_key", 409, "wrong_gateway_key"),
         ("garbage", 401, "bad_signature"),
         ("off_contract", 400, "invalid_config"),
@@ -138,7 +155,7 @@ def test_bad_configs_are_refused_and_the_last_good_one_stays(
         response = put(client, token)
         assert response.status_code == status, response.text
         assert response.json()["error"]["code"] == code
-        assert agent.store.held_version == 1
+        assert held(agent) == 1
         assert len(wg.synced) == 1
         assert kit.settings().nginx_config.read_text() == before
 
@@ -182,7 +199,7 @@ def test_failed_wireguard_sync_is_reported_and_not_saved(kit: Kit) -> None:
         assert response.json()["error"]["code"] == "wireguard_apply_failed"
         # The output of a wg fed keys is withheld from the error.
         assert "withheld" in response.json()["error"]["message"]
-        assert agent.store.held_version == 1
+        assert held(agent) == 1
         # WireGuard was put back to version 1.
         assert wg.synced[-1][0].version == 1
 
@@ -192,23 +209,21 @@ def test_health_needs_a_signed_request_and_reports_handshakes(kit: Kit) -> None:
     kit.add_peer(3)
     with running_agent(kit) as (client, _):
         assert put(client, kit.sign(kit.config(disabled=("peer-3",)))).status_code == 200
-        assert client.get("/internal/health").status_code == 401
-        wrong = client.get(
-            "/internal/health",
-            headers={"Authorization": authorization(generate_private_key(), "GET", HEALTH)},
-        )
-        assert wrong.status_code == 401
-        signed = {"Authorization": authorization(kit.cp_key, "GET", HEALTH)}
-        response = client.get(HEALTH, headers=signed)
-        assert response.status_code == 200, response.text
-        body = response.json()
+        assert client.get(HEALTH).status_code == 401
+        other_key, _ = kit.signed("GET", HEALTH, key=generate_private_key())
+        assert client.get(HEALTH, headers=other_key).status_code == 401
+        elsewhere, _ = kit.signed("GET", HEALTH, audience="another-gateway")
+        assert client.get(HEALTH, headers=elsewhere).status_code == 401
+        body = health(client, kit)
         assert body["status"] == "ok" and body["config_version"] == 1
         assert body["interface"]["public_key"] == kit.wg_public
         assert [(p["id"], p["latest_handshake"]) for p in body["peers"]] == [
             ("peer-2", 1_700_000_000)
         ]
+        once, _ = kit.signed("GET", HEALTH)
+        response = client.get(HEALTH, headers=once)
         assert "preshared_key" not in response.text and kit.wg_private not in response.text
-        replayed = client.get(HEALTH, headers=signed)
+        replayed = client.get(HEALTH, headers=once)
         assert replayed.status_code == 401 and "replayed" in replayed.json()["error"]["message"]
 
 
@@ -224,3 +239,63 @@ def test_agent_starts_without_config_and_nginx_lets_nobody_in(kit: Kit) -> None:
         assert agent.store.current is None
         assert wait_until(lambda: agent.nginx.master_pid() is not None, timeout=10)
         assert nginx_answer(kit.http_port) == b""
+
+
+def test_a_config_push_must_be_signed_for_this_gateway(kit: Kit) -> None:
+    kit.add_peer(2)
+    with running_agent(kit) as (client, agent):
+        token = kit.sign(kit.config())
+        unsigned = client.put(CONFIG_PATH, content=token, headers={"Content-Type": JOSE})
+        elsewhere = put(client, token, audience="another-gateway")
+        by_config_key = put(client, token, key=kit.cp_key)
+        for response in (unsigned, elsewhere, by_config_key):
+            assert response.status_code == 401, response.text
+        assert agent.store.current is None
+        assert put(client, token).status_code == 200
+
+
+def test_an_older_config_stays_refused_after_a_restart_that_lost_the_saved_one(kit: Kit) -> None:
+    kit.add_peer(2)
+    older = kit.sign(kit.config())
+    with running_agent(kit) as (client, _):
+        assert put(client, kit.sign(kit.config())).status_code == 200  # version 2
+    (kit.state / "gateway-config.jws").write_text("garbage")
+    with running_agent(kit) as (client, agent):
+        assert agent.store.current is None
+        stale = put(client, older)
+        assert stale.status_code == 409 and stale.json()["error"]["code"] == "stale_version"
+
+
+def test_an_expired_config_is_refused_and_one_that_expires_takes_every_peer_down(
+    kit: Kit,
+) -> None:
+    kit.add_peer(2)
+    wg = FakeWireGuard()
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    with running_agent(kit, wg) as (client, agent):
+        expired = put(client, kit.sign(kit.config(expires_at=past)))
+        assert expired.status_code == 422
+        assert expired.json()["error"]["code"] == "config_expired"
+        soon = datetime.now(UTC) + timedelta(seconds=2)
+        assert put(client, kit.sign(kit.config(expires_at=soon))).status_code == 200
+        assert [p.id for p in wg.synced[-1][0].enabled_peers()] == ["peer-2"]
+        client.portal.call(_watch_once, agent)
+        assert wg.synced[-1][0].enabled_peers() == []  # nobody is a peer any more
+        report = health(client, kit)
+        assert report["status"] == "degraded"
+        assert any("expired" in p for p in report["problems"])
+        assert put(client, kit.sign(kit.config())).status_code == 200
+        assert [p.id for p in wg.synced[-1][0].enabled_peers()] == ["peer-2"]
+
+
+async def _watch_once(agent: GatewayAgent) -> None:
+    """Let the expiry watcher run until it has acted (it checks every 0.1 s here)."""
+    import asyncio
+
+    task = asyncio.create_task(agent.watch_expiry(every=0.1))
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        if agent.store.current and agent.store.problems():
+            await asyncio.sleep(0.3)
+            break
+    task.cancel()

@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pytest
 from data_plane.gateway.nginx import Nginx, TemplateError, render
 from shared.gateway import GatewayConfig, Upstream, WireGuardInterface, make_peer
 from shared.wireguard import generate_key_pair, generate_preshared_key
+from tests.conftest import release_fields
 from tests.data_plane.gateway.conftest import NEEDS_NGINX, Kit
 
 pytestmark = NEEDS_NGINX
@@ -119,7 +119,7 @@ def gateway_config(upstreams: list[Upstream], port: int) -> GatewayConfig:
     _, peer_public = generate_key_pair()
     return GatewayConfig.create(
         version=1,
-        issued_at=datetime.now(UTC),
+        **release_fields(),
         gateway="gw-test",
         interface=WireGuardInterface(public_key=gw_public, addresses=("127.0.0.1/8",)),
         http_port=port,

@@ -1,0 +1,47 @@
+"""What every signed release for a node or a gateway carries besides its content.
+
+- ``version``: only ever goes up; a target keeps the highest it applied (its floor) on
+  disk and refuses anything at or below it, across restarts.
+- ``issued_at`` and ``expires_at``: a target holding only an expired release stops
+  serving (fail closed) until the control plane re-issues one, which it does well
+  before the expiry.
+- ``trust``: the control-plane keys the target trusts from now on, for config and for
+  management requests (``shared.trust``): how a rotated key reaches every target
+  signed by a key it already trusts.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.trust import TARGET_PURPOSES, KeySet
+
+
+class Release(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = Field(ge=1)
+    issued_at: datetime
+    expires_at: datetime
+    trust: KeySet
+
+    @model_validator(mode="after")
+    def _release_rules(self) -> Release:
+        if self.expires_at <= self.issued_at:
+            raise ValueError("expires_at must be after issued_at")
+        for purpose in TARGET_PURPOSES:
+            if not self.trust.kids(purpose):
+                raise ValueError(f"trust must name at least one {purpose} key")
+        if set(self.trust.kids("log")):
+            raise ValueError("trust names config and management keys only")
+        return self
+
+    @property
+    def target(self) -> str:
+        """The node or gateway this release is for."""
+        raise NotImplementedError
+
+    def expired(self, now: datetime) -> bool:
+        return now >= self.expires_at
