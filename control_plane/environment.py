@@ -17,6 +17,9 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.keyring import KEYRING_DIR
+from shared.trust import TRUST_FILE
+
 # Django's deploy check wants at least 50 characters and 5 distinct ones.
 MIN_SECRET_KEY_LENGTH = 50
 
@@ -44,6 +47,45 @@ class RolloutSettings(BaseModel):
     health_timeout_seconds: float = Field(default=5.0, gt=0)
     peer_expiry_seconds: float = Field(
         default=60.0, gt=0, description="how often beat disables expired WireGuard peers"
+    )
+    on_change: bool = Field(
+        default=True,
+        description="a change that alters what nodes or gateways hold (a revoked key, a "
+        "disabled client or peer, a pin) releases it to them when it commits",
+    )
+    release_lifetime_seconds: int = Field(
+        default=86_400,
+        ge=60,
+        description="a release expires this long after it is made; a target holding only "
+        "an expired one refuses clients",
+    )
+    renew_before_seconds: int = Field(
+        default=43_200,
+        ge=30,
+        description="a new release is made this long before the latest one expires",
+    )
+
+    @model_validator(mode="after")
+    def _renew_in_time(self) -> RolloutSettings:
+        if self.renew_before_seconds >= self.release_lifetime_seconds:
+            raise ValueError("renew_before_seconds must be less than release_lifetime_seconds")
+        return self
+
+
+class KeySettings(BaseModel):
+    """How the keyring's rotations proceed (docs/operations.md, "Rotating keys")."""
+
+    overlap_seconds: int = Field(
+        default=86_400,
+        ge=0,
+        description="how long a replaced config or management key stays trusted",
+    )
+    auto_activate: bool = Field(
+        default=True,
+        description="a next key signs once every enabled node and gateway trusts it",
+    )
+    check_seconds: float = Field(
+        default=30.0, gt=0, description="how often beat looks at keys and release expiry"
     )
 
 
@@ -93,10 +135,12 @@ class ControlPlaneSettings(BaseSettings):
     secret_key: SecretStr | None = Field(
         default=None, description="Django SECRET_KEY (development: generated in data_dir)"
     )
-    signing_key: Path | None = Field(
+    keyring: Path | None = Field(
         default=None,
-        description="PEM of the Ed25519 key that signs config (development: data_dir/keys)",
+        description="the keyring directory: one signing key per purpose (development: "
+        "data_dir/keys/control-plane, made on first use)",
     )
+    keys: KeySettings = KeySettings()
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     csrf_trusted_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     behind_tls_proxy: bool = Field(
@@ -131,13 +175,13 @@ class ControlPlaneSettings(BaseSettings):
             problems.append("SANCTUM_CP_SECRET_KEY is required")
         elif len(self.secret_key.get_secret_value()) < MIN_SECRET_KEY_LENGTH:
             problems.append(f"SANCTUM_CP_SECRET_KEY needs {MIN_SECRET_KEY_LENGTH}+ characters")
-        if self.signing_key is None:
+        if self.keyring is None:
             problems.append(
-                "SANCTUM_CP_SIGNING_KEY is required: production must not sign with a key "
-                "it generated for itself"
+                "SANCTUM_CP_KEYRING is required: production must not sign with keys it "
+                "generated for itself (make it with: sanctum keys init --keyring DIR)"
             )
-        elif not self.signing_key.is_file():
-            problems.append(f"SANCTUM_CP_SIGNING_KEY: no file at {self.signing_key}")
+        elif not (self.keyring / "keyring.json").is_file():
+            problems.append(f"SANCTUM_CP_KEYRING: no keyring at {self.keyring}")
         if self.debug:
             problems.append("SANCTUM_CP_DEBUG must be off in production")
         if problems:
@@ -158,8 +202,13 @@ class ControlPlaneSettings(BaseSettings):
         return self.data_dir / "keys"
 
     @property
-    def signing_key_path(self) -> Path:
-        return self.signing_key or self.keys_dir / "control-plane.key"
+    def keyring_dir(self) -> Path:
+        return self.keyring or self.keys_dir / KEYRING_DIR
+
+    @property
+    def published_keys_path(self) -> Path:
+        """Where the public key set is kept up to date (for nodes, gateways, auditors)."""
+        return self.keyring_dir.parent / TRUST_FILE
 
     @property
     def push_max_retries(self) -> int:

@@ -84,10 +84,19 @@ wireguard_key() {
   WG_PUBLIC_KEY=$(wg pubkey <"$key")
 }
 
+signing_key() {
+  local key=${SANCTUM_GW_SIGNING_KEY:-$ETC/gateway/gateway.key}
+  if [[ ! -s $key ]]; then
+    "$SANCTUM_HOME/.venv/bin/sanctum" keys generate --role gateway --out "$(dirname "$key")" >/dev/null
+    log "generated the gateway's Ed25519 key pair ($key, 0600)"
+  fi
+  SIGNING_PUBLIC_KEY=$(<"${key%.key}.pub")
+}
+
 control_plane_key() {
-  local pub=${SANCTUM_GW_CONTROL_PLANE_PUBLIC_KEY:-$ETC/gateway/control-plane.pub}
-  if [[ ! -s $pub ]]; then
-    log "copy the control plane's public signing key to $pub before starting the agent"
+  local keys=${SANCTUM_GW_TRUST_KEYS:-$ETC/gateway/control-plane-keys.json}
+  if [[ ! -s $keys ]]; then
+    log "copy the control plane's published key set to $keys before starting the agent"
     return 1
   fi
 }
@@ -124,13 +133,14 @@ packages
 directories
 environment_file
 wireguard_key
+signing_key
 kernel_settings
 units
 if control_plane_key; then
   systemctl enable --now sanctum-gateway-agent.service
   agent="running"
 else
-  agent="waiting for the control plane's public key"
+  agent="waiting for the control plane's published key set"
 fi
 
 cat <<EOF
@@ -139,6 +149,8 @@ Sanctum gateway provisioned (agent: $agent).
 Register it in the control plane (admin: Network > Gateways, or POST /api/network/gateways/):
   name                 ${SANCTUM_GW_NAME:-gateway-1}
   WireGuard public key $WG_PUBLIC_KEY
+  signing key (PEM)
+$SIGNING_PUBLIC_KEY
   public endpoint      <this machine's public address>:${SANCTUM_GW_WG_PORT:-51820}
   management URL       http://${SANCTUM_GW_LISTEN__HOST:-127.0.0.1}:${SANCTUM_GW_LISTEN__PORT:-8003}
 EOF

@@ -31,8 +31,10 @@ from typing import IO, Any
 import httpx
 
 from shared.cli.up import NODE_NAME
-from shared.keys import CONTROL_PLANE, NODE, KeyFileError, key_id, load_public_key
+from shared.cli.verify import load_log_key
+from shared.keys import NODE, KeyFileError, key_id, load_public_key
 from shared.ledger import verify_held_receipt
+from shared.trust import TRUST_FILE
 from shared.usage import UsageRecord, UsageRecordError, open_usage_record
 
 READY_TIMEOUT = 300
@@ -248,8 +250,8 @@ def verify_ledger(lines: dict[str, str], record: UsageRecord, held: str, data_di
         f"  downloaded the audit bundle of client {record.client_id} as auditor "
         f"{lines.get('SANCTUM_AUDITOR_USER', '')} ({len(bundle)} bytes)"
     )
-    key_file = data_dir / "keys" / f"{CONTROL_PLANE}.pub"
-    log_key = load_public_key(key_file)
+    key_file = data_dir / "keys" / TRUST_FILE
+    _, log_key = load_log_key(key_file)
     report = verify_held_receipt(held, bundle, log_key=log_key)
     say(f"verifying it offline, log key pinned to {key_file} (kid {key_id(log_key)[:16]}...):")
     for line in report.passed:

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from shared.keys import CONTROL_PLANE, NODE, ensure_key_pair
+from shared.keyring import KEYRING_DIR, dev_keyring
+from shared.keys import NODE, ensure_key_pair
+from shared.trust import TRUST_FILE
 
 NODE_NAME = "node-1"
 DEMO_CLIENT = "demo"
@@ -126,7 +128,7 @@ def _wait_for_line(proc: subprocess.Popen[str], prefix: str, timeout: float) -> 
 def start_data_plane(p: Platform) -> tuple[str, str]:
     """Start the node; returns (api_url, management_url)."""
     keys = p.data_dir / "keys"
-    ensure_key_pair(keys, CONTROL_PLANE)
+    dev_keyring(keys)  # the control plane's keys, and the key set the node trusts
     ensure_key_pair(keys, NODE)
     proc = p.spawn(
         "data-plane",
@@ -134,7 +136,7 @@ def start_data_plane(p: Platform) -> tuple[str, str]:
         {
             "SANCTUM_DP_DATA_DIR": str(p.data_dir / "node"),
             "SANCTUM_DP_NODE_ID": NODE_NAME,
-            "SANCTUM_DP_CONTROL_PLANE_PUBLIC_KEY": str(keys / f"{CONTROL_PLANE}.pub"),
+            "SANCTUM_DP_TRUST_KEYS": str(keys / TRUST_FILE),
             "SANCTUM_DP_NODE_PRIVATE_KEY": str(keys / f"{NODE}.key"),
             "SANCTUM_DP_LISTEN__API_HOST": p.host,
             "SANCTUM_DP_LISTEN__API_PORT": str(p.api_port),
@@ -184,12 +186,12 @@ def start_control_plane(p: Platform, management_url: str) -> None:
     management address; and ``bootstrap_demo``, which creates the admin (a generated
     password), an auditor with an API token, the demo client and its key, pins the
     bundled model, registers the node and rolls out to it, signed with the key the node
-    trusts (the same key signs the ledger's tree heads).
+    trusts (the keyring's config and management keys; its log key signs tree heads).
     """
     keys = p.data_dir / "keys"
     env = {
         "SANCTUM_CP_DATA_DIR": str(p.data_dir / "control-plane"),
-        "SANCTUM_CP_SIGNING_KEY": str(keys / f"{CONTROL_PLANE}.key"),
+        "SANCTUM_CP_KEYRING": str(keys / KEYRING_DIR),
         "SANCTUM_CP_LISTEN__HOST": p.host,
         "SANCTUM_CP_LISTEN__PORT": str(p.admin_port),
         # One machine, one node: collect receipts soon after a session ends.
@@ -232,7 +234,7 @@ def start_control_plane(p: Platform, management_url: str) -> None:
         SANCTUM_AUDITOR_USER=printed["SANCTUM_AUDITOR_USER"],
         SANCTUM_AUDITOR_PASSWORD=printed.get("SANCTUM_AUDITOR_PASSWORD", "(unchanged)"),
         SANCTUM_AUDITOR_TOKEN=printed["SANCTUM_AUDITOR_TOKEN"],
-        SANCTUM_LOG_KEY=str(keys / f"{CONTROL_PLANE}.pub"),
+        SANCTUM_LOG_KEY=str(keys / TRUST_FILE),
     )
 
 
