@@ -26,9 +26,9 @@ from kombu.exceptions import OperationalError as BrokerError
 from control_plane.changes.choices import ChangeAction
 from control_plane.changes.services import current_change_context
 from control_plane.clients.models import ApiKey, Client
+from control_plane.core.signing import signing_key
 from control_plane.fleet.choices import HealthStatus, ReleaseStatus
 from control_plane.fleet.models import ConfigRelease, Node, NodeState
-from control_plane.fleet.signing import signing_key
 from control_plane.registry.models import ModelPin
 from shared.config import ApiKeySpec, ClientLimits, ClientSpec, ConfigBundle, ModelSpec, sign_bundle
 

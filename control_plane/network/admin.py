@@ -20,8 +20,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from control_plane.accounts.errors import Conflict
 from control_plane.clients.models import Client
+from control_plane.core.errors import Conflict
 from control_plane.fleet.choices import ReleaseStatus, RolloutState
 from control_plane.network.choices import PeerStatus
 from control_plane.network.models import (

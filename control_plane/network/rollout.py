@@ -25,8 +25,8 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from control_plane.changes.choices import ChangeAction
 from control_plane.changes.services import current_change_context
+from control_plane.core.signing import signing_key
 from control_plane.fleet.choices import HealthStatus, ReleaseStatus
-from control_plane.fleet.signing import signing_key
 from control_plane.network.models import Gateway, GatewayRelease, GatewayState, Peer
 from shared.gateway import (
     GatewayConfig,

@@ -13,7 +13,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from control_plane.accounts.errors import Conflict
+from control_plane.core.errors import Conflict
 from control_plane.network.api.serializers import (
     AddressPoolSerializer,
     GatewayReleaseSerializer,

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from control_plane.clients.services import issue_api_key
+from control_plane.core.signing import signing_key
 from control_plane.fleet.choices import ReleaseStatus
 from control_plane.fleet.services import roll_out
-from control_plane.fleet.signing import signing_key
 from shared.keys import public_pem, write_key_pair
 from shared.models import DEFAULT_MODEL_NAME, bundled_gguf_path
 from tests.control_plane.factories import ClientFactory, ModelPinFactory, NodeFactory

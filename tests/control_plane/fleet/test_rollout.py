@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from control_plane.clients.services import issue_api_key, revoke_api_key
+from control_plane.core.signing import signing_key
 from control_plane.fleet.choices import HealthStatus, ReleaseStatus
 from control_plane.fleet.models import ConfigRelease, NodeState
 from control_plane.fleet.services import (
@@ -17,7 +18,6 @@ from control_plane.fleet.services import (
     deliver_release,
     roll_out,
 )
-from control_plane.fleet.signing import signing_key
 from control_plane.registry.choices import HashStatus
 from shared.config import open_bundle
 from tests.control_plane.factories import ClientFactory, ModelPinFactory, NodeFactory

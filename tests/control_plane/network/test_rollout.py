@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
+from control_plane.core.signing import signing_key
 from control_plane.fleet.choices import HealthStatus, ReleaseStatus
-from control_plane.fleet.signing import signing_key
 from control_plane.network.models import GatewayRelease, GatewayUpstream, Peer
 from control_plane.network.rollout import (
     build_gateway_config,
