@@ -174,8 +174,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
         "ApiKeyStatusEnum": "control_plane.clients.choices.ApiKeyStatus",
-        "ReleaseStatusEnum": "control_plane.fleet.choices.ReleaseStatus",
-        "HealthStatusEnum": "control_plane.fleet.choices.HealthStatus",
+        "ReleaseStatusEnum": "control_plane.core.choices.ReleaseStatus",
+        "HealthStatusEnum": "control_plane.core.choices.HealthStatus",
         "HashStatusEnum": "control_plane.registry.choices.HashStatus",
         "PeerStatusEnum": "control_plane.network.choices.PeerStatus",
     },
@@ -193,13 +193,16 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 10}
 CELERY_BEAT_SCHEDULE = {
-    "poll-fleet-health": {
-        "task": "control_plane.fleet.tasks.poll_fleet_health",
+    # One health poll per kind of rollout target (control_plane.core.rollout).
+    "poll-node-health": {
+        "task": "control_plane.core.tasks.poll_all_health",
         "schedule": CP.rollout.health_poll_seconds,
+        "args": ("node",),
     },
     "poll-gateway-health": {
-        "task": "control_plane.network.tasks.poll_gateways_health",
+        "task": "control_plane.core.tasks.poll_all_health",
         "schedule": CP.rollout.health_poll_seconds,
+        "args": ("gateway",),
     },
     "expire-peers": {
         "task": "control_plane.network.tasks.expire_peers",

@@ -1,82 +1,96 @@
 """``python -m control_plane reconcile``: beat's work, without Celery.
 
 With no broker (the embedded default) tasks run in-process and there is no beat: this
-loop does beat's jobs. Every ``--interval`` seconds it checks each node and gateway in
-turn, pushing to any that is behind, and disables expired WireGuard peers (rolling out
-their gateways); every ``--collect-interval`` seconds it collects the nodes' usage
-records into the receipt ledger (``control_plane.audit``).
+loop runs beat's own schedule (``CELERY_BEAT_SCHEDULE`` in settings: each kind of rollout
+target's health poll and catch-up, peer expiry, usage collection), each job at its own
+interval, in this process. One list of periodic jobs, so beat and the reconciler can't
+drift apart. ``--interval`` caps every job's interval; ``--skip`` leaves a job out.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.module_loading import import_string
 
-from control_plane.changes.choices import ChangeSource
-from control_plane.changes.services import change_context
-from control_plane.fleet.services import check_fleet
-from control_plane.network.rollout import check_gateways, roll_out_gateways
-from control_plane.network.services import expire_peers
+
+@dataclass
+class _Job:
+    name: str
+    task: Any
+    args: tuple[Any, ...]
+    interval: float
+    due: float = 0.0
+
+
+def _seconds(schedule: Any) -> float:
+    if isinstance(schedule, timedelta):
+        return schedule.total_seconds()
+    if isinstance(schedule, int | float):
+        return float(schedule)
+    raise CommandError(f"beat schedule entry is not an interval: {schedule!r}")
 
 
 class Command(BaseCommand):
     help = (
-        "Poll node and gateway health and catch them up every --interval seconds, and "
-        "collect usage records every --collect-interval seconds (or each once, with --once)."
+        "Run beat's schedule in-process: health and catch-up of nodes and gateways, peer "
+        "expiry, usage collection; each at its interval (or each once, with --once)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--interval", type=float, default=settings.SANCTUM.rollout.health_poll_seconds
+            "--interval",
+            type=float,
+            default=None,
+            help="run every job at least this often (seconds; default: beat's schedule)",
         )
         parser.add_argument(
-            "--collect-interval",
-            type=float,
-            default=settings.SANCTUM.ledger.collect_interval_seconds,
+            "--skip",
+            action="append",
+            default=[],
+            choices=sorted(settings.CELERY_BEAT_SCHEDULE),
+            help="leave this job out (repeatable)",
         )
-        parser.add_argument("--no-collect", action="store_true", help="health and rollout only")
         parser.add_argument("--once", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        # Imported here: the audit app builds on the fleet, not the other way round.
-        from control_plane.audit.services import collect_fleet
-
-        next_health = next_collect = time.monotonic()
-        collect = not options["no_collect"]
+        jobs = self._jobs(options["interval"], set(options["skip"]))
+        start = time.monotonic()
+        for job in jobs:
+            job.due = start
         while True:
-            now = time.monotonic()
-            if now >= next_health:
-                self._health()
-                next_health = now + options["interval"]
-            if collect and now >= next_collect:
-                for outcome in collect_fleet():
-                    if outcome.fetched or outcome.error:
-                        self.stdout.write(f"collected {outcome.summary()}")
-                next_collect = now + options["collect_interval"]
+            for job in jobs:
+                now = time.monotonic()
+                if now >= job.due:
+                    result = job.task(*job.args)
+                    self.stdout.write(f"{job.name}: {result}")
+                    job.due = now + job.interval
             if options["once"]:
                 return
-            wake = min(next_health, next_collect) if collect else next_health
+            wake = min(job.due for job in jobs)
             time.sleep(max(0.05, wake - time.monotonic()))
 
-    def _health(self) -> None:
-        with change_context(source=ChangeSource.TASK):
-            states = check_fleet()
-            expired = expire_peers()
-            gateways = {p.gateway_id: p.gateway for p in expired if p.gateway.enabled}
-            if gateways:
-                roll_out_gateways(gateways.values())
-            gateway_states = check_gateways()
-        for state in states:
-            self.stdout.write(
-                f"node={state.node.name} health={state.health_status} "
-                f"version={state.applied_version}"
+    def _jobs(self, cap: float | None, skip: set[str]) -> list[_Job]:
+        jobs = []
+        for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
+            if name in skip:
+                continue
+            interval = _seconds(entry["schedule"])
+            jobs.append(
+                _Job(
+                    name=name,
+                    # Called directly, the task runs here; the tasks it queues run
+                    # in-process too when there is no broker.
+                    task=import_string(entry["task"]),
+                    args=tuple(entry.get("args", ())),
+                    interval=min(interval, cap) if cap else interval,
+                )
             )
-        for gateway_state in gateway_states:
-            self.stdout.write(
-                f"gateway={gateway_state.gateway.name} "
-                f"health={gateway_state.health_status} "
-                f"version={gateway_state.applied_version}"
-            )
+        if not jobs:
+            raise CommandError("every job is skipped: nothing to do")
+        return jobs
