@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "control_plane.core",
     "control_plane.changes",
     "control_plane.accounts",
     "control_plane.clients",
@@ -149,15 +150,15 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["control_plane.accounts.permissions.ModelPermissions"],
+    "DEFAULT_PERMISSION_CLASSES": ["control_plane.core.api.permissions.ModelPermissions"],
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.SearchFilter",
         "rest_framework.filters.OrderingFilter",
     ],
-    "DEFAULT_PAGINATION_CLASS": "control_plane.accounts.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "control_plane.core.api.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "control_plane.accounts.api.exceptions.exception_handler",
+    "EXCEPTION_HANDLER": "control_plane.core.api.exceptions.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + ([] if CP.production else ["rest_framework.renderers.BrowsableAPIRenderer"]),
@@ -173,8 +174,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
         "ApiKeyStatusEnum": "control_plane.clients.choices.ApiKeyStatus",
-        "ReleaseStatusEnum": "control_plane.fleet.choices.ReleaseStatus",
-        "HealthStatusEnum": "control_plane.fleet.choices.HealthStatus",
+        "ReleaseStatusEnum": "control_plane.core.choices.ReleaseStatus",
+        "HealthStatusEnum": "control_plane.core.choices.HealthStatus",
         "HashStatusEnum": "control_plane.registry.choices.HashStatus",
         "PeerStatusEnum": "control_plane.network.choices.PeerStatus",
     },
@@ -192,13 +193,16 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 10}
 CELERY_BEAT_SCHEDULE = {
-    "poll-fleet-health": {
-        "task": "control_plane.fleet.tasks.poll_fleet_health",
+    # One health poll per kind of rollout target (control_plane.core.rollout).
+    "poll-node-health": {
+        "task": "control_plane.core.tasks.poll_all_health",
         "schedule": CP.rollout.health_poll_seconds,
+        "args": ("node",),
     },
     "poll-gateway-health": {
-        "task": "control_plane.network.tasks.poll_gateways_health",
+        "task": "control_plane.core.tasks.poll_all_health",
         "schedule": CP.rollout.health_poll_seconds,
+        "args": ("gateway",),
     },
     "expire-peers": {
         "task": "control_plane.network.tasks.expire_peers",

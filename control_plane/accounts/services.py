@@ -134,8 +134,9 @@ def bootstrap_demo(
     from control_plane.changes.services import change_context
     from control_plane.clients.models import ApiKey, Client
     from control_plane.clients.services import issue_api_key, rotate_api_key
+    from control_plane.core.rollout import roll_out
     from control_plane.fleet.models import Node
-    from control_plane.fleet.services import roll_out
+    from control_plane.fleet.rollout import NODES
     from control_plane.registry.models import ModelPin
     from control_plane.registry.services import pin_model, verify_model_pin
 
@@ -201,7 +202,7 @@ def bootstrap_demo(
             node.full_clean()
             node.save()
             if rollout:
-                releases = roll_out([node])
+                releases = roll_out(NODES, [node])
     return DemoBootstrap(
         admin=admin,
         client_slug=client.slug,

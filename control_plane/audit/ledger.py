@@ -34,7 +34,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from control_plane.audit.models import LogSubtree, NodeKey, Receipt, TreeHead
-from control_plane.fleet.signing import signing_key
+from control_plane.core.signing import signing_key
 from shared.checkpoint import Checkpoint, sign_checkpoint
 from shared.keys import KeyFileError, key_id, public_key_from_pem
 from shared.ledger import LedgerError, LogEntry

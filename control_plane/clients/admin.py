@@ -15,11 +15,11 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from control_plane.accounts.errors import Conflict
 from control_plane.audit.services import quota_use
 from control_plane.clients.choices import ApiKeyStatus
 from control_plane.clients.models import ApiKey, Client
 from control_plane.clients.services import IssuedKey, issue_api_key, revoke_api_key, rotate_api_key
+from control_plane.core.errors import Conflict
 
 API_KEY_FIELDS = (
     "prefix",

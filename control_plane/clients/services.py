@@ -14,9 +14,9 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from control_plane.accounts.errors import Conflict
 from control_plane.changes.choices import ChangeAction
 from control_plane.clients.models import ApiKey, Client
+from control_plane.core.errors import Conflict
 from shared.config import new_api_key
 
 # A fresh prefix colliding is a 1-in-57^8 event; try again rather than fail.

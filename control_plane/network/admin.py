@@ -20,9 +20,15 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from control_plane.accounts.errors import Conflict
 from control_plane.clients.models import Client
-from control_plane.fleet.choices import ReleaseStatus, RolloutState
+from control_plane.core.admin import (
+    RELEASE_FIELDS,
+    RELEASE_LIST_DISPLAY,
+    ReleaseAdmin,
+    RolloutTargetAdmin,
+    TargetStateInline,
+)
+from control_plane.core.errors import Conflict
 from control_plane.network.choices import PeerStatus
 from control_plane.network.models import (
     AddressPool,
@@ -32,7 +38,7 @@ from control_plane.network.models import (
     GatewayUpstream,
     Peer,
 )
-from control_plane.network.rollout import roll_out_gateways
+from control_plane.network.rollout import GATEWAYS
 from control_plane.network.services import (
     ProvisionedPeer,
     client_config,
@@ -92,33 +98,13 @@ class GatewayUpstreamInline(admin.TabularInline):
     fields = ("node", "host", "port")
 
 
-class GatewayStateInline(admin.StackedInline):
+class GatewayStateInline(TargetStateInline):
     model = GatewayState
-    can_delete = False
-    fields = (
-        "applied_version",
-        "last_push_at",
-        "last_push_error",
-        "health_status",
-        "health_checked_at",
-        "health_error",
-        "health",
-    )
-    readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-def _gateway_state(gateway: Gateway) -> GatewayState | None:
-    try:
-        return gateway.state
-    except GatewayState.DoesNotExist:
-        return None
 
 
 @admin.register(Gateway)
-class GatewayAdmin(admin.ModelAdmin):
+class GatewayAdmin(RolloutTargetAdmin):
+    rollout_kind = GATEWAYS
     list_display = (
         "name",
         "public_endpoint",
@@ -149,55 +135,10 @@ class GatewayAdmin(admin.ModelAdmin):
         "updated_at",
     )
     inlines = (GatewayUpstreamInline, GatewayStateInline)
-    actions = ("roll_out_now",)
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Gateway]:
-        return super().get_queryset(request).with_rollout()
 
     @admin.display(description="API base for peers")
     def api_base(self, obj: Gateway) -> str:
         return obj.api_base if obj.pk else "-"
-
-    @admin.display(description="rollout")
-    def rollout(self, obj: Gateway) -> str:
-        state = _gateway_state(obj)
-        applied = state.applied_version if state else None
-        if obj.latest_version is None:
-            return RolloutState.NO_RELEASE.label
-        if applied is not None and applied >= obj.latest_version:
-            return RolloutState.IN_SYNC.label
-        return ReleaseStatus(obj.latest_status).label
-
-    @admin.display(description="holds version")
-    def applied_version(self, obj: Gateway) -> Any:
-        state = _gateway_state(obj)
-        return state.applied_version if state else None
-
-    @admin.display(description="latest release", ordering="latest_version")
-    def latest_version(self, obj: Gateway) -> Any:
-        return obj.latest_version
-
-    @admin.display(description="health")
-    def health_status(self, obj: Gateway) -> str:
-        state = _gateway_state(obj)
-        return state.get_health_status_display() if state else "-"
-
-    @admin.display(description="last error")
-    def last_error(self, obj: Gateway) -> str:
-        return obj.latest_error or ""
-
-    def has_rollout_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("network.add_gatewayrelease")
-
-    @admin.action(description="Roll out now", permissions=["rollout"])
-    def roll_out_now(self, request: HttpRequest, queryset: QuerySet[Gateway]) -> None:
-        releases = roll_out_gateways([g for g in queryset if g.enabled])
-        summary = ", ".join(f"{r.gateway.name} v{r.version}" for r in releases)
-        self.message_user(
-            request,
-            f"Released {summary or 'no enabled gateway'}. The rollout column shows progress.",
-            messages.SUCCESS,
-        )
 
 
 class ProvisionPeerForm(forms.Form):
@@ -398,40 +339,10 @@ class PeerAdmin(admin.ModelAdmin):
 
 
 @admin.register(GatewayRelease)
-class GatewayReleaseAdmin(admin.ModelAdmin):
-    list_display = (
-        "gateway",
-        "version",
-        "status",
-        "attempts",
-        "last_error",
-        "released_by",
-        "created_at",
-        "applied_at",
-    )
+class GatewayReleaseAdmin(ReleaseAdmin):
+    list_display = ("gateway", *RELEASE_LIST_DISPLAY)
     list_filter = ("status", "gateway", "created_at")
-    search_fields = ("gateway__name", "config_sha256", "last_error")
+    search_fields = ("gateway__name", "document_sha256", "last_error")
     list_select_related = ("gateway", "released_by")
-    fields = (
-        "gateway",
-        "version",
-        "status",
-        "attempts",
-        "last_error",
-        "last_attempt_at",
-        "applied_at",
-        "released_by",
-        "created_at",
-        "config_sha256",
-        "peer_count",
-    )
+    fields = ("gateway", *RELEASE_FIELDS, "peer_count")
     readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

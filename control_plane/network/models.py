@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 from datetime import datetime
 
-from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -13,7 +12,7 @@ from django.utils import timezone
 from control_plane.changes.models import ChangeLoggedModel
 from control_plane.clients.models import Client
 from control_plane.clients.validators import bundle_name_validator
-from control_plane.fleet.choices import HealthStatus, ReleaseStatus
+from control_plane.core.models import Release, RolloutTarget, TargetState
 from control_plane.fleet.models import Node
 from control_plane.network.allocation import gateway_address
 from control_plane.network.choices import PeerStatus
@@ -79,7 +78,7 @@ class AddressPool(ChangeLoggedModel):
         return [f"{gateway_address(n)}/{n.prefixlen}" for n in self.networks()]
 
 
-class Gateway(ChangeLoggedModel):
+class Gateway(RolloutTarget):
     """A WireGuard gateway: where clients connect, its key, and its agent's address.
 
     Its WireGuard private key never leaves the gateway; the public key here is what
@@ -147,9 +146,6 @@ class Gateway(ChangeLoggedModel):
 
     def __str__(self) -> str:
         return self.name
-
-    def endpoint(self, path: str) -> str:
-        return self.management_url.rstrip("/") + path
 
     @property
     def api_base(self) -> str:
@@ -266,68 +262,42 @@ class Peer(ChangeLoggedModel):
         return PeerStatus.ACTIVE
 
 
-class GatewayState(models.Model):
+class GatewayState(TargetState):
     """What the control plane last learnt about a gateway (machine-written, not logged)."""
+
+    target_field = "gateway"
 
     gateway = models.OneToOneField(
         Gateway, on_delete=models.CASCADE, primary_key=True, related_name="state"
     )
-    applied_version = models.PositiveBigIntegerField(null=True, blank=True)
-    last_push_at = models.DateTimeField(null=True, blank=True)
-    last_push_error = models.TextField(blank=True)
-    health_status = models.CharField(
-        max_length=16, choices=HealthStatus.choices, default=HealthStatus.UNKNOWN
-    )
-    health = models.JSONField(null=True, blank=True)
-    health_checked_at = models.DateTimeField(null=True, blank=True)
-    health_error = models.TextField(blank=True)
 
     class Meta:
         verbose_name = "gateway state"
 
-    def __str__(self) -> str:
-        return f"state of {self.gateway_id}"
 
-
-class GatewayRelease(ChangeLoggedModel):
+class GatewayRelease(Release):
     """Version ``version`` of one gateway's config: the document, signed, and its delivery.
 
     The document holds each enabled peer's PSK sealed to the gateway's WireGuard key, so
     neither this table nor the management link exposes a usable one.
     """
 
+    target_field = "gateway"
+
     gateway = models.ForeignKey(Gateway, on_delete=models.CASCADE, related_name="releases")
-    version = models.PositiveBigIntegerField()
     document = models.JSONField(help_text="The gateway config (PSKs sealed).")
-    signed_config = models.TextField(help_text="Compact JWS, as pushed to the agent.")
-    config_sha256 = models.CharField("config SHA-256", max_length=64)
-    released_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    status = models.CharField(
-        max_length=16, choices=ReleaseStatus.choices, default=ReleaseStatus.PENDING, db_index=True
-    )
-    attempts = models.PositiveIntegerField(default=0)
-    last_error = models.TextField(blank=True)
-    last_attempt_at = models.DateTimeField(null=True, blank=True)
-    applied_at = models.DateTimeField(null=True, blank=True)
 
     objects = GatewayReleaseQuerySet.as_manager()
 
-    change_logged_fields = ("gateway", "version", "config_sha256", "released_by")
+    change_logged_fields = ("gateway", "version", "document_sha256", "released_by")
 
-    class Meta:
-        ordering = ("-created_at", "-version")
+    class Meta(Release.Meta):
         verbose_name = "gateway release"
         constraints = [
             models.UniqueConstraint(
                 fields=["gateway", "version"], name="network_release_gateway_version"
             )
         ]
-
-    def __str__(self) -> str:
-        return f"{self.gateway_id and self.gateway.name} v{self.version}"
 
     @property
     def peer_count(self) -> int:

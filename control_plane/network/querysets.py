@@ -5,26 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.db import models
-from django.db.models import OuterRef, Q, Subquery
+from django.db.models import Q
 from django.utils import timezone
 
-from control_plane.fleet.choices import ReleaseStatus
+from control_plane.core.querysets import ReleaseQuerySet, RolloutTargetQuerySet
 
 
-class GatewayQuerySet(models.QuerySet):
-    def enabled(self) -> GatewayQuerySet:
-        return self.filter(enabled=True)
-
+class GatewayQuerySet(RolloutTargetQuerySet):
     def with_rollout(self) -> GatewayQuerySet:
-        """Annotate each gateway with its latest release's version, status and error."""
-        from control_plane.network.models import GatewayRelease
-
-        latest = GatewayRelease.objects.filter(gateway=OuterRef("pk")).order_by("-version")
-        return self.select_related("state", "pool").annotate(
-            latest_version=Subquery(latest.values("version")[:1]),
-            latest_status=Subquery(latest.values("status")[:1]),
-            latest_error=Subquery(latest.values("last_error")[:1]),
-        )
+        return super().with_rollout().select_related("pool")
 
 
 class PeerQuerySet(models.QuerySet):
@@ -41,6 +30,5 @@ class PeerQuerySet(models.QuerySet):
         return self.filter(enabled=True, expires_at__lte=at)
 
 
-class GatewayReleaseQuerySet(models.QuerySet):
-    def deliverable(self) -> GatewayReleaseQuerySet:
-        return self.filter(status__in=[ReleaseStatus.PENDING, ReleaseStatus.FAILED])
+class GatewayReleaseQuerySet(ReleaseQuerySet):
+    pass

@@ -17,8 +17,8 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from control_plane.accounts.errors import Conflict
 from control_plane.clients.models import Client
+from control_plane.core.errors import Conflict
 from control_plane.network.allocation import PoolExhausted, allocate
 from control_plane.network.models import AddressPool, Gateway, Peer
 from control_plane.network.validators import validate_wireguard_key

@@ -14,8 +14,8 @@ from rest_framework.test import APIClient
 
 from control_plane.accounts.choices import Role
 from control_plane.accounts.services import create_operator, issue_api_token
+from control_plane.core.signing import signing_key
 from control_plane.fleet.models import Node
-from control_plane.fleet.signing import signing_key
 from tests.control_plane.factories import NodeFactory
 from tests.control_plane.fakes import FakeNode
 

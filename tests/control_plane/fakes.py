@@ -52,6 +52,9 @@ class FakeNode:
         self.held_version: int | None = None
         self.received: list[int] = []  # versions of every bundle that reached it
         self.refuse_with: tuple[int, dict[str, Any]] | None = None
+        # (method, path, signed) of each config push and health read: the real node
+        # doesn't require the control plane's signature on these yet, this fake notes it.
+        self.management_calls: list[tuple[str, str, bool]] = []
         self.port = 0
         self._server: ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
@@ -133,6 +136,16 @@ class FakeNode:
                     return False
                 return True
 
+            def _note_call(self, body: bytes = b"") -> None:
+                try:
+                    node.verifier.verify(
+                        self.headers.get("Authorization"), self.command, self.path, body
+                    )
+                    signed = True
+                except SignedRequestError:
+                    signed = False
+                node.management_calls.append((self.command, self.path, signed))
+
             def do_GET(self) -> None:
                 if urlsplit(self.path).path == "/internal/usage":
                     self._usage()
@@ -140,6 +153,7 @@ class FakeNode:
                 if self.path != "/internal/health":
                     self._send(404, _error("not found", "not_found"))
                     return
+                self._note_call()
                 self._send(
                     200,
                     {
@@ -209,6 +223,7 @@ class FakeNode:
                 if self.path != "/internal/config":
                     self._send(404, _error("not found", "not_found"))
                     return
+                self._note_call(body)
                 try:
                     bundle = open_bundle(body, node.trusted)
                 except EnvelopeError as exc:

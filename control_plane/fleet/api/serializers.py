@@ -5,25 +5,24 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from control_plane.fleet.models import ConfigRelease, Node, NodeState, rollout_state
+from control_plane.core.api.serializers import (
+    RELEASE_FIELDS,
+    ReleaseSerializer,
+    TargetStateFieldMixin,
+    TargetStateSerializer,
+    refuse_disabled,
+)
+from control_plane.core.models import rollout_state
+from control_plane.fleet.models import ConfigRelease, Node, NodeState
 
 
-class NodeStateSerializer(serializers.ModelSerializer):
-    class Meta:
+class NodeStateSerializer(TargetStateSerializer):
+    class Meta(TargetStateSerializer.Meta):
         model = NodeState
-        fields = (
-            "applied_version",
-            "last_push_at",
-            "last_push_error",
-            "health_status",
-            "health",
-            "health_checked_at",
-            "health_error",
-        )
-        read_only_fields = fields
 
 
-class NodeSerializer(serializers.ModelSerializer):
+class NodeSerializer(TargetStateFieldMixin, serializers.ModelSerializer):
+    state_serializer_class = NodeStateSerializer
     key_id = serializers.CharField(source="public_key_id", read_only=True)
     state = serializers.SerializerMethodField()
     latest_release = serializers.SerializerMethodField()
@@ -47,48 +46,28 @@ class NodeSerializer(serializers.ModelSerializer):
         )
         read_only_fields = ("created_at", "updated_at")
 
-    def _state(self, obj: Node) -> NodeState | None:
-        try:
-            return obj.state
-        except NodeState.DoesNotExist:
-            return None
-
     def _latest(self, obj: Node) -> ConfigRelease | None:
         return obj.releases.order_by("-version").first()
-
-    def get_state(self, obj: Node) -> dict | None:
-        state = self._state(obj)
-        return NodeStateSerializer(state).data if state else None
 
     def get_latest_release(self, obj: Node) -> dict | None:
         latest = self._latest(obj)
         return ConfigReleaseSerializer(latest).data if latest else None
 
     def get_rollout(self, obj: Node) -> str:
-        return rollout_state(self._latest(obj), self._state(obj))
+        latest, state = self._latest(obj), obj.current_state()
+        return rollout_state(
+            latest.version if latest else None,
+            latest.status if latest else None,
+            state.applied_version if state else None,
+        )
 
 
-class ConfigReleaseSerializer(serializers.ModelSerializer):
+class ConfigReleaseSerializer(ReleaseSerializer):
     node = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    released_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
 
     class Meta:
         model = ConfigRelease
-        fields = (
-            "id",
-            "node",
-            "version",
-            "status",
-            "attempts",
-            "last_error",
-            "last_attempt_at",
-            "applied_at",
-            "released_by",
-            "created_at",
-            "bundle_sha256",
-            "model_count",
-            "client_count",
-        )
+        fields = ("id", "node", *RELEASE_FIELDS, "model_count", "client_count")
         read_only_fields = fields
 
 
@@ -102,7 +81,5 @@ class RolloutRequestSerializer(serializers.Serializer):
     )
 
     def validate_nodes(self, nodes: list[Node]) -> list[Node]:
-        disabled = [node.name for node in nodes if not node.enabled]
-        if disabled:
-            raise serializers.ValidationError(f"Disabled: {', '.join(disabled)}.")
+        refuse_disabled(nodes)
         return nodes

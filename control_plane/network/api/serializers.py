@@ -9,6 +9,13 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from control_plane.clients.models import Client
+from control_plane.core.api.serializers import (
+    RELEASE_FIELDS,
+    ReleaseSerializer,
+    TargetStateFieldMixin,
+    TargetStateSerializer,
+    refuse_disabled,
+)
 from control_plane.fleet.models import Node
 from control_plane.network.choices import PeerStatus
 from control_plane.network.models import (
@@ -58,22 +65,13 @@ class GatewayUpstreamSerializer(serializers.ModelSerializer):
         fields = ("node", "host", "port")
 
 
-class GatewayStateSerializer(serializers.ModelSerializer):
-    class Meta:
+class GatewayStateSerializer(TargetStateSerializer):
+    class Meta(TargetStateSerializer.Meta):
         model = GatewayState
-        fields = (
-            "applied_version",
-            "last_push_at",
-            "last_push_error",
-            "health_status",
-            "health",
-            "health_checked_at",
-            "health_error",
-        )
-        read_only_fields = fields
 
 
-class GatewaySerializer(serializers.ModelSerializer):
+class GatewaySerializer(TargetStateFieldMixin, serializers.ModelSerializer):
+    state_serializer_class = GatewayStateSerializer
     pool = serializers.SlugRelatedField(slug_field="name", queryset=AddressPool.objects.all())
     upstreams = GatewayUpstreamSerializer(many=True, required=False)
     state = serializers.SerializerMethodField()
@@ -100,12 +98,6 @@ class GatewaySerializer(serializers.ModelSerializer):
             "updated_at",
         )
         read_only_fields = ("created_at", "updated_at")
-
-    def get_state(self, obj: Gateway) -> dict | None:
-        try:
-            return GatewayStateSerializer(obj.state).data
-        except GatewayState.DoesNotExist:
-            return None
 
     def validate(self, attrs: dict) -> dict:
         pool = attrs.get("pool")
@@ -225,26 +217,12 @@ class PeerEnableSerializer(serializers.Serializer):
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
 
-class GatewayReleaseSerializer(serializers.ModelSerializer):
+class GatewayReleaseSerializer(ReleaseSerializer):
     gateway = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    released_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
 
     class Meta:
         model = GatewayRelease
-        fields = (
-            "id",
-            "gateway",
-            "version",
-            "status",
-            "attempts",
-            "last_error",
-            "last_attempt_at",
-            "applied_at",
-            "released_by",
-            "created_at",
-            "config_sha256",
-            "peer_count",
-        )
+        fields = ("id", "gateway", *RELEASE_FIELDS, "peer_count")
         read_only_fields = fields
 
 
@@ -258,7 +236,5 @@ class GatewayRolloutSerializer(serializers.Serializer):
     )
 
     def validate_gateways(self, gateways: list[Gateway]) -> list[Gateway]:
-        disabled = [g.name for g in gateways if not g.enabled]
-        if disabled:
-            raise serializers.ValidationError(f"Disabled: {', '.join(disabled)}.")
+        refuse_disabled(gateways)
         return gateways

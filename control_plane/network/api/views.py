@@ -7,13 +7,14 @@ from typing import Any
 from django.db import transaction
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from control_plane.accounts.errors import Conflict
+from control_plane.core.api.views import ReleaseViewSet, RolloutActionMixin
+from control_plane.core.errors import Conflict
 from control_plane.network.api.serializers import (
     AddressPoolSerializer,
     GatewayReleaseSerializer,
@@ -27,7 +28,7 @@ from control_plane.network.api.serializers import (
 )
 from control_plane.network.filtersets import GatewayReleaseFilterSet, PeerFilterSet
 from control_plane.network.models import AddressPool, Gateway, GatewayRelease, Peer
-from control_plane.network.rollout import roll_out_gateways
+from control_plane.network.rollout import GATEWAYS
 from control_plane.network.services import (
     client_config,
     config_qr_svg,
@@ -58,20 +59,14 @@ class AddressPoolViewSet(viewsets.ModelViewSet):
         instance.delete()
 
 
-def _released(releases: list[GatewayRelease]) -> Response:
-    fresh = GatewayRelease.objects.select_related("gateway", "released_by").filter(
-        pk__in=[r.pk for r in releases]
-    )
-    data = GatewayReleaseSerializer(fresh.order_by("gateway__name"), many=True).data
-    return Response(data, status=status.HTTP_202_ACCEPTED)
-
-
-class GatewayViewSet(viewsets.ModelViewSet):
+class GatewayViewSet(RolloutActionMixin, viewsets.ModelViewSet):
     queryset = Gateway.objects.select_related("pool", "state").prefetch_related("upstreams__node")
     serializer_class = GatewaySerializer
     search_fields = ("name", "public_endpoint", "management_url")
     ordering_fields = ("name", "created_at")
     action_permissions = {"rollout": ["network.add_gatewayrelease"]}
+    rollout_kind = GATEWAYS
+    release_serializer_class = GatewayReleaseSerializer
 
     def perform_create(self, serializer: GatewaySerializer) -> None:
         with transaction.atomic():
@@ -90,10 +85,7 @@ class GatewayViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     def rollout(self, request: Request, pk: str | None = None) -> Response:
         """Build, sign and push this gateway's config now."""
-        gateway = self.get_object()
-        if not gateway.enabled:
-            raise Conflict("this gateway is disabled", "gateway_disabled")
-        return _released(roll_out_gateways([gateway]))
+        return self.roll_out_one()
 
 
 class PeerViewSet(
@@ -185,22 +177,18 @@ def _file_name(peer: Peer) -> str:
     return f"sanctum{peer.pk}"[:15]
 
 
-class GatewayReleaseViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
-):
+@extend_schema_view(
+    create=extend_schema(
+        request=GatewayRolloutSerializer, responses={202: GatewayReleaseSerializer(many=True)}
+    )
+)
+class GatewayReleaseViewSet(ReleaseViewSet):
     """Gateway releases. ``POST`` rolls out: a new release per gateway, pushed by workers."""
 
     queryset = GatewayRelease.objects.select_related("gateway", "released_by")
     serializer_class = GatewayReleaseSerializer
     filterset_class = GatewayReleaseFilterSet
-    search_fields = ("gateway__name", "config_sha256")
-    ordering_fields = ("created_at", "version")
-
-    @extend_schema(
-        request=GatewayRolloutSerializer, responses={202: GatewayReleaseSerializer(many=True)}
-    )
-    def create(self, request: Request) -> Response:
-        serializer = GatewayRolloutSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        gateways = serializer.validated_data.get("gateways")
-        return _released(roll_out_gateways(gateways or None))
+    search_fields = ("gateway__name", "document_sha256")
+    rollout_kind = GATEWAYS
+    request_serializer_class = GatewayRolloutSerializer
+    targets_field = "gateways"

@@ -9,8 +9,8 @@ import pytest
 
 from control_plane.audit.ledger import Verified
 from control_plane.audit.models import Receipt, TreeHead
+from control_plane.core.signing import signing_key
 from control_plane.fleet.models import Node
-from control_plane.fleet.signing import signing_key
 from shared.checkpoint import open_checkpoint
 from shared.keys import key_id, public_pem
 from shared.merkle import InMemoryTree

@@ -10,7 +10,7 @@ import pytest
 from control_plane.audit.services import collect_node
 from control_plane.changes.models import ObjectChange
 from control_plane.clients.models import Client
-from control_plane.fleet.services import build_bundle
+from control_plane.fleet.rollout import build_bundle
 from tests.control_plane.factories import ClientFactory, NodeFactory
 
 pytestmark = pytest.mark.django_db

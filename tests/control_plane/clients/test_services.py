@@ -10,11 +10,11 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.utils import timezone
 
-from control_plane.accounts.errors import Conflict
 from control_plane.changes.models import ObjectChange
 from control_plane.clients.choices import ApiKeyStatus
 from control_plane.clients.models import ApiKey
 from control_plane.clients.services import issue_api_key, revoke_api_key, rotate_api_key
+from control_plane.core.errors import Conflict
 from shared.config import api_key_prefix, hash_api_key
 from tests.control_plane.factories import ClientFactory
 

@@ -48,7 +48,7 @@ def test_rolling_out_through_the_api(
     assert detail["rollout"] == "in_sync" and detail["state"]["applied_version"] == 1
     assert fake.held_version == 1
     listed = auditor_api.get("/api/releases/?node=n1").json()
-    assert listed["count"] == 1 and "signed_bundle" not in listed["results"][0]
+    assert listed["count"] == 1 and "signed_document" not in listed["results"][0]
 
 
 def test_rolling_out_to_an_unknown_or_disabled_node_is_a_field_error(admin_api):

@@ -11,9 +11,10 @@ import httpx
 import pytest
 
 from control_plane.clients.services import issue_api_key
-from control_plane.fleet.choices import ReleaseStatus
-from control_plane.fleet.services import roll_out
-from control_plane.fleet.signing import signing_key
+from control_plane.core.choices import ReleaseStatus
+from control_plane.core.rollout import roll_out
+from control_plane.core.signing import signing_key
+from control_plane.fleet.rollout import NODES
 from shared.keys import public_pem, write_key_pair
 from shared.models import DEFAULT_MODEL_NAME, bundled_gguf_path
 from tests.control_plane.factories import ClientFactory, ModelPinFactory, NodeFactory
@@ -49,7 +50,7 @@ def test_each_node_enforces_its_share_and_together_they_allow_the_limit(two_node
     key = issue_api_key(client).secret
     ModelPinFactory(name=DEFAULT_MODEL_NAME, path=str(bundled_gguf_path()), clients=[client])
     with on_commit():
-        releases = roll_out()
+        releases = roll_out(NODES)
     for release in releases:
         release.refresh_from_db()
         assert release.status == ReleaseStatus.APPLIED, release.last_error

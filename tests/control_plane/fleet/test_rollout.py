@@ -8,16 +8,11 @@ import pytest
 from django.utils import timezone
 
 from control_plane.clients.services import issue_api_key, revoke_api_key
-from control_plane.fleet.choices import HealthStatus, ReleaseStatus
+from control_plane.core.choices import HealthStatus, ReleaseStatus
+from control_plane.core.rollout import check_health, create_release, deliver, roll_out
+from control_plane.core.signing import signing_key
 from control_plane.fleet.models import ConfigRelease, NodeState
-from control_plane.fleet.services import (
-    build_bundle,
-    check_node,
-    create_release,
-    deliver_release,
-    roll_out,
-)
-from control_plane.fleet.signing import signing_key
+from control_plane.fleet.rollout import NODES, build_bundle
 from control_plane.registry.choices import HashStatus
 from shared.config import open_bundle
 from tests.control_plane.factories import ClientFactory, ModelPinFactory, NodeFactory
@@ -52,12 +47,12 @@ def test_a_rollout_signs_pushes_and_records_the_applied_version(fake_node_factor
     fake, node = fake_node_factory()
 
     with on_commit():
-        (release,) = roll_out()
+        (release,) = roll_out(NODES)
 
     release.refresh_from_db()
     assert release.status == ReleaseStatus.APPLIED and release.applied_at is not None
     assert fake.held_version == release.version == 1
-    assert open_bundle(release.signed_bundle, signing_key().public_key()).node == node.name
+    assert open_bundle(release.signed_document, signing_key().public_key()).node == node.name
     assert NodeState.objects.get(node=node).applied_version == 1
 
 
@@ -69,17 +64,17 @@ def test_a_down_node_fails_with_the_reason_blocks_no_one_and_catches_up(
     down.stop()
 
     with on_commit():
-        releases = {r.node.name: r for r in roll_out()}
+        releases = {r.node.name: r for r in roll_out(NODES)}
 
     for release in releases.values():
         release.refresh_from_db()
     assert releases["up"].status == ReleaseStatus.APPLIED
     assert releases["down"].status == ReleaseStatus.FAILED
     assert "node unreachable" in releases["down"].last_error
-    assert check_node(down_node).health_status == HealthStatus.UNREACHABLE
+    assert check_health(NODES, down_node).health_status == HealthStatus.UNREACHABLE
 
     down.start()  # same port: the node is back, holding nothing
-    state = check_node(down_node)
+    state = check_health(NODES, down_node)
 
     releases["down"].refresh_from_db()
     assert releases["down"].status == ReleaseStatus.APPLIED
@@ -89,11 +84,11 @@ def test_a_down_node_fails_with_the_reason_blocks_no_one_and_catches_up(
 
 def test_a_node_never_gets_a_version_older_than_it_holds(fake_node_factory, on_commit):
     fake, node = fake_node_factory()
-    old = create_release(node)  # made but not pushed
+    old = create_release(NODES, node)  # made but not pushed
     with on_commit():
-        (new,) = roll_out([node])
+        (new,) = roll_out(NODES, [node])
 
-    outcome = deliver_release(old)
+    outcome = deliver(NODES, old)
 
     assert outcome.status == ReleaseStatus.SUPERSEDED
     assert fake.received == [new.version]  # the old bundle never left
@@ -102,10 +97,10 @@ def test_a_node_never_gets_a_version_older_than_it_holds(fake_node_factory, on_c
 def test_versions_go_above_what_a_node_reports_holding(fake_node_factory, on_commit):
     fake, node = fake_node_factory()
     fake.held_version = 41  # e.g. a control plane restored from an older backup
-    check_node(node)
+    check_health(NODES, node)
 
     with on_commit():
-        (release,) = roll_out([node])
+        (release,) = roll_out(NODES, [node])
 
     release.refresh_from_db()
     assert release.version == 42 and release.status == ReleaseStatus.APPLIED
@@ -116,7 +111,7 @@ def test_a_node_holding_a_version_never_issued_here_is_overtaken(fake_node_facto
     fake.held_version = 1_700_000_000_000  # pushed by hand, or by a restored database
 
     with on_commit():
-        (first,) = roll_out([node])
+        (first,) = roll_out(NODES, [node])
 
     first.refresh_from_db()
     latest = ConfigRelease.objects.filter(node=node).order_by("-version").first()
@@ -128,10 +123,10 @@ def test_a_node_holding_a_version_never_issued_here_is_overtaken(fake_node_facto
 
 def test_a_stale_answer_for_the_same_version_counts_as_applied(fake_node_factory):
     fake, node = fake_node_factory()
-    release = create_release(node)
+    release = create_release(NODES, node)
     fake.held_version = release.version  # applied, but the answer was lost
 
-    assert deliver_release(release).status == ReleaseStatus.APPLIED
+    assert deliver(NODES, release).status == ReleaseStatus.APPLIED
     assert NodeState.objects.get(node=node).applied_version == release.version
 
 
@@ -149,9 +144,9 @@ def test_a_node_refusing_a_bundle_is_recorded_and_not_retried(fake_node_factory,
         },
     )
     with on_commit():
-        (release,) = roll_out([node])
+        (release,) = roll_out(NODES, [node])
 
-    check_node(node)  # beat's catch-up must not hammer the node with the same bundle
+    check_health(NODES, node)  # beat's catch-up must not hammer the node with the same bundle
 
     release.refresh_from_db()
     assert release.status == ReleaseStatus.REJECTED
@@ -162,23 +157,23 @@ def test_a_node_refusing_a_bundle_is_recorded_and_not_retried(fake_node_factory,
 def test_a_node_that_lost_its_config_gets_it_again(fake_node_factory, on_commit):
     fake, node = fake_node_factory()
     with on_commit():
-        (release,) = roll_out([node])
+        (release,) = roll_out(NODES, [node])
     fake.held_version = None  # restarted without its config
 
-    check_node(node)
+    check_health(NODES, node)
 
     assert fake.received == [release.version, release.version]
     assert fake.held_version == release.version
 
 
 def test_a_push_task_that_cannot_reach_the_node_records_failure(fake_node_factory):
-    from control_plane.fleet.tasks import push_release
+    from control_plane.core.tasks import push_release
 
     fake, node = fake_node_factory()
     fake.stop()
-    release = create_release(node)
+    release = create_release(NODES, node)
 
-    push_release.delay(release.pk)  # in-process: no retries, the reconciler catches up
+    push_release.delay("node", release.pk)  # in-process: no retries, the reconciler catches up
 
     release.refresh_from_db()
     assert (release.status, release.attempts) == (ReleaseStatus.FAILED, 1)

@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from control_plane.fleet.signing import signing_key
+from control_plane.core.signing import signing_key
 from control_plane.network.models import AddressPool, Gateway
 from shared.envelope import EnvelopeError
 from shared.gateway import GatewayConfig, open_gateway_config, open_preshared_key

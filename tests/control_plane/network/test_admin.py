@@ -119,3 +119,34 @@ def test_the_provisioning_form_needs_a_csrf_token(admin_user, gateway):
     )
     assert page.status_code == 403
     assert not Peer.objects.exists()
+
+
+def test_the_gateway_rollout_pages_show_progress_and_roll_out(
+    admin_user, auditor_user, fake_agent_factory, on_commit
+):
+    from control_plane.core.rollout import roll_out
+    from control_plane.network.rollout import GATEWAYS
+
+    agent, keys = fake_agent_factory()
+    with on_commit():
+        roll_out(GATEWAYS, [keys.gateway])
+    browser = _signed_in(admin_user)
+
+    gateways = browser.get("/admin/network/gateway/").content.decode()
+    releases = browser.get("/admin/network/gatewayrelease/").content.decode()
+    with on_commit():
+        done = browser.post(
+            "/admin/network/gateway/",
+            {"action": "roll_out_now", "_selected_action": [keys.gateway.pk]},
+            follow=True,
+        )
+    denied = _signed_in(auditor_user).post(
+        "/admin/network/gateway/",
+        {"action": "roll_out_now", "_selected_action": [keys.gateway.pk]},
+    )
+
+    assert "In sync" in gateways and "gw-1" in gateways
+    assert "Applied" in releases
+    assert "Released gw-1 v2." in done.content.decode()
+    assert agent.held is not None and agent.held.version == 2
+    assert denied.status_code < 500 and keys.gateway.releases.count() == 2  # none for auditors

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from django.db import connection
 
-from control_plane.accounts.errors import Conflict
+from control_plane.core.errors import Conflict
 from control_plane.network.allocation import PoolExhausted, allocate, gateway_address
 from control_plane.network.models import Peer
 from control_plane.network.services import delete_peer, provision_peer

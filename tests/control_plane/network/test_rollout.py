@@ -8,15 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from control_plane.fleet.choices import HealthStatus, ReleaseStatus
-from control_plane.fleet.signing import signing_key
+from control_plane.core.choices import HealthStatus, ReleaseStatus
+from control_plane.core.rollout import check_health, deliver, roll_out
+from control_plane.core.signing import signing_key
 from control_plane.network.models import GatewayRelease, GatewayUpstream, Peer
-from control_plane.network.rollout import (
-    build_gateway_config,
-    check_gateway,
-    deliver_gateway_release,
-    roll_out_gateways,
-)
+from control_plane.network.rollout import GATEWAYS, build_gateway_config
 from control_plane.network.services import disable_peer, provision_peer
 from shared.gateway import open_gateway_config, open_preshared_key
 from shared.wireguard import generate_key_pair
@@ -71,18 +67,20 @@ def test_a_rollout_signs_pushes_and_the_agent_opens_the_psks(fake_agent_factory,
     peer = provision_peer(ClientFactory(slug="acme"), keys.gateway).peer
 
     with on_commit():
-        (release,) = roll_out_gateways()
+        (release,) = roll_out(GATEWAYS)
 
     release.refresh_from_db()
     assert release.status == ReleaseStatus.APPLIED and release.version == 1
-    assert open_gateway_config(release.signed_config, signing_key().public_key()).gateway == "gw-1"
+    assert (
+        open_gateway_config(release.signed_document, signing_key().public_key()).gateway == "gw-1"
+    )
     assert agent.psks == {peer.public_key: peer.preshared_key}
-    assert peer.preshared_key not in release.signed_config
+    assert peer.preshared_key not in release.signed_document
     assert keys.gateway.state.applied_version == 1
 
     disable_peer(peer, reason="offboarded")
     with on_commit():
-        (second,) = roll_out_gateways()
+        (second,) = roll_out(GATEWAYS)
     second.refresh_from_db()
     assert second.status == ReleaseStatus.APPLIED and second.version == 2
     assert agent.held is not None and agent.held.enabled_peers() == []
@@ -95,10 +93,10 @@ def test_health_records_each_peers_handshake(fake_agent_factory, on_commit):
     talking = provision_peer(client, keys.gateway).peer
     silent = provision_peer(client, keys.gateway).peer
     with on_commit():
-        roll_out_gateways()
+        roll_out(GATEWAYS)
     agent.handshakes = {talking.config_id: 1_760_000_000}
 
-    state = check_gateway(keys.gateway)
+    state = check_health(GATEWAYS, keys.gateway)
 
     assert state.health_status == HealthStatus.OK and state.applied_version == 1
     talking.refresh_from_db()
@@ -120,18 +118,18 @@ def test_a_gateway_that_is_down_fails_with_the_reason_and_catches_up(fake_agent_
     agent.stop()
 
     with on_commit():
-        (release,) = roll_out_gateways()
+        (release,) = roll_out(GATEWAYS)
 
     release.refresh_from_db()
     assert release.status == ReleaseStatus.FAILED
     assert "gateway unreachable" in release.last_error
-    assert check_gateway(keys.gateway).health_status == HealthStatus.UNREACHABLE
+    assert check_health(GATEWAYS, keys.gateway).health_status == HealthStatus.UNREACHABLE
 
     back = FakeAgent("gw-1", keys.private_key, signing_key().public_key()).start()
     try:
         keys.gateway.management_url = back.url
         keys.gateway.save()
-        state = check_gateway(keys.gateway)
+        state = check_health(GATEWAYS, keys.gateway)
         release.refresh_from_db()
         assert release.status == ReleaseStatus.APPLIED
         assert back.held is not None and back.held.version == release.version
@@ -142,10 +140,10 @@ def test_a_gateway_that_is_down_fails_with_the_reason_and_catches_up(fake_agent_
 
 def test_a_release_older_than_what_the_gateway_holds_is_never_sent(fake_agent_factory):
     agent, _ = fake_agent_factory()
-    old = roll_out_gateways()[0]  # not pushed: no commit in this test
-    new = roll_out_gateways()[0]
-    assert deliver_gateway_release(new) == ReleaseStatus.APPLIED
-    assert deliver_gateway_release(old) == ReleaseStatus.SUPERSEDED
+    old = roll_out(GATEWAYS)[0]  # not pushed: no commit in this test
+    new = roll_out(GATEWAYS)[0]
+    assert deliver(GATEWAYS, new).status == ReleaseStatus.APPLIED
+    assert deliver(GATEWAYS, old).status == ReleaseStatus.SUPERSEDED
     assert agent.held is not None and agent.held.version == new.version
 
 

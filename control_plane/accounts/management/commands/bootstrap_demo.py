@@ -18,9 +18,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from control_plane.accounts.services import bootstrap_demo
-from control_plane.fleet.choices import ReleaseStatus
+from control_plane.core.choices import ReleaseStatus
+from control_plane.core.signing import public_key_path
 from control_plane.fleet.models import ConfigRelease
-from control_plane.fleet.signing import public_key_path
 from shared.keys import KeyFileError, load_public_key, public_pem
 from shared.models import (
     DEFAULT_CONTEXT_SIZE,

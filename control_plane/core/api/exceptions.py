@@ -1,7 +1,7 @@
 """Turn errors raised by services into API answers with the right status.
 
 Services raise Django's ``ValidationError`` (with field names, so the API answers with
-field-level errors, 400) and :class:`~control_plane.accounts.errors.Conflict` (409).
+field-level errors, 400) and :class:`~control_plane.core.errors.Conflict` (409).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from control_plane.accounts.errors import Conflict
+from control_plane.core.errors import Conflict
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

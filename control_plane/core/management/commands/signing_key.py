@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from control_plane.fleet.signing import public_key_path, signing_key
+from control_plane.core.signing import public_key_path, signing_key
 from shared.keys import key_id
 
 

@@ -1,4 +1,4 @@
-"""Choices for nodes and releases."""
+"""Choices of the rollout mechanism, shared by every kind of target."""
 
 from django.db import models
 
@@ -7,7 +7,7 @@ class ReleaseStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     APPLIED = "applied", "Applied"
     FAILED = "failed", "Failed (will retry)"
-    REJECTED = "rejected", "Rejected by the node"
+    REJECTED = "rejected", "Rejected (not retried)"
     SUPERSEDED = "superseded", "Superseded"
 
 
@@ -19,7 +19,7 @@ class HealthStatus(models.TextChoices):
 
 
 class RolloutState(models.TextChoices):
-    """A node's position relative to its latest release (derived, not stored)."""
+    """A target's position relative to its latest release (derived, not stored)."""
 
     NO_RELEASE = "no_release", "No release yet"
     IN_SYNC = "in_sync", "In sync"

@@ -1,0 +1,97 @@
+"""Node rollout: what a data-plane node's config bundle holds, plugged into core's rollout.
+
+The mechanism (versions, pushes, health, catching up) is ``control_plane.core.rollout``;
+this module says only what is a node's: :func:`build_bundle` from the database, signed
+with ``shared.config.sign_bundle``. Roll out with ``roll_out(NODES, nodes)``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.utils import timezone
+
+from control_plane.clients.models import ApiKey, Client
+from control_plane.core.rollout import RolloutKind
+from control_plane.core.signing import signing_key
+from control_plane.fleet.models import ConfigRelease, Node, NodeState
+from control_plane.registry.models import ModelPin
+from shared.config import ApiKeySpec, ClientLimits, ClientSpec, ConfigBundle, ModelSpec, sign_bundle
+
+
+def build_bundle(node: Node, version: int, issued_at: datetime | None = None) -> ConfigBundle:
+    """The config ``node`` should hold, from the database as it is now.
+
+    Models: every enabled pin whose file hash is verified. Clients: every active one,
+    with its usable keys (revoked and expired ones are left out), the pinned models it
+    may use, and this node's share of its rates and quotas: every enabled node serves
+    every client, so each enforces its part (``Client.limit_shares``; docs/security.md).
+    """
+    issued_at = issued_at or timezone.now()
+    serving = list(Node.objects.enabled().order_by("name").values_list("name", flat=True))
+    share_of = serving.index(node.name) if node.name in serving else 0
+    pins = list(ModelPin.objects.servable().prefetch_related("clients").order_by("name"))
+    models = tuple(
+        ModelSpec(
+            name=pin.name,
+            version=pin.version,
+            sha256=pin.sha256,
+            path=pin.path,
+            context_size=pin.context_size,
+            chat_template=pin.chat_template or None,
+        )
+        for pin in pins
+    )
+    allowed: dict[int, list[str]] = {}
+    for pin in pins:
+        for client in pin.clients.all():
+            allowed.setdefault(client.pk, []).append(pin.name)
+    keys: dict[int, list[ApiKey]] = {}
+    for api_key in ApiKey.objects.usable(issued_at).order_by("prefix"):
+        keys.setdefault(api_key.client_id, []).append(api_key)
+    clients = tuple(
+        ClientSpec(
+            id=client.slug,
+            name=client.name,
+            api_keys=tuple(
+                ApiKeySpec(prefix=k.prefix, sha256=k.sha256, expires_at=k.expires_at)
+                for k in keys.get(client.pk, [])
+            ),
+            models=tuple(sorted(allowed.get(client.pk, []))),
+            knowledge_bases=tuple(client.knowledge_bases),
+            embeddings=client.embeddings,
+            limits=ClientLimits(
+                max_sessions=client.max_sessions,
+                max_tokens_per_request=client.max_tokens_per_request,
+                max_running=client.max_running_generations,
+                max_queued=client.max_queued_generations,
+                max_parked_bytes=None
+                if client.max_parked_kv_mib is None
+                else client.max_parked_kv_mib << 20,
+                **client.limit_shares(len(serving))[share_of],
+            ),
+        )
+        for client in Client.objects.active().order_by("slug")
+    )
+    return ConfigBundle(
+        version=version, issued_at=issued_at, node=node.name, models=models, clients=clients
+    )
+
+
+class NodeRollout(RolloutKind[Node, ConfigRelease, NodeState]):
+    """Nodes: their config bundle, pushed to the node's management listener."""
+
+    name = "node"
+    target_model = Node
+    release_model = ConfigRelease
+    state_model = NodeState
+
+    def build(self, target: Node, version: int, issued_at: datetime) -> ConfigBundle:
+        return build_bundle(target, version, issued_at)
+
+    def sign(self, document: Any) -> str:
+        return sign_bundle(document, signing_key())
+
+
+NODES = NodeRollout()
