@@ -204,6 +204,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": CP.rollout.health_poll_seconds,
         "args": ("gateway",),
     },
+    # Key rotations move on; releases are re-issued before they expire.
+    "keep-releases-fresh": {
+        "task": "control_plane.core.tasks.keep_releases_fresh",
+        "schedule": CP.keys.check_seconds,
+    },
     "expire-peers": {
         "task": "control_plane.network.tasks.expire_peers",
         "schedule": CP.rollout.peer_expiry_seconds,

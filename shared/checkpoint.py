@@ -31,12 +31,11 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 
 from shared.canonical import CanonicalEncodingError, b64decode_canonical
-from shared.keys import public_key_bytes
+from shared.keys import Signer, public_key_bytes
 from shared.merkle import HASH_SIZE
 
 SIGNATURE_PREFIX = "\u2014 "  # em dash, space
@@ -189,7 +188,7 @@ def parse_note(data: str | bytes) -> SignedNote:
     return SignedNote(text=text, signatures=tuple(signatures))
 
 
-def sign_note(text: str, name: str, key: Ed25519PrivateKey) -> str:
+def sign_note(text: str, name: str, key: Signer) -> str:
     """Sign ``text`` (which must end in a newline) and return the signed note."""
     check_key_name(name)
     if not text.endswith("\n") or _CONTROL.search(text) or "\n\n" in "\n" + text:
@@ -251,7 +250,7 @@ def parse_checkpoint(data: str | bytes) -> Checkpoint:
     return parse_checkpoint_text(parse_note(data).text)
 
 
-def sign_checkpoint(checkpoint: Checkpoint, key: Ed25519PrivateKey, name: str | None = None) -> str:
+def sign_checkpoint(checkpoint: Checkpoint, key: Signer, name: str | None = None) -> str:
     """The signed checkpoint note; the key name defaults to the origin (spec: SHOULD)."""
     return sign_note(checkpoint.text(), checkpoint.origin if name is None else name, key)
 

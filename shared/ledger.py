@@ -94,7 +94,6 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -115,7 +114,7 @@ from shared.checkpoint import (
     parse_checkpoint,
 )
 from shared.config import Name, Sha256Hex
-from shared.keys import b64url, key_id, public_jwk, public_key_bytes
+from shared.keys import Signer, b64url, key_id, public_jwk, public_key_bytes
 from shared.merkle import HASH_SIZE, ProofError, leaf_hash, verify_consistency, verify_inclusion
 from shared.usage import (
     NodeKeys,
@@ -321,7 +320,7 @@ def build_bundle(
     checkpoint: str,
     receipts: Iterable[ReceiptProof],
     node_keys: Mapping[str, Ed25519PublicKey | Sequence[Ed25519PublicKey]],
-    log_key: Ed25519PrivateKey,
+    log_key: Signer,
     log_key_name: str,
     self_check: bool = True,
 ) -> bytes:

@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 from django.conf import settings
@@ -34,9 +33,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from control_plane.audit.models import LogSubtree, NodeKey, Receipt, TreeHead
-from control_plane.core.signing import signing_key
+from control_plane.core.signing import signer
 from shared.checkpoint import Checkpoint, sign_checkpoint
-from shared.keys import KeyFileError, key_id, public_key_from_pem
+from shared.keys import KeyFileError, Signer, key_id, public_key_from_pem
 from shared.ledger import LedgerError, LogEntry
 from shared.merkle import (
     HASH_SIZE,
@@ -46,6 +45,7 @@ from shared.merkle import (
     inclusion_proof,
     root_hash,
 )
+from shared.trust import LOG
 from shared.usage import UsageRecord, format_timestamp, parse_timestamp, peek_usage_record
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,9 @@ _BATCH = 500  # rows per INSERT, and ids per IN (...) lookup
 T = TypeVar("T")
 
 
-def log_key() -> Ed25519PrivateKey:
-    """The key that signs tree heads and bundle manifests: the control plane's own."""
-    return signing_key()
+def log_key() -> Signer:
+    """The key that signs tree heads and bundle manifests: the keyring's log key."""
+    return signer(LOG)
 
 
 def log_key_name() -> str:

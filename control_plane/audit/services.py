@@ -49,11 +49,11 @@ from control_plane.audit.ledger import (
 from control_plane.audit.models import CollectionState, Receipt, RefusedRecord, TreeHead
 from control_plane.audit.querysets import ReceiptQuerySet
 from control_plane.clients.models import Client
+from control_plane.core.signing import management_auth
 from control_plane.fleet.models import Node, NodeState
 from shared.checkpoint import verifier_key
 from shared.keys import KeyFileError, key_id, public_jwk, public_key_from_pem, public_pem
 from shared.ledger import ReceiptProof, build_bundle, dump_consistency
-from shared.signed_request import SignedRequestAuth
 from shared.usage import (
     USAGE_ACK_PATH,
     USAGE_PATH,
@@ -314,7 +314,7 @@ def _collect(node: Node, state: CollectionState, outcome: CollectOutcome) -> Non
     timeout = httpx.Timeout(ledger.timeout_seconds, connect=ledger.connect_timeout_seconds)
     with httpx.Client(
         base_url=node.management_url.rstrip("/"),
-        auth=SignedRequestAuth(log_key()),
+        auth=management_auth(node.name),
         timeout=timeout,
     ) as http:
         for _ in range(ledger.max_pages_per_run):

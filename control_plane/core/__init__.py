@@ -8,7 +8,7 @@
   target, pushed, checked and caught up; nodes (``fleet``) and gateways (``network``)
   plug in only what differs (:class:`~control_plane.core.rollout.RolloutKind`).
 - ``management/commands``: the process commands (``serve``, ``worker``, ``beat``,
-  ``reconcile``) and ``signing_key``.
+  ``reconcile``) and ``keys``.
 
 Domain apps import from here; this app imports no domain app (import-linter checks it).
 """

@@ -23,6 +23,6 @@ class RolloutState(models.TextChoices):
 
     NO_RELEASE = "no_release", "No release yet"
     IN_SYNC = "in_sync", "In sync"
-    PENDING = "pending", "Pending"
-    FAILED = "failed", "Failed"
-    REJECTED = "rejected", "Rejected"
+    OUT_OF_DATE = "out_of_date", "Out of date (release on its way)"
+    FAILED = "failed", "Out of date (push failed, will retry)"
+    REJECTED = "rejected", "Out of date (release rejected)"

@@ -143,4 +143,4 @@ def rollout_state(
         return RolloutState.REJECTED
     if latest_status == ReleaseStatus.FAILED:
         return RolloutState.FAILED
-    return RolloutState.PENDING
+    return RolloutState.OUT_OF_DATE

@@ -19,22 +19,17 @@ what else its health report tells).
 - :func:`check_health`: read the target's health report, record it, let the kind read
   what else it tells, and :func:`catch_up` a target that is behind.
 
-Every HTTP call to a target goes through :func:`call_target`, which signs it for that
-target (``management_auth(target.name)``) and uses ``shared.management``'s contract.
+Every HTTP call to a target goes through :func:`call_target`, which signs it with the
+management key for that target (its name is the audience) and uses
+``shared.management``'s contract. Health answers are JWS signed by the target's own key
+for that one request; :meth:`RolloutKind.open_health` believes nothing else.
 
-Where later changes go (one place each):
-
-- pushes as signed management requests with an audience: :func:`call_target` already
-  signs every call with ``management_auth(target.name)``; the audience goes into the
-  signature there (``control_plane.core.signing``), for pushes and health alike.
-- health answers signed by the target's key: :meth:`RolloutKind.open_health` (the kind
-  gives the target's key; verification is the same for every kind).
-- "out of date" (holds less than it should): ``control_plane.core.models.rollout_state``.
-- a change (a revoked key, a disabled peer) rolling out on commit: the service calls
-  :func:`roll_out` inside its transaction; the pushes already wait for the commit.
-- bundles that expire and are re-issued before: :meth:`RolloutKind.build` stamps the
-  expiry, and :func:`release_to_send` decides when the latest release is too old to send
-  (make a new one there).
+Every release expires (``RolloutSettings.release_lifetime_seconds``) and carries the
+config and management keys the target is to trust (:class:`ReleaseStamp`).
+:func:`refresh` makes a new release for a target whose latest one expires soon or names
+other keys than the keyring's, and :func:`advance_keys` activates a next key once every
+target holds a release that trusts it. :func:`release_on_commit` is how a change to
+what targets hold (a revoked key, a disabled peer) reaches them by itself.
 """
 
 from __future__ import annotations
@@ -43,7 +38,7 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import httpx
@@ -57,8 +52,12 @@ from control_plane.changes.choices import ChangeAction
 from control_plane.changes.services import current_change_context
 from control_plane.core.choices import HealthStatus, ReleaseStatus
 from control_plane.core.models import Release, RolloutTarget, TargetState
-from control_plane.core.signing import management_auth
-from shared.management import CONFIG_PATH, HEALTH_PATH, JOSE, STALE_VERSION
+from control_plane.core.signing import keyring, management_auth, target_trust
+from shared.keyring import KeyringError
+from shared.keys import KeyFileError, public_key_from_pem
+from shared.management import CONFIG_PATH, CONTROL_PLANE_AUDIENCE, HEALTH_PATH, JOSE, STALE_VERSION
+from shared.signed_request import SignedRequestAuth, SignedRequestError, open_answer
+from shared.trust import TARGET_PURPOSES, KeySet
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +79,24 @@ class PushOutcome:
     release_id: int
     status: str
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class ReleaseStamp:
+    """What every release carries besides its content (``shared.release``)."""
+
+    issued_at: datetime
+    expires_at: datetime
+    trust: KeySet
+
+    @classmethod
+    def now(cls) -> ReleaseStamp:
+        issued_at = timezone.now()
+        lifetime = settings.SANCTUM.rollout.release_lifetime_seconds
+        return cls(issued_at, issued_at + timedelta(seconds=lifetime), target_trust())
+
+    def fields(self) -> dict[str, Any]:
+        return {"issued_at": self.issued_at, "expires_at": self.expires_at, "trust": self.trust}
 
 
 class SignableDocument(Protocol):
@@ -105,8 +122,12 @@ class RolloutKind(Generic[TargetT, ReleaseT, StateT]):
 
     # --- What each kind must say ---------------------------------------------------------
 
-    def build(self, target: TargetT, version: int, issued_at: datetime) -> SignableDocument:
+    def build(self, target: TargetT, version: int, stamp: ReleaseStamp) -> SignableDocument:
         """The document ``target`` should hold at ``version``, from the database now."""
+        raise NotImplementedError
+
+    def health_key(self, target: TargetT) -> str:
+        """The PEM of the key ``target`` signs its health answers with (registered here)."""
         raise NotImplementedError
 
     def sign(self, document: Any) -> str:
@@ -123,19 +144,24 @@ class RolloutKind(Generic[TargetT, ReleaseT, StateT]):
         """The URL of a management ``path`` on ``target``."""
         return target.endpoint(path)
 
-    def open_health(self, target: TargetT, response: httpx.Response) -> dict[str, Any] | None:
+    def open_health(
+        self, target: TargetT, response: httpx.Response, nonce: str
+    ) -> dict[str, Any] | None:
         """The health report in ``response``, or ``None`` when the target answered an error.
 
-        Raises ``ValueError`` for an answer that is not a report. When health answers
-        become JWS signed by the target, they are verified here (with a key the kind
-        gives), for every kind at once.
+        Only a JWS signed by the target's registered key, for the request whose one-time
+        id is ``nonce``, is a report; anything else raises ``ValueError`` naming why.
         """
         if response.status_code != 200:
             return None
-        health = response.json()
-        if not isinstance(health, dict):
-            raise ValueError("health answer is not a JSON object")
-        return health
+        try:
+            key = public_key_from_pem(self.health_key(target).strip(), source="its key")
+        except KeyFileError:
+            raise ValueError(f"{self.name} has no usable signing key registered") from None
+        try:
+            return open_answer(response.content, key, nonce=nonce, audience=CONTROL_PLANE_AUDIENCE)
+        except SignedRequestError as exc:
+            raise ValueError(f"health answer refused: {exc}") from None
 
     def read_health(self, target: TargetT, health: dict[str, Any]) -> None:
         """Record what else a health report tells (called inside the state's transaction)."""
@@ -197,6 +223,7 @@ def call_target(
     *,
     content: bytes | None = None,
     timeout: httpx.Timeout | float,
+    auth: SignedRequestAuth | None = None,
 ) -> httpx.Response:
     """One management request to ``target``, signed for it (its name is the audience).
 
@@ -209,7 +236,7 @@ def call_target(
         kind.endpoint(target, path),
         content=content,
         headers=headers,
-        auth=management_auth(target.name),
+        auth=auth or management_auth(target.name),
         timeout=timeout,
     )
 
@@ -249,7 +276,7 @@ def create_release(kind: RolloutKind[TargetT, ReleaseT, Any], target: TargetT) -
         target = kind.lock_target(target.pk)
         kind.state_for(target.pk)
         version = next_version(kind, target)
-        document = kind.build(target, version, timezone.now())
+        document = kind.build(target, version, ReleaseStamp.now())
         token = kind.sign(document)
         release = kind.release_model(
             version=version,
@@ -431,6 +458,7 @@ def check_health(kind: RolloutKind[TargetT, Any, StateT], target: TargetT) -> St
     """
     now = timezone.now()
     health: dict[str, Any] | None = None
+    auth = management_auth(target.name)
     try:
         response = call_target(
             kind,
@@ -438,8 +466,9 @@ def check_health(kind: RolloutKind[TargetT, Any, StateT], target: TargetT) -> St
             "GET",
             HEALTH_PATH,
             timeout=settings.SANCTUM.rollout.health_timeout_seconds,
+            auth=auth,
         )
-        health = kind.open_health(target, response)
+        health = kind.open_health(target, response, str(auth.jti))
         if health is None:
             status, error = HealthStatus.ERROR, f"HTTP {response.status_code}"
         else:
@@ -448,8 +477,8 @@ def check_health(kind: RolloutKind[TargetT, Any, StateT], target: TargetT) -> St
     except httpx.HTTPError as exc:
         status = HealthStatus.UNREACHABLE
         error = f"{type(exc).__name__}: {exc}"[:_MAX_REASON]
-    except ValueError:
-        health, status, error = None, HealthStatus.ERROR, "health answer is not JSON"
+    except ValueError as exc:
+        health, status, error = None, HealthStatus.ERROR, str(exc)[:_MAX_REASON]
     with transaction.atomic():
         state = kind.state_for(target.pk, lock=True)
         state.health_status = status
@@ -511,3 +540,107 @@ def catch_up(
 def check_all(kind: RolloutKind[Any, Any, StateT]) -> list[StateT]:
     """:func:`check_health` for every enabled target of ``kind``, one after another."""
     return [check_health(kind, target) for target in kind.targets()]
+
+
+# --- Keeping releases fresh, keys moving, and changes flowing ---------------------------
+
+
+def _latest(kind: RolloutKind[Any, ReleaseT, Any], target_id: int) -> ReleaseT | None:
+    return kind.release_model.objects.latest_for(target_id)  # type: ignore[no-any-return,attr-defined]
+
+
+def _trusts(release: Release | None) -> KeySet | None:
+    if release is None:
+        return None
+    try:
+        return KeySet.model_validate(release.document.get("trust"))
+    except ValueError:
+        return None
+
+
+def needs_release(kind: RolloutKind[Any, Any, Any], target: RolloutTarget) -> str | None:
+    """Why ``target`` needs a new release now (its latest expires soon, or names other
+    keys than the keyring's), or None."""
+    latest = _latest(kind, target.pk)
+    if latest is None:
+        return None  # never released: the operator's first rollout
+    renew = timedelta(seconds=settings.SANCTUM.rollout.renew_before_seconds)
+    expires = latest.document.get("expires_at")
+    if not expires or datetime.fromisoformat(expires) - renew <= timezone.now():
+        return "its latest release expires soon"
+    if _trusts(latest) != target_trust():
+        return "the keyring changed"
+    return None
+
+
+def refresh(kind: RolloutKind[Any, Any, Any]) -> list[Release]:
+    """A new release for each enabled target that :func:`needs_release`."""
+    made = []
+    for target in kind.targets():
+        reason = needs_release(kind, target)
+        if reason is not None:
+            log.info("%s %s gets a new release: %s", kind.name, target.name, reason)
+            made += roll_out(kind, [target])
+    return made
+
+
+def _holds(kind: RolloutKind[Any, Any, Any], target: RolloutTarget, kid: str) -> bool:
+    """``target`` has applied a release whose trust set names ``kid``."""
+    state = kind.state_for(target.pk)
+    if state.applied_version is None:
+        return False
+    held = kind.releases_of(target.pk).filter(version=state.applied_version).first()
+    trust = _trusts(held)
+    return trust is not None and kid in {k.kid for k in trust.keys}
+
+
+def advance_keys() -> list[str]:
+    """Retire keys past their overlap; activate a next key every target trusts already.
+
+    Returns what changed (for the task's result). With ``keys.auto_activate`` off, next
+    keys wait for ``sanctum keys activate``.
+    """
+    ring = keyring()
+    changed = [f"retired {e.purpose} {e.kid}" for e in ring.retire_expired()]
+    if not settings.SANCTUM.keys.auto_activate:
+        return changed
+    targets = [(kind, t) for kind in rollout_kinds() for t in kind.targets()]
+    for entry in ring.entries():
+        if entry.state != "next" or entry.purpose not in TARGET_PURPOSES:
+            continue
+        waiting = [t.name for kind, t in targets if not _holds(kind, t, entry.kid)]
+        if waiting:
+            log.info("next %s key waits for %d targets", entry.purpose, len(waiting))
+            continue
+        try:
+            ring.activate(entry.purpose, settings.SANCTUM.keys.overlap_seconds)
+        except KeyringError as exc:
+            log.warning("next %s key not activated: %s", entry.purpose, exc)
+            continue
+        changed.append(f"activated {entry.purpose} {entry.kid}")
+    return changed
+
+
+def release_on_commit(kind_name: str) -> None:
+    """Release to every enabled target of ``kind_name`` once the current transaction
+    commits (once per transaction, however many rows changed; nothing if it rolls back).
+
+    Domain apps call this from their change signals; with ``rollout.on_change`` off it
+    does nothing (an operator rolls out by hand).
+    """
+    if not settings.SANCTUM.rollout.on_change:
+        return
+    connection = transaction.get_connection()
+    # Django keeps the callbacks of the open transaction here and drops them on rollback:
+    # one queued for this kind already covers this change too.
+    queued = (getattr(entry[1], "release_kind", None) for entry in connection.run_on_commit)
+    if kind_name in queued:
+        return
+
+    def release() -> None:
+        kind = rollout_kind(kind_name)
+        releases = roll_out(kind)
+        log.info("change committed: %d %s releases made", len(releases), kind.name)
+
+    release.release_kind = kind_name  # type: ignore[attr-defined]
+    transaction.on_commit(release)

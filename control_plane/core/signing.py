@@ -1,8 +1,12 @@
-"""The control plane's Ed25519 signing key.
+"""The control plane's signing keys: one per purpose, in its keyring (``shared.keyring``).
 
-Production names it (``SANCTUM_CP_SIGNING_KEY``; settings refuse to start without it).
-Development generates a pair under ``data_dir/keys`` on first use, so a fresh checkout
-works; the public half (``control-plane.pub``) is what nodes must trust.
+Production names the keyring (``SANCTUM_CP_KEYRING``; settings refuse to start without
+it) and an operator makes it with ``sanctum keys init``. Development makes one under
+``data_dir/keys/control-plane`` on first use. Every signature the control plane makes
+goes through :func:`signer`: config bundles and gateway configs with the ``config`` key,
+management requests with the ``management`` key (:func:`management_auth`), tree heads
+and bundle manifests with the ``log`` key. The public key set is kept published beside
+the keyring (``control-plane-keys.json``) and served at ``GET /api/keys/``.
 """
 
 from __future__ import annotations
@@ -10,33 +14,48 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import httpx
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 
-from shared.keys import CONTROL_PLANE, ensure_key_pair, load_private_key, public_pem
+from shared.keyring import Keyring, open_keyring
+from shared.keys import Signer
 from shared.signed_request import SignedRequestAuth
+from shared.trust import MANAGEMENT, TARGET_PURPOSES, KeySet
 
 
 @functools.cache
-def signing_key() -> Ed25519PrivateKey:
+def keyring() -> Keyring:
     cp = settings.SANCTUM
-    if cp.signing_key is not None:
-        return load_private_key(cp.signing_key)
-    return ensure_key_pair(cp.keys_dir, CONTROL_PLANE)
+    return open_keyring(cp.keyring_dir, create=not cp.production)
 
 
-def public_key_path() -> Path:
-    """A PEM file of the public half, written beside the key if it is not there."""
-    key = signing_key()
-    path = settings.SANCTUM.signing_key_path.with_suffix(".pub")
-    pem = public_pem(key.public_key())
-    if not path.exists() or path.read_bytes() != pem:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(pem)
+def signer(purpose: str) -> Signer:
+    """The active key of ``purpose`` (config, management or log)."""
+    return keyring().signer(purpose)
+
+
+def published_keys() -> KeySet:
+    """Every key verifiers trust: next, active and retiring keys; every log key."""
+    return keyring().key_set()
+
+
+def target_trust() -> KeySet:
+    """The config and management keys a node or gateway should trust now."""
+    return keyring().key_set(TARGET_PURPOSES)
+
+
+def publish() -> Path:
+    """Write the published key set beside the keyring (when it changed); its path."""
+    path: Path = settings.SANCTUM.published_keys_path
+    keys = published_keys()
+    try:
+        current = KeySet.parse(path.read_bytes(), source=str(path))
+    except (OSError, ValueError):
+        current = None
+    if current != keys:
+        keyring().publish(path)
     return path
 
 
-def management_auth(audience: str) -> httpx.Auth:
+def management_auth(audience: str) -> SignedRequestAuth:
     """httpx auth signing each request to the node or gateway named ``audience``."""
-    return SignedRequestAuth(signing_key())
+    return SignedRequestAuth(signer(MANAGEMENT), audience)

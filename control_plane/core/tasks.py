@@ -13,7 +13,16 @@ from django.conf import settings
 
 from control_plane.changes.choices import ChangeSource
 from control_plane.changes.services import change_context
-from control_plane.core.rollout import PushTransientError, check_health, deliver, rollout_kind
+from control_plane.core.rollout import (
+    PushTransientError,
+    advance_keys,
+    check_health,
+    deliver,
+    refresh,
+    rollout_kind,
+    rollout_kinds,
+)
+from control_plane.core.signing import publish
 
 _rollout = settings.SANCTUM.rollout
 # A push's worst case is connect + read timeouts; leave room for the database writes.
@@ -59,3 +68,17 @@ def poll_all_health(kind: str) -> int:
     for target_id in target_ids:
         poll_health.delay(kind, target_id)
     return len(target_ids)
+
+
+@shared_task(acks_late=True, time_limit=120)
+def keep_releases_fresh() -> list[str]:
+    """Beat's entry: advance key rotations, then re-release what expires soon or names
+    other keys than the keyring's (control_plane.core.rollout.refresh)."""
+    with change_context(source=ChangeSource.TASK):
+        changed = advance_keys()
+        publish()
+        for kind in rollout_kinds():
+            made = refresh(kind)
+            if made:
+                changed.append(f"{len(made)} {kind.name} releases")
+    return changed

@@ -8,7 +8,14 @@ class FleetConfig(AppConfig):
     sanctum_roles = {"admin": ("add", "change", "delete", "view"), "auditor": ("view",)}
 
     def ready(self) -> None:
+        from control_plane.clients.models import ApiKey, Client
         from control_plane.core.rollout import register
+        from control_plane.core.signals import release_on_change
+        from control_plane.fleet.models import Node
         from control_plane.fleet.rollout import NODES
+        from control_plane.registry.models import ModelPin
 
         register(NODES)
+        # What a bundle is built from (fleet.rollout.build_bundle): a revoked key, a
+        # disabled client, a changed pin or node reaches every node when it commits.
+        release_on_change(NODES.name, Client, ApiKey, ModelPin, Node)

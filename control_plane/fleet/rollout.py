@@ -7,20 +7,18 @@ with ``shared.config.sign_bundle``. Roll out with ``roll_out(NODES, nodes)``.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from django.utils import timezone
-
 from control_plane.clients.models import ApiKey, Client
-from control_plane.core.rollout import RolloutKind
-from control_plane.core.signing import signing_key
+from control_plane.core.rollout import ReleaseStamp, RolloutKind
+from control_plane.core.signing import signer
 from control_plane.fleet.models import ConfigRelease, Node, NodeState
 from control_plane.registry.models import ModelPin
 from shared.config import ApiKeySpec, ClientLimits, ClientSpec, ConfigBundle, ModelSpec, sign_bundle
+from shared.trust import CONFIG
 
 
-def build_bundle(node: Node, version: int, issued_at: datetime | None = None) -> ConfigBundle:
+def build_bundle(node: Node, version: int, stamp: ReleaseStamp | None = None) -> ConfigBundle:
     """The config ``node`` should hold, from the database as it is now.
 
     Models: every enabled pin whose file hash is verified. Clients: every active one,
@@ -28,7 +26,8 @@ def build_bundle(node: Node, version: int, issued_at: datetime | None = None) ->
     may use, and this node's share of its rates and quotas: every enabled node serves
     every client, so each enforces its part (``Client.limit_shares``; docs/security.md).
     """
-    issued_at = issued_at or timezone.now()
+    stamp = stamp or ReleaseStamp.now()
+    issued_at = stamp.issued_at
     serving = list(Node.objects.enabled().order_by("name").values_list("name", flat=True))
     share_of = serving.index(node.name) if node.name in serving else 0
     pins = list(ModelPin.objects.servable().prefetch_related("clients").order_by("name"))
@@ -75,7 +74,7 @@ def build_bundle(node: Node, version: int, issued_at: datetime | None = None) ->
         for client in Client.objects.active().order_by("slug")
     )
     return ConfigBundle(
-        version=version, issued_at=issued_at, node=node.name, models=models, clients=clients
+        version=version, **stamp.fields(), node=node.name, models=models, clients=clients
     )
 
 
@@ -87,11 +86,14 @@ class NodeRollout(RolloutKind[Node, ConfigRelease, NodeState]):
     release_model = ConfigRelease
     state_model = NodeState
 
-    def build(self, target: Node, version: int, issued_at: datetime) -> ConfigBundle:
-        return build_bundle(target, version, issued_at)
+    def build(self, target: Node, version: int, stamp: ReleaseStamp) -> ConfigBundle:
+        return build_bundle(target, version, stamp)
 
     def sign(self, document: Any) -> str:
-        return sign_bundle(document, signing_key())
+        return sign_bundle(document, signer(CONFIG))
+
+    def health_key(self, target: Node) -> str:
+        return target.public_key
 
 
 NODES = NodeRollout()

@@ -124,6 +124,7 @@ class GatewayAdmin(RolloutTargetAdmin):
         "public_endpoint",
         "public_key",
         "management_url",
+        "signing_key",
         "pool",
         "interface_name",
         "listen_port",

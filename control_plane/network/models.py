@@ -13,7 +13,7 @@ from control_plane.changes.models import ChangeLoggedModel
 from control_plane.clients.models import Client
 from control_plane.clients.validators import bundle_name_validator
 from control_plane.core.models import Release, RolloutTarget, TargetState
-from control_plane.fleet.models import Node
+from control_plane.fleet.models import Node, validate_public_key_pem
 from control_plane.network.allocation import gateway_address
 from control_plane.network.choices import PeerStatus
 from control_plane.network.querysets import GatewayQuerySet, GatewayReleaseQuerySet, PeerQuerySet
@@ -106,6 +106,13 @@ class Gateway(RolloutTarget):
     management_url = models.URLField(
         "management URL", help_text="Base URL of the gateway agent, on the management link."
     )
+    signing_key = models.TextField(
+        "signing public key (PEM)",
+        blank=True,
+        validators=[validate_public_key_pem],
+        help_text="The gateway's Ed25519 public key (gateway.pub, printed by "
+        "gateway-provision.sh): its health answers are believed only when it signed them.",
+    )
     pool = models.OneToOneField(
         AddressPool, on_delete=models.PROTECT, related_name="gateway", verbose_name="address pool"
     )
@@ -133,6 +140,7 @@ class Gateway(RolloutTarget):
         "public_endpoint",
         "public_key",
         "management_url",
+        "signing_key",
         "pool",
         "interface_name",
         "listen_port",

@@ -12,10 +12,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from django.utils import timezone
-
-from control_plane.core.rollout import RolloutKind
-from control_plane.core.signing import signing_key
+from control_plane.core.rollout import ReleaseStamp, RolloutKind
+from control_plane.core.signing import signer
 from control_plane.network.models import Gateway, GatewayRelease, GatewayState, Peer
 from shared.gateway import (
     GatewayConfig,
@@ -24,10 +22,11 @@ from shared.gateway import (
     make_peer,
     sign_gateway_config,
 )
+from shared.trust import CONFIG
 
 
 def build_gateway_config(
-    gateway: Gateway, version: int, issued_at: datetime | None = None
+    gateway: Gateway, version: int, stamp: ReleaseStamp | None = None
 ) -> GatewayConfig:
     """The config ``gateway`` should hold, from the database as it is now.
 
@@ -35,7 +34,8 @@ def build_gateway_config(
     inactive client) travel disabled and without their PSK. Enabled peers' PSKs are
     sealed to the gateway's WireGuard key. Upstreams: the enabled nodes it fronts.
     """
-    issued_at = issued_at or timezone.now()
+    stamp = stamp or ReleaseStamp.now()
+    issued_at = stamp.issued_at
     pool = gateway.pool
     active = set(
         Peer.objects.filter(gateway=gateway).active(issued_at).values_list("pk", flat=True)
@@ -60,7 +60,7 @@ def build_gateway_config(
     ]
     return GatewayConfig.create(
         version=version,
-        issued_at=issued_at,
+        **stamp.fields(),
         gateway=gateway.name,
         interface=WireGuardInterface(
             name=gateway.interface_name,
@@ -104,11 +104,14 @@ class GatewayRollout(RolloutKind[Gateway, GatewayRelease, GatewayState]):
     state_model = GatewayState
     target_related = ("pool",)
 
-    def build(self, target: Gateway, version: int, issued_at: datetime) -> GatewayConfig:
-        return build_gateway_config(target, version, issued_at)
+    def build(self, target: Gateway, version: int, stamp: ReleaseStamp) -> GatewayConfig:
+        return build_gateway_config(target, version, stamp)
 
     def sign(self, document: Any) -> str:
-        return sign_gateway_config(document, signing_key())
+        return sign_gateway_config(document, signer(CONFIG))
+
+    def health_key(self, target: Gateway) -> str:
+        return target.signing_key
 
     def read_health(self, target: Gateway, health: dict[str, Any]) -> None:
         record_handshakes(target, health)

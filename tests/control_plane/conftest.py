@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from control_plane.accounts.choices import Role
 from control_plane.accounts.services import create_operator, issue_api_token
-from control_plane.core.signing import signing_key
+from control_plane.core.signing import target_trust
 from control_plane.fleet.models import Node
 from tests.control_plane.factories import NodeFactory
 from tests.control_plane.fakes import FakeNode
@@ -70,7 +70,7 @@ def fake_node_factory(db) -> Iterator[Callable[..., tuple[FakeNode, Node]]]:
 
     def make(name: str | None = None) -> tuple[FakeNode, Node]:
         node = NodeFactory(**({"name": name} if name else {}))
-        fake = FakeNode(node.name, signing_key().public_key()).start()
+        fake = FakeNode(node.name, target_trust()).start()
         started.append(fake)
         node.management_url = fake.url
         node.public_key = fake.node_public_pem  # the key its usage records are signed with

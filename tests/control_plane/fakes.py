@@ -1,10 +1,12 @@
 """A stand-in for a data-plane node's management listener, for unit tests of rollout
 and of usage collection.
 
-It follows the contract the real node implements: ``PUT /internal/config`` verifies the
-JWS against the control plane's public key (401 ``bad_signature``), parses the bundle
-(400), refuses a version not above the one held (409 ``stale_version`` with
-``current_version``), and ``GET /internal/health`` reports the held version. It can be
+It follows the contract the real node implements: every management call must be a
+request signed by a trusted management key for this node (401 ``invalid_signature``);
+``PUT /internal/config`` verifies the JWS against the trusted config keys (401
+``bad_signature``), parses the bundle (400), refuses a version not above the one held
+(409 ``stale_version`` with ``current_version``), and ``GET /internal/health`` reports
+the held version, signed with the fake's node key for that request. It can be
 stopped and started again on the same port (a node going down and coming back), or told
 to refuse with a given error (a node that can't load a model).
 
@@ -25,13 +27,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from shared.config import open_bundle
 from shared.envelope import EnvelopeError
 from shared.keys import generate_private_key, public_pem
-from shared.signed_request import SignedRequestError, SignedRequestVerifier
+from shared.signed_request import (
+    ReplayGuard,
+    SignedRequestError,
+    SignedRequestVerifier,
+    sign_answer,
+)
+from shared.trust import CONFIG, MANAGEMENT, KeySet
 from shared.usage import (
     UsageAck,
     UsageRecord,
@@ -46,21 +54,22 @@ def _error(message: str, code: str, kind: str = "invalid_request_error") -> dict
 
 
 class FakeNode:
-    def __init__(self, name: str, trusted: Ed25519PublicKey) -> None:
+    def __init__(self, name: str, trust: KeySet) -> None:
         self.name = name
-        self.trusted = trusted
+        self.trust = trust
         self.held_version: int | None = None
         self.received: list[int] = []  # versions of every bundle that reached it
         self.refuse_with: tuple[int, dict[str, Any]] | None = None
-        # (method, path, signed) of each config push and health read: the real node
-        # doesn't require the control plane's signature on these yet, this fake notes it.
+        # (method, path, signed) of each config push and health read.
         self.management_calls: list[tuple[str, str, bool]] = []
         self.port = 0
         self._server: ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
         # usage records
         self.node_key = generate_private_key()
-        self.verifier = SignedRequestVerifier(trusted)
+        self.verifier = SignedRequestVerifier(
+            lambda: trust.public_keys(MANAGEMENT), name, ReplayGuard()
+        )
         self.outbox: dict[int, tuple[str, str]] = {}  # cursor -> (record id, jws)
         self.acked: set[int] = set()
         self.last_cursor = 0
@@ -136,15 +145,28 @@ class FakeNode:
                     return False
                 return True
 
-            def _note_call(self, body: bytes = b"") -> None:
+            def _note_call(self, body: bytes = b"") -> dict[str, Any] | None:
+                """The request's claims, or None after answering 401."""
                 try:
-                    node.verifier.verify(
+                    claims = node.verifier.verify(
                         self.headers.get("Authorization"), self.command, self.path, body
                     )
-                    signed = True
-                except SignedRequestError:
-                    signed = False
-                node.management_calls.append((self.command, self.path, signed))
+                except SignedRequestError as exc:
+                    node.management_calls.append((self.command, self.path, False))
+                    self._send(401, _error(str(exc), "invalid_signature", "authentication_error"))
+                    return None
+                node.management_calls.append((self.command, self.path, True))
+                return claims
+
+            def _send_signed(self, document: dict[str, Any], nonce: str) -> None:
+                token = sign_answer(
+                    document, node.node_key, nonce=nonce, audience="control-plane"
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/jose")
+                self.send_header("Content-Length", str(len(token)))
+                self.end_headers()
+                self.wfile.write(token)
 
             def do_GET(self) -> None:
                 if urlsplit(self.path).path == "/internal/usage":
@@ -153,9 +175,10 @@ class FakeNode:
                 if self.path != "/internal/health":
                     self._send(404, _error("not found", "not_found"))
                     return
-                self._note_call()
-                self._send(
-                    200,
+                claims = self._note_call()
+                if claims is None:
+                    return
+                self._send_signed(
                     {
                         "status": "ok",
                         "node": node.name,
@@ -168,6 +191,7 @@ class FakeNode:
                             "acked_through": 0,
                         },
                     },
+                    claims["jti"],
                 )
 
             def _usage(self) -> None:
@@ -223,9 +247,10 @@ class FakeNode:
                 if self.path != "/internal/config":
                     self._send(404, _error("not found", "not_found"))
                     return
-                self._note_call(body)
+                if self._note_call(body) is None:
+                    return
                 try:
-                    bundle = open_bundle(body, node.trusted)
+                    bundle = open_bundle(body, node.trust.public_keys(CONFIG))
                 except EnvelopeError as exc:
                     self._send(401, _error(str(exc), "bad_signature", "authentication_error"))
                     return

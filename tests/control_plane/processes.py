@@ -204,9 +204,7 @@ class DataPlaneNode:
     """A real ``python -m data_plane serve`` with ports fixed for its whole life, so a
     restart comes back at the management URL the control plane has registered."""
 
-    def __init__(
-        self, data_dir: Path, name: str, control_plane_public_key: Path, node_key: Path
-    ) -> None:
+    def __init__(self, data_dir: Path, name: str, trust_keys: Path, node_key: Path) -> None:
         self.name = name
         self.api_port, self.management_port = free_port(), free_port()
         self.env = {
@@ -219,7 +217,7 @@ class DataPlaneNode:
             TRANSFORMERS_OFFLINE="1",
             SANCTUM_DP_DATA_DIR=str(data_dir),
             SANCTUM_DP_NODE_ID=name,
-            SANCTUM_DP_CONTROL_PLANE_PUBLIC_KEY=str(control_plane_public_key),
+            SANCTUM_DP_TRUST_KEYS=str(trust_keys),
             SANCTUM_DP_NODE_PRIVATE_KEY=str(node_key),
             SANCTUM_DP_LISTEN__API_HOST="127.0.0.1",
             SANCTUM_DP_LISTEN__API_PORT=str(self.api_port),

@@ -53,7 +53,7 @@ class Installation:
         self.token = cp.manage("create_operator", "ops", "--role", "admin", "--token")[
             "SANCTUM_API_TOKEN"
         ]
-        public_key = Path(cp.manage("signing_key")["SANCTUM_CP_PUBLIC_KEY"])
+        public_key = Path(cp.manage("keys")["SANCTUM_CP_TRUST_KEYS"])
         node_key = write_key_pair(tmp / "node-keys", "node")
         self.node = DataPlaneNode(tmp / "node", "node-1", public_key, node_key)
         self.node.start()
@@ -159,7 +159,7 @@ def test_a_node_stopped_during_a_rollout_catches_up_when_it_returns(installation
         timeout=60,
     )
     assert failed["latest_release"]["version"] == version
-    assert failed["rollout"] in ("failed", "pending")
+    assert failed["rollout"] in ("failed", "out_of_date")
     assert "node unreachable" in failed["latest_release"]["last_error"]
 
     node.start()  # same ports; it comes back holding the previous version from its disk

@@ -15,6 +15,7 @@ from openai import OpenAI, PermissionDeniedError
 from shared.keys import generate_private_key
 from shared.models import DEFAULT_CONTEXT_SIZE, DEFAULT_MODEL_NAME
 from shared.signed_request import SignedRequestAuth, authorization
+from shared.trust import MANAGEMENT
 from tests.conftest import GLOBEX_MARKER, Node, RagTenants
 
 pytestmark = [pytest.mark.model, pytest.mark.embedder]
@@ -397,20 +398,31 @@ def test_management_requests_must_be_signed_by_the_control_plane(rag_node: Node)
         r = httpx.request(method, url, json=body)
         assert r.status_code == 401, (method, url, r.text)
         assert error_of(r)["code"] == "invalid_signature"
-    # signed by another key
-    stranger = httpx.Client(auth=SignedRequestAuth(generate_private_key()))
-    assert stranger.get(base).status_code == 401
-    # a valid signature for another request (another path, another body)
-    header = authorization(rag_node.cp_key, "DELETE", "/internal/knowledge-bases/acme/extra")
-    r = httpx.delete(f"{base}/acme/handbook", headers={"Authorization": header})
+    # signed by another key, or by the control plane's config key (not for requests)
+    for key in (generate_private_key(), rag_node.cp_key):
+        assert httpx.get(base, auth=SignedRequestAuth(key, "node-1")).status_code == 401
+    mgmt = rag_node.keyring.signer(MANAGEMENT)
+
+    def signed(method: str, path: str, body: bytes = b"", aud: str = "node-1") -> dict:
+        return {"Authorization": authorization(mgmt, method, path, body, audience=aud)[0]}
+
+    # a valid signature for another request (another path, another body, another node)
+    r = httpx.delete(
+        f"{base}/acme/handbook", headers=signed("DELETE", "/internal/knowledge-bases/acme/extra")
+    )
     assert r.status_code == 401
-    header = authorization(rag_node.cp_key, "POST", target, b"{}")
-    r = httpx.post(f"{rag_node.management}{target}", json=doc, headers={"Authorization": header})
+    r = httpx.post(
+        f"{rag_node.management}{target}", json=doc, headers=signed("POST", target, b"{}")
+    )
     assert r.status_code == 401
+    r = httpx.delete(
+        f"{base}/acme/handbook", headers=signed("DELETE", f"{target[:-10]}", aud="node-2")
+    )
+    assert r.status_code == 401 and "another node" in r.text
     # replayed
-    header = authorization(rag_node.cp_key, "GET", "/internal/knowledge-bases")
-    assert httpx.get(base, headers={"Authorization": header}).status_code == 200
-    assert httpx.get(base, headers={"Authorization": header}).status_code == 401
+    header = signed("GET", "/internal/knowledge-bases")
+    assert httpx.get(base, headers=header).status_code == 200
+    assert httpx.get(base, headers=header).status_code == 401
     # signed, but malformed
     with rag_node.management_client() as m:
         url = "/internal/knowledge-bases/acme/handbook/documents"

@@ -39,9 +39,11 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from shared.keys import NODE, write_key_pair
+from shared.keyring import KEYRING_DIR, Keyring
+from shared.keys import NODE, load_public_key, write_key_pair
 from shared.models import DEFAULT_MODEL_NAME, DEFAULT_MODEL_VERSION, bundled_gguf_path
-from shared.signed_request import SignedRequestAuth
+from shared.signed_request import SignedRequestAuth, open_answer
+from shared.trust import MANAGEMENT
 from shared.wireguard import generate_key_pair
 from tests.canary import files_containing, new_marker, texts_containing
 from tests.conftest import REPO, free_port, wait_until
@@ -107,6 +109,7 @@ class World:
     cp_url: str
     token: str
     cp_public_key: Path
+    gw_signing: Path
     peers: list[Peer] = field(default_factory=list)
     processes: dict[str, Process] = field(default_factory=dict)
     before_firewall: bytes | None = None
@@ -139,23 +142,25 @@ class World:
         return version
 
     def agent_health(self) -> dict[str, Any]:
-        key = self.cp_private_key()
+        """The agent's health, asked as the control plane asks (a request signed by its
+        management key for this gateway) and checked as it checks (the gateway's key)."""
+        auth = SignedRequestAuth(self.cp_keyring().signer(MANAGEMENT), GATEWAY)
 
         def get() -> httpx.Response:
-            return httpx.get(
-                f"http://{AGENT[0]}:{AGENT[1]}/internal/health",
-                auth=SignedRequestAuth(key),
-                timeout=30,
-            )
+            return httpx.get(f"http://{AGENT[0]}:{AGENT[1]}/internal/health", auth=auth, timeout=30)
 
         response = self.mgmt.run(get)
         assert response.status_code == 200, response.text
-        return dict(response.json())
+        return open_answer(
+            response.content,
+            load_public_key(self.gw_signing.with_suffix(".pub")),
+            nonce=str(auth.jti),
+            audience="control-plane",
+        )
 
-    def cp_private_key(self) -> Any:
-        from shared.keys import load_private_key
-
-        return load_private_key(self.cp_public_key.with_suffix(".key"))
+    def cp_keyring(self) -> Keyring:
+        """The control plane's keyring, beside the key set it published."""
+        return Keyring(self.cp_public_key.parent / KEYRING_DIR)
 
     def outputs(self) -> dict[str, str]:
         texts = {name: "".join(p.output) for name, p in self.processes.items()}
@@ -266,7 +271,8 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
     cp.env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     cp.manage("migrate", "-v0")
     token = cp.manage("create_operator", "ops", "--role", "admin", "--token")["SANCTUM_API_TOKEN"]
-    cp_public_key = Path(cp.manage("signing_key")["SANCTUM_CP_PUBLIC_KEY"])
+    cp_public_key = Path(cp.manage("keys")["SANCTUM_CP_TRUST_KEYS"])  # the published key set
+    gw_signing = write_key_pair(tmp / "gateway-keys", "gateway")  # signs its health answers
     start(
         processes,
         mgmt,
@@ -339,7 +345,7 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
         TRANSFORMERS_OFFLINE="1",
         SANCTUM_DP_DATA_DIR=str(tmp / "node"),
         SANCTUM_DP_NODE_ID="node-1",
-        SANCTUM_DP_CONTROL_PLANE_PUBLIC_KEY=str(cp_public_key),
+        SANCTUM_DP_TRUST_KEYS=str(cp_public_key),
         SANCTUM_DP_NODE_PRIVATE_KEY=str(node_key),
         SANCTUM_DP_LISTEN__API_HOST=NODE_API[0],
         SANCTUM_DP_LISTEN__API_PORT=str(NODE_API[1]),
@@ -369,6 +375,7 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
         cp_url=cp_url,
         token=token,
         cp_public_key=cp_public_key,
+        gw_signing=gw_signing,
         processes=processes,
     )
     api = world.api
@@ -434,7 +441,8 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
     agent_env.update(
         SANCTUM_GW_NAME=GATEWAY,
         SANCTUM_GW_STATE_DIR=str(gw_state),
-        SANCTUM_GW_CONTROL_PLANE_PUBLIC_KEY=str(cp_public_key),
+        SANCTUM_GW_TRUST_KEYS=str(cp_public_key),
+        SANCTUM_GW_SIGNING_KEY=str(gw_signing),
         SANCTUM_GW_WIREGUARD__PRIVATE_KEY=str(gw_key),
         SANCTUM_GW_LISTEN__HOST=AGENT[0],
         SANCTUM_GW_LISTEN__PORT=str(AGENT[1]),
@@ -467,6 +475,7 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
             "public_endpoint": f"{GW_PUBLIC}:{WG_PORT}",
             "public_key": gw_public,
             "management_url": f"http://{AGENT[0]}:{AGENT[1]}",
+            "signing_key": gw_signing.with_suffix(".pub").read_text(),
             "pool": "e2e-pool",
             "interface_name": world.gw_iface,
             "listen_port": WG_PORT,

@@ -85,6 +85,7 @@ class GatewaySerializer(TargetStateFieldMixin, serializers.ModelSerializer):
             "public_endpoint",
             "public_key",
             "management_url",
+            "signing_key",
             "pool",
             "interface_name",
             "listen_port",

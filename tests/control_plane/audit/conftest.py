@@ -9,17 +9,18 @@ import pytest
 
 from control_plane.audit.ledger import Verified
 from control_plane.audit.models import Receipt, TreeHead
-from control_plane.core.signing import signing_key
+from control_plane.core.signing import signer
 from control_plane.fleet.models import Node
 from shared.checkpoint import open_checkpoint
 from shared.keys import key_id, public_pem
 from shared.merkle import InMemoryTree
+from shared.trust import LOG
 from tests.control_plane.fakes import FakeNode
 
 
 @pytest.fixture
 def log_public_key():
-    return signing_key().public_key()
+    return signer(LOG).public_key()
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ from django.db import connection, connections
 from control_plane.audit.ledger import append
 from control_plane.audit.models import Receipt, TreeHead
 from shared.checkpoint import open_checkpoint
-from shared.keys import generate_private_key, load_public_key
+from shared.keys import load_public_key
 from shared.merkle import InMemoryTree
-from tests.conftest import REPO
+from tests.conftest import REPO, throwaway_trust
 from tests.control_plane.audit.conftest import verified
 from tests.control_plane.fakes import FakeNode
 from tests.control_plane.processes import ControlPlane
@@ -32,7 +32,7 @@ BATCHES, PER_BATCH, COLLECTORS = 24, 3, 4
 def test_concurrent_collectors_on_postgresql_append_each_record_once(check_ledger):
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL's advisory lock; test_concurrent_processes_on_sqlite covers SQLite")
-    fake = FakeNode("n1", generate_private_key().public_key())
+    fake = FakeNode("n1", throwaway_trust())
     batches = [verified(fake, PER_BATCH) for _ in range(BATCHES)]
     barrier = threading.Barrier(COLLECTORS)
     errors: list[BaseException] = []
@@ -82,7 +82,7 @@ print("done")
 def test_concurrent_processes_on_sqlite_append_each_record_once(tmp_path: Path):
     cp = ControlPlane(tmp_path / "cp")
     cp.manage("migrate", "-v0")
-    fake = FakeNode("n1", generate_private_key().public_key())
+    fake = FakeNode("n1", throwaway_trust())
     tokens = [[fake.add_usage("acme")[1] for _ in range(PER_BATCH)] for _ in range(BATCHES)]
     pem = fake.node_public_pem
     script = tmp_path / "collector.py"

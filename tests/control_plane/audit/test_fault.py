@@ -128,7 +128,7 @@ def test_sigkills_and_a_broker_outage_lose_and_double_no_receipt(
         SANCTUM_CP_ROLLOUT__CONNECT_TIMEOUT_SECONDS="1",
     )
     cp.manage("migrate", "-v0")
-    log_key = Path(cp.manage("signing_key")["SANCTUM_CP_PUBLIC_KEY"])
+    log_key = Path(cp.manage("keys")["SANCTUM_CP_TRUST_KEYS"])
     node_key = write_key_pair(tmp_path / "node-keys", "node")
     node = DataPlaneNode(tmp_path / "node", "node-1", log_key, node_key).start()
     worker = cp.worker()

@@ -13,9 +13,9 @@ import pytest
 from control_plane.clients.services import issue_api_key
 from control_plane.core.choices import ReleaseStatus
 from control_plane.core.rollout import roll_out
-from control_plane.core.signing import signing_key
+from control_plane.core.signing import publish
 from control_plane.fleet.rollout import NODES
-from shared.keys import public_pem, write_key_pair
+from shared.keys import write_key_pair
 from shared.models import DEFAULT_MODEL_NAME, bundled_gguf_path
 from tests.control_plane.factories import ClientFactory, ModelPinFactory, NodeFactory
 from tests.control_plane.processes import DataPlaneNode
@@ -25,8 +25,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.model, pytest.mark.e2e]
 
 @pytest.fixture
 def two_nodes(tmp_path: Path) -> Iterator[list[DataPlaneNode]]:
-    cp_public = tmp_path / "control-plane.pub"
-    cp_public.write_bytes(public_pem(signing_key().public_key()))
+    cp_public = publish()  # the key set the nodes trust
     nodes = []
     try:
         for name in ("n1", "n2"):

@@ -10,11 +10,12 @@ from django.utils import timezone
 from control_plane.clients.services import issue_api_key, revoke_api_key
 from control_plane.core.choices import HealthStatus, ReleaseStatus
 from control_plane.core.rollout import check_health, create_release, deliver, roll_out
-from control_plane.core.signing import signing_key
+from control_plane.core.signing import signer
 from control_plane.fleet.models import ConfigRelease, NodeState
 from control_plane.fleet.rollout import NODES, build_bundle
 from control_plane.registry.choices import HashStatus
 from shared.config import open_bundle
+from shared.trust import CONFIG
 from tests.control_plane.factories import ClientFactory, ModelPinFactory, NodeFactory
 
 pytestmark = pytest.mark.django_db
@@ -52,7 +53,7 @@ def test_a_rollout_signs_pushes_and_records_the_applied_version(fake_node_factor
     release.refresh_from_db()
     assert release.status == ReleaseStatus.APPLIED and release.applied_at is not None
     assert fake.held_version == release.version == 1
-    assert open_bundle(release.signed_document, signing_key().public_key()).node == node.name
+    assert open_bundle(release.signed_document, signer(CONFIG).public_key()).node == node.name
     assert NodeState.objects.get(node=node).applied_version == 1
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.keys import generate_private_key, load_public_key, public_pem
+from shared.keys import generate_private_key, public_pem
+from shared.trust import load_key_set
 from tests.conftest import wait_until
 from tests.control_plane.fakes import FakeNode
 
@@ -27,7 +28,7 @@ def test_a_worker_pushes_and_beat_catches_a_returning_node_up(redis_server, cont
     )
     cp.manage("migrate", "-v0")
     token = cp.manage("create_operator", "ops", "--role", "admin", "--token")["SANCTUM_API_TOKEN"]
-    trusted = load_public_key(cp.manage("signing_key")["SANCTUM_CP_PUBLIC_KEY"])
+    trusted = load_key_set(cp.manage("keys")["SANCTUM_CP_TRUST_KEYS"])
     steady = FakeNode("steady", trusted).start()
     flaky = FakeNode("flaky", trusted).start()
     flaky.stop()  # down from the start; it keeps its port for when it comes back
@@ -57,7 +58,7 @@ def test_a_worker_pushes_and_beat_catches_a_returning_node_up(redis_server, cont
             failed = wait_until(
                 lambda: (n := node("flaky"))["latest_release"]["last_error"] and n, timeout=60
             )
-            assert failed["rollout"] in ("failed", "pending")
+            assert failed["rollout"] in ("failed", "out_of_date")
             assert "node unreachable" in failed["latest_release"]["last_error"]
             # Only version 1 ever reaches it. Beat's health poll may catch the node up
             # while the queued push is in flight, so version 1 can arrive twice: the

@@ -10,11 +10,12 @@ from django.utils import timezone
 
 from control_plane.core.choices import HealthStatus, ReleaseStatus
 from control_plane.core.rollout import check_health, deliver, roll_out
-from control_plane.core.signing import signing_key
+from control_plane.core.signing import signer, target_trust
 from control_plane.network.models import GatewayRelease, GatewayUpstream, Peer
 from control_plane.network.rollout import GATEWAYS, build_gateway_config
 from control_plane.network.services import disable_peer, provision_peer
 from shared.gateway import open_gateway_config, open_preshared_key
+from shared.trust import CONFIG
 from shared.wireguard import generate_key_pair
 from tests.control_plane.factories import ClientFactory, NodeFactory
 from tests.control_plane.network.conftest import FakeAgent, make_gateway
@@ -72,7 +73,7 @@ def test_a_rollout_signs_pushes_and_the_agent_opens_the_psks(fake_agent_factory,
     release.refresh_from_db()
     assert release.status == ReleaseStatus.APPLIED and release.version == 1
     assert (
-        open_gateway_config(release.signed_document, signing_key().public_key()).gateway == "gw-1"
+        open_gateway_config(release.signed_document, signer(CONFIG).public_key()).gateway == "gw-1"
     )
     assert agent.psks == {peer.public_key: peer.preshared_key}
     assert peer.preshared_key not in release.signed_document
@@ -125,7 +126,7 @@ def test_a_gateway_that_is_down_fails_with_the_reason_and_catches_up(fake_agent_
     assert "gateway unreachable" in release.last_error
     assert check_health(GATEWAYS, keys.gateway).health_status == HealthStatus.UNREACHABLE
 
-    back = FakeAgent("gw-1", keys.private_key, signing_key().public_key()).start()
+    back = FakeAgent("gw-1", keys.private_key, target_trust(), keys.signing_key).start()
     try:
         keys.gateway.management_url = back.url
         keys.gateway.save()

@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from control_plane.accounts.services import bootstrap_demo
 from control_plane.core.choices import ReleaseStatus
-from control_plane.core.signing import public_key_path
+from control_plane.core.signing import publish
 from control_plane.fleet.models import ConfigRelease
 from shared.keys import KeyFileError, load_public_key, public_pem
 from shared.models import (
@@ -121,7 +121,7 @@ class Command(BaseCommand):
         out.write(f"SANCTUM_CLIENT_ID={result.client_slug}")
         out.write(f"SANCTUM_API_KEY={result.api_key}")
         out.write(f"SANCTUM_MODEL={result.model_name}")
-        out.write(f"SANCTUM_CP_PUBLIC_KEY={public_key_path().resolve()}")
+        out.write(f"SANCTUM_CP_TRUST_KEYS={publish().resolve()}")
         if not result.releases:
             return
         failed = False
