@@ -136,6 +136,7 @@ def bootstrap_demo(
     from control_plane.clients.services import issue_api_key, rotate_api_key
     from control_plane.fleet.models import Node
     from control_plane.fleet.services import roll_out
+    from control_plane.knowledge.models import KnowledgeBase
     from control_plane.registry.models import ModelPin
     from control_plane.registry.services import pin_model, verify_model_pin
 
@@ -149,21 +150,19 @@ def bootstrap_demo(
     with change_context(source=ChangeSource.COMMAND, user=admin.user):
         client = Client.objects.filter(slug=client_slug).first()
         if client is None:
-            client = Client(
-                slug=client_slug,
-                name=client_name,
-                embeddings=embeddings,
-                knowledge_bases=list(dict.fromkeys(knowledge_bases)),
-            )
+            client = Client(slug=client_slug, name=client_name, embeddings=embeddings)
             client.full_clean()
             client.save()
-        else:
-            wanted = list(dict.fromkeys([*client.knowledge_bases, *knowledge_bases]))
-            if (embeddings and not client.embeddings) or wanted != client.knowledge_bases:
-                client.embeddings = client.embeddings or embeddings
-                client.knowledge_bases = wanted
-                client.full_clean()
-                client.save()
+        elif embeddings and not client.embeddings:
+            client.embeddings = True
+            client.full_clean()
+            client.save()
+        for name in dict.fromkeys(knowledge_bases):
+            # Empty until loaded (sanctum kb ingest); the rollout below lists them.
+            if not client.knowledge_bases.filter(name=name).exists():
+                knowledge_base = KnowledgeBase(client=client, name=name)
+                knowledge_base.full_clean()
+                knowledge_base.save()
 
         pin = ModelPin.objects.filter(name=model_name, version=model_version).first()
         if pin is None:

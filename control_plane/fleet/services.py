@@ -95,7 +95,7 @@ def build_bundle(node: Node, version: int, issued_at: datetime | None = None) ->
                 for k in keys.get(client.pk, [])
             ),
             models=tuple(sorted(allowed.get(client.pk, []))),
-            knowledge_bases=tuple(client.knowledge_bases),
+            knowledge_bases=tuple(client.knowledge_bases.names()),
             embeddings=client.embeddings,
             limits=ClientLimits(
                 max_sessions=client.max_sessions,
