@@ -98,6 +98,8 @@ class DemoBootstrap:
     releases: list = field(default_factory=list)
     auditor: OperatorCredentials | None = None
     auditor_token: str = field(default="", repr=False)
+    # The admin's REST API token: what `sanctum kb` loads knowledge bases with.
+    admin_token: str = field(default="", repr=False)
 
 
 DEMO_KEY_NAME = "sanctum up demo key"
@@ -123,7 +125,8 @@ def bootstrap_demo(
 ) -> DemoBootstrap:
     """Make an installation usable in one step, idempotently.
 
-    The roles; an admin operator (a new generated password unless told to keep it);
+    The roles; an admin operator (a new generated password unless told to keep it) with
+    an API token (for ``sanctum kb``);
     an auditor operator with an API token (for the demo's bundle download); a demo
     client (given ``knowledge_bases`` added to those it may search); the model pinned
     and its hash verified now (the rollout needs it); the demo client's key, rotated so
@@ -209,4 +212,5 @@ def bootstrap_demo(
         releases=releases,
         auditor=auditor,
         auditor_token=auditor_token,
+        admin_token=issue_api_token(admin.user),
     )
