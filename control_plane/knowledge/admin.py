@@ -98,6 +98,9 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
             return ()
         return (*self.readonly_fields, "client", "name")
 
+    def get_inlines(self, request: HttpRequest, obj: Any = None) -> tuple[Any, ...]:
+        return self.inlines if obj is not None else ()  # a new one has no documents yet
+
     def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         return self.fields if obj is not None else ("client", "name", "description")
 
