@@ -288,16 +288,16 @@ def _queue_rollout() -> None:
 def check_document_names(files: Sequence[UploadedDocument]) -> None:
     """Names the nodes take (1-512 characters, no control characters); 400 otherwise."""
     if not files:
-        raise ValidationError({"files": "Send at least one file."})
+        raise ValidationError({"file": "Send at least one file."})
     for file in files:
         if not file.name:
-            raise ValidationError({"files": "Every file needs a name."})
+            raise ValidationError({"name": "Every file needs a name."})
         for validator in document_name_validators:
             try:
                 validator(file.name)
             except ValidationError:
                 raise ValidationError(
-                    {"files": "A document name has 1-512 characters and no control characters."}
+                    {"name": "A document name has 1-512 characters and no control characters."}
                 ) from None
 
 
