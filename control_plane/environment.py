@@ -113,6 +113,23 @@ class LedgerSettings(BaseModel):
         return self.key_name or self.origin
 
 
+class KnowledgeSettings(BaseModel):
+    """Loading knowledge bases: the upload cap and how long a node may take to answer.
+
+    Uploads are held in RAM only (never a temporary file): ``max_upload_bytes`` bounds the
+    RAM one request may take, and a bigger request is answered 413 before it is read.
+    """
+
+    max_upload_bytes: int = Field(
+        default=32 * 1_048_576,
+        ge=1024,
+        description="one upload request to the control plane (all its files), in bytes",
+    )
+    connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    # A node parses and embeds a batch before it answers: minutes for a large one.
+    node_timeout_seconds: float = Field(default=300.0, gt=0)
+
+
 def _split_list(value: object) -> object:
     """Accept ``a,b`` or a JSON list for list settings."""
     if isinstance(value, str):
@@ -154,6 +171,7 @@ class ControlPlaneSettings(BaseSettings):
     listen: ListenSettings = ListenSettings()
     rollout: RolloutSettings = RolloutSettings()
     ledger: LedgerSettings = LedgerSettings()
+    knowledge: KnowledgeSettings = KnowledgeSettings()
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "SANCTUM_CP_DATABASE_URL")
     )

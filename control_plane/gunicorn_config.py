@@ -11,8 +11,10 @@ from typing import Any
 
 wsgi_app = "control_plane.wsgi:application"
 accesslog = "-"
-# A rollout without a broker pushes inside the request; leave it time to finish.
-timeout = 120
+# A rollout without a broker pushes inside the request, and loading a knowledge base
+# waits for the nodes to embed its files (SANCTUM_CP_KNOWLEDGE__NODE_TIMEOUT_SECONDS,
+# 300 by default): leave both time to finish.
+timeout = 600
 graceful_timeout = 20
 
 

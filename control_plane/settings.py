@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "control_plane.clients",
     "control_plane.registry",
     "control_plane.fleet",
+    "control_plane.knowledge",
     "control_plane.network",
     "control_plane.audit",
 ]
@@ -99,6 +100,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL;",
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Uploads (knowledge-base documents) stay in RAM, whatever their size, up to a cap per
+# request: never Django's temporary-file handler (control_plane.knowledge.uploads).
+FILE_UPLOAD_HANDLERS = ["control_plane.knowledge.uploads.InMemoryUploadHandler"]
 
 # The auditor's page signs in through the admin's login form (operators are staff users).
 LOGIN_URL = "/admin/login/"
@@ -166,7 +171,8 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Sanctum control plane API",
     "DESCRIPTION": (
-        "Clients, API keys, model pins, nodes, config releases, gateways and peers; "
+        "Clients, API keys, model pins, nodes, config releases, knowledge bases, gateways "
+        "and peers; "
         "receipts, the signed ledger and audit bundles."
     ),
     "VERSION": "1",
@@ -178,6 +184,7 @@ SPECTACULAR_SETTINGS = {
         "HealthStatusEnum": "control_plane.core.choices.HealthStatus",
         "HashStatusEnum": "control_plane.registry.choices.HashStatus",
         "PeerStatusEnum": "control_plane.network.choices.PeerStatus",
+        "CopyStatusEnum": "control_plane.knowledge.choices.CopyStatus",
     },
 }
 
@@ -229,5 +236,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": CP.log_level},
-    "loggers": {"django.request": {"level": "ERROR"}},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        # httpx logs each request's URL at INFO; a knowledge-base document's name travels
+        # in one (DELETE ...?name=), and names stay out of the logs like content.
+        "httpx": {"level": "WARNING"},
+    },
 }

@@ -14,6 +14,7 @@ api_patterns = [
     path("", include("control_plane.clients.api.urls")),
     path("", include("control_plane.registry.api.urls")),
     path("", include("control_plane.fleet.api.urls")),
+    path("", include("control_plane.knowledge.api.urls")),
     path("", include("control_plane.network.api.urls")),
     path("", include("control_plane.changes.api.urls")),
     path("audit/", include("control_plane.audit.api.urls")),

@@ -98,6 +98,8 @@ class DemoBootstrap:
     releases: list = field(default_factory=list)
     auditor: OperatorCredentials | None = None
     auditor_token: str = field(default="", repr=False)
+    # The admin's REST API token: what `sanctum kb` loads knowledge bases with.
+    admin_token: str = field(default="", repr=False)
 
 
 DEMO_KEY_NAME = "sanctum up demo key"
@@ -123,7 +125,8 @@ def bootstrap_demo(
 ) -> DemoBootstrap:
     """Make an installation usable in one step, idempotently.
 
-    The roles; an admin operator (a new generated password unless told to keep it);
+    The roles; an admin operator (a new generated password unless told to keep it) with
+    an API token (for ``sanctum kb``);
     an auditor operator with an API token (for the demo's bundle download); a demo
     client (given ``knowledge_bases`` added to those it may search); the model pinned
     and its hash verified now (the rollout needs it); the demo client's key, rotated so
@@ -137,6 +140,7 @@ def bootstrap_demo(
     from control_plane.core.rollout import roll_out
     from control_plane.fleet.models import Node
     from control_plane.fleet.rollout import NODES
+    from control_plane.knowledge.models import KnowledgeBase
     from control_plane.registry.models import ModelPin
     from control_plane.registry.services import pin_model, verify_model_pin
 
@@ -150,21 +154,19 @@ def bootstrap_demo(
     with change_context(source=ChangeSource.COMMAND, user=admin.user):
         client = Client.objects.filter(slug=client_slug).first()
         if client is None:
-            client = Client(
-                slug=client_slug,
-                name=client_name,
-                embeddings=embeddings,
-                knowledge_bases=list(dict.fromkeys(knowledge_bases)),
-            )
+            client = Client(slug=client_slug, name=client_name, embeddings=embeddings)
             client.full_clean()
             client.save()
-        else:
-            wanted = list(dict.fromkeys([*client.knowledge_bases, *knowledge_bases]))
-            if (embeddings and not client.embeddings) or wanted != client.knowledge_bases:
-                client.embeddings = client.embeddings or embeddings
-                client.knowledge_bases = wanted
-                client.full_clean()
-                client.save()
+        elif embeddings and not client.embeddings:
+            client.embeddings = True
+            client.full_clean()
+            client.save()
+        for name in dict.fromkeys(knowledge_bases):
+            # Empty until loaded (sanctum kb ingest); the rollout below lists them.
+            if not client.knowledge_bases.filter(name=name).exists():
+                knowledge_base = KnowledgeBase(client=client, name=name)
+                knowledge_base.full_clean()
+                knowledge_base.save()
 
         pin = ModelPin.objects.filter(name=model_name, version=model_version).first()
         if pin is None:
@@ -211,4 +213,5 @@ def bootstrap_demo(
         releases=releases,
         auditor=auditor,
         auditor_token=auditor_token,
+        admin_token=issue_api_token(admin.user),
     )

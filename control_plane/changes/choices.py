@@ -12,6 +12,7 @@ class ChangeAction(models.TextChoices):
     REVOKE_KEY = "revoke_key", "Revoked key"
     VERIFY_HASH = "verify_hash", "Verified hash"
     ROLL_OUT = "roll_out", "Rolled out"
+    LOAD = "load", "Loaded onto the nodes"
 
 
 class ChangeSource(models.TextChoices):

@@ -80,14 +80,21 @@ class ClientAdmin(admin.ModelAdmin):
     )
     list_filter = ("is_active", "embeddings", "created_at")
     search_fields = ("slug", "name", "description")
-    readonly_fields = ("created_at", "updated_at", "usage")
+    readonly_fields = ("created_at", "updated_at", "usage", "knowledge_base_names")
     inlines = (ApiKeyInline,)
     actions = ("issue_key",)
     fieldsets = (
         (None, {"fields": ("slug", "name", "description", "is_active")}),
         (
             "What it may use",
-            {"fields": ("embeddings", "knowledge_bases", "max_sessions", "max_tokens_per_request")},
+            {
+                "fields": (
+                    "embeddings",
+                    "knowledge_base_names",
+                    "max_sessions",
+                    "max_tokens_per_request",
+                )
+            },
         ),
         (
             "Rates and quotas",
@@ -138,6 +145,13 @@ class ClientAdmin(admin.ModelAdmin):
             quota = "no quota" if use.quota is None else f"of {use.quota:,}"
             parts.append(f"this {use.period}: {use.tokens:,} {quota}")
         return "; ".join(parts)
+
+    @admin.display(description="knowledge bases")
+    def knowledge_base_names(self, obj: Client) -> str:
+        if obj.pk is None:
+            return "-"
+        # Made and loaded under Knowledge bases; the config lists them after each change.
+        return ", ".join(obj.knowledge_bases.names()) or "none"
 
     @admin.display(description="models")
     def allowed_models(self, obj: Client) -> str:

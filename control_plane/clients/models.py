@@ -9,7 +9,7 @@ from django.utils import timezone
 from control_plane.changes.models import ChangeLoggedModel
 from control_plane.clients.choices import ApiKeyStatus
 from control_plane.clients.querysets import ApiKeyQuerySet, ClientQuerySet
-from control_plane.clients.validators import bundle_name_validator, validate_name_list
+from control_plane.clients.validators import bundle_name_validator
 
 # The most the config contract takes for a count (``shared.config.Count``).
 MAX_TOKENS = 10**15
@@ -19,7 +19,9 @@ RATE_FIELDS = ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "to
 
 class Client(ChangeLoggedModel):
     """An organisation that calls the data plane: its id in every bundle and receipt, its
-    limits, and what it may use. Which models it may use is set on each ``ModelPin``."""
+    limits, and what it may use. Which models it may use is set on each ``ModelPin``;
+    which knowledge bases it may search are its ``KnowledgeBase`` rows
+    (``client.knowledge_bases``, in ``control_plane.knowledge``)."""
 
     slug = models.CharField(
         "client ID",
@@ -34,9 +36,6 @@ class Client(ChangeLoggedModel):
         "active", default=True, help_text="Inactive clients are left out of the config."
     )
     embeddings = models.BooleanField(default=False, help_text="May call /v1/embeddings.")
-    knowledge_bases = models.JSONField(
-        default=list, blank=True, validators=[validate_name_list], help_text="Names."
-    )
     max_sessions = models.PositiveIntegerField(
         default=8, validators=[MinValueValidator(1), MaxValueValidator(10_000)]
     )
@@ -99,7 +98,6 @@ class Client(ChangeLoggedModel):
         "description",
         "is_active",
         "embeddings",
-        "knowledge_bases",
         "max_sessions",
         "max_tokens_per_request",
         *RATE_FIELDS,

@@ -26,7 +26,8 @@ model_version_validator = RegexValidator(
 
 
 def validate_name_list(value: Any) -> None:
-    """A JSON list of distinct bundle names (knowledge bases)."""
+    """A JSON list of distinct bundle names (the knowledge-base list clients once had;
+    kept because migration ``clients.0001`` refers to it)."""
     if not isinstance(value, list):
         raise ValidationError("Enter a list of names.")
     for item in value:

@@ -13,9 +13,11 @@ class FleetConfig(AppConfig):
         from control_plane.core.signals import release_on_change
         from control_plane.fleet.models import Node
         from control_plane.fleet.rollout import NODES
+        from control_plane.knowledge.models import KnowledgeBase
         from control_plane.registry.models import ModelPin
 
         register(NODES)
         # What a bundle is built from (fleet.rollout.build_bundle): a revoked key, a
-        # disabled client, a changed pin or node reaches every node when it commits.
-        release_on_change(NODES.name, Client, ApiKey, ModelPin, Node)
+        # disabled client, a changed pin, node or knowledge base reaches every node when
+        # it commits.
+        release_on_change(NODES.name, Client, ApiKey, ModelPin, Node, KnowledgeBase)

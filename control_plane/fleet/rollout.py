@@ -58,7 +58,7 @@ def build_bundle(node: Node, version: int, stamp: ReleaseStamp | None = None) ->
                 for k in keys.get(client.pk, [])
             ),
             models=tuple(sorted(allowed.get(client.pk, []))),
-            knowledge_bases=tuple(client.knowledge_bases),
+            knowledge_bases=tuple(client.knowledge_bases.names()),
             embeddings=client.embeddings,
             limits=ClientLimits(
                 max_sessions=client.max_sessions,

@@ -291,15 +291,17 @@ def load_demo_documents(lines: dict[str, str], data_dir: Path) -> bool:
         lines["SANCTUM_CLIENT_ID"],
         "--kb",
         "docs",
-        "--node",
-        lines["SANCTUM_MANAGEMENT_URL"],
-        "--data-dir",
-        str(data_dir),
         "--no-progress",
         str(DEMO_DOCS),
     ]
+    # Through the control plane, with the admin's API token: no signing key on this side.
+    env = {
+        **os.environ,
+        "SANCTUM_CONTROL_PLANE_URL": lines["SANCTUM_CONTROL_PLANE_URL"],
+        "SANCTUM_TOKEN": lines["SANCTUM_TOKEN"],
+    }
     say(f"\n$ sanctum kb ingest --client {lines['SANCTUM_CLIENT_ID']} --kb docs {DEMO_DOCS}")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     for line in (done.stdout + done.stderr).splitlines():
         say(f"  {line}")
     return done.returncode == 0

@@ -230,6 +230,9 @@ def start_control_plane(p: Platform, management_url: str) -> None:
         SANCTUM_CLIENT_ID=printed["SANCTUM_CLIENT_ID"],
         SANCTUM_MODEL=printed["SANCTUM_MODEL"],
         SANCTUM_CP_API=urls["api"],
+        # `sanctum kb` loads knowledge bases through the control plane with this token
+        SANCTUM_CONTROL_PLANE_URL=urls["admin"].removesuffix("admin/").rstrip("/"),
+        SANCTUM_TOKEN=printed["SANCTUM_ADMIN_TOKEN"],
         SANCTUM_AUDIT_URL=urls["admin"].removesuffix("admin/") + "audit/",
         SANCTUM_AUDITOR_USER=printed["SANCTUM_AUDITOR_USER"],
         SANCTUM_AUDITOR_PASSWORD=printed.get("SANCTUM_AUDITOR_PASSWORD", "(unchanged)"),
@@ -255,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
             step(platform, management_url)
         platform.lines = {
             "SANCTUM_API_BASE": f"{api_url}/v1",
-            # `sanctum kb` and scripts load knowledge bases there (signed requests only)
+            # the node's management listener (health; signed requests only)
             "SANCTUM_MANAGEMENT_URL": management_url,
             **platform.lines,
         }

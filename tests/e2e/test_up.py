@@ -200,15 +200,19 @@ def test_scanner_finds_a_planted_marker(tmp_path: Path) -> None:
 
 
 def kb_ingest(up: Up, path: Path) -> subprocess.CompletedProcess[str]:
-    """``sanctum kb ingest`` into the demo client's ``docs``, as an operator would."""
+    """``sanctum kb ingest`` into the demo client's ``docs``, as an operator would: through
+    the control plane, with the admin's token."""
     return subprocess.run(
         [
             sys.executable, "-m", "shared.cli", "kb", "ingest",
             "--client", up.lines["SANCTUM_CLIENT_ID"], "--kb", "docs",
-            "--node", up.lines["SANCTUM_MANAGEMENT_URL"], "--data-dir", str(up.data_dir),
             "--no-progress", str(path),
         ],
-        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=child_env(
+            SANCTUM_CONTROL_PLANE_URL=up.lines["SANCTUM_CONTROL_PLANE_URL"],
+            SANCTUM_TOKEN=up.lines["SANCTUM_TOKEN"],
+        ),
     )  # fmt: skip
 
 
@@ -356,8 +360,10 @@ def test_canary_content_leaves_no_trace(tmp_path: Path) -> None:
     # and the run did write what it should: logs with ids and counts
     assert "session ended" in "".join(running.stderr)
     assert "session document added" in "".join(running.stderr)
-    # the operator-loaded knowledge base is on disk, by design (and never in the logs)
-    assert files_containing(kb_marker, [running.data_dir])
+    # the operator-loaded knowledge base is on the node's disk, by design; not on the
+    # control plane's that loaded it (and never in the logs)
+    assert files_containing(kb_marker, [running.data_dir / "node"])
+    assert files_containing(kb_marker, [running.data_dir / "control-plane"]) == []
     assert (
         texts_containing(
             kb_marker, {"stdout": "".join(running.stdout), "stderr": "".join(running.stderr)}

@@ -1,45 +1,154 @@
-"""``sanctum kb`` as a real process against a real node (real embedder and Qdrant)."""
+"""``sanctum kb`` as a real process against a stand-in for the control plane's REST API.
+
+What the CLI itself decides: where the control plane and the token come from, which files
+it sends and in what batches, the line it prints per file and per node, its exit status.
+The real path (gunicorn, worker, a real node) is tests/control_plane/test_e2e_knowledge.py.
+"""
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import json
-import os
-import shutil
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
-from shared.keys import write_key_pair
-from tests.conftest import REPO, Node, child_env
-from tests.pdf import make_pdf
+from tests.conftest import REPO, child_env
 
-pytestmark = [pytest.mark.model, pytest.mark.embedder]
+TOKEN = "t" * 40
 
 
-def sanctum(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+class FakeControlPlane:
+    """Knowledge-base endpoints as the control plane answers them, documents in a dict."""
+
+    def __init__(self, *, max_request_bytes: int = 1_000_000, max_files: int = 100) -> None:
+        self.limits = {
+            "max_request_bytes": max_request_bytes,
+            "max_files": max_files,
+            "file_types": [".md", ".txt", ".pdf", ".html"],
+            "max_document_bytes": 500_000,
+        }
+        self.kbs: dict[int, dict[str, Any]] = {}
+        self.uploads: list[list[str]] = []  # document names per upload
+        self.unreachable: str | None = None  # a node to report as down
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _authorized(self) -> bool:
+                if self.headers.get("Authorization") != f"Token {TOKEN}":
+                    self._send(401, {"detail": "Invalid token."})
+                    return False
+                return True
+
+            def do_GET(self) -> None:
+                if not self._authorized():
+                    return
+                url = urlsplit(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                if url.path == "/api/knowledge-bases/limits/":
+                    self._send(200, fake.limits)
+                elif url.path == "/api/knowledge-bases/":
+                    found = [
+                        kb
+                        for kb in fake.kbs.values()
+                        if query.get("client") in (None, kb["client"])
+                        and query.get("name") in (None, kb["name"])
+                    ]
+                    self._send(200, {"count": len(found), "next": None, "results": found})
+                else:
+                    self._send(404, {"detail": "Not found."})
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if not self._authorized():
+                    return
+                path = urlsplit(self.path).path
+                if path == "/api/knowledge-bases/":
+                    data = json.loads(body)
+                    kb = {"id": len(fake.kbs) + 1, **data, "document_count": 0}
+                    kb.update(chunk_count=0, byte_count=0)
+                    fake.kbs[kb["id"]] = kb
+                    self._send(201, kb)
+                    return
+                assert len(body) <= fake.limits["max_request_bytes"], "upload over the cap"
+                message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                    f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body
+                )
+                names, files = [], []
+                for part in message.iter_parts():
+                    field = part.get_param("name", header="content-disposition")
+                    (names if field == "name" else files).append(part)
+                names = [p.get_content() for p in names]
+                assert len(names) == len(files)
+                fake.uploads.append(names)
+                results = [
+                    {"name": n, "status": "ingested", "chunks": 1, "nodes": {"node-1": "ingested"}}
+                    for n in names
+                ]
+                nodes = [{"node": "node-1", "status": "ok"}]
+                if fake.unreachable:
+                    nodes.append(
+                        {
+                            "node": fake.unreachable,
+                            "status": "unreachable",
+                            "error": "node unreachable: ConnectError",
+                        }
+                    )
+                self._send(
+                    200, {"complete": not fake.unreachable, "nodes": nodes, "results": results}
+                )
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def control_plane():
+    fake = FakeControlPlane()
+    yield fake
+    fake.stop()
+
+
+def kb(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = child_env(**env)
+    for name in ("SANCTUM_TOKEN", "SANCTUM_CONTROL_PLANE_URL"):
+        if name not in env:
+            environment.pop(name, None)
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "shared.cli", "kb", *args],
         cwd=REPO,
-        env=env or child_env(),
+        env=environment,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=120,
     )
-
-
-def kb(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
-    key = str(node.keys / "control-plane.key")
-    return sanctum("kb", args[0], "--node", node.management, "--key", key, *args[1:])
-
-
-def outcome(stdout: str, name: str) -> str:
-    """The line the CLI printed for document ``name``."""
-    lines = [line for line in stdout.splitlines() if line.split()[1:2] in ([name], [name + ":"])]
-    assert len(lines) == 1, stdout
-    return lines[0]
 
 
 @pytest.fixture
@@ -48,118 +157,66 @@ def folder(tmp_path: Path) -> Path:
     (root / "sub").mkdir(parents=True)
     (root / "guide.md").write_text("# Guide\n\nThe north gate closes at ten at night.\n")
     (root / "notes.txt").write_text("Deliveries arrive on Tuesdays.\n")
-    (root / "page.html").write_text("<html><body><p>The canteen serves soup.</p></body></html>")
-    (root / "scan.pdf").write_bytes(make_pdf("Forklift licences last three years."))
     (root / "sub" / "deep.md").write_text("Nested documents keep their relative path.\n")
     (root / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    (root / "broken.pdf").write_bytes(b"%PDF-1.4 nothing else")
-    (root / "empty.md").write_text("   \n")
+    (root / "huge.md").write_text("x" * 600_000)
     (root / ".hidden.md").write_text("Never sent.")
     return root
 
 
-def kb_list(node: Node, client: str) -> dict[str, dict[str, int]]:
-    done = kb(node, "list", "--client", client, "--json")
-    assert done.returncode == 0, done.stderr
-    return {k["name"]: k for k in json.loads(done.stdout)}
-
-
-def test_ingest_a_folder_reports_every_file(rag_node: Node, folder: Path) -> None:
-    done = kb(rag_node, "ingest", "--client", "cli", "--kb", "docs", str(folder), "nowhere.md")
-    assert done.returncode == 0, done.stdout + done.stderr
-    out = done.stdout
-    for name in ("guide.md", "notes.txt", "page.html", "scan.pdf", "sub/deep.md"):
-        assert outcome(out, name).startswith("ingested"), out
-        assert "(1 chunk)" in outcome(out, name)
-    assert outcome(out, "photo.png") == "skipped    photo.png: unsupported file type (.png)"
-    assert outcome(out, "broken.pdf").endswith("broken.pdf: not a readable PDF")
-    assert outcome(out, "empty.md").endswith("empty.md: no text in this file")
-    assert outcome(out, "nowhere.md").endswith("nowhere.md: no such file or folder")
-    assert ".hidden.md" not in out
-    assert "cli/docs: 5 ingested (5 chunks), 0 unchanged, 4 skipped" in out
-    assert "100%" in done.stderr  # the progress bar ran to the end
-    assert kb_list(rag_node, "cli")["docs"]["documents"] == 5
-    health = httpx.get(f"{rag_node.management}/internal/health").json()
-    assert {"client": "cli", "name": "docs", "documents": 5, "chunks": 5} in health[
-        "knowledge_bases"
-    ]
-    table = kb(rag_node, "list", "--client", "cli", "--documents")
-    assert "sub/deep.md" in table.stdout and "docs" in table.stdout
-
-
-def test_reingesting_keeps_unchanged_files_and_replaces_changed_ones(
-    rag_node: Node, folder: Path
-) -> None:
-    args = ("ingest", "--client", "cli", "--kb", "again", "--no-progress", str(folder))
-    assert kb(rag_node, *args).returncode == 0
-    again = kb(rag_node, *args)
-    assert again.returncode == 0
-    assert outcome(again.stdout, "guide.md").startswith("unchanged")
-    assert "0 ingested (0 chunks), 5 unchanged" in again.stdout
-    long_text = "\n\n".join(
-        f"Gate {i} closes at {i} o'clock for the night shift." for i in range(120)
-    )
-    (folder / "guide.md").write_text(long_text)
-    grown = kb(rag_node, *args)
-    line = outcome(grown.stdout, "guide.md")
-    assert line.startswith("ingested")
-    chunks = int(line.split("(")[1].split()[0])
-    assert chunks > 5
-    assert kb_list(rag_node, "cli")["again"]["chunks"] == 4 + chunks
-    (folder / "guide.md").write_text("The gate is gone.")
-    kb(rag_node, *args)
-    assert kb_list(rag_node, "cli")["again"]["chunks"] == 5  # the old chunks were replaced
-
-
-def test_nothing_usable_exits_non_zero(rag_node: Node, tmp_path: Path) -> None:
-    (tmp_path / "photo.png").write_bytes(b"\x89PNG")
-    done = kb(rag_node, "ingest", "--client", "cli", "--kb", "junk", str(tmp_path / "photo.png"))
-    assert done.returncode == 1
-    assert "photo.png: unsupported file type" in done.stdout
-    assert "nothing usable" in done.stderr
-    assert "junk" not in kb_list(rag_node, "cli")
-
-
-def test_delete_a_document_then_the_knowledge_base(rag_node: Node, folder: Path) -> None:
-    assert kb(rag_node, "ingest", "--client", "cli", "--kb", "gone", str(folder)).returncode == 0
-    done = kb(rag_node, "delete", "--client", "cli", "--kb", "gone", "--document", "sub/deep.md")
-    assert done.returncode == 0, done.stderr
-    assert "deleted sub/deep.md (1 chunk)" in done.stdout
-    assert kb_list(rag_node, "cli")["gone"]["documents"] == 4
-    done = kb(rag_node, "delete", "--client", "cli", "--kb", "gone")
-    assert done.returncode == 0 and "4 documents" in done.stdout
-    assert "gone" not in kb_list(rag_node, "cli")
-    again = kb(rag_node, "delete", "--client", "cli", "--kb", "gone")
-    assert again.returncode == 1 and "404" in again.stderr
-
-
-def test_a_key_that_is_not_the_control_planes_is_refused(
-    rag_node: Node, folder: Path, tmp_path: Path
-) -> None:
-    other = write_key_pair(tmp_path / "other", "control-plane")
-    done = sanctum(
-        "kb", "ingest", "--client", "cli", "--kb", "x", "--node", rag_node.management,
-        "--key", str(other), str(folder),
+def test_ingest_sends_usable_files_by_their_relative_names(control_plane, folder):
+    done = kb(
+        "ingest", "--client", "acme", "--kb", "docs", str(folder), "nowhere.md",
+        "--control-plane", control_plane.url + "/api/", "--token", TOKEN,
     )  # fmt: skip
-    assert done.returncode == 1
-    assert "401" in done.stderr and "untrusted key" in done.stderr
-    assert "the control plane's key" in done.stderr
-    missing = sanctum("kb", "list", "--node", rag_node.management, "--key", str(tmp_path / "no"))
-    assert missing.returncode == 1 and "key" in missing.stderr
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert control_plane.kbs[1]["name"] == "docs"  # made, since it did not exist
+    assert sorted(n for batch in control_plane.uploads for n in batch) == [
+        "guide.md",
+        "notes.txt",
+        "sub/deep.md",
+    ]
+    out = done.stdout
+    assert "ingested   sub/deep.md (1 chunk)" in out
+    assert "skipped    photo.png: unsupported file type (.png)" in out
+    assert "skipped    huge.md: too large (600000 bytes; at most 500000)" in out
+    assert "skipped    nowhere.md: no such file or folder" in out
+    assert ".hidden.md" not in out
+    assert "acme/docs: 3 ingested (3 chunks), 0 unchanged, 3 skipped" in out
 
 
-def test_node_and_key_from_the_environment_and_an_up_data_dir(
-    rag_node: Node, tmp_path: Path
-) -> None:
-    data_dir = tmp_path / "up-data"
-    shutil.copytree(rag_node.keys, data_dir / "keys")
-    env = child_env(SANCTUM_MANAGEMENT_URL=rag_node.management, SANCTUM_DATA_DIR=str(data_dir))
-    env.pop("SANCTUM_CONTROL_PLANE_KEY", None)
-    done = sanctum("kb", "list", "--client", "acme", env=env)
+def test_uploads_stay_within_the_cap_and_file_count(folder, tmp_path):
+    fake = FakeControlPlane(max_request_bytes=8_000, max_files=2)
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(5):
+        (many / f"{i}.md").write_text(f"Document {i}. " + "y" * 2_000)
+    try:
+        done = kb("ingest", "--client", "acme", "--kb", "docs", "--no-progress", str(many),
+                  SANCTUM_CONTROL_PLANE_URL=fake.url, SANCTUM_TOKEN=TOKEN)  # fmt: skip
+    finally:
+        fake.stop()
     assert done.returncode == 0, done.stderr
-    assert "handbook" in done.stdout
-    env["SANCTUM_CONTROL_PLANE_KEY"] = str(tmp_path / "nope.key")
-    assert sanctum("kb", "list", env=env).returncode == 1
-    unreachable = sanctum("kb", "list", "--node", "http://127.0.0.1:9", "--data-dir", str(data_dir))
-    assert unreachable.returncode == 1 and "can't reach" in unreachable.stderr
-    assert os.path.exists(data_dir / "keys" / "control-plane.key")
+    assert len(fake.uploads) >= 3 and all(len(batch) <= 2 for batch in fake.uploads)
+
+
+def test_a_node_that_was_not_reached_is_named_and_fails_the_run(control_plane, folder):
+    control_plane.unreachable = "node-2"
+    done = kb("ingest", "--client", "acme", "--kb", "docs", str(folder / "guide.md"),
+              SANCTUM_CONTROL_PLANE_URL=control_plane.url, SANCTUM_TOKEN=TOKEN)  # fmt: skip
+    assert done.returncode == 1
+    assert "ingested   guide.md (1 chunk)" in done.stdout
+    assert "node node-2 not reached (node unreachable: ConnectError)" in done.stderr
+
+
+def test_the_token_and_the_control_plane_are_required_and_named(control_plane, folder):
+    no_token = kb("list", SANCTUM_CONTROL_PLANE_URL=control_plane.url)
+    assert no_token.returncode == 1 and "--token or $SANCTUM_TOKEN" in no_token.stderr
+    wrong = kb("list", "--control-plane", control_plane.url, "--token", "nope")
+    assert wrong.returncode == 1 and "401" in wrong.stderr
+    down = kb("list", "--control-plane", "http://127.0.0.1:9", "--token", TOKEN)
+    assert down.returncode == 1 and "can't reach the control plane" in down.stderr
+    nothing = kb("ingest", "--client", "acme", "--kb", "docs", str(folder / "photo.png"),
+                 SANCTUM_CONTROL_PLANE_URL=control_plane.url, SANCTUM_TOKEN=TOKEN)  # fmt: skip
+    assert nothing.returncode == 1 and "nothing usable" in nothing.stderr

@@ -21,6 +21,9 @@ class ClientSerializer(serializers.ModelSerializer):
         help_text="The client id nodes, receipts and auditors use.",
     )
     models = serializers.SerializerMethodField(help_text="Names of the models it may use.")
+    knowledge_bases = serializers.SerializerMethodField(
+        help_text="Names of its knowledge bases (made and loaded under /api/knowledge-bases/)."
+    )
 
     class Meta:
         model = Client
@@ -45,13 +48,15 @@ class ClientSerializer(serializers.ModelSerializer):
             "updated_at",
         )
         read_only_fields = ("created_at", "updated_at")
-        extra_kwargs = {"knowledge_bases": {"required": False}}
 
     def validate_id(self, value: str) -> str:
         if self.instance is not None and value != self.instance.slug:
             # Receipts and nodes know the client by this id: it never changes.
             raise serializers.ValidationError("A client's id can't change.")
         return value
+
+    def get_knowledge_bases(self, obj: Client) -> list[str]:
+        return sorted(kb.name for kb in obj.knowledge_bases.all())
 
     def get_models(self, obj: Client) -> list[str]:
         return sorted({pin.name for pin in obj.model_pins.all() if pin.enabled})

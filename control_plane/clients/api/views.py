@@ -26,7 +26,7 @@ from control_plane.fleet.models import Node
 
 
 class ClientViewSet(viewsets.ModelViewSet):
-    queryset = Client.objects.prefetch_related("model_pins")
+    queryset = Client.objects.prefetch_related("model_pins", "knowledge_bases")
     serializer_class = ClientSerializer
     filterset_class = ClientFilterSet
     search_fields = ("slug", "name")

@@ -69,4 +69,4 @@ def test_bootstrap_lets_the_demo_client_search_the_knowledge_bases_named(on_comm
     with on_commit():
         _bootstrap()  # adds nothing, takes nothing away
 
-    assert Client.objects.get().knowledge_bases == ["docs", "handbook"]
+    assert Client.objects.get().knowledge_bases.names() == ["docs", "handbook"]

@@ -2,6 +2,7 @@
 
 Prints ``KEY=value`` lines for the caller to parse (and nothing else on stdout):
 ``SANCTUM_ADMIN_USER``, ``SANCTUM_ADMIN_PASSWORD`` (when this run set it),
+``SANCTUM_ADMIN_TOKEN`` (the admin's REST API token, for ``sanctum kb``),
 ``SANCTUM_AUDITOR_USER``, ``SANCTUM_AUDITOR_PASSWORD`` (when set), ``SANCTUM_AUDITOR_TOKEN``
 (the auditor's REST API token), ``SANCTUM_CLIENT_ID``, ``SANCTUM_API_KEY``,
 ``SANCTUM_MODEL``, ``SANCTUM_CP_PUBLIC_KEY`` and, with a node, ``SANCTUM_CONFIG_VERSION``
@@ -113,6 +114,7 @@ class Command(BaseCommand):
         out.write(f"SANCTUM_ADMIN_USER={result.admin.user.get_username()}")
         if result.admin.password:
             out.write(f"SANCTUM_ADMIN_PASSWORD={result.admin.password}")
+        out.write(f"SANCTUM_ADMIN_TOKEN={result.admin_token}")
         if result.auditor is not None:
             out.write(f"SANCTUM_AUDITOR_USER={result.auditor.user.get_username()}")
             if result.auditor.password:

@@ -1,0 +1,23 @@
+"""Querysets for knowledge bases and their catalog."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Count, Sum
+
+
+class KnowledgeBaseQuerySet(models.QuerySet):
+    def names(self) -> list[str]:
+        """The names, sorted: what a client's config bundle lists."""
+        return list(self.order_by("name").values_list("name", flat=True))
+
+    def with_totals(self) -> KnowledgeBaseQuerySet:
+        return self.annotate(
+            document_count=Count("documents", distinct=True),
+            chunk_count=Sum("documents__chunks"),
+            byte_count=Sum("documents__bytes"),
+        )
+
+
+class KnowledgeDocumentQuerySet(models.QuerySet):
+    pass
