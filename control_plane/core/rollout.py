@@ -558,18 +558,37 @@ def _trusts(release: Release | None) -> KeySet | None:
         return None
 
 
+_STAMP_FIELDS = ("version", "issued_at", "expires_at")
+
+
+def _content(document: dict[str, Any]) -> dict[str, Any]:
+    """A release's document without what changes with every release."""
+    return {k: v for k, v in document.items() if k not in _STAMP_FIELDS}
+
+
+def differs(kind: RolloutKind[Any, Any, Any], target: RolloutTarget) -> bool:
+    """What ``target`` should hold now differs from its latest release (or it has none)."""
+    latest = _latest(kind, target.pk)
+    version = (latest.version if latest else 0) + 1
+    wanted = kind.build(target, version, ReleaseStamp.now()).document()
+    return latest is None or _content(wanted) != _content(latest.document)
+
+
 def needs_release(kind: RolloutKind[Any, Any, Any], target: RolloutTarget) -> str | None:
-    """Why ``target`` needs a new release now (its latest expires soon, or names other
-    keys than the keyring's), or None."""
+    """Why ``target`` needs a new release now, or None: its latest one expires soon, names
+    other keys than the keyring's, or (with ``rollout.on_change``) no longer matches the
+    database (a change whose on-commit release was lost)."""
     latest = _latest(kind, target.pk)
     if latest is None:
-        return None  # never released: the operator's first rollout
+        return None  # never released: the operator's (or a change's) first rollout
     renew = timedelta(seconds=settings.SANCTUM.rollout.renew_before_seconds)
     expires = latest.document.get("expires_at")
     if not expires or datetime.fromisoformat(expires) - renew <= timezone.now():
         return "its latest release expires soon"
     if _trusts(latest) != target_trust():
         return "the keyring changed"
+    if settings.SANCTUM.rollout.on_change and differs(kind, target):
+        return "what it should hold changed"
     return None
 
 
@@ -622,25 +641,23 @@ def advance_keys() -> list[str]:
 
 
 def release_on_commit(kind_name: str) -> None:
-    """Release to every enabled target of ``kind_name`` once the current transaction
-    commits (once per transaction, however many rows changed; nothing if it rolls back).
+    """Once the current transaction commits, release to every enabled target of
+    ``kind_name`` whose document would differ from its latest release (nothing if the
+    transaction rolls back, nothing for a change that alters no document).
 
-    Domain apps call this from their change signals; with ``rollout.on_change`` off it
-    does nothing (an operator rolls out by hand).
+    Domain apps call this from their change signals (``control_plane.core.signals``);
+    with ``rollout.on_change`` off it does nothing (an operator rolls out by hand).
+    Several changes in one transaction queue several callbacks; the first makes the
+    releases and the others find nothing left that differs.
     """
     if not settings.SANCTUM.rollout.on_change:
-        return
-    connection = transaction.get_connection()
-    # Django keeps the callbacks of the open transaction here and drops them on rollback:
-    # one queued for this kind already covers this change too.
-    queued = (getattr(entry[1], "release_kind", None) for entry in connection.run_on_commit)
-    if kind_name in queued:
         return
 
     def release() -> None:
         kind = rollout_kind(kind_name)
-        releases = roll_out(kind)
-        log.info("change committed: %d %s releases made", len(releases), kind.name)
+        targets = [t for t in kind.targets() if differs(kind, t)]
+        if targets:
+            releases = roll_out(kind, targets)
+            log.info("change committed: %d %s releases made", len(releases), kind.name)
 
-    release.release_kind = kind_name  # type: ignore[attr-defined]
     transaction.on_commit(release)

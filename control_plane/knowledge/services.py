@@ -4,7 +4,7 @@ The admin page, the REST API and ``sanctum kb`` (through the API) call these. Lo
 sends each file's bytes to every enabled node that serves the client, through the node's
 management listener (``POST /internal/knowledge-bases/{client}/{kb}/documents``, base64
 JSON, in batches within the limits the node states), each request signed with
-:func:`~control_plane.fleet.signing.management_auth`. The bytes live only in this
+:func:`~control_plane.core.signing.management_auth`. The bytes live only in this
 process's memory while the request runs: nothing here writes them to a file, a row, a
 task message or a log line. What is kept is the catalog (names, sizes, SHA-256, chunk
 counts) and which node holds which document.
@@ -36,8 +36,8 @@ from django.utils import timezone
 from control_plane.changes.choices import ChangeAction
 from control_plane.clients.models import Client
 from control_plane.core.errors import Conflict
+from control_plane.core.signing import management_auth
 from control_plane.fleet.models import Node
-from control_plane.fleet.signing import management_auth
 from control_plane.knowledge.choices import CopyStatus, FileStatus, NodeOutcome
 from control_plane.knowledge.models import (
     DocumentCopy,

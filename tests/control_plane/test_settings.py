@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared.keys import write_key_pair
+from shared.keyring import Keyring
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ def test_production_refuses_to_start_without_its_secrets(tmp_path):
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert "SANCTUM_CP_SECRET_KEY is required" in result.stderr
-    assert "SANCTUM_CP_SIGNING_KEY is required" in result.stderr
+    assert "SANCTUM_CP_KEYRING is required" in result.stderr
 
 
 def test_a_bad_secret_is_named_but_never_echoed(tmp_path):
@@ -47,7 +47,8 @@ def test_a_bad_secret_is_named_but_never_echoed(tmp_path):
 
 
 def test_production_settings_pass_the_deploy_check(tmp_path):
-    key = write_key_pair(tmp_path / "keys", "control-plane")
+    ring = tmp_path / "keyring"
+    Keyring(ring).init()
 
     result = _manage(
         tmp_path,
@@ -57,7 +58,7 @@ def test_production_settings_pass_the_deploy_check(tmp_path):
         "WARNING",
         SANCTUM_CP_ENVIRONMENT="production",
         SANCTUM_CP_SECRET_KEY=secrets.token_urlsafe(64),
-        SANCTUM_CP_SIGNING_KEY=str(key),
+        SANCTUM_CP_KEYRING=str(ring),
         SANCTUM_CP_ALLOWED_HOSTS="cp.mgmt.internal",
     )
 

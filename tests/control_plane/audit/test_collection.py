@@ -12,6 +12,7 @@ from django.conf import settings
 from control_plane.audit.models import CollectionState, Receipt, RefusedRecord, TreeHead
 from control_plane.audit.services import collect_fleet, collect_node
 from shared.keys import b64url, b64url_decode, generate_private_key, public_pem
+from shared.signed_request import ReplayGuard, SignedRequestVerifier
 from tests.control_plane.factories import NodeFactory
 
 pytestmark = pytest.mark.django_db
@@ -141,7 +142,9 @@ def test_an_unreachable_node_or_one_that_distrusts_us_is_an_error_not_a_crash(
     assert CollectionState.objects.get(node=node).last_error == down.error
 
     other, other_node = fake_node_factory("n2")
-    other.verifier = type(other.verifier)(generate_private_key().public_key())
+    other.verifier = SignedRequestVerifier(
+        lambda: [generate_private_key().public_key()], "n2", ReplayGuard()
+    )
     distrust = collect_node(other_node)
     assert "HTTP 401" in distrust.error and "trust this control plane's key" in distrust.error
     assert Receipt.objects.count() == 0

@@ -9,8 +9,14 @@ from django.utils import timezone
 
 from control_plane.clients.services import issue_api_key, revoke_api_key
 from control_plane.core.choices import HealthStatus, ReleaseStatus
-from control_plane.core.rollout import check_health, create_release, deliver, roll_out
-from control_plane.core.signing import signer
+from control_plane.core.rollout import (
+    ReleaseStamp,
+    check_health,
+    create_release,
+    deliver,
+    roll_out,
+)
+from control_plane.core.signing import signer, target_trust
 from control_plane.fleet.models import ConfigRelease, NodeState
 from control_plane.fleet.rollout import NODES, build_bundle
 from control_plane.registry.choices import HashStatus
@@ -31,7 +37,9 @@ def test_the_bundle_carries_usable_keys_servable_models_and_allowed_clients():
     ModelPinFactory(name="off", enabled=False, clients=[acme])
     node = NodeFactory(name="n1")
 
-    bundle = build_bundle(node, 3, issued_at=timezone.now() + timedelta(seconds=10))
+    later = timezone.now() + timedelta(seconds=10)
+    stamp = ReleaseStamp(later, later + timedelta(days=1), target_trust())
+    bundle = build_bundle(node, 3, stamp)
 
     assert (bundle.version, bundle.node) == (3, "n1")
     assert [m.name for m in bundle.models] == ["llm"]

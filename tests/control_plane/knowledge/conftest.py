@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from control_plane.core.signing import target_trust
 from control_plane.fleet.models import Node
-from control_plane.fleet.signing import signing_key
 from tests.control_plane.factories import ClientFactory, NodeFactory
 from tests.control_plane.knowledge.fakes import FakeKnowledgeNode
 
@@ -18,9 +18,10 @@ def kb_node_factory(db) -> Iterator[Callable[..., tuple[FakeKnowledgeNode, Node]
     started: list[FakeKnowledgeNode] = []
 
     def make(name: str | None = None, **kwargs: int) -> tuple[FakeKnowledgeNode, Node]:
-        fake = FakeKnowledgeNode(signing_key().public_key(), **kwargs).start()
+        name = name or f"kb-node-{len(started) + 1}"
+        fake = FakeKnowledgeNode(target_trust(), name, **kwargs).start()
         started.append(fake)
-        node = NodeFactory(**({"name": name} if name else {}), management_url=fake.url)
+        node = NodeFactory(name=name, management_url=fake.url)
         return fake, node
 
     yield make

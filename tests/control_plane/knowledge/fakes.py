@@ -21,10 +21,9 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from shared.management import KNOWLEDGE_BASES_PATH
-from shared.signed_request import SignedRequestError, SignedRequestVerifier
+from shared.signed_request import ReplayGuard, SignedRequestError, SignedRequestVerifier
+from shared.trust import MANAGEMENT, KeySet
 
 FILE_TYPES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf")
 
@@ -34,8 +33,10 @@ def _error(message: str, code: str, kind: str = "invalid_request_error") -> dict
 
 
 class FakeKnowledgeNode:
-    def __init__(self, trusted: Ed25519PublicKey, *, max_request_bytes: int = 1_000_000) -> None:
-        self.verifier = SignedRequestVerifier(trusted)
+    def __init__(self, trust: KeySet, name: str, *, max_request_bytes: int = 1_000_000) -> None:
+        self.verifier = SignedRequestVerifier(
+            lambda: trust.public_keys(MANAGEMENT), name, ReplayGuard()
+        )
         self.max_request_bytes = max_request_bytes
         self.max_document_bytes = 16 * 1_048_576
         # (client, kb) -> {document name: (sha256, chunks)}

@@ -32,12 +32,13 @@ def _doc(name: str, text: str) -> UploadedDocument:
 def test_creating_a_knowledge_base_rolls_out_so_the_config_lists_it(
     acme, kb_node_factory, on_commit
 ):
-    _, node = kb_node_factory()
+    with on_commit():  # registering the node releases to it once, as any change does
+        _, node = kb_node_factory()
     with on_commit():
         create_knowledge_base(acme, "handbook")
 
-    release = ConfigRelease.objects.get(node=node)
-    listed = {c["id"]: c["knowledge_bases"] for c in release.bundle["clients"]}
+    release = ConfigRelease.objects.filter(node=node).order_by("-version").first()
+    listed = {c["id"]: c["knowledge_bases"] for c in release.document["clients"]}
     assert listed["acme"] == ["handbook"]
     with on_commit():
         create_knowledge_base(acme, "cases")
@@ -185,7 +186,8 @@ def test_a_delete_that_cannot_reach_a_node_keeps_the_catalog_entry(acme, kb_node
 def test_deleting_a_knowledge_base_deletes_it_everywhere_and_rolls_out(
     acme, kb_node_factory, on_commit
 ):
-    fake, node = kb_node_factory()
+    with on_commit():
+        fake, node = kb_node_factory()
     with on_commit():
         kb = create_knowledge_base(acme, "handbook")
     load_documents(kb, [_doc("a.md", "Alpha.")])
@@ -197,8 +199,8 @@ def test_deleting_a_knowledge_base_deletes_it_everywhere_and_rolls_out(
     assert fake.documents("acme", "handbook") == {}
     assert not KnowledgeBase.objects.exists() and not KnowledgeDocument.objects.exists()
     latest = ConfigRelease.objects.filter(node=node).order_by("-version").first()
-    assert latest.version == 2
-    assert latest.bundle["clients"][0]["knowledge_bases"] == []
+    assert latest.version == 3  # the node's registration, the creation, the delete
+    assert latest.document["clients"][0]["knowledge_bases"] == []
     deleted = ObjectChange.objects.filter(action=ChangeAction.DELETE)
     assert sorted(deleted.values_list("object_repr", flat=True)) == [
         "acme/handbook",
