@@ -11,6 +11,7 @@ admin.site.site_title = "Sanctum"
 admin.site.index_title = "Operations"
 
 api_patterns = [
+    path("", include("control_plane.core.api.urls")),
     path("", include("control_plane.clients.api.urls")),
     path("", include("control_plane.registry.api.urls")),
     path("", include("control_plane.fleet.api.urls")),

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import Serializer
+from rest_framework.views import APIView
 
 from control_plane.core.errors import Conflict
 from control_plane.core.models import Release
 from control_plane.core.rollout import RolloutKind, roll_out
+from control_plane.core.signing import published_keys
 
 
 def released(
@@ -57,3 +62,17 @@ class ReleaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         targets = serializer.validated_data.get(self.targets_field)
         kind = self.rollout_kind
         return released(kind, roll_out(kind, targets or None), self.get_serializer_class())
+
+
+class KeySetView(APIView):
+    """``GET /api/keys/``: the control plane's published key set (public keys only).
+
+    Every key nodes, gateways and auditors may trust, by purpose, with its state's
+    ``not_after`` (docs/security.md, "Trust and keys"). Any signed-in operator may read
+    it; compare it with the copy the operator handed you."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request) -> Response:
+        return Response(published_keys().document())
