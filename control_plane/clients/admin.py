@@ -100,7 +100,8 @@ class ClientAdmin(admin.ModelAdmin):
             "Rates and quotas",
             {
                 "description": "The client's in all: each enabled node enforces an equal "
-                "share. Roll out after a change, or after adding or removing a node.",
+                "share; a change here (or a node added or removed) is released to the "
+                "nodes when it is saved.",
                 "fields": (
                     "requests_per_minute",
                     "tokens_per_minute",
@@ -241,7 +242,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 count += 1
         self.message_user(
             request,
-            f"Revoked {count} key(s). Roll out to make the nodes refuse them.",
+            f"Revoked {count} key(s). The nodes are sent a config without them now; "
+            "their rollout column shows when each has it.",
             messages.SUCCESS,
         )
 

@@ -312,7 +312,8 @@ class PeerAdmin(admin.ModelAdmin):
         return _no_store(response)
 
     @admin.action(
-        description="Disable selected peers (roll out to cut them)", permissions=["change"]
+        description="Disable selected peers (released to their gateways at once)",
+        permissions=["change"],
     )
     def disable_selected(self, request: HttpRequest, queryset: QuerySet[Peer]) -> None:
         count = 0
@@ -320,7 +321,9 @@ class PeerAdmin(admin.ModelAdmin):
             disable_peer(peer, reason=f"disabled in the admin console by {request.user}")
             count += 1
         self.message_user(
-            request, f"Disabled {count} peer(s). Roll out their gateways.", messages.SUCCESS
+            request,
+            f"Disabled {count} peer(s). Their gateways are sent a config without them now.",
+            messages.SUCCESS,
         )
 
     @admin.action(description="Enable selected peers", permissions=["change"])
@@ -335,7 +338,9 @@ class PeerAdmin(admin.ModelAdmin):
                     request, f"{peer}: expired; set a new expiry first", messages.WARNING
                 )
         self.message_user(
-            request, f"Enabled {count} peer(s). Roll out their gateways.", messages.SUCCESS
+            request,
+            f"Enabled {count} peer(s). Their gateways are sent a config with them now.",
+            messages.SUCCESS,
         )
 
 

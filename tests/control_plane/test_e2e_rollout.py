@@ -55,7 +55,8 @@ class Installation:
         ]
         public_key = Path(cp.manage("keys")["SANCTUM_CP_TRUST_KEYS"])
         node_key = write_key_pair(tmp / "node-keys", "node")
-        self.node = DataPlaneNode(tmp / "node", "node-1", public_key, node_key)
+        self.node_dir = tmp / "node"
+        self.node = DataPlaneNode(self.node_dir, "node-1", public_key, node_key)
         self.node.start()
         cp.serve()
         cp.worker()
