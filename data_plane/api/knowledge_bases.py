@@ -1,8 +1,9 @@
-"""Knowledge-base loading on the management listener (``sanctum kb`` talks to these).
+"""Knowledge-base loading on the management listener (the control plane's
+``control_plane.knowledge`` sends what operators upload there, or ``sanctum kb``).
 
-Every route needs a request signed by the control plane's key (401 otherwise), checked
-before the body is parsed. The client a knowledge base belongs to is named in the path:
-the operator's signature is the authority for it.
+Every route needs a request signed by a trusted management key for this node (401
+otherwise), checked before the body is parsed. The client a knowledge base belongs to is
+named in the path: the control plane's signature is the authority for it.
 """
 
 from __future__ import annotations

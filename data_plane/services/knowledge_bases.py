@@ -1,7 +1,8 @@
 """Knowledge-base use cases on the management listener: ingest, list, describe, delete.
 
-An operator loads a client's files through the signed management API (``sanctum kb
-ingest``). Each file is parsed here (the CLI sends bytes and names, nothing else), then
+An operator loads a client's files through the control plane (the admin, its REST API or
+``sanctum kb ingest``), which sends them here as signed management requests. Each file is
+parsed here (the control plane sends bytes and names, nothing else), then
 chunked, embedded and written to the client's collection. A file whose content and
 chunking are unchanged is left as it is; a changed one has its chunks replaced. A file
 that cannot be used is skipped with its reason while the rest of the request ingests.
