@@ -11,7 +11,7 @@ the target's state directory:
   before the release it covers, so neither a restart, a saved release that no longer
   verifies, nor a failed apply lets an older signed release back in;
 - ``trust.json``: the key set the last release brought (``shared.release``), which
-  replaces the anchor file's set until an operator installs a different anchor file.
+  replaces the anchor file's set for good (:class:`TrustStore`).
 
 A release that expires stops counting as usable: the target refuses clients (503) and
 says so in its health until the control plane's next one arrives.
@@ -19,7 +19,6 @@ says so in its health until the control plane's next one arrives.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,13 +33,14 @@ from pydantic import ValidationError
 from shared import management
 from shared.config import ConfigBundle, ModelSpec, api_key_matches, api_key_prefix, file_sha256
 from shared.envelope import EnvelopeError
-from shared.keys import KeyFileError
+from shared.keys import KeyFileError, write_atomically
 from shared.release import Release
 from shared.trust import CONFIG, KeySet
 
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Release)
+NO_CONFIG = "no config applied"
 
 
 class ConfigRejected(Exception):
@@ -54,62 +54,61 @@ class ConfigRejected(Exception):
         self.extra = extra
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="ascii") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class TrustStore:
-    """The control-plane keys this target trusts: the anchor file's, or the last release's.
+    """The control-plane keys this target trusts: the anchor file's, then the releases'.
 
-    The anchor (``SANCTUM_*_TRUST_KEYS``, installed by the operator) bootstraps trust; a
-    release signed by a trusted key may bring a new set (a rotation), which is kept in
-    ``trust.json`` with the anchor's digest. A changed anchor file wins again: it is
-    how an operator recovers from a key they no longer trust.
+    The anchor (``SANCTUM_*_TRUST_KEYS``, installed by the operator) bootstraps trust on
+    a fresh target; every release applied since, signed by a key trusted then, brings
+    the set to trust from then on (a rotation), kept in ``trust.json``. Once a target has
+    applied a release, the anchor is not consulted again: an old anchor file put back
+    (or a lost ``trust.json``) must not revive keys retired since. A target whose
+    ``trust.json`` is lost after it applied releases trusts nothing until an operator
+    resets it on purpose (docs/operations.md, "Rotating keys").
     """
 
     def __init__(self, anchor: Path, saved: Path) -> None:
-        self._anchor_path = anchor
         self._saved = saved
-        anchor_bytes = self._read_anchor()
-        self._anchor_digest = hashlib.sha256(anchor_bytes).hexdigest()
-        self.keys = KeySet.parse(anchor_bytes, source=str(anchor))
-        self._load_adopted()
-
-    def _read_anchor(self) -> bytes:
+        self.problem: str | None = None
+        self.adopted = self._load_adopted()
+        if self.adopted is not None:
+            self.keys = self.adopted
+            return
         try:
-            return self._anchor_path.read_bytes()
+            anchor_bytes = anchor.read_bytes()
         except OSError:
-            raise KeyFileError(f"no key set at {self._anchor_path}") from None
+            raise KeyFileError(f"no key set at {anchor}") from None
+        self.keys = KeySet.parse(anchor_bytes, source=str(anchor))
 
-    def _load_adopted(self) -> None:
+    def _load_adopted(self) -> KeySet | None:
         try:
-            saved = json.loads(self._saved.read_text("utf-8"))
+            saved = json.loads(self._saved.read_bytes())
+            return KeySet.model_validate(saved["key_set"])
         except FileNotFoundError:
-            return
-        except (OSError, ValueError):
-            logger.error("saved trust set unreadable; using the anchor file's")
-            return
-        if not isinstance(saved, dict) or saved.get("anchor_sha256") != self._anchor_digest:
-            logger.warning("trust anchor file changed; its key set replaces the saved one")
-            return
-        try:
-            self.keys = KeySet.model_validate(saved.get("key_set"))
-        except ValidationError:
-            logger.error("saved trust set malformed; using the anchor file's")
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            self.problem = f"the saved trust set {self._saved} is unreadable"
+            logger.error("saved trust set unreadable")
+            return None
+
+    def lose(self) -> None:
+        """Trust nothing: releases were applied here, but their trust set is gone."""
+        self.problem = self.problem or f"the saved trust set {self._saved} is missing"
+        self.problem += (
+            ": trusting no key until an operator restores it or resets this target's trust"
+        )
+        self.keys = KeySet()
+        logger.error("trust state lost; no config will be accepted")
 
     def adopt(self, keys: KeySet) -> None:
-        if keys == self.keys:
-            return
-        document = {"anchor_sha256": self._anchor_digest, "key_set": keys.document()}
-        _write_atomically(self._saved, json.dumps(document, sort_keys=True))
-        self.keys = keys
-        logger.info("trust set changed kids=%s", ",".join(sorted(k.kid[:8] for k in keys.keys)))
+        """Trust ``keys`` from now on (written even when unchanged: its presence says the
+        anchor has been superseded)."""
+        changed = keys != self.keys or self.adopted is None
+        write_atomically(self._saved, json.dumps({"key_set": keys.document()}).encode())
+        self.keys = self.adopted = keys
+        self.problem = None
+        if changed:
+            kids = ",".join(sorted(k.kid[:8] for k in keys.keys))
+            logger.info("trust set adopted kids=%s", kids)
 
     def public_keys(self, purpose: str) -> list[Ed25519PublicKey]:
         return self.keys.public_keys(purpose)
@@ -135,12 +134,14 @@ class ReleaseStore(Generic[R]):
         self.trust = trust
         self.current: R | None = None
         self.floor = self._read_floor()
+        if self.floor > 0 and trust.adopted is None:
+            trust.lose()
 
     # --- the floor -----------------------------------------------------------------
 
     def _read_floor(self) -> int:
         try:
-            return max(0, int(self._floor_path.read_text("ascii").strip() or 0))
+            return max(0, int(self._floor_path.read_text("ascii").strip()))
         except FileNotFoundError:
             return 0
         except (OSError, ValueError):
@@ -151,7 +152,7 @@ class ReleaseStore(Generic[R]):
 
     def _raise_floor(self, version: int) -> None:
         if version > self.floor:
-            _write_atomically(self._floor_path, f"{version}\n")
+            write_atomically(self._floor_path, f"{version}\n".encode())
             self.floor = version
 
     # --- checking ------------------------------------------------------------------
@@ -222,7 +223,7 @@ class ReleaseStore(Generic[R]):
     def commit(self, token: str, release: R) -> None:
         """Persist and switch to a release that passed :meth:`check` (floor first)."""
         self._raise_floor(release.version)
-        _write_atomically(self._path, token)
+        write_atomically(self._path, token.encode("ascii"))
         self.current = release
         self.trust.adopt(release.trust)
 
@@ -237,8 +238,10 @@ class ReleaseStore(Generic[R]):
 
     def problems(self) -> list[str]:
         release = self.current
+        if self.trust.problem:
+            return [self.trust.problem]
         if release is None:
-            return ["no config applied"]
+            return [NO_CONFIG]
         if release.expired(datetime.now(UTC)):
             return [
                 f"config version {release.version} expired at "

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +36,7 @@ from shared.keys import (
     generate_private_key,
     key_id,
     load_private_key,
+    write_atomically,
     write_private_key,
 )
 from shared.trust import LOG, PURPOSES, TRUST_FILE, KeySet, TrustedKey
@@ -89,6 +90,7 @@ class Keyring:
             raise KeyringError(f"no keyring at {self.directory} (run: keys init)") from None
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
+            self._check_modes()
             try:
                 raw = json.loads(self._index.read_text("utf-8"))
                 self._entries = [KeyEntry(**e) for e in raw["keys"]]
@@ -97,6 +99,29 @@ class Keyring:
             self._stamp = stamp
             self._keys.clear()
         return list(self._entries)
+
+    def _check_modes(self) -> None:
+        """Refuse a keyring others may change: whoever can edit it can add a key."""
+        for path in (self.directory, self._index):
+            mode = path.stat().st_mode
+            if mode & (stat.S_IWGRP | stat.S_IWOTH):
+                raise KeyringError(
+                    f"{path} may be changed by others (mode {stat.S_IMODE(mode):04o}): "
+                    "chmod go-w it, and consider the keyring exposed"
+                )
+
+    def _trusted(self, entry: KeyEntry) -> TrustedKey:
+        """What verifiers are told to trust for ``entry``: taken from its private key
+        file while it has one (the index alone can't add a key), else from the index
+        (a retired log key, kept so old tree heads verify)."""
+        path = self.directory / entry.file
+        if entry.state == "retired":
+            return entry.trusted()
+        key = self._keys.get(entry.kid) or load_private_key(path)
+        if key_id(key.public_key()) != entry.kid:
+            raise KeyringError(f"{entry.file} does not hold key {entry.kid}")
+        self._keys[entry.kid] = key
+        return TrustedKey.of(key.public_key(), entry.purpose, entry.not_after)
 
     def active(self, purpose: str) -> KeyEntry:
         found = [e for e in self.entries() if e.purpose == purpose and e.state == "active"]
@@ -118,7 +143,7 @@ class Keyring:
     def key_set(self, purposes: tuple[str, ...] = PURPOSES) -> KeySet:
         """What verifiers trust: next, active and retiring keys; retired log keys too."""
         keys = [
-            e.trusted()
+            self._trusted(e)
             for e in self.entries()
             if e.purpose in purposes and (e.state != "retired" or e.purpose == LOG)
         ]
@@ -127,10 +152,7 @@ class Keyring:
     def publish(self, path: Path) -> KeySet:
         """Write the published key set (public keys only) to ``path``."""
         keys = self.key_set()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(keys.document(), indent=2) + "\n", "utf-8")
-        os.replace(tmp, path)
+        write_atomically(path, (json.dumps(keys.document(), indent=2) + "\n").encode(), 0o644)
         return keys
 
     # --- changing ------------------------------------------------------------------
@@ -145,9 +167,8 @@ class Keyring:
             self._write(entries)
 
     def _write(self, entries: list[KeyEntry]) -> None:
-        tmp = self._index.with_name(INDEX + ".tmp")
-        tmp.write_text(json.dumps({"keys": [asdict(e) for e in entries]}, indent=2), "utf-8")
-        os.replace(tmp, self._index)
+        document = json.dumps({"keys": [asdict(e) for e in entries]}, indent=2)
+        write_atomically(self._index, document.encode(), 0o600)
         self._stamp = None
 
     def _new(self, purpose: str, state: State, now: int) -> KeyEntry:

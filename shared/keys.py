@@ -116,6 +116,12 @@ def _write(path: Path, data: bytes, mode: int, *, overwrite: bool = False) -> No
         os.replace(target, path)
 
 
+def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` in one step, through a temporary file created
+    exclusively (never through a planted file or symlink), fsynced before the rename."""
+    _write(path, data, mode, overwrite=True)
+
+
 def write_private_key(path: Path, key: Ed25519PrivateKey, *, overwrite: bool = False) -> None:
     """``key`` as PKCS#8 PEM in a new 0600 file (``FileExistsError`` if one is there)."""
     if path.exists() and not overwrite:

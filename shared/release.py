@@ -14,17 +14,21 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from shared.trust import TARGET_PURPOSES, KeySet
+
+# Versions stay far from any integer limit (JSON's 2**53, a database's bigint): a target
+# can't be pushed, or claim, a version the control plane could never issue above.
+MAX_VERSION = 2**50
 
 
 class Release(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: int = Field(ge=1)
-    issued_at: datetime
-    expires_at: datetime
+    version: int = Field(ge=1, le=MAX_VERSION)
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
     trust: KeySet
 
     @model_validator(mode="after")

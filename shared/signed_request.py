@@ -20,6 +20,7 @@ document on the management link already uses, with one verifier.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import threading
@@ -32,7 +33,9 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared import envelope
-from shared.keys import Signer
+from shared.keys import Signer, write_atomically
+
+logger = logging.getLogger(__name__)
 
 SCHEME = "Sanctum-Signed"
 MAX_SKEW_SECONDS = 300
@@ -92,54 +95,62 @@ class ReplayGuard:
     through, and rewritten without the expired ones when it is opened and when it grows.
     """
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, max_skew: int = MAX_SKEW_SECONDS) -> None:
         self._path = path
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
         self._lines = 0
+        # Until then every request is refused: the ids seen before a restart are
+        # unknown, so a replay could not be told apart.
+        self._blind_until = 0.0
         if path is not None:
-            self._load(path)
+            self._load(path, max_skew)
 
-    def _load(self, path: Path) -> None:
+    def _load(self, path: Path, max_skew: int) -> None:
         now = time.time()
         try:
-            text = path.read_text("ascii")
+            data = path.read_bytes()
         except FileNotFoundError:
-            text = ""
-        except (OSError, UnicodeDecodeError):
-            text = ""  # unreadable: start empty; the skew still bounds the window
-        for line in text.splitlines():
-            expiry, _, jti = line.partition(" ")
+            data = b""
+        except OSError:
+            logger.error("replay state unreadable; refusing management requests for a while")
+            self._blind_until = now + 2 * max_skew + 1
+            data = b""
+        for line in data.splitlines():
+            expiry, _, jti = line.partition(b" ")
             try:
-                until = float(expiry)
-            except ValueError:
-                continue
-            if until > now and jti:
-                self._seen[jti] = until
-        self._rewrite()
+                until, text = float(expiry), jti.decode("ascii")
+            except (ValueError, UnicodeDecodeError):
+                continue  # a torn or damaged line: the others still count
+            if until > now and text:
+                self._seen[text] = until
+        try:
+            self._rewrite()
+        except OSError:
+            logger.error("replay state not writable; refusing management requests")
+            self._blind_until = float("inf")
 
     def _rewrite(self) -> None:
         if self._path is None:
             return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_name(self._path.name + ".tmp")
-        with open(tmp, "w", encoding="ascii") as fh:
-            fh.writelines(f"{until:.0f} {jti}\n" for jti, until in self._seen.items())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self._path)
+        text = "".join(f"{until:.0f} {jti}\n" for jti, until in self._seen.items())
+        write_atomically(self._path, text.encode("ascii"))
         self._lines = len(self._seen)
 
     def first_use(self, jti: str, until: float) -> bool:
         """Record ``jti`` until ``until``; False if it was seen already."""
         now = time.time()
+        if now < self._blind_until:
+            return False
         with self._lock:
             for old in [k for k, t in self._seen.items() if t <= now]:
                 del self._seen[old]
             if jti in self._seen:
                 return False
             self._seen[jti] = until
-            if self._path is not None:
+            if self._path is None:
+                return True
+            try:
                 if self._lines > 4 * len(self._seen) + 1024:
                     self._rewrite()
                 else:
@@ -148,6 +159,11 @@ class ReplayGuard:
                         fh.flush()
                         os.fsync(fh.fileno())
                     self._lines += 1
+            except OSError:
+                # Not on disk, not let through: it would be replayable after a restart.
+                del self._seen[jti]
+                logger.error("replay state not writable; management request refused")
+                return False
             return True
 
 
@@ -194,7 +210,7 @@ class SignedRequestVerifier:
         if not isinstance(jti, str) or not 16 <= len(jti) <= 64:
             raise SignedRequestError("signature has no one-time id")
         if not self._replay.first_use(jti, iat + self._max_skew + 1):
-            raise SignedRequestError("request replayed")
+            raise SignedRequestError("request replayed (or this node can't tell yet)")
         return claims
 
 

@@ -84,7 +84,9 @@ class KeySet(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    keys: tuple[TrustedKey, ...] = Field(default=(), max_length=64)
+    # Every log key ever used stays published (old tree heads must verify): room for
+    # decades of rotations, and a bound on what a file can make us parse.
+    keys: tuple[TrustedKey, ...] = Field(default=(), max_length=4096)
 
     def public_keys(self, purpose: str, now: float | None = None) -> list[Ed25519PublicKey]:
         """The keys trusted for ``purpose`` at ``now`` (default: now)."""
@@ -105,11 +107,17 @@ class KeySet(BaseModel):
     def parse(cls, data: bytes | str, *, source: str = "key set") -> KeySet:
         """A key set from its JSON; refuses private material and anything malformed."""
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-        if "PRIVATE KEY" in text or '"d"' in text:
+        if "PRIVATE KEY" in text:
             raise KeyFileError(f"{source} holds private key material: publish public keys only")
         try:
-            return cls.model_validate(json.loads(text))
+            document = json.loads(text)
+            keys = document.get("keys") if isinstance(document, dict) else None
+            if isinstance(keys, list) and any(isinstance(k, dict) and "d" in k for k in keys):
+                raise KeyFileError(f"{source} holds private key material: publish public keys only")
+            return cls.model_validate(document)
         except (ValueError, ValidationError) as exc:
+            if isinstance(exc, KeyFileError):
+                raise
             detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else "not JSON"
             raise KeyFileError(f"{source} is not a Sanctum key set: {detail}") from None
 

@@ -276,6 +276,23 @@ class Node:
                     return out
 
 
+def signed_health(
+    management_url: str, keyring_dir: Path, audience: str, signer_public: Path
+) -> dict[str, Any]:
+    """A node's or gateway's health, asked as the control plane asks (signed with the
+    management key of the keyring in ``keyring_dir``, for ``audience``) and checked
+    against the target's public key file."""
+    auth = SignedRequestAuth(Keyring(keyring_dir).signer(MANAGEMENT), audience)
+    response = httpx.get(f"{management_url}{management.HEALTH_PATH}", auth=auth, timeout=60)
+    assert response.status_code == 200, response.text
+    return open_answer(
+        response.content,
+        load_public_key(signer_public),
+        nonce=str(auth.jti),
+        audience=management.CONTROL_PLANE_AUDIENCE,
+    )
+
+
 def new_node(tmp: Path, **env: str) -> Node:
     keys = tmp / "keys"
     dev_keyring(keys)

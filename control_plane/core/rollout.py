@@ -56,12 +56,15 @@ from control_plane.core.signing import keyring, management_auth, target_trust
 from shared.keyring import KeyringError
 from shared.keys import KeyFileError, public_key_from_pem
 from shared.management import CONFIG_PATH, CONTROL_PLANE_AUDIENCE, HEALTH_PATH, JOSE, STALE_VERSION
+from shared.release import MAX_VERSION
 from shared.signed_request import SignedRequestAuth, SignedRequestError, open_answer
 from shared.trust import TARGET_PURPOSES, KeySet
 
 log = logging.getLogger(__name__)
 
 _MAX_REASON = 500
+# A health report is a few kilobytes; whatever is bigger is not stored.
+MAX_HEALTH_BYTES = 1 << 20
 # "Leave the target's known version as it is" (None means "holds none").
 _UNCHANGED = object()
 
@@ -154,6 +157,8 @@ class RolloutKind(Generic[TargetT, ReleaseT, StateT]):
         """
         if response.status_code != 200:
             return None
+        if len(response.content) > MAX_HEALTH_BYTES:
+            raise ValueError(f"health answer refused: over {MAX_HEALTH_BYTES} bytes")
         try:
             key = public_key_from_pem(self.health_key(target).strip(), source="its key")
         except KeyFileError:
@@ -427,6 +432,10 @@ def _settle_stale(
         held = int(response.json()["current_version"])
     except (ValueError, KeyError, TypeError):
         return _finish(kind, release, ReleaseStatus.REJECTED, error=reason)
+    if not 0 < held <= MAX_VERSION:
+        return _finish(
+            kind, release, ReleaseStatus.REJECTED, error=f"{kind.name} claims version {held}"
+        )
     if held == release.version:
         return _finish(kind, release, ReleaseStatus.APPLIED, held=held)
     if kind.releases_of(release.target_id).filter(version__gte=held).exists():
@@ -486,13 +495,29 @@ def check_health(kind: RolloutKind[TargetT, Any, StateT], target: TargetT) -> St
         state.health_error = error
         if health is not None:
             state.health = health
-            version = health.get("config_version")
-            state.applied_version = version if isinstance(version, int) else None
+            state.applied_version = _believed_version(kind, target, health)
+            if health.get("config_version") is not None and state.applied_version is None:
+                state.health_error = "reports a version not issued here"
             kind.read_health(target, health)
         state.save()
     if health is not None and catch_up(kind, target, state) is not None:
         state.refresh_from_db()
     return state
+
+
+def _believed_version(
+    kind: RolloutKind[Any, Any, Any], target: RolloutTarget, health: dict[str, Any]
+) -> int | None:
+    """The version a report says the target holds, if it is one we released to it.
+
+    Even a signed report is the target's word: a version it was never sent (a restored
+    database, or a compromised target claiming 2**63) must not steer the next version.
+    The push that follows finds out what it really holds (:func:`_settle_stale`).
+    """
+    version = health.get("config_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        return None
+    return version if kind.releases_of(target.pk).filter(version=version).exists() else None
 
 
 def release_to_send(
@@ -596,10 +621,13 @@ def refresh(kind: RolloutKind[Any, Any, Any]) -> list[Release]:
     """A new release for each enabled target that :func:`needs_release`."""
     made = []
     for target in kind.targets():
-        reason = needs_release(kind, target)
-        if reason is not None:
-            log.info("%s %s gets a new release: %s", kind.name, target.name, reason)
-            made += roll_out(kind, [target])
+        try:  # one target's trouble holds up no other's renewal
+            reason = needs_release(kind, target)
+            if reason is not None:
+                log.info("%s %s gets a new release: %s", kind.name, target.name, reason)
+                made += roll_out(kind, [target])
+        except Exception:
+            log.exception("%s %s: no new release this time", kind.name, target.name)
     return made
 
 
@@ -655,9 +683,12 @@ def release_on_commit(kind_name: str) -> None:
 
     def release() -> None:
         kind = rollout_kind(kind_name)
-        targets = [t for t in kind.targets() if differs(kind, t)]
-        if targets:
-            releases = roll_out(kind, targets)
-            log.info("change committed: %d %s releases made", len(releases), kind.name)
+        for target in kind.targets():
+            try:  # each target on its own: one that can't be released to stops no other
+                if differs(kind, target):
+                    roll_out(kind, [target])
+                    log.info("change committed: released to %s %s", kind.name, target.name)
+            except Exception:
+                log.exception("change committed: no release to %s %s", kind.name, target.name)
 
     transaction.on_commit(release)

@@ -76,9 +76,9 @@ def keep_releases_fresh() -> list[str]:
     other keys than the keyring's (control_plane.core.rollout.refresh)."""
     with change_context(source=ChangeSource.TASK):
         changed = advance_keys()
-        publish()
         for kind in rollout_kinds():
             made = refresh(kind)
             if made:
                 changed.append(f"{len(made)} {kind.name} releases")
+    publish()  # last: renewing releases never waits on the published copy
     return changed

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from data_plane.api.deps import ControlPlaneSigned, RetrievalDep, RuntimeDep, SignedClaims
-from data_plane.config_store import ConfigRejected
+from data_plane.config_store import NO_CONFIG, ConfigRejected
 from data_plane.engine.base import Engine
 from data_plane.errors import BadRequest, Unprocessable
 from data_plane.runtime import Runtime
@@ -86,7 +86,6 @@ async def health(runtime: RuntimeDep, retrieval: RetrievalDep, claims: SignedCla
 
 
 async def _health(runtime: Runtime, retrieval: RetrievalService) -> dict[str, Any]:
-    bundle = runtime.config.current
     problems = runtime.config.problems()
     knowledge_bases = (
         await runtime.retrieval.store.knowledge_bases() if runtime.retrieval is not None else []
@@ -94,7 +93,7 @@ async def _health(runtime: Runtime, retrieval: RetrievalService) -> dict[str, An
     outbox = runtime.usage.outbox
     public = runtime.node_key.public_key()
     return {
-        "status": "degraded" if bundle is not None and problems else "ok",
+        "status": "ok" if problems in ([], [NO_CONFIG]) else "degraded",
         "node": runtime.settings.node_id,
         **runtime.config.summary(),
         "problems": problems,

@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from data_plane.config_store import ConfigRejected, ReleaseStore, TrustStore
+from data_plane.config_store import NO_CONFIG, ConfigRejected, ReleaseStore, TrustStore
 from data_plane.gateway.commands import CommandFailed
 from data_plane.gateway.firewall import Firewall
 from data_plane.gateway.nginx import Nginx, NginxCheckFailed, TemplateError
@@ -126,8 +126,12 @@ class GatewayAgent:
                 logger.info("gateway started without config: every connection gets 444")
                 return
             token, config = saved
-            await self._apply(self._effective(config))
-            self.store.commit(token, config)
+            if config.expired(datetime.now(UTC)):
+                self.store.commit(token, config)  # held (health names it), not served:
+                await self._close(config)  # the watcher retries this if it fails
+            else:
+                await self._apply(config)
+                self.store.commit(token, config)
             logger.info("gateway started with saved config version=%d", config.version)
         except (ConfigRejected, CommandFailed, NginxCheckFailed, TemplateError) as exc:
             self.last_error = _describe(exc)
@@ -155,27 +159,42 @@ class GatewayAgent:
             )
             return config
 
-    def _effective(self, config: GatewayConfig) -> GatewayConfig:
+    @staticmethod
+    def _effective(config: GatewayConfig) -> GatewayConfig:
         """``config``, or once it has expired the same with no peer at all."""
         if not config.expired(datetime.now(UTC)):
             return config
-        self._closed_for_expiry = True
         return config.model_copy(update={"peers": (), "allow": ()})
 
     async def watch_expiry(self, every: float = 5.0) -> None:
-        """Take the peers down when the held config expires (runs for the agent's life)."""
+        """Take the peers down when the held config expires (runs for the agent's life).
+
+        Until that has worked it is tried again on every tick; whatever fails, the
+        WireGuard peers go first (:meth:`_close`).
+        """
         while True:
             await asyncio.sleep(every)
             config = self.store.current
-            if config is None or self._closed_for_expiry:
+            if config is None or self._closed_for_expiry or not config.expired(datetime.now(UTC)):
                 continue
-            if config.expired(datetime.now(UTC)):
-                async with self._lock:
-                    try:
-                        await self._apply(self._effective(config))
-                    except ConfigRejected as exc:
-                        self.last_error = f"closing expired config: {exc.message}"
-                logger.warning("gateway config version=%d expired: peers removed", config.version)
+            async with self._lock:
+                try:
+                    await self._close(config)
+                except Exception as exc:
+                    self.last_error = f"closing the expired config: {_describe(exc)}"
+                    logger.error("expired config not yet closed: %s", type(exc).__name__)
+
+    async def _close(self, config: GatewayConfig) -> None:
+        """Remove every peer (or, failing that, take the interface down), then apply the
+        peerless config to nginx and the firewall; mark it closed once WireGuard is."""
+        closed = self._effective(config)
+        try:
+            await self.wireguard.sync(closed, self.private_key(), {})
+        except (ConfigRejected, CommandFailed, InterfaceMissing):
+            await self.wireguard.down(config.interface.name)
+        self._closed_for_expiry = True
+        logger.warning("gateway config version=%d expired: peers removed", config.version)
+        await self._apply(closed)
 
     async def _apply(self, config: GatewayConfig) -> None:
         private = self.private_key()
@@ -226,7 +245,7 @@ class GatewayAgent:
         interface: dict[str, Any] | None = None
         peers: list[dict[str, Any]] = []
         problems = [self.last_error] if self.last_error else []
-        problems += self.store.problems() if config is not None else []
+        problems += [p for p in self.store.problems() if p != NO_CONFIG]
         if iface_name:
             try:
                 status = await self.wireguard.status(iface_name)

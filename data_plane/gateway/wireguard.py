@@ -127,6 +127,11 @@ class WireGuard:
         await run([*link, "up"])
         logger.info("wireguard synced interface=%s peers=%d", iface, len(config.enabled_peers()))
 
+    async def down(self, iface: str) -> None:
+        """Take the interface down: no peer gets through it (a last resort)."""
+        await run([self._ip, "link", "set", "dev", iface, "down"])
+        logger.warning("wireguard interface=%s taken down", iface)
+
     async def _sync_addresses(self, iface: str, wanted: tuple[str, ...]) -> None:
         out = await run([self._ip, "-o", "address", "show", "dev", iface, "scope", "global"])
         have = set()

@@ -54,7 +54,7 @@ def platform(redis_server, control_plane_factory, tmp_path):
     cp_tmp.mkdir()
     cp: ControlPlane = control_plane_factory(redis_server.url, TMPDIR=str(cp_tmp))
     cp.manage("migrate", "-v0")
-    public_key = Path(cp.manage("signing_key")["SANCTUM_CP_PUBLIC_KEY"])
+    public_key = Path(cp.manage("keys")["SANCTUM_CP_TRUST_KEYS"])
     node_key = write_key_pair(tmp_path / "node-keys", "node")
     node = DataPlaneNode(tmp_path / "node", "node-1", public_key, node_key).start()
     cp.serve()

@@ -309,3 +309,23 @@ def test_a_management_request_is_refused_replayed_to_another_node_or_after_a_res
         assert "replayed" in again.json()["error"]["message"]
     finally:
         other.stop()
+
+
+def test_a_node_that_lost_its_trust_set_trusts_nothing_until_reset(
+    running: tuple[Node, str], model_spec: ModelSpec
+) -> None:
+    node, first_key = running
+    node.stop()
+    (node.data_dir / "state" / "trust.json").unlink()  # the anchor must not come back
+    node.start()
+    assert not serving(node, first_key)  # what it holds is not trusted: not served...
+    unsigned_health = httpx.get(f"{node.management}{HEALTH_PATH}", auth=node.management_auth())
+    assert unsigned_health.status_code == 401  # ...and it trusts no key at all now
+    tenant = make_tenant("after", (DEFAULT_MODEL_NAME,))
+    token = sign_bundle(node.bundle([model_spec], [tenant]), node.cp_key)
+    assert node.put_config(token).status_code == 401
+    node.stop()
+    (node.data_dir / "state" / "config.floor").unlink()  # the operator resets it on purpose
+    node.start()
+    assert node.put_config(token).status_code == 200
+    assert serving(node, tenant.key)

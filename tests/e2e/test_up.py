@@ -18,8 +18,10 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from shared.keyring import KEYRING_DIR
+from shared.trust import LOG, TRUST_FILE, KeySet
 from tests.canary import files_containing, new_marker, texts_containing
-from tests.conftest import REPO, child_env
+from tests.conftest import REPO, child_env, signed_health
 
 pytestmark = [pytest.mark.e2e, pytest.mark.model]
 
@@ -116,7 +118,10 @@ def test_up_prints_its_lines_and_the_sdk_works(up: Up) -> None:
         assert any(line.strip() == f"{name}={up.lines[name]}" for line in up.stdout)
     assert up.lines["SANCTUM_API_BASE"].startswith("http://127.0.0.1:")
     assert up.lines["SANCTUM_API_BASE"].endswith("/v1")
-    health = httpx.get(f"{up.lines['SANCTUM_MANAGEMENT_URL']}/internal/health").json()
+    keys = Path(up.lines["SANCTUM_LOG_KEY"]).parent
+    health = signed_health(
+        up.lines["SANCTUM_MANAGEMENT_URL"], keys / KEYRING_DIR, "node-1", keys / "node.pub"
+    )
     assert health["status"] == "ok" and health["retrieval"] is True
     client = up.openai()
     model = up.lines["SANCTUM_MODEL"]
@@ -150,7 +155,6 @@ def test_up_prints_its_lines_and_the_sdk_works(up: Up) -> None:
 
 
 def test_up_collects_receipts_an_auditor_downloads_and_verifies(up: Up) -> None:
-    from shared.keys import load_public_key
     from shared.ledger import verify_held_receipt
 
     for name in ("SANCTUM_CP_API", "SANCTUM_AUDITOR_TOKEN", "SANCTUM_LOG_KEY"):
@@ -172,7 +176,9 @@ def test_up_collects_receipts_an_auditor_downloads_and_verifies(up: Up) -> None:
         bundle = auditor.get("audit/bundle/", params={"client": "demo"}).content
         assert auditor.post("audit/receipts/", json={}).status_code == 403
 
-    report = verify_held_receipt(held, bundle, log_key=load_public_key(up.lines["SANCTUM_LOG_KEY"]))
+    published = KeySet.parse(Path(up.lines["SANCTUM_LOG_KEY"]).read_bytes())
+    (log_key,) = published.public_keys(LOG)
+    report = verify_held_receipt(held, bundle, log_key=log_key)
     assert report.ok, [str(f) for f in report.failures]
     assert report.held_log_index == 0
 
@@ -416,7 +422,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             "shared.cli",
             "verify",
             "--log-key",
-            str(tmp_path / "demo" / "keys" / "control-plane.pub"),
+            str(tmp_path / "demo" / "keys" / TRUST_FILE),
             "--receipt",
             str(held),
             str(saved / "bundle-demo.json"),

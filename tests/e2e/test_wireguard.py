@@ -224,6 +224,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         None,
         SANCTUM_CP_ROLLOUT__HEALTH_POLL_SECONDS="2",
         SANCTUM_CP_ROLLOUT__CONNECT_TIMEOUT_SECONDS="2",
+        # The world is built first and rolled out once, so the gateway can be seen before
+        # and after its first config; the disabled peer's test rolls out by hand too.
+        SANCTUM_CP_ROLLOUT__ON_CHANGE="false",
     )
     with lab() as the_lab:
         try:

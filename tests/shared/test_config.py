@@ -70,3 +70,11 @@ def test_canonical_json() -> None:
     assert canonical_json({"b": [1, "é"], "a": None}) == '{"a":null,"b":[1,"é"]}'.encode()
     with pytest.raises(CanonicalJSONError, match="float"):
         canonical_json({"x": 1.5})
+
+
+def test_a_release_has_an_aware_expiry_and_a_bounded_version() -> None:
+    with pytest.raises(ValidationError):
+        ConfigBundle(version=2**60, **release_fields(), node="n")
+    naive = {**release_fields(), "expires_at": datetime(2030, 1, 1)}
+    with pytest.raises(ValidationError):
+        ConfigBundle(version=1, **naive, node="n")

@@ -122,3 +122,31 @@ def test_a_keyring_can_start_from_a_single_legacy_key(tmp_path: Path) -> None:
     ring.init(adopt=legacy)
     kid = key_id(load_private_key(legacy).public_key())
     assert {ring.active(p).kid for p in PURPOSES} == {kid}
+
+
+def test_an_edited_index_can_not_add_a_key_and_a_keyring_open_to_others_is_refused(
+    tmp_path: Path,
+) -> None:
+    ring = open_keyring(tmp_path / "ring", create=True)
+    index = tmp_path / "ring" / "keyring.json"
+    planted = TrustedKey.of(generate_private_key().public_key(), CONFIG)
+    document = json.loads(index.read_text())
+    document["keys"].append(
+        {"purpose": CONFIG, "kid": planted.kid, "x": planted.x, "state": "next", "created_at": 1}
+    )
+    index.write_text(json.dumps(document))
+    with pytest.raises(KeyFileError):  # no private key file behind the planted entry
+        Keyring(tmp_path / "ring").key_set()
+    fresh = open_keyring(tmp_path / "other", create=True)
+    (tmp_path / "other").chmod(0o770)
+    with pytest.raises(KeyringError, match="changed by others"):
+        Keyring(tmp_path / "other").key_set()
+    assert ring.exists() and fresh.exists()
+
+
+def test_a_private_jwk_is_refused_as_a_key_set_however_it_is_spelt() -> None:
+    key = generate_private_key()
+    document = KeySet(keys=(TrustedKey.of(key.public_key(), CONFIG),)).document()
+    text = json.dumps(document).replace('"use"', '"\\u0064": "secret", "use"')
+    with pytest.raises(KeyFileError, match="private"):
+        KeySet.parse(text)

@@ -89,3 +89,22 @@ def test_a_signed_answer_is_bound_to_the_request() -> None:
         open_answer(
             token, generate_private_key().public_key(), nonce="n" * 32, audience="control-plane"
         )
+
+
+def test_a_damaged_replay_file_keeps_its_good_lines_and_an_unreadable_one_refuses(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "replay.log"
+    guard = ReplayGuard(path)
+    until = time.time() + 600
+    assert guard.first_use("a" * 32, until)
+    with open(path, "ab") as fh:
+        fh.write(b"\xff\xfe garbage\n")  # a torn write, a bad byte
+    assert guard.first_use("b" * 32, until)
+    reopened = ReplayGuard(path)
+    assert not reopened.first_use("a" * 32, until)
+    assert not reopened.first_use("b" * 32, until)
+    unreadable = tmp_path / "dir-not-file"
+    unreadable.mkdir()
+    blind = ReplayGuard(unreadable)  # can't read it: ids seen before are unknown
+    assert not blind.first_use("c" * 32, until)

@@ -18,8 +18,9 @@ from django.db import connection, connections
 from control_plane.audit.ledger import append
 from control_plane.audit.models import Receipt, TreeHead
 from shared.checkpoint import open_checkpoint
-from shared.keys import load_public_key
+from shared.keyring import KEYRING_DIR, Keyring
 from shared.merkle import InMemoryTree
+from shared.trust import LOG
 from tests.conftest import REPO, throwaway_trust
 from tests.control_plane.audit.conftest import verified
 from tests.control_plane.fakes import FakeNode
@@ -113,7 +114,7 @@ def test_concurrent_processes_on_sqlite_append_each_record_once(tmp_path: Path):
     db.close()
     assert list(indexes) == list(range(BATCHES * PER_BATCH)) and ids == len(indexes)
     assert [size for size, _ in heads] == [PER_BATCH * (i + 1) for i in range(BATCHES)]
-    log_key = load_public_key(cp.data_dir / "keys" / "control-plane.key")
+    log_key = Keyring(cp.data_dir / "keys" / KEYRING_DIR).signer(LOG).public_key()
     tree = InMemoryTree(hashes)
     for size, note in heads:
         assert open_checkpoint(note, log_key).root_hash == tree.root(size)

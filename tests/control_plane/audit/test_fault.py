@@ -27,10 +27,11 @@ import httpx
 import pytest
 
 from data_plane.outbox import parse_line
+from shared.keyring import KEYRING_DIR
 from shared.keys import write_key_pair
 from shared.models import DEFAULT_MODEL_NAME
 from shared.usage import peek_usage_record
-from tests.conftest import REPO, child_env, wait_until
+from tests.conftest import REPO, child_env, signed_health, wait_until
 from tests.control_plane.processes import DataPlaneNode
 
 pytestmark = [pytest.mark.e2e, pytest.mark.model, pytest.mark.redis, pytest.mark.slow]
@@ -187,7 +188,12 @@ def test_sigkills_and_a_broker_outage_lose_and_double_no_receipt(
 
         # Recovery: the node's outbox drains into the ledger.
         def drained() -> bool:
-            health = httpx.get(f"{node.management_url}/internal/health", timeout=10).json()
+            health = signed_health(
+                node.management_url,
+                cp.data_dir / "keys" / KEYRING_DIR,
+                node.name,
+                node_key.with_suffix(".pub"),
+            )
             return health["usage"]["pending"] == 0
 
         assert wait_until(drained, timeout=240, interval=1), worker.tail()

@@ -155,3 +155,13 @@ def test_a_health_answer_not_signed_by_the_nodes_registered_key_is_not_believed(
     assert state.health_status == HealthStatus.ERROR
     assert "health answer refused" in state.health_error
     assert state.applied_version is None
+
+
+def test_a_version_the_node_was_never_sent_does_not_steer_the_next_one(fake_node_factory):
+    fake, node = fake_node_factory()
+    fake.held_version = 2**62  # what a compromised node could claim in a signed answer
+    state = check_health(NODES, node)
+    assert state.applied_version is None
+    assert "not issued here" in state.health_error
+    (release,) = roll_out(NODES, [node])
+    assert release.version == 1

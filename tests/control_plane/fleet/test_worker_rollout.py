@@ -25,6 +25,9 @@ def test_a_worker_pushes_and_beat_catches_a_returning_node_up(redis_server, cont
         redis_server.url,
         SANCTUM_CP_ROLLOUT__HEALTH_POLL_SECONDS="1",
         SANCTUM_CP_ROLLOUT__CONNECT_TIMEOUT_SECONDS="1",
+        # The operator's own rollout is what this test follows (test_e2e_trust.py covers
+        # changes that release themselves).
+        SANCTUM_CP_ROLLOUT__ON_CHANGE="false",
     )
     cp.manage("migrate", "-v0")
     token = cp.manage("create_operator", "ops", "--role", "admin", "--token")["SANCTUM_API_TOKEN"]

@@ -46,6 +46,7 @@ class FakeWireGuard:
 
     def __init__(self) -> None:
         self.synced: list[tuple[GatewayConfig, str, dict[str, str]]] = []
+        self.downs: list[str] = []
         self.fail_next = False
 
     @staticmethod
@@ -61,6 +62,9 @@ class FakeWireGuard:
             self.fail_next = False
             raise CommandFailed("wg", "exit status 1 (its output is withheld: it was fed keys)")
         self.synced.append((config, private_key, dict(preshared_keys)))
+
+    async def down(self, iface: str) -> None:
+        self.downs.append(iface)
 
     async def status(self, iface: str) -> InterfaceStatus:
         config, private_key, _ = self.synced[-1]

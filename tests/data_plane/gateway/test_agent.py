@@ -279,7 +279,9 @@ def test_an_expired_config_is_refused_and_one_that_expires_takes_every_peer_down
         soon = datetime.now(UTC) + timedelta(seconds=2)
         assert put(client, kit.sign(kit.config(expires_at=soon))).status_code == 200
         assert [p.id for p in wg.synced[-1][0].enabled_peers()] == ["peer-2"]
+        wg.fail_next = True  # wg syncconf fails once: the interface goes down instead
         client.portal.call(_watch_once, agent)
+        assert wg.downs == ["wgt0"]
         assert wg.synced[-1][0].enabled_peers() == []  # nobody is a peer any more
         report = health(client, kit)
         assert report["status"] == "degraded"
