@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Request
 
 from data_plane.errors import Unauthorized, Unavailable
+from data_plane.request_target import request_target
 from data_plane.runtime import Runtime
 from data_plane.services.inference import InferenceService
 from data_plane.services.knowledge_bases import KnowledgeBaseService
@@ -93,15 +94,11 @@ async def control_plane_signed(request: Request, runtime: RuntimeDep) -> dict[st
     hash of the body, the audience, a recent time and a one-time id
     (``shared.signed_request``).
     """
-    target = request.scope.get("raw_path") or request.url.path.encode("ascii")
-    query = request.scope.get("query_string", b"")
-    if query:
-        target += b"?" + query
     try:
         return runtime.requests.verify(
             request.headers.get("authorization"),
             request.method,
-            target.decode("ascii", "replace"),
+            request_target(request),
             await request.body(),
         )
     except SignedRequestError as exc:

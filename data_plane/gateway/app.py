@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from data_plane.config_store import ConfigRejected
 from data_plane.gateway.agent import GatewayAgent
+from data_plane.request_target import request_target
 from shared import management
 from shared.signed_request import SignedRequestError, sign_answer
 
@@ -60,10 +61,12 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 def _signed(request: Request, body: bytes) -> dict[str, Any] | JSONResponse:
     """The request's claims, or the 401 to answer when it is not a signed request for us."""
     agent: GatewayAgent = request.app.state.agent
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     try:
         return agent.requests.verify(
-            request.headers.get("authorization"), request.method, target, body
+            request.headers.get("authorization"),
+            request.method,
+            request_target(request),
+            body,
         )
     except SignedRequestError as exc:
         return _error(401, str(exc), "invalid_signature", "authentication_error")
