@@ -9,12 +9,15 @@ request and itself, that the time is within the allowed skew and that the id was
 seen before. Seen ids are kept in a file (:class:`ReplayGuard`), so a restart does not
 reopen the window for a replay, and a request for one node is refused by every other.
 
-Why not HTTP Message Signatures (RFC 9421): the maintained Python package for it
-(``http-message-signatures``) covers the signature base and algorithms but neither
-audience, one-time ids nor replay state, and signs header fields rather than the body
-(a ``Content-Digest`` header would have to be added and checked on both ends). The
-claims here are the same ones RFC 9421 would cover, in the JWS envelope every other
-document on the management link already uses, with one verifier.
+Why not HTTP Message Signatures (RFC 9421): the maintained package for it (pyauth's
+``http-message-signatures``) would sign the same components (``@method``,
+``@target-uri``, ``content-digest``, the ``created`` and ``nonce`` parameters), but it
+leaves what matters here to the application, as the RFC does (its section 7): the
+audience, remembering nonces across restarts, and trusting a set of keys by purpose and
+``not_after``. Everything else on the management link (bundles, usage records, health
+answers) is a JWS checked by ``shared.envelope``; requests in the same envelope keep one
+format, one verifier and one key-selection rule instead of two. Revisit if a party
+outside Sanctum must verify these requests.
 """
 
 from __future__ import annotations
