@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from django.db import models
 from django.db.models import Count, Q
@@ -11,6 +11,12 @@ from django.utils import timezone
 
 if TYPE_CHECKING:
     from control_plane.clients.models import ApiKey, Client
+
+
+class KeyCounts(TypedDict):
+    """What :meth:`ClientQuerySet.with_key_counts` adds to each client."""
+
+    usable_key_count: int
 
 
 class ClientQuerySet(models.QuerySet["Client"]):

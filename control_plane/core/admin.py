@@ -7,7 +7,7 @@ and its release admin on :class:`ReleaseAdmin`, adding only what differs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -15,7 +15,7 @@ from django.http import HttpRequest
 
 from control_plane.core.choices import ReleaseStatus, RolloutState
 from control_plane.core.models import RolloutTarget, rollout_state
-from control_plane.core.querysets import RolloutTargetQuerySet
+from control_plane.core.querysets import LatestRelease, RolloutTargetQuerySet
 from control_plane.core.rollout import RolloutKind, roll_out
 
 if TYPE_CHECKING:
@@ -62,14 +62,6 @@ class TargetStateInline(admin.StackedInline):
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-
-class LatestRelease(TypedDict):
-    """What ``RolloutTargetQuerySet.with_rollout`` adds to each target."""
-
-    latest_version: int | None
-    latest_status: str | None
-    latest_error: str | None
 
 
 class RolloutTargetAdmin(admin.ModelAdmin):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypedDict, TypeVar
 
 from django.db import models
 from django.db.models import OuterRef, Subquery
@@ -15,6 +15,14 @@ if TYPE_CHECKING:
 # Each kind's querysets are these, bound to its concrete models.
 _TargetT = TypeVar("_TargetT", bound="RolloutTarget")
 _ReleaseT = TypeVar("_ReleaseT", bound="Release")
+
+
+class LatestRelease(TypedDict):
+    """What :meth:`RolloutTargetQuerySet.with_rollout` adds to each target."""
+
+    latest_version: int | None
+    latest_status: str | None
+    latest_error: str | None
 
 
 class RolloutTargetQuerySet(models.QuerySet[_TargetT]):

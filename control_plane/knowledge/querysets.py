@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from django.db import models
 from django.db.models import Count, Sum
 
 if TYPE_CHECKING:
     from control_plane.knowledge.models import KnowledgeBase, KnowledgeDocument
+
+
+class Totals(TypedDict):
+    """What :meth:`KnowledgeBaseQuerySet.with_totals` adds (the sums are None with no
+    documents)."""
+
+    document_count: int
+    chunk_count: int | None
+    byte_count: int | None
 
 
 class KnowledgeBaseQuerySet(models.QuerySet["KnowledgeBase"]):
