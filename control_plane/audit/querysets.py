@@ -65,3 +65,10 @@ class ReceiptQuerySet(AppendOnlyQuerySet["Receipt"]):
 class TreeHeadQuerySet(AppendOnlyQuerySet["TreeHead"]):
     def latest_head(self) -> TreeHead | None:
         return self.order_by("-size").first()
+
+
+# Named managers rather than ``as_manager()``: Receipt and TreeHead replace the manager
+# they inherit from AppendOnlyModel, and the type checker needs a type to check that by.
+AppendOnlyManager = models.Manager.from_queryset(AppendOnlyQuerySet)
+ReceiptManager = models.Manager.from_queryset(ReceiptQuerySet)
+TreeHeadManager = models.Manager.from_queryset(TreeHeadQuerySet)
