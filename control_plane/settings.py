@@ -8,6 +8,7 @@ never echoing its value (it may be a secret).
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import NotRequired, TypedDict
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -199,7 +200,17 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 10}
-CELERY_BEAT_SCHEDULE = {
+
+
+class BeatEntry(TypedDict):
+    """One periodic job: beat runs it, and so does ``python -m control_plane reconcile``."""
+
+    task: str
+    schedule: float
+    args: NotRequired[tuple[str, ...]]
+
+
+CELERY_BEAT_SCHEDULE: dict[str, BeatEntry] = {
     # One health poll per kind of rollout target (control_plane.core.rollout).
     "poll-node-health": {
         "task": "control_plane.core.tasks.poll_all_health",

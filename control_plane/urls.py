@@ -2,7 +2,7 @@
 /api/schema/), and the auditors' page at /audit/."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
@@ -10,7 +10,7 @@ admin.site.site_header = "Sanctum control plane"
 admin.site.site_title = "Sanctum"
 admin.site.index_title = "Operations"
 
-api_patterns = [
+api_patterns: list[URLPattern | URLResolver] = [
     path("", include("control_plane.core.api.urls")),
     path("", include("control_plane.clients.api.urls")),
     path("", include("control_plane.registry.api.urls")),

@@ -5,14 +5,19 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractUser, Group
+from django.contrib.auth.models import Group
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
 from control_plane.accounts.choices import Role
 from control_plane.accounts.roles import permissions_for
+
+if TYPE_CHECKING:
+    # AUTH_USER_MODEL: operators are django.contrib.auth users.
+    from django.contrib.auth.models import User
 
 
 def sync_roles(using: str = "default") -> dict[str, int]:
@@ -37,7 +42,7 @@ def generate_password() -> str:
 
 @dataclass
 class OperatorCredentials:
-    user: AbstractUser
+    user: User
     # Set only when this call chose a new password; never stored in clear.
     password: str | None = field(default=None, repr=False)
 
@@ -75,7 +80,7 @@ def create_operator(
     return OperatorCredentials(user=user, password=chosen)
 
 
-def issue_api_token(user: AbstractUser, *, rotate: bool = False) -> str:
+def issue_api_token(user: User, *, rotate: bool = False) -> str:
     """The user's REST API token (``Authorization: Token ...``); ``rotate`` replaces it."""
     with transaction.atomic():
         if rotate:

@@ -22,13 +22,13 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -260,9 +260,10 @@ def _receipt_row(
 ) -> tuple[Any, ...]:
     """One receipt's column values, adapted for the database (``_RECEIPT_COLUMNS``)."""
     record = entry.record
-    field = Receipt._meta.get_field
+    # get_field is typed for any field or relation; this one is Receipt's UUIDField.
+    record_id = cast("models.UUIDField[Any, Any]", Receipt._meta.get_field("record_id"))
     return (
-        field("record_id").get_db_prep_save(uuid.UUID(record.record_id), connection),
+        record_id.get_db_prep_save(uuid.UUID(record.record_id), connection),
         record.client_id,
         record.node_id,
         record.session_id,
@@ -283,7 +284,7 @@ def _receipt_row(
     )
 
 
-def _insert(model: type, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+def _insert(model: type[models.Model], columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
     """INSERT many rows in one ``executemany``.
 
     The ORM's bulk_create builds a model object and prepares every field of every row in

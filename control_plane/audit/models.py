@@ -10,16 +10,16 @@ and ``RefusedRecord`` are operational state, not part of the ledger.
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from django.db import models
 
 from control_plane.audit.choices import EndedBy
 from control_plane.audit.querysets import (
     AppendOnlyError,
-    AppendOnlyQuerySet,
-    ReceiptQuerySet,
-    TreeHeadQuerySet,
+    AppendOnlyManager,
+    ReceiptManager,
+    TreeHeadManager,
 )
 from control_plane.fleet.models import Node
 
@@ -38,7 +38,7 @@ __all__ = [
 class AppendOnlyModel(models.Model):
     """Rows are inserted once and never changed or deleted."""
 
-    objects = AppendOnlyQuerySet.as_manager()
+    objects: ClassVar[AppendOnlyManager[Self]] = AppendOnlyManager()
 
     class Meta:
         abstract = True
@@ -81,7 +81,7 @@ class Receipt(AppendOnlyModel):
     log_index = models.PositiveBigIntegerField(unique=True, editable=False)
     leaf_hash = models.BinaryField(max_length=32, editable=False)
 
-    objects = ReceiptQuerySet.as_manager()
+    objects: ClassVar[ReceiptManager] = ReceiptManager()
 
     class Meta:
         ordering = ("log_index",)
@@ -129,7 +129,7 @@ class TreeHead(AppendOnlyModel):
     checkpoint = models.TextField("signed checkpoint", editable=False)
     created_at = models.DateTimeField(editable=False)
 
-    objects = TreeHeadQuerySet.as_manager()
+    objects: ClassVar[TreeHeadManager] = TreeHeadManager()
 
     class Meta:
         ordering = ("-size",)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from django.db import models
+
+if TYPE_CHECKING:
+    from control_plane.audit.models import Receipt, TreeHead
+
+_ModelT = TypeVar("_ModelT", bound=models.Model)
 
 
 class AppendOnlyError(TypeError):
     """Something tried to change or delete a row of the append-only ledger."""
 
 
-class AppendOnlyQuerySet(models.QuerySet):
+class AppendOnlyQuerySet(models.QuerySet[_ModelT]):
     """A queryset that refuses ``update()`` and ``delete()``: rows are only ever added.
 
     The database refuses the same with triggers (migration 0002), for whatever goes
@@ -39,7 +44,7 @@ class AppendOnlyQuerySet(models.QuerySet):
         raise AppendOnlyError(f"{self.model._meta.label} is append-only: no update")
 
 
-class ReceiptQuerySet(AppendOnlyQuerySet):
+class ReceiptQuerySet(AppendOnlyQuerySet["Receipt"]):
     def for_client(self, client_id: str) -> ReceiptQuerySet:
         return self.filter(client=client_id)
 
@@ -57,6 +62,13 @@ class ReceiptQuerySet(AppendOnlyQuerySet):
         return self.filter(log_index__lt=size)
 
 
-class TreeHeadQuerySet(AppendOnlyQuerySet):
-    def latest_head(self) -> Any:
+class TreeHeadQuerySet(AppendOnlyQuerySet["TreeHead"]):
+    def latest_head(self) -> TreeHead | None:
         return self.order_by("-size").first()
+
+
+# Named managers rather than ``as_manager()``: Receipt and TreeHead replace the manager
+# they inherit from AppendOnlyModel, and the type checker needs a type to check that by.
+AppendOnlyManager = models.Manager.from_queryset(AppendOnlyQuerySet)
+ReceiptManager = models.Manager.from_queryset(ReceiptQuerySet)
+TreeHeadManager = models.Manager.from_queryset(TreeHeadQuerySet)

@@ -282,7 +282,7 @@ def collect_node(node: Node) -> CollectOutcome:
         log.warning("collection from node %s failed: %s", node.name, outcome.error)
     finally:
         now = timezone.now()
-        changes = {
+        changes: dict[str, object] = {
             "lease_until": None,
             "cursor": outcome.cursor,
             "last_error": outcome.error,
@@ -323,8 +323,8 @@ def _collect(node: Node, state: CollectionState, outcome: CollectOutcome) -> Non
             verified, refused = _verify(node, page.records, key_pem)
             result: AppendResult = append(verified)  # committed when it returns
             for record_id in result.conflicts:
-                cursor = next(i.cursor for i in page.records if i.record_id == record_id)
-                refused[cursor] = "the ledger holds a different signed record with this id"
+                at = next(i.cursor for i in page.records if i.record_id == record_id)
+                refused[at] = "the ledger holds a different signed record with this id"
             outcome.appended += len(result.appended)
             outcome.already += len(result.already)
             outcome.refused += len(refused)
@@ -333,7 +333,9 @@ def _collect(node: Node, state: CollectionState, outcome: CollectOutcome) -> Non
             _report_refused(node, page.records, refused)
 
             stored = result.stored
-            cursor, ids, resolved = None, [], []
+            cursor: int | None = None
+            ids: list[str] = []
+            resolved: list[int] = []
             for item in page.records:
                 if item.cursor not in refused and item.record_id in stored:
                     resolved.append(item.cursor)

@@ -7,7 +7,7 @@ the API's bundle endpoint, which the same session may call.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from django import forms
@@ -43,7 +43,8 @@ class ReceiptSearchForm(PeriodForm):
 
     def __init__(self, *args: Any, clients: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["client"].choices = [(c, c) for c in clients]
+        # self.fields holds copies of the declared fields: "client" is the ChoiceField above.
+        cast(forms.ChoiceField, self.fields["client"]).choices = [(c, c) for c in clients]
 
 
 def known_clients() -> list[str]:

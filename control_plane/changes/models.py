@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from collections.abc import Collection
+from typing import Any, ClassVar, Self
 
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
@@ -85,6 +86,11 @@ class ChangeLoggedModel(models.Model):
     """
 
     change_logged_fields: ClassVar[tuple[str, ...]] = ()
+    # Set on instances: the logged fields as last saved or loaded, the action the next
+    # save records, and (during an M2M edit) the links before it (``signals``).
+    _change_snapshot: dict[str, Any] | None
+    _pending_change_action: str | None
+    _m2m_before: dict[str, list[Any]]
 
     class Meta:
         abstract = True
@@ -106,8 +112,11 @@ class ChangeLoggedModel(models.Model):
         self._pending_change_action = None
 
     @classmethod
-    def from_db(cls, db: str | None, field_names: Any, values: Any) -> Any:
-        instance = super().from_db(db, field_names, values)
+    def from_db(
+        cls, db: str | None, field_names: Collection[str], values: Collection[Any], **kwargs: Any
+    ) -> Self:
+        # **kwargs: later Django versions add keyword-only arguments (fetch_mode).
+        instance = super().from_db(db, field_names, values, **kwargs)
         instance._change_snapshot = instance.snapshot()
         return instance
 

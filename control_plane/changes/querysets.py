@@ -10,8 +10,10 @@ from django.db import models
 if TYPE_CHECKING:
     from django.db.models import Model
 
+    from control_plane.changes.models import ObjectChange
 
-class ObjectChangeQuerySet(models.QuerySet):
+
+class ObjectChangeQuerySet(models.QuerySet["ObjectChange"]):
     def for_object(self, obj: Model) -> ObjectChangeQuerySet:
         """The trail of one object, oldest first."""
         return self.filter(

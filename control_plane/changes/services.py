@@ -12,13 +12,17 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser
 from django.contrib.contenttypes.models import ContentType
 
 from control_plane.changes.choices import ChangeSource
 from control_plane.changes.models import ObjectChange
+
+if TYPE_CHECKING:
+    # AUTH_USER_MODEL: operators are django.contrib.auth users.
+    from django.contrib.auth.models import User
 
 
 @dataclass(frozen=True)
@@ -26,11 +30,11 @@ class ChangeContext:
     """The actor of the changes made while this context is open."""
 
     source: str
-    user: AbstractBaseUser | None = None
+    user: User | None = None
     # For requests: resolves the user when a change is recorded (after authentication).
-    user_getter: Callable[[], Any] | None = None
+    user_getter: Callable[[], User | AnonymousUser | None] | None = None
 
-    def actor(self) -> AbstractBaseUser | None:
+    def actor(self) -> User | None:
         user = self.user_getter() if self.user_getter else self.user
         if user is None or isinstance(user, AnonymousUser) or not user.is_authenticated:
             return None
@@ -43,8 +47,8 @@ _current: ContextVar[ChangeContext | None] = ContextVar("sanctum_change_context"
 @contextlib.contextmanager
 def change_context(
     source: str = ChangeSource.SYSTEM,
-    user: AbstractBaseUser | None = None,
-    user_getter: Callable[[], Any] | None = None,
+    user: User | None = None,
+    user_getter: Callable[[], User | AnonymousUser | None] | None = None,
 ) -> Iterator[ChangeContext]:
     """Attribute the changes made inside the ``with`` block to ``user`` via ``source``."""
     context = ChangeContext(source=source, user=user, user_getter=user_getter)

@@ -7,7 +7,7 @@ not be written anywhere). The page is the only place the key ever appears.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -18,8 +18,12 @@ from django.utils import timezone
 from control_plane.audit.services import quota_use
 from control_plane.clients.choices import ApiKeyStatus
 from control_plane.clients.models import ApiKey, Client
+from control_plane.clients.querysets import ApiKeyQuerySet, ClientQuerySet, KeyCounts
 from control_plane.clients.services import IssuedKey, issue_api_key, revoke_api_key, rotate_api_key
 from control_plane.core.errors import Conflict
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 
 API_KEY_FIELDS = (
     "prefix",
@@ -127,14 +131,16 @@ class ClientAdmin(admin.ModelAdmin):
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Client]:
-        return super().get_queryset(request).with_key_counts().prefetch_related("model_pins")
+        # From Client's manager, so a ClientQuerySet (django-stubs types it as a plain one).
+        clients = cast(ClientQuerySet, super().get_queryset(request))
+        return clients.with_key_counts().prefetch_related("model_pins")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         # Receipts and nodes know the client by its id: it never changes once made.
         return (*self.readonly_fields, "slug") if obj is not None else self.readonly_fields
 
     @admin.display(description="usable keys", ordering="usable_key_count")
-    def usable_keys(self, obj: Client) -> int:
+    def usable_keys(self, obj: WithAnnotations[Client, KeyCounts]) -> int:
         return obj.usable_key_count
 
     @admin.display(description="tokens used (from receipts)")
@@ -175,14 +181,16 @@ class ApiKeyStatusFilter(admin.SimpleListFilter):
         return list(ApiKeyStatus.choices)
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> QuerySet[ApiKey]:
+        # The admin's, from ApiKey's manager: an ApiKeyQuerySet (typed as a plain one).
+        keys = cast(ApiKeyQuerySet, queryset)
         now = timezone.now()
         if self.value() == ApiKeyStatus.ACTIVE:
-            return queryset.usable(now)
+            return keys.usable(now)
         if self.value() == ApiKeyStatus.EXPIRED:
-            return queryset.expired(now)
+            return keys.expired(now)
         if self.value() == ApiKeyStatus.REVOKED:
-            return queryset.revoked()
-        return queryset
+            return keys.revoked()
+        return keys
 
 
 @admin.register(ApiKey)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import django_filters
-from django.db.models import QuerySet
 
 from control_plane.clients.choices import ApiKeyStatus
 from control_plane.clients.models import ApiKey, Client
+from control_plane.clients.querysets import ApiKeyQuerySet
 
 
 class ClientFilterSet(django_filters.FilterSet):
@@ -29,7 +29,7 @@ class ApiKeyFilterSet(django_filters.FilterSet):
         model = ApiKey
         fields = {"prefix": ["exact"], "created_at": ["gte", "lte"]}
 
-    def filter_status(self, queryset: QuerySet[ApiKey], name: str, value: str) -> QuerySet:
+    def filter_status(self, queryset: ApiKeyQuerySet, name: str, value: str) -> ApiKeyQuerySet:
         if value == ApiKeyStatus.ACTIVE:
             return queryset.usable()
         if value == ApiKeyStatus.EXPIRED:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING, TypedDict
 
 from django.db import models
 from django.db.models import Count, Q
 from django.utils import timezone
 
+if TYPE_CHECKING:
+    from control_plane.clients.models import ApiKey, Client
 
-class ClientQuerySet(models.QuerySet):
+
+class KeyCounts(TypedDict):
+    """What :meth:`ClientQuerySet.with_key_counts` adds to each client."""
+
+    usable_key_count: int
+
+
+class ClientQuerySet(models.QuerySet["Client"]):
     def active(self) -> ClientQuerySet:
         return self.filter(is_active=True)
 
@@ -24,7 +34,7 @@ class ClientQuerySet(models.QuerySet):
         )
 
 
-class ApiKeyQuerySet(models.QuerySet):
+class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
     def usable(self, at: datetime | None = None) -> ApiKeyQuerySet:
         """Keys that a node should accept at ``at``: not revoked, not expired."""
         at = at or timezone.now()

@@ -7,7 +7,7 @@ and its release admin on :class:`ReleaseAdmin`, adding only what differs.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -15,7 +15,11 @@ from django.http import HttpRequest
 
 from control_plane.core.choices import ReleaseStatus, RolloutState
 from control_plane.core.models import RolloutTarget, rollout_state
+from control_plane.core.querysets import LatestRelease, RolloutTargetQuerySet
 from control_plane.core.rollout import RolloutKind, roll_out
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 
 TARGET_STATE_FIELDS = (
     "applied_version",
@@ -67,19 +71,22 @@ class RolloutTargetAdmin(admin.ModelAdmin):
     actions = ("roll_out_now",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        return super().get_queryset(request).with_rollout()  # type: ignore[attr-defined]
+        # The admin's queryset comes from the model's manager, so it is the kind's
+        # RolloutTargetQuerySet; django-stubs types ModelAdmin's as a plain QuerySet.
+        queryset = cast(RolloutTargetQuerySet[Any], super().get_queryset(request))
+        return queryset.with_rollout()
 
     @admin.display(description="rollout")
-    def rollout(self, obj: RolloutTarget) -> str:
+    def rollout(self, obj: WithAnnotations[RolloutTarget, LatestRelease]) -> str:
         state = obj.current_state()
         where = rollout_state(
-            obj.latest_version,  # type: ignore[attr-defined]
-            obj.latest_status,  # type: ignore[attr-defined]
+            obj.latest_version,
+            obj.latest_status,
             state.applied_version if state else None,
         )
-        if where in (RolloutState.NO_RELEASE, RolloutState.IN_SYNC):
+        if where in (RolloutState.NO_RELEASE, RolloutState.IN_SYNC) or obj.latest_status is None:
             return RolloutState(where).label
-        return ReleaseStatus(obj.latest_status).label  # type: ignore[attr-defined]
+        return ReleaseStatus(obj.latest_status).label
 
     @admin.display(description="holds version")
     def applied_version(self, obj: RolloutTarget) -> Any:
@@ -87,13 +94,13 @@ class RolloutTargetAdmin(admin.ModelAdmin):
         return state.applied_version if state else None
 
     @admin.display(description="latest release", ordering="latest_version")
-    def latest_version(self, obj: RolloutTarget) -> Any:
-        return obj.latest_version  # type: ignore[attr-defined]
+    def latest_version(self, obj: WithAnnotations[RolloutTarget, LatestRelease]) -> int | None:
+        return obj.latest_version
 
     @admin.display(description="health")
     def health_status(self, obj: RolloutTarget) -> str:
         state = obj.current_state()
-        return state.get_health_status_display() if state else "-"  # type: ignore[attr-defined]
+        return state.get_health_status_display() if state else "-"
 
     @admin.display(description="health checked")
     def health_checked_at(self, obj: RolloutTarget) -> Any:
@@ -101,8 +108,8 @@ class RolloutTargetAdmin(admin.ModelAdmin):
         return state.health_checked_at if state else None
 
     @admin.display(description="last error")
-    def last_error(self, obj: RolloutTarget) -> str:
-        return obj.latest_error or ""  # type: ignore[attr-defined]
+    def last_error(self, obj: WithAnnotations[RolloutTarget, LatestRelease]) -> str:
+        return obj.latest_error or ""
 
     def has_rollout_permission(self, request: HttpRequest) -> bool:
         opts = self.rollout_kind.release_model._meta

@@ -15,7 +15,7 @@ The concrete release and state models add the foreign key to their target and na
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Self
 
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
@@ -23,6 +23,9 @@ from django.db import models
 
 from control_plane.changes.models import ChangeLoggedModel
 from control_plane.core.choices import HealthStatus, ReleaseStatus, RolloutState
+
+if TYPE_CHECKING:
+    from control_plane.core.querysets import ReleaseManager, RolloutTargetManager
 
 
 class RolloutTarget(ChangeLoggedModel):
@@ -32,8 +35,14 @@ class RolloutTarget(ChangeLoggedModel):
     name the document is made for), ``management_url`` and ``enabled``.
     """
 
-    name: Any
-    management_url: Any
+    if TYPE_CHECKING:
+        # What each concrete target defines (fields, its state's reverse one-to-one, a
+        # manager from its kind's RolloutTargetQuerySet), for the code generic over kinds.
+        name: str
+        management_url: str
+        enabled: bool
+        state: TargetState
+        objects: RolloutTargetManager[Self]
 
     class Meta:
         abstract = True
@@ -45,7 +54,7 @@ class RolloutTarget(ChangeLoggedModel):
     def current_state(self) -> TargetState | None:
         """What we last learnt about the target, or ``None`` before the first contact."""
         try:
-            return self.state  # type: ignore[attr-defined]
+            return self.state
         except ObjectDoesNotExist:
             return None
 
@@ -58,6 +67,8 @@ class TargetState(models.Model):
     """
 
     target_field: ClassVar[str]
+    if TYPE_CHECKING:
+        objects: ClassVar[models.Manager[Self]]
 
     applied_version = models.PositiveBigIntegerField(null=True, blank=True)
     last_push_at = models.DateTimeField(null=True, blank=True)
@@ -86,6 +97,9 @@ class Release(ChangeLoggedModel):
     """
 
     target_field: ClassVar[str]
+    if TYPE_CHECKING:
+        # Each concrete release model's manager comes from its kind's ReleaseQuerySet.
+        objects: ReleaseManager[Self]
 
     version = models.PositiveBigIntegerField()
     document = models.JSONField(help_text="The document as signed.")
@@ -111,7 +125,7 @@ class Release(ChangeLoggedModel):
         return f"{self.target_id and self.target.name} v{self.version}"
 
     @property
-    def target(self) -> Any:
+    def target(self) -> RolloutTarget:
         return getattr(self, self.target_field)
 
     @property

@@ -39,6 +39,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import httpx
@@ -173,7 +174,7 @@ class RolloutKind(Generic[TargetT, ReleaseT, StateT]):
 
     # --- Helpers for the generic code -----------------------------------------------------
 
-    def _of(self, model: type[models.Model], target_id: int | None) -> dict[str, Any]:
+    def _of(self, model: type[Release | TargetState], target_id: int | None) -> dict[str, Any]:
         return {f"{model.target_field}_id": target_id}
 
     def lock_target(self, target_id: int) -> TargetT:
@@ -322,7 +323,7 @@ def roll_out(
         for target in chosen:
             release = create_release(kind, target)
             releases.append(release)
-            transaction.on_commit(lambda r=release: enqueue_push(kind, r))
+            transaction.on_commit(partial(enqueue_push, kind, release))
     return releases
 
 
@@ -528,7 +529,7 @@ def release_to_send(
     Its latest release, when it holds an older version (it was down, or restarted
     without its document) and that release was not refused or replaced.
     """
-    latest: ReleaseT | None = kind.release_model.objects.latest_for(target.pk)  # type: ignore[attr-defined]
+    latest = kind.release_model.objects.latest_for(target.pk)
     if latest is None or latest.status in (ReleaseStatus.REJECTED, ReleaseStatus.SUPERSEDED):
         return None
     if state.applied_version is not None and state.applied_version >= latest.version:
@@ -571,7 +572,7 @@ def check_all(kind: RolloutKind[Any, Any, StateT]) -> list[StateT]:
 
 
 def _latest(kind: RolloutKind[Any, ReleaseT, Any], target_id: int) -> ReleaseT | None:
-    return kind.release_model.objects.latest_for(target_id)  # type: ignore[no-any-return,attr-defined]
+    return kind.release_model.objects.latest_for(target_id)
 
 
 def _trusts(release: Release | None) -> KeySet | None:

@@ -31,5 +31,5 @@ def release_on_change(kind_name: str, *sources: type[models.Model]) -> None:
         post_save.connect(changed, sender=source, weak=False, dispatch_uid=uid + "-save")
         post_delete.connect(changed, sender=source, weak=False, dispatch_uid=uid + "-delete")
         for field in source._meta.many_to_many:
-            through = field.remote_field.through  # type: ignore[union-attr]
+            through = field.remote_field.through
             m2m_changed.connect(changed, sender=through, weak=False, dispatch_uid=uid + "-m2m")

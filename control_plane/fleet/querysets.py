@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from control_plane.core.querysets import ReleaseQuerySet, RolloutTargetQuerySet
 
+if TYPE_CHECKING:
+    from control_plane.fleet.models import ConfigRelease, Node
 
-class NodeQuerySet(RolloutTargetQuerySet):
+
+class NodeQuerySet(RolloutTargetQuerySet["Node"]):
     pass
 
 
-class ConfigReleaseQuerySet(ReleaseQuerySet):
+class ConfigReleaseQuerySet(ReleaseQuerySet["ConfigRelease"]):
     pass

@@ -8,7 +8,7 @@ the services too, so it is deleted from the nodes, not only from the catalog.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -23,6 +23,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from control_plane.core.errors import Conflict
 from control_plane.fleet.models import NodeState
 from control_plane.knowledge.models import KnowledgeBase, KnowledgeDocument
+from control_plane.knowledge.querysets import KnowledgeBaseQuerySet, Totals
 from control_plane.knowledge.services import (
     Report,
     UploadedDocument,
@@ -32,6 +33,9 @@ from control_plane.knowledge.services import (
     load_documents,
     serving_nodes,
 )
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 from control_plane.knowledge.uploads import UploadTooLarge, check_content_length, max_upload_bytes
 
 
@@ -90,7 +94,8 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
     inlines = (KnowledgeDocumentInline,)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[KnowledgeBase]:
-        return super().get_queryset(request).with_totals()
+        # From KnowledgeBase's manager: a KnowledgeBaseQuerySet (typed as a plain one).
+        return cast(KnowledgeBaseQuerySet, super().get_queryset(request)).with_totals()
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         # The nodes name the collection by client and name: neither changes once made.
@@ -105,11 +110,11 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
         return self.fields if obj is not None else ("client", "name", "description")
 
     @admin.display(description="documents", ordering="document_count")
-    def documents(self, obj: KnowledgeBase) -> int:
+    def documents(self, obj: WithAnnotations[KnowledgeBase, Totals]) -> int:
         return obj.document_count
 
     @admin.display(description="chunks", ordering="chunk_count")
-    def chunks(self, obj: KnowledgeBase) -> int:
+    def chunks(self, obj: WithAnnotations[KnowledgeBase, Totals]) -> int:
         return obj.chunk_count or 0
 
     @admin.display(description="load")

@@ -6,6 +6,8 @@ bytes exist on the control plane only in the memory of the request that loads it
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.core.validators import MaxLengthValidator, RegexValidator
 from django.db import models
 
@@ -19,7 +21,7 @@ from control_plane.knowledge.querysets import KnowledgeBaseQuerySet, KnowledgeDo
 # The node's rule for a document's name (data_plane.api.knowledge_bases.DocumentName):
 # 1-512 characters, no control characters. A relative path such as ``sub/guide.md`` is fine.
 MAX_DOCUMENT_NAME = 512
-document_name_validators = [
+document_name_validators: list[Callable[[str], None]] = [
     MaxLengthValidator(MAX_DOCUMENT_NAME),
     RegexValidator(
         r"^[^\x00-\x1f\x7f]+\Z", "Use a name without control characters (1-512 characters)."

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
 from django.db import models
 from django.db.models import Count, Sum
 
+if TYPE_CHECKING:
+    from control_plane.knowledge.models import KnowledgeBase, KnowledgeDocument
 
-class KnowledgeBaseQuerySet(models.QuerySet):
+
+class Totals(TypedDict):
+    """What :meth:`KnowledgeBaseQuerySet.with_totals` adds (the sums are None with no
+    documents)."""
+
+    document_count: int
+    chunk_count: int | None
+    byte_count: int | None
+
+
+class KnowledgeBaseQuerySet(models.QuerySet["KnowledgeBase"]):
     def names(self) -> list[str]:
         """The names, sorted: what a client's config bundle lists."""
         return list(self.order_by("name").values_list("name", flat=True))
@@ -19,5 +33,5 @@ class KnowledgeBaseQuerySet(models.QuerySet):
         )
 
 
-class KnowledgeDocumentQuerySet(models.QuerySet):
+class KnowledgeDocumentQuerySet(models.QuerySet["KnowledgeDocument"]):
     pass

@@ -8,7 +8,7 @@ QR code) come without the private key and need ``change_peer``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -38,6 +38,7 @@ from control_plane.network.models import (
     GatewayUpstream,
     Peer,
 )
+from control_plane.network.querysets import PeerQuerySet
 from control_plane.network.rollout import GATEWAYS
 from control_plane.network.services import (
     ProvisionedPeer,
@@ -47,6 +48,15 @@ from control_plane.network.services import (
     enable_peer,
     provision_peer,
 )
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+
+class PeerTotal(TypedDict):
+    """What the admin's queryset adds to each pool."""
+
+    n: int
 
 
 def _inline_svg(svg: bytes) -> str:
@@ -84,7 +94,7 @@ class AddressPoolAdmin(admin.ModelAdmin):
             return "-"
 
     @admin.display(description="peers", ordering="n")
-    def peer_count(self, obj: AddressPool) -> int:
+    def peer_count(self, obj: WithAnnotations[AddressPool, PeerTotal]) -> int:
         return obj.n
 
     @admin.display(description="gateway's own addresses")
@@ -167,7 +177,8 @@ class PeerStatusFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Peer]) -> QuerySet[Peer]:
         if self.value() == PeerStatus.ACTIVE:
-            return queryset.active()
+            # The admin's, from Peer's manager: a PeerQuerySet (typed as a plain one).
+            return cast(PeerQuerySet, queryset).active()
         if self.value() == PeerStatus.DISABLED:
             return queryset.filter(enabled=False)
         return queryset

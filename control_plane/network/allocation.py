@@ -60,7 +60,8 @@ def allocate(
     candidate = network.network_address
     last = network.broadcast_address
     while candidate in taken:
-        if candidate >= last:
+        # As integers: both are addresses of ``network``, which the union type can't say.
+        if int(candidate) >= int(last):
             raise PoolExhausted(network)
         candidate += 1
     return candidate

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import django_filters
-from django.db.models import Q, QuerySet
+from django.db.models import Q
 from django.utils import timezone
 
 from control_plane.network.choices import PeerStatus
 from control_plane.network.models import GatewayRelease, Peer
+from control_plane.network.querysets import PeerQuerySet
 
 
 class PeerFilterSet(django_filters.FilterSet):
@@ -19,7 +20,7 @@ class PeerFilterSet(django_filters.FilterSet):
         model = Peer
         fields = {"enabled": ["exact"], "address_v4": ["exact"], "created_at": ["gte", "lte"]}
 
-    def filter_status(self, queryset: QuerySet[Peer], name: str, value: str) -> QuerySet:
+    def filter_status(self, queryset: PeerQuerySet, name: str, value: str) -> PeerQuerySet:
         now = timezone.now()
         if value == PeerStatus.ACTIVE:
             return queryset.active(now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from django.db import models
 from django.db.models import Q
@@ -10,13 +11,16 @@ from django.utils import timezone
 
 from control_plane.core.querysets import ReleaseQuerySet, RolloutTargetQuerySet
 
+if TYPE_CHECKING:
+    from control_plane.network.models import Gateway, GatewayRelease, Peer
 
-class GatewayQuerySet(RolloutTargetQuerySet):
+
+class GatewayQuerySet(RolloutTargetQuerySet["Gateway"]):
     def with_rollout(self) -> GatewayQuerySet:
         return super().with_rollout().select_related("pool")
 
 
-class PeerQuerySet(models.QuerySet):
+class PeerQuerySet(models.QuerySet["Peer"]):
     def active(self, at: datetime | None = None) -> PeerQuerySet:
         """Peers whose tunnel belongs in the gateway config at ``at``."""
         at = at or timezone.now()
@@ -30,5 +34,5 @@ class PeerQuerySet(models.QuerySet):
         return self.filter(enabled=True, expires_at__lte=at)
 
 
-class GatewayReleaseQuerySet(ReleaseQuerySet):
+class GatewayReleaseQuerySet(ReleaseQuerySet["GatewayRelease"]):
     pass

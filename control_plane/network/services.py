@@ -53,8 +53,8 @@ def _allocate_addresses(pool: AddressPool) -> tuple[str, str | None]:
         v4 = allocate(pool.ipv4_network, used.values_list("address_v4", flat=True))
         v6 = None
         if pool.ipv6_network is not None:
-            in_use = used.exclude(address_v6=None).values_list("address_v6", flat=True)
-            v6 = allocate(pool.ipv6_network, in_use)
+            in_use = used.values_list("address_v6", flat=True)
+            v6 = allocate(pool.ipv6_network, (a for a in in_use if a is not None))
     except PoolExhausted as exc:
         raise Conflict(f"{exc}: no tunnel address left", "pool_exhausted") from None
     return str(v4), (str(v6) if v6 is not None else None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.contrib import admin, messages
 from django.db import transaction
@@ -11,6 +11,15 @@ from django.http import HttpRequest
 
 from control_plane.registry.models import ModelPin
 from control_plane.registry.services import request_pin_verification
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+
+class ClientTotal(TypedDict):
+    """What the admin's queryset adds to each pin."""
+
+    client_total: int
 
 
 @admin.register(ModelPin)
@@ -58,7 +67,7 @@ class ModelPinAdmin(admin.ModelAdmin):
         return f"{obj.sha256[:12]}..." if obj.sha256 else "-"
 
     @admin.display(description="clients", ordering="client_total")
-    def client_count(self, obj: ModelPin) -> int:
+    def client_count(self, obj: WithAnnotations[ModelPin, ClientTotal]) -> int:
         return obj.client_total
 
     def save_model(self, request: HttpRequest, obj: ModelPin, form: Any, change: bool) -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.db import models
 
 from control_plane.registry.choices import HashStatus
 
+if TYPE_CHECKING:
+    from control_plane.registry.models import ModelPin
 
-class ModelPinQuerySet(models.QuerySet):
+
+class ModelPinQuerySet(models.QuerySet["ModelPin"]):
     def enabled(self) -> ModelPinQuerySet:
         return self.filter(enabled=True)
 

@@ -80,12 +80,15 @@ class ClientUsageSerializer(serializers.Serializer):
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
-    client = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    client: serializers.SlugRelatedField[Client] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     status = serializers.ChoiceField(choices=ApiKeyStatus.choices, read_only=True)
 
     class Meta:
         model = ApiKey
-        fields = (
+        # A tuple of any length: IssuedApiKeySerializer adds to it.
+        fields: tuple[str, ...] = (
             "id",
             "client",
             "name",

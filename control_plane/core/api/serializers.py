@@ -7,11 +7,14 @@ download. Each kind's app subclasses these with its model and what differs.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rest_framework import serializers
 
 from control_plane.core.models import RolloutTarget
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 TARGET_STATE_FIELDS = (
     "applied_version",
@@ -47,7 +50,9 @@ class TargetStateSerializer(serializers.ModelSerializer):
 class ReleaseSerializer(serializers.ModelSerializer):
     """A release (subclasses set ``Meta.model`` and add their target's field)."""
 
-    released_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    released_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
 
 
 class TargetStateFieldMixin:

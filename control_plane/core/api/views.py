@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
@@ -10,17 +10,19 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.serializers import Serializer
+from rest_framework.serializers import BaseSerializer, Serializer
 from rest_framework.views import APIView
 
 from control_plane.core.errors import Conflict
-from control_plane.core.models import Release
+from control_plane.core.models import Release, RolloutTarget
 from control_plane.core.rollout import RolloutKind, roll_out
 from control_plane.core.signing import published_keys
 
 
 def released(
-    kind: RolloutKind[Any, Any, Any], releases: list[Release], serializer_class: type[Serializer]
+    kind: RolloutKind[Any, Any, Any],
+    releases: list[Release],
+    serializer_class: type[BaseSerializer[Any]],
 ) -> Response:
     """202 with the releases as they stand now."""
     # Without a broker the pushes ran on commit: reload to answer with their outcome.
@@ -36,12 +38,16 @@ class RolloutActionMixin:
     """For a target's viewset: its ``rollout`` action calls :meth:`roll_out_one`."""
 
     rollout_kind: ClassVar[RolloutKind[Any, Any, Any]]
-    release_serializer_class: ClassVar[type[Serializer]]
+    release_serializer_class: ClassVar[type[Serializer[Any]]]
+
+    if TYPE_CHECKING:
+        # From the viewset this is mixed into (GenericAPIView); its queryset is of targets.
+        def get_object(self) -> RolloutTarget: ...
 
     def roll_out_one(self) -> Response:
         """Build, sign and push the target's document now (409 when it is disabled)."""
         kind = self.rollout_kind
-        target = self.get_object()  # type: ignore[attr-defined]
+        target = self.get_object()
         if not target.enabled:
             raise Conflict(f"this {kind.name} is disabled", f"{kind.name}_disabled")
         return released(kind, roll_out(kind, [target]), self.release_serializer_class)
@@ -52,7 +58,7 @@ class ReleaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     workers (set ``rollout_kind``, ``request_serializer_class`` and its ``targets_field``)."""
 
     rollout_kind: ClassVar[RolloutKind[Any, Any, Any]]
-    request_serializer_class: ClassVar[type[Serializer]]
+    request_serializer_class: ClassVar[type[Serializer[Any]]]
     targets_field: ClassVar[str]
     ordering_fields = ("created_at", "version")
 

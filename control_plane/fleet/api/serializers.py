@@ -63,7 +63,9 @@ class NodeSerializer(TargetStateFieldMixin, serializers.ModelSerializer):
 
 
 class ConfigReleaseSerializer(ReleaseSerializer):
-    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    node: serializers.SlugRelatedField[Node] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True
+    )
 
     class Meta:
         model = ConfigRelease

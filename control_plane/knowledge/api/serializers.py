@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rest_framework import serializers
 
@@ -12,9 +12,14 @@ from control_plane.knowledge.choices import CopyStatus
 from control_plane.knowledge.models import DocumentCopy, KnowledgeBase, KnowledgeDocument
 from control_plane.knowledge.services import Report
 
+if TYPE_CHECKING:
+    from control_plane.fleet.models import Node
+
 
 class DocumentCopySerializer(serializers.ModelSerializer):
-    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    node: serializers.SlugRelatedField[Node] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True
+    )
     status = serializers.ChoiceField(choices=CopyStatus.choices, read_only=True)
 
     class Meta:
@@ -50,7 +55,8 @@ class KnowledgeBaseSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = KnowledgeBase
-        fields = (
+        # A tuple of any length: KnowledgeBaseDetailSerializer adds to it.
+        fields: tuple[str, ...] = (
             "id",
             "client",
             "name",

@@ -16,6 +16,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 
 from control_plane.clients.models import Client
 from control_plane.knowledge.api.serializers import (
@@ -86,7 +87,7 @@ class KnowledgeBaseViewSet(
             return KnowledgeBaseDetailSerializer
         return super().get_serializer_class()
 
-    def perform_create(self, serializer: KnowledgeBaseSerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[KnowledgeBase]) -> None:
         data = serializer.validated_data
         serializer.instance = create_knowledge_base(
             data["client"], data["name"], data.get("description", "")

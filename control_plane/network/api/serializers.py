@@ -142,13 +142,18 @@ class GatewaySerializer(TargetStateFieldMixin, serializers.ModelSerializer):
 
 
 class PeerSerializer(serializers.ModelSerializer):
-    client = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    gateway = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    client: serializers.SlugRelatedField[Client] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
+    gateway: serializers.SlugRelatedField[Gateway] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True
+    )
     status = serializers.SerializerMethodField()
 
     class Meta:
         model = Peer
-        fields = (
+        # A tuple of any length: ProvisionedPeerSerializer adds to it.
+        fields: tuple[str, ...] = (
             "id",
             "client",
             "gateway",
@@ -219,7 +224,9 @@ class PeerEnableSerializer(serializers.Serializer):
 
 
 class GatewayReleaseSerializer(ReleaseSerializer):
-    gateway = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    gateway: serializers.SlugRelatedField[Gateway] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True
+    )
 
     class Meta:
         model = GatewayRelease

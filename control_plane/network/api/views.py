@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import transaction
 from django.http import HttpResponse
@@ -12,6 +12,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 
 from control_plane.core.api.views import ReleaseViewSet, RolloutActionMixin
 from control_plane.core.errors import Conflict
@@ -41,8 +42,10 @@ from control_plane.network.services import (
 # A peer's config holds its preshared key: downloading it takes change_peer (admins).
 _CONFIG_PERMS = ["network.change_peer"]
 
+_ResponseT = TypeVar("_ResponseT", bound=HttpResponse)
 
-def _no_store(response: HttpResponse) -> HttpResponse:
+
+def _no_store(response: _ResponseT) -> _ResponseT:
     response["Cache-Control"] = "no-store"
     return response
 
@@ -68,11 +71,11 @@ class GatewayViewSet(RolloutActionMixin, viewsets.ModelViewSet):
     rollout_kind = GATEWAYS
     release_serializer_class = GatewayReleaseSerializer
 
-    def perform_create(self, serializer: GatewaySerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[Gateway]) -> None:
         with transaction.atomic():
             serializer.save()
 
-    def perform_update(self, serializer: GatewaySerializer) -> None:
+    def perform_update(self, serializer: BaseSerializer[Gateway]) -> None:
         with transaction.atomic():
             serializer.save()
 
