@@ -14,14 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
+from shared.keyring import KEYRING_DIR
 from shared.keys import write_key_pair
-from shared.management import HEALTH_PATH
 from shared.models import DEFAULT_MODEL_NAME, bundled_gguf_path
 from tests.canary import files_containing, new_marker, texts_containing
-from tests.conftest import REPO, wait_until
+from tests.conftest import REPO, signed_health, wait_until
 from tests.control_plane.processes import ControlPlane, DataPlaneNode
 
 pytestmark = [pytest.mark.e2e, pytest.mark.model, pytest.mark.embedder, pytest.mark.redis]
@@ -171,7 +170,12 @@ def test_sanctum_kb_loads_through_the_control_plane_and_leaves_no_text_there(
                          "--document", "sub/travel.md", **env)  # fmt: skip
     assert removed.returncode == 0, removed.stderr
     assert "deleted sub/travel.md (1 chunk) from acme/handbook" in removed.stdout
-    health = httpx.get(f"{node.management_url}{HEALTH_PATH}", timeout=30).json()
+    health = signed_health(
+        node.management_url,
+        cp.data_dir / "keys" / KEYRING_DIR,
+        node.name,
+        node_key.with_suffix(".pub"),
+    )
     assert {"client": "acme", "name": "handbook", "documents": 1, "chunks": 1} in health[
         "knowledge_bases"
     ]

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from shared.keys import generate_private_key, public_pem
 from shared.trust import load_key_set
 from tests.conftest import wait_until
 from tests.control_plane.fakes import FakeNode
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
-
-
-def _node_key() -> str:
-    return public_pem(generate_private_key().public_key()).decode()
 
 
 def test_a_worker_pushes_and_beat_catches_a_returning_node_up(redis_server, control_plane_factory):
@@ -46,7 +41,11 @@ def test_a_worker_pushes_and_beat_catches_a_returning_node_up(redis_server, cont
             for fake in (steady, flaky):
                 created = api.post(
                     "/nodes/",
-                    json={"name": fake.name, "management_url": fake.url, "public_key": _node_key()},
+                    json={
+                        "name": fake.name,
+                        "management_url": fake.url,
+                        "public_key": fake.node_public_pem,  # its health answers' signer
+                    },
                 )
                 assert created.status_code == 201, created.text
                 node_ids[fake.name] = created.json()["id"]
