@@ -27,9 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from shared.canonical import canonical_json
 
-CONTROL_PLANE = "control-plane"
 NODE = "node"
-KEY_ROLES = (CONTROL_PLANE, NODE)
 
 
 class KeyFileError(ValueError):
