@@ -103,16 +103,20 @@ def test_a_node_never_gets_a_version_older_than_it_holds(fake_node_factory, on_c
     assert fake.received == [new.version]  # the old bundle never left
 
 
-def test_versions_go_above_what_a_node_reports_holding(fake_node_factory, on_commit):
+def test_versions_go_above_what_a_node_holds_once_a_push_finds_out(
+    fake_node_factory, on_commit
+):
     fake, node = fake_node_factory()
     fake.held_version = 41  # e.g. a control plane restored from an older backup
-    check_health(NODES, node)
+    state = check_health(NODES, node)
+    assert state.applied_version is None  # its word alone does not set the next version
 
     with on_commit():
-        (release,) = roll_out(NODES, [node])
+        (first,) = roll_out(NODES, [node])
 
-    release.refresh_from_db()
-    assert release.version == 42 and release.status == ReleaseStatus.APPLIED
+    latest = ConfigRelease.objects.filter(node=node).order_by("-version").first()
+    assert (first.version, latest.version) == (1, 42)
+    assert latest.status == ReleaseStatus.APPLIED and fake.held_version == 42
 
 
 def test_a_node_holding_a_version_never_issued_here_is_overtaken(fake_node_factory, on_commit):
