@@ -103,9 +103,7 @@ def test_a_node_never_gets_a_version_older_than_it_holds(fake_node_factory, on_c
     assert fake.received == [new.version]  # the old bundle never left
 
 
-def test_versions_go_above_what_a_node_holds_once_a_push_finds_out(
-    fake_node_factory, on_commit
-):
+def test_versions_go_above_what_a_node_holds_once_a_push_finds_out(fake_node_factory, on_commit):
     fake, node = fake_node_factory()
     fake.held_version = 41  # e.g. a control plane restored from an older backup
     state = check_health(NODES, node)
