@@ -234,7 +234,7 @@ def _b64(text: str) -> bytes:
 def test_keys_rotate_with_an_overlap_and_receipts_from_before_and_after_verify(
     redis_server, control_plane_factory, tmp_path
 ):
-    overlap = 25
+    overlap = 35
     cp = control_plane_factory(
         redis_server.url,
         SANCTUM_CP_ROLLOUT__CONNECT_TIMEOUT_SECONDS="1",
@@ -285,7 +285,12 @@ def test_keys_rotate_with_an_overlap_and_receipts_from_before_and_after_verify(
             timeout=60,
         )
         assert in_sync, inst.node_status()
-        assert new.kid in inst.node_status()["state"]["health"]["trusted_kids"]
+        # The node says so itself, in its signed health (the next poll, every 2 s).
+        trusted = wait_until(
+            lambda: new.kid in inst.node_status()["state"]["health"]["trusted_kids"],
+            timeout=30,
+        )
+        assert trusted, inst.node_status()["state"]
 
         # During the overlap the old key is still trusted...
         assert time.time() < retiring.not_after - 3, "the overlap ran out before the check"
