@@ -84,9 +84,11 @@ def main() -> None:
         return f"| {label} | {statistics.median(xs):.2f} | {min(xs):.2f} | {max(xs):.2f} |"
 
     body = f"""
+## Revocation: from the admin's click to the node's first 401
+
 {ROUNDS} alternating rounds, real gunicorn, worker, beat, redis-server and node (no model
 loaded: the key check comes first). Seconds from the revoking request to the node's first
-401 (polled every 20 ms); the target is under 5 s.
+401 (polled every 20 ms); the target is under 5 s. `tests/bench/revocation.py`.
 
 | revoked | median | min | max |
 |---|---|---|---|
