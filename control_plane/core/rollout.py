@@ -178,8 +178,10 @@ class RolloutKind(Generic[TargetT, ReleaseT, StateT]):
         return {f"{model.target_field}_id": target_id}
 
     def lock_target(self, target_id: int) -> TargetT:
+        # ``of=("self",)``: lock the target's row only, not the rows it is joined to (a
+        # gateway's address pool, which peer allocation locks first: a deadlock).
         return (
-            self.target_model.objects.select_for_update()
+            self.target_model.objects.select_for_update(of=("self",))
             .select_related(*self.target_related)
             .get(pk=target_id)
         )
@@ -365,7 +367,7 @@ def deliver(kind: RolloutKind[Any, ReleaseT, Any], release: ReleaseT) -> PushOut
     """
     with transaction.atomic():
         locked = (
-            kind.release_model.objects.select_for_update()
+            kind.release_model.objects.select_for_update(of=("self",))
             .select_related(kind.release_model.target_field)
             .get(pk=release.pk)
         )
