@@ -40,17 +40,6 @@ RELEASE_LIST_DISPLAY = (
     "created_at",
     "applied_at",
 )
-RELEASE_FIELDS = (
-    "version",
-    "status",
-    "attempts",
-    "last_error",
-    "last_attempt_at",
-    "applied_at",
-    "released_by",
-    "created_at",
-    "document_sha256",
-)
 
 
 class TargetStateInline(admin.StackedInline):

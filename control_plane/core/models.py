@@ -142,6 +142,20 @@ class Release(ChangeLoggedModel):
         )
 
 
+# What the admin and the REST API show of a release, in this order (after its target).
+RELEASE_FIELDS = (
+    "version",
+    "status",
+    "attempts",
+    "last_error",
+    "last_attempt_at",
+    "applied_at",
+    "released_by",
+    "created_at",
+    "document_sha256",
+)
+
+
 def rollout_state(
     latest_version: int | None, latest_status: str | None, applied_version: int | None
 ) -> str:

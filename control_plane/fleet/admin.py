@@ -9,12 +9,12 @@ from __future__ import annotations
 from django.contrib import admin
 
 from control_plane.core.admin import (
-    RELEASE_FIELDS,
     RELEASE_LIST_DISPLAY,
     ReleaseAdmin,
     RolloutTargetAdmin,
     TargetStateInline,
 )
+from control_plane.core.models import RELEASE_FIELDS
 from control_plane.fleet.models import ConfigRelease, Node, NodeState
 from control_plane.fleet.rollout import NODES
 

@@ -22,13 +22,13 @@ from django.utils.html import format_html
 
 from control_plane.clients.models import Client
 from control_plane.core.admin import (
-    RELEASE_FIELDS,
     RELEASE_LIST_DISPLAY,
     ReleaseAdmin,
     RolloutTargetAdmin,
     TargetStateInline,
 )
 from control_plane.core.errors import Conflict
+from control_plane.core.models import RELEASE_FIELDS
 from control_plane.network.choices import PeerStatus
 from control_plane.network.models import (
     AddressPool,

@@ -25,18 +25,6 @@ TARGET_STATE_FIELDS = (
     "health_checked_at",
     "health_error",
 )
-# A release's fields after its ``id`` and its target's name.
-RELEASE_FIELDS = (
-    "version",
-    "status",
-    "attempts",
-    "last_error",
-    "last_attempt_at",
-    "applied_at",
-    "released_by",
-    "created_at",
-    "document_sha256",
-)
 
 
 class TargetStateSerializer(serializers.ModelSerializer):

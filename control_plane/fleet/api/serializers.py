@@ -6,13 +6,12 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from control_plane.core.api.serializers import (
-    RELEASE_FIELDS,
     ReleaseSerializer,
     TargetStateFieldMixin,
     TargetStateSerializer,
     refuse_disabled,
 )
-from control_plane.core.models import rollout_state
+from control_plane.core.models import RELEASE_FIELDS, rollout_state
 from control_plane.fleet.models import ConfigRelease, Node, NodeState
 
 

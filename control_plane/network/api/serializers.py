@@ -10,12 +10,12 @@ from rest_framework import serializers
 
 from control_plane.clients.models import Client
 from control_plane.core.api.serializers import (
-    RELEASE_FIELDS,
     ReleaseSerializer,
     TargetStateFieldMixin,
     TargetStateSerializer,
     refuse_disabled,
 )
+from control_plane.core.models import RELEASE_FIELDS
 from control_plane.fleet.models import Node
 from control_plane.network.choices import PeerStatus
 from control_plane.network.models import (
