@@ -15,6 +15,7 @@ import time
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from data_plane.backbone import NodeBackbone
 from data_plane.config_store import ConfigRejected, ConfigStore, TrustStore
 from data_plane.engine.base import ClientCaps, Engine, EngineError, ModelInfo
 from data_plane.engine.llama import EngineConfig, LlamaEngine
@@ -129,6 +130,7 @@ class Runtime:
         state = settings.data_dir / "state"
         trust = TrustStore(settings.trust_keys_path, state / "trust.json")
         self.config = ConfigStore(state, trust, settings.node_id)
+        self.backbone = NodeBackbone(settings)
         # Every management call is a request signed for this node; ids seen survive a
         # restart, so a replay stays refused.
         self.requests = SignedRequestVerifier(
@@ -163,6 +165,10 @@ class Runtime:
             await self.retrieval.start()
         saved = self.config.load_saved()
         if saved is not None:
+            try:
+                await self.backbone.apply(saved[1], self.backbone.check(saved[1]))
+            except ConfigRejected as exc:
+                logger.error("backbone not restored: %s", exc.message)
             for spec in saved[1].models:
                 await self.engines.load(spec)
         self._tasks = [
@@ -188,6 +194,7 @@ class Runtime:
         """Verify, load what the bundle pins, then switch; the old config serves until then."""
         async with self._apply_lock:
             bundle = self.config.check(token)
+            await self.backbone.apply(bundle, self.backbone.check(bundle))
             try:
                 for spec in bundle.models:
                     await self.engines.load(spec)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import Name
+from shared.listeners import is_loopback
 from shared.trust import TRUST_FILE
 
 
@@ -23,6 +24,20 @@ class ListenSettings(BaseModel):
     api_port: int = Field(default=8000, ge=0, le=65535)
     management_host: str = "127.0.0.1"
     management_port: int = Field(default=8001, ge=0, le=65535)
+
+
+class BackboneSettings(BaseModel):
+    """The node's end of the backbone (docs/network.md): its WireGuard key, the tools.
+
+    With a key set, the client API belongs on the node's backbone address
+    (``SANCTUM_DP_LISTEN__API_HOST``) and the config says which gateways may reach it.
+    """
+
+    private_key: Path | None = Field(
+        default=None, description="file holding the node's backbone WireGuard private key"
+    )
+    wg_binary: str = "wg"
+    ip_binary: str = "ip"
 
 
 class EngineSettings(BaseModel):
@@ -257,6 +272,7 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
     listen: ListenSettings = ListenSettings()
+    backbone: BackboneSettings = BackboneSettings()
     engine: EngineSettings = EngineSettings()
     sessions: SessionSettings = SessionSettings()
     limits: LimitsSettings = LimitsSettings()
@@ -276,6 +292,14 @@ class Settings(BaseSettings):
                 "records is provisioned and registered with the control plane, never "
                 "made up at start"
             )
+        if self.environment == "production" and self.backbone.private_key is None:
+            host = self.listen.api_host
+            if not is_loopback(host):
+                raise ValueError(
+                    f"production serves the client API on the backbone only: {host} is "
+                    "not loopback, so set SANCTUM_DP_BACKBONE__PRIVATE_KEY and the node's "
+                    "backbone address as SANCTUM_DP_LISTEN__API_HOST"
+                )
         return self
 
     @property

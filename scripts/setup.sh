@@ -10,7 +10,7 @@ cd "$here"
 
 PY=${PYTHON:-python3.11}
 VENV=.venv
-APT_PACKAGES=(redis-server postgresql nginx wireguard-go wireguard-tools iptables iproute2
+APT_PACKAGES=(redis-server postgresql nginx wireguard-go wireguard-tools iptables iproute2 tcpdump
               chromium shellcheck cmake build-essential procps psmisc)
 
 log() { printf '[setup] %s\n' "$*" >&2; }

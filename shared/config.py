@@ -18,10 +18,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from shared import envelope
+from shared.backbone import BackboneInterface
 from shared.keys import Signer
-from shared.release import Release
+from shared.release import Name, Release
 
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 ModelVersion = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,64}$")]
 """A model pin's version label: 1-64 printable ASCII characters, no spaces (it is signed
@@ -103,6 +103,9 @@ class ConfigBundle(Release):
     node: Name
     models: tuple[ModelSpec, ...] = ()
     clients: tuple[ClientSpec, ...] = ()
+    backbone: BackboneInterface | None = Field(
+        default=None, description="the gateways that may reach this node's client API"
+    )
 
     @field_validator("models")
     @classmethod

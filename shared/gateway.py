@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from shared import envelope
+from shared.backbone import BackboneInterface, check_upstreams
 from shared.canonical import CanonicalEncodingError, b64urldecode_canonical
 from shared.config import Name
 from shared.keys import Signer, b64url
@@ -269,6 +270,9 @@ class GatewayConfig(Release):
     allow: tuple[HostNetwork, ...] = Field(
         default=(), description="derived from the enabled peers; checked on open"
     )
+    backbone: BackboneInterface | None = Field(
+        default=None, description="the nodes it fronts, over WireGuard; upstreams must be on it"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
@@ -300,6 +304,8 @@ class GatewayConfig(Release):
         nodes = [u.node for u in self.upstreams]
         if len(nodes) != len(set(nodes)):
             raise ValueError("upstream nodes must be unique")
+        if self.backbone is not None:
+            check_upstreams(self.backbone, {u.node: u.host for u in self.upstreams})
         return self
 
     @classmethod
@@ -315,6 +321,7 @@ class GatewayConfig(Release):
         peers: Sequence[GatewayPeer] = (),
         upstreams: Sequence[Upstream] = (),
         http_port: int = 80,
+        backbone: BackboneInterface | None = None,
     ) -> GatewayConfig:
         """The config with its allow-list derived from ``peers``."""
         return cls(
@@ -328,6 +335,7 @@ class GatewayConfig(Release):
             peers=tuple(peers),
             upstreams=tuple(upstreams),
             allow=derive_allow_list(peers),
+            backbone=backbone,
         )
 
     @property

@@ -13,10 +13,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from shared.trust import TARGET_PURPOSES, KeySet
+
+# What names a target, a client, a model: it travels in every signed document.
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 
 # Versions stay far from any integer limit (JSON's 2**53, a database's bigint): a target
 # can't be pushed, or claim, a version the control plane could never issue above.

@@ -17,6 +17,7 @@ import ipaddress
 import re
 import secrets
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated
 
 from cryptography.hazmat.primitives import serialization
@@ -91,6 +92,17 @@ def raw_public_key(key: X25519PublicKey) -> bytes:
 def public_key(private_key: str) -> str:
     """The public key of ``private_key``, like ``wg pubkey``."""
     return encode_key(raw_public_key(private_key_object(private_key).public_key()))
+
+
+def read_private_key(path: Path) -> str:
+    """A private key from its file (as ``wg genkey`` wrote it). Raises
+    :class:`WireGuardKeyError` naming the path, never the file's text."""
+    try:
+        text = path.read_text("ascii").strip()
+        key_bytes(text, "WireGuard private key")
+    except (OSError, UnicodeDecodeError, WireGuardKeyError):
+        raise WireGuardKeyError(f"can't read a WireGuard private key at {path}") from None
+    return text
 
 
 def generate_key_pair() -> tuple[str, str]:

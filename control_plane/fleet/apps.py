@@ -14,10 +14,21 @@ class FleetConfig(AppConfig):
         from control_plane.fleet.models import Node
         from control_plane.fleet.rollout import NODES
         from control_plane.knowledge.models import KnowledgeBase
+        from control_plane.network.models import BackboneMember, Gateway, GatewayUpstream
         from control_plane.registry.models import ModelPin
 
         register(NODES)
         # What a bundle is built from (fleet.rollout.build_bundle): a revoked key, a
         # disabled client, a changed pin, node or knowledge base reaches every node when
-        # it commits.
-        release_on_change(NODES.name, Client, ApiKey, ModelPin, Node, KnowledgeBase)
+        # it commits; so does a change to the backbone (the gateways that may reach it).
+        release_on_change(
+            NODES.name,
+            Client,
+            ApiKey,
+            ModelPin,
+            Node,
+            KnowledgeBase,
+            BackboneMember,
+            Gateway,
+            GatewayUpstream,
+        )

@@ -13,6 +13,7 @@ from control_plane.clients.models import ApiKey, Client
 from control_plane.core.rollout import ReleaseStamp, RolloutKind
 from control_plane.core.signing import signer
 from control_plane.fleet.models import ConfigRelease, Node, NodeState
+from control_plane.network.backbone import node_backbone
 from control_plane.registry.models import ModelPin
 from shared.config import ApiKeySpec, ClientLimits, ClientSpec, ConfigBundle, ModelSpec, sign_bundle
 from shared.trust import CONFIG
@@ -74,7 +75,12 @@ def build_bundle(node: Node, version: int, stamp: ReleaseStamp | None = None) ->
         for client in Client.objects.active().order_by("slug")
     )
     return ConfigBundle(
-        version=version, **stamp.fields(), node=node.name, models=models, clients=clients
+        version=version,
+        **stamp.fields(),
+        node=node.name,
+        models=models,
+        clients=clients,
+        backbone=node_backbone(node),
     )
 
 

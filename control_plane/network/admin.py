@@ -29,9 +29,11 @@ from control_plane.core.admin import (
 )
 from control_plane.core.errors import Conflict
 from control_plane.core.models import RELEASE_FIELDS
+from control_plane.network.backbone import check_member, join_backbone
 from control_plane.network.choices import PeerStatus
 from control_plane.network.models import (
     AddressPool,
+    BackboneMember,
     Gateway,
     GatewayRelease,
     GatewayState,
@@ -73,7 +75,16 @@ def _no_store(response: HttpResponse) -> HttpResponse:
 
 @admin.register(AddressPool)
 class AddressPoolAdmin(admin.ModelAdmin):
-    list_display = ("name", "ipv4_cidr", "ipv6_cidr", "gateway_name", "peer_count", "created_at")
+    list_display = (
+        "name",
+        "purpose",
+        "ipv4_cidr",
+        "ipv6_cidr",
+        "gateway_name",
+        "peer_count",
+        "created_at",
+    )
+    list_filter = ("purpose",)
     search_fields = ("name", "ipv4_cidr", "ipv6_cidr", "description")
     readonly_fields = ("gateway_addresses", "created_at", "updated_at")
 
@@ -150,6 +161,67 @@ class GatewayAdmin(RolloutTargetAdmin):
     @admin.display(description="API base for peers")
     def api_base(self, obj: Gateway) -> str:
         return obj.api_base if obj.pk else "-"
+
+
+class BackboneMemberForm(forms.ModelForm):
+    class Meta:
+        model = BackboneMember
+        fields = (
+            "pool",
+            "node",
+            "gateway",
+            "public_key",
+            "endpoint",
+            "listen_port",
+            "interface_name",
+        )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.instance.pk is None:
+            check_member(
+                data.get("pool"),
+                node=data.get("node"),
+                gateway=data.get("gateway"),
+                endpoint=data.get("endpoint", ""),
+            )
+        return data
+
+
+@admin.register(BackboneMember)
+class BackboneMemberAdmin(admin.ModelAdmin):
+    """A member's address comes from its pool when it is added (``join_backbone``)."""
+
+    form = BackboneMemberForm
+    list_display = ("__str__", "pool", "node", "gateway", "endpoint", "listen_port")
+    list_filter = ("pool",)
+    search_fields = ("node__name", "gateway__name", "public_key", "address")
+    readonly_fields = ("address", "created_at", "updated_at")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is not None:
+            return (*self.readonly_fields, "pool", "node", "gateway")
+        return self.readonly_fields
+
+    def save_model(
+        self, request: HttpRequest, obj: BackboneMember, form: Any, change: bool
+    ) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        try:
+            member = join_backbone(
+                obj.pool,
+                public_key=obj.public_key,
+                node=obj.node,
+                gateway=obj.gateway,
+                endpoint=obj.endpoint,
+                listen_port=obj.listen_port,
+                interface_name=obj.interface_name,
+            )
+        except Conflict as exc:  # the pool filled up since the form was checked
+            raise PermissionDenied(str(exc)) from None
+        obj.pk, obj.address = member.pk, member.address
 
 
 class ProvisionPeerForm(forms.Form):

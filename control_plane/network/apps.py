@@ -14,10 +14,18 @@ class NetworkConfig(AppConfig):
         from control_plane.core.rollout import register
         from control_plane.core.signals import release_on_change
         from control_plane.fleet.models import Node
-        from control_plane.network.models import AddressPool, Gateway, GatewayUpstream, Peer
+        from control_plane.network.models import (
+            AddressPool,
+            BackboneMember,
+            Gateway,
+            GatewayUpstream,
+            Peer,
+        )
         from control_plane.network.rollout import GATEWAYS
 
         register(GATEWAYS)
         # What a gateway config is built from (network.rollout.build_gateway_config): a
         # disabled peer or client, a changed upstream reaches every gateway on commit.
-        release_on_change(GATEWAYS.name, Client, Peer, Gateway, GatewayUpstream, AddressPool, Node)
+        release_on_change(
+            GATEWAYS.name, Client, Peer, Gateway, GatewayUpstream, AddressPool, Node, BackboneMember
+        )

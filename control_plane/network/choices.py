@@ -10,3 +10,10 @@ class PeerStatus(models.TextChoices):
     DISABLED = "disabled", "Disabled"
     EXPIRED = "expired", "Expired"
     CLIENT_INACTIVE = "client_inactive", "Client inactive"
+
+
+class PoolPurpose(models.TextChoices):
+    """What a pool's addresses are for."""
+
+    TUNNEL = "tunnel", "Client tunnels (one gateway)"
+    BACKBONE = "backbone", "Backbone (gateways and nodes)"

@@ -15,7 +15,7 @@ from control_plane.clients.validators import bundle_name_validator
 from control_plane.core.models import Release, RolloutTarget, TargetState
 from control_plane.fleet.models import Node, validate_public_key_pem
 from control_plane.network.allocation import gateway_address
-from control_plane.network.choices import PeerStatus
+from control_plane.network.choices import PeerStatus, PoolPurpose
 from control_plane.network.querysets import GatewayQuerySet, GatewayReleaseQuerySet, PeerQuerySet
 from control_plane.network.validators import (
     validate_endpoint,
@@ -31,10 +31,15 @@ class AddressPool(ChangeLoggedModel):
     """The tunnel addresses of one gateway: an IPv4 network and, optionally, an IPv6 one.
 
     The first host address of each is the gateway's own (where nginx answers its peers);
-    the network address and the IPv4 broadcast address are never handed out.
+    the network address and the IPv4 broadcast address are never handed out. A pool
+    whose purpose is *backbone* holds the addresses of the backbone's members instead
+    (gateways and nodes, :class:`BackboneMember`; IPv4 only).
     """
 
     name = models.CharField(max_length=128, unique=True, validators=[bundle_name_validator])
+    purpose = models.CharField(
+        max_length=16, choices=PoolPurpose.choices, default=PoolPurpose.TUNNEL
+    )
     ipv4_cidr = models.CharField(
         "IPv4 network", max_length=18, validators=[validate_ipv4_network], help_text="10.77.0.0/24"
     )
@@ -49,7 +54,7 @@ class AddressPool(ChangeLoggedModel):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    change_logged_fields = ("name", "ipv4_cidr", "ipv6_cidr", "description")
+    change_logged_fields = ("name", "purpose", "ipv4_cidr", "ipv6_cidr", "description")
 
     class Meta:
         ordering = ("name",)
@@ -114,7 +119,11 @@ class Gateway(RolloutTarget):
         "gateway-provision.sh): its health answers are believed only when it signed them.",
     )
     pool = models.OneToOneField(
-        AddressPool, on_delete=models.PROTECT, related_name="gateway", verbose_name="address pool"
+        AddressPool,
+        on_delete=models.PROTECT,
+        related_name="gateway",
+        verbose_name="address pool",
+        limit_choices_to={"purpose": PoolPurpose.TUNNEL},
     )
     interface_name = models.CharField(
         max_length=15, default="wg0", validators=[validate_interface_name]
@@ -184,6 +193,91 @@ class GatewayUpstream(ChangeLoggedModel):
 
     def __str__(self) -> str:
         return f"{self.node_id and self.node.name} at {self.host}:{self.port}"
+
+
+class BackboneMember(ChangeLoggedModel):
+    """A gateway or a node on the backbone (``shared.backbone``): its WireGuard public key,
+    its address from a backbone pool, and for a node where the gateways send to.
+
+    Its private key never leaves the machine. A gateway reaches the nodes it fronts only
+    through the backbone once it is a member, and a member node's client API listens on
+    its backbone address only.
+    """
+
+    pool = models.ForeignKey(
+        AddressPool,
+        on_delete=models.PROTECT,
+        related_name="backbone_members",
+        limit_choices_to={"purpose": PoolPurpose.BACKBONE},
+        verbose_name="backbone pool",
+    )
+    gateway = models.OneToOneField(
+        Gateway, on_delete=models.CASCADE, null=True, blank=True, related_name="backbone"
+    )
+    node = models.OneToOneField(
+        Node, on_delete=models.CASCADE, null=True, blank=True, related_name="backbone"
+    )
+    public_key = models.CharField(
+        "WireGuard public key",
+        max_length=44,
+        unique=True,
+        validators=[validate_wireguard_key],
+        help_text="The member's backbone key (``sanctum keys backbone`` prints it).",
+    )
+    address = models.GenericIPAddressField(
+        "backbone address", protocol="IPv4", editable=False, help_text="From the pool."
+    )
+    endpoint = models.CharField(
+        max_length=300,
+        blank=True,
+        validators=[validate_endpoint],
+        help_text="host:port the gateways send WireGuard to, on the link between them "
+        "(required for a node; a gateway calls, it is not called).",
+    )
+    listen_port = models.PositiveIntegerField(
+        default=51821, validators=[MinValueValidator(1), MaxValueValidator(65535)]
+    )
+    interface_name = models.CharField(
+        max_length=15, default="sanctum-bb", validators=[validate_interface_name]
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    change_logged_fields = (
+        "pool",
+        "gateway",
+        "node",
+        "public_key",
+        "address",
+        "endpoint",
+        "listen_port",
+        "interface_name",
+    )
+
+    class Meta:
+        ordering = ("pool", "address")
+        verbose_name = "backbone member"
+        constraints = [
+            models.UniqueConstraint(fields=["pool", "address"], name="network_backbone_address"),
+            models.CheckConstraint(
+                condition=models.Q(gateway__isnull=True, node__isnull=False)
+                | models.Q(gateway__isnull=False, node__isnull=True),
+                name="network_backbone_one_member",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.address}"
+
+    @property
+    def name(self) -> str:
+        member = self.node if self.node_id else self.gateway
+        return member.name if member is not None else ""
+
+    @property
+    def interface_address(self) -> str:
+        """Its address with the pool's prefix (``10.90.0.2/24``)."""
+        return f"{self.address}/{self.pool.ipv4_network.prefixlen}"
 
 
 class Peer(ChangeLoggedModel):

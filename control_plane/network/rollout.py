@@ -14,6 +14,7 @@ from typing import Any
 
 from control_plane.core.rollout import ReleaseStamp, RolloutKind
 from control_plane.core.signing import signer
+from control_plane.network.backbone import gateway_backbone, upstream_host
 from control_plane.network.models import Gateway, GatewayRelease, GatewayState, Peer
 from shared.gateway import (
     GatewayConfig,
@@ -32,7 +33,8 @@ def build_gateway_config(
 
     Every peer of the gateway is listed; those not active (disabled, expired, or of an
     inactive client) travel disabled and without their PSK. Enabled peers' PSKs are
-    sealed to the gateway's WireGuard key. Upstreams: the enabled nodes it fronts.
+    sealed to the gateway's WireGuard key. Upstreams: the enabled nodes it fronts; once
+    the gateway is on the backbone, only those that are too, at their backbone address.
     """
     stamp = stamp or ReleaseStamp.now()
     issued_at = stamp.issued_at
@@ -53,11 +55,12 @@ def build_gateway_config(
         )
         for peer in gateway.peers.select_related("client").order_by("pk")
     ]
-    upstreams = [
-        Upstream(node=u.node.name, host=u.host, port=u.port)
-        for u in gateway.upstreams.select_related("node").order_by("node__name")
-        if u.node.enabled
-    ]
+    backbone = gateway_backbone(gateway)
+    upstreams = []
+    for u in gateway.upstreams.select_related("node").order_by("node__name"):
+        host = upstream_host(u, backbone)
+        if u.node.enabled and host is not None:
+            upstreams.append(Upstream(node=u.node.name, host=host, port=u.port))
     return GatewayConfig.create(
         version=version,
         **stamp.fields(),
@@ -71,6 +74,7 @@ def build_gateway_config(
         http_port=gateway.http_port,
         peers=peers,
         upstreams=upstreams,
+        backbone=backbone,
     )
 
 

@@ -31,7 +31,7 @@ from shared.gateway import GatewayConfig, SealError, open_gateway_config, open_p
 from shared.keys import ensure_key_pair, load_private_key
 from shared.signed_request import ReplayGuard, SignedRequestVerifier
 from shared.trust import MANAGEMENT
-from shared.wireguard import WireGuardKeyError, key_bytes, public_key
+from shared.wireguard import WireGuardKeyError, public_key, read_private_key
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +79,31 @@ class GatewayAgent:
 
     def private_key(self) -> str:
         """The gateway's WireGuard private key, from its file (0600, written at boot)."""
-        path = self.settings.wireguard_key_path
         try:
-            text = path.read_text("ascii").strip()
-            key_bytes(text, "WireGuard private key")
-        except (OSError, UnicodeDecodeError, WireGuardKeyError):
+            return read_private_key(self.settings.wireguard_key_path)
+        except WireGuardKeyError as exc:
+            raise ConfigRejected(503, "gateway_key_unavailable", str(exc)) from None
+
+    def _backbone_key(self, config: GatewayConfig) -> str | None:
+        """The backbone's private key when ``config`` puts the gateway on it."""
+        if config.backbone is None:
+            return None
+        path = self.settings.wireguard.backbone_private_key
+        if path is None:
             raise ConfigRejected(
-                503, "gateway_key_unavailable", f"can't read the WireGuard private key at {path}"
-            ) from None
+                409,
+                "backbone_not_configured",
+                "the config puts this gateway on the backbone, but it has no backbone key "
+                "(SANCTUM_GW_WIREGUARD__BACKBONE_PRIVATE_KEY)",
+            )
+        try:
+            text = read_private_key(path)
+        except WireGuardKeyError as exc:
+            raise ConfigRejected(503, "gateway_key_unavailable", str(exc)) from None
+        if public_key(text) != config.backbone.public_key:
+            raise ConfigRejected(
+                409, "wrong_backbone_key", "the config names another backbone key than this one"
+            )
         return text
 
     def _open_psks(self, config: GatewayConfig, private: str) -> dict[str, str]:
@@ -199,6 +216,7 @@ class GatewayAgent:
     async def _apply(self, config: GatewayConfig) -> None:
         private = self.private_key()
         psks = self._open_psks(config, private)
+        backbone_key = self._backbone_key(config)
         try:
             text = self.nginx.render(config)
         except (OSError, TemplateError) as exc:
@@ -210,6 +228,9 @@ class GatewayAgent:
                 422, "nginx_config_invalid", f"nginx -t refused it: {exc.detail}"
             ) from None
         try:
+            # The backbone first: nginx must not send to a node before the path is there.
+            if config.backbone is not None and backbone_key is not None:
+                await self.wireguard.sync_backbone(config.backbone, backbone_key)
             await self.wireguard.sync(config, private, psks)
         except (CommandFailed, InterfaceMissing) as exc:
             await self._restore_wireguard(private)

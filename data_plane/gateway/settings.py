@@ -48,10 +48,15 @@ class NginxSettings(BaseModel):
 
 
 class WireGuardSettings(BaseModel):
-    """The local WireGuard interface's private key and the tools that drive it."""
+    """The local WireGuard interfaces' private keys and the tools that drive them."""
 
     private_key: Path | None = Field(
         default=None, description="file holding the gateway's WireGuard private key"
+    )
+    backbone_private_key: Path | None = Field(
+        default=None,
+        description="file holding the gateway's backbone key (docs/network.md); needed "
+        "once the gateway is on the backbone",
     )
     wg_binary: str = "wg"
     ip_binary: str = "ip"

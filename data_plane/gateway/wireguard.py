@@ -1,8 +1,11 @@
-"""The gateway's WireGuard interface: peers applied with ``wg syncconf``, status read back.
+"""WireGuard interfaces: peers applied with ``wg syncconf``, status read back.
+
+The gateway drives two (the clients' tunnels and the backbone), a node one (the
+backbone, ``shared.backbone``).
 
 ``wg syncconf`` changes only what differs: peers that stay keep their sessions and their
 traffic flows on, removed peers lose their keys at once, and the interface itself is
-never torn down. The interface is created at boot (infra/scripts/gateway-wireguard.sh);
+never torn down. The interface is created at boot (infra/scripts/wireguard-interface.sh);
 the agent only refuses to run against one that is missing.
 """
 
@@ -13,9 +16,11 @@ import logging
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from data_plane.gateway.commands import CommandFailed, run
-from data_plane.gateway.settings import WireGuardSettings
+from shared.backbone import BackboneInterface
+from shared.backbone import render_syncconf as render_backbone
 from shared.gateway import GatewayConfig
 
 logger = logging.getLogger(__name__)
@@ -94,10 +99,17 @@ class InterfaceMissing(RuntimeError):
     """The WireGuard interface does not exist (boot provisioning has not run)."""
 
 
-class WireGuard:
-    """Drives one WireGuard interface through the ``wg`` and ``ip`` tools."""
+class Tools(Protocol):
+    """Where the ``wg`` and ``ip`` tools are (a settings section)."""
 
-    def __init__(self, settings: WireGuardSettings) -> None:
+    wg_binary: str
+    ip_binary: str
+
+
+class WireGuard:
+    """Drives WireGuard interfaces through the ``wg`` and ``ip`` tools."""
+
+    def __init__(self, settings: Tools) -> None:
         self._wg = settings.wg_binary
         self._ip = settings.ip_binary
 
@@ -113,19 +125,30 @@ class WireGuard:
     ) -> None:
         """Make the interface match ``config``: peers, port, addresses, link up."""
         iface = config.interface.name
-        self.ifindex(iface)
         text = render_syncconf(config, private_key, preshared_keys)
+        await self._sync(iface, text, config.interface.addresses, config.interface.mtu)
+        logger.info("wireguard synced interface=%s peers=%d", iface, len(config.enabled_peers()))
+
+    async def sync_backbone(self, backbone: BackboneInterface, private_key: str) -> None:
+        """Make the backbone interface match: its peers, port and address, link up."""
+        text = render_backbone(backbone, private_key)
+        await self._sync(backbone.name, text, (backbone.address,), None)
+        logger.info("backbone synced interface=%s peers=%d", backbone.name, len(backbone.peers))
+
+    async def _sync(
+        self, iface: str, text: str, addresses: tuple[str, ...], mtu: int | None
+    ) -> None:
+        self.ifindex(iface)
         await run(
             [self._wg, "syncconf", iface, "/dev/stdin"],
             input=text.encode("ascii"),
             secret_input=True,
         )
-        await self._sync_addresses(iface, config.interface.addresses)
+        await self._sync_addresses(iface, addresses)
         link = [self._ip, "link", "set", "dev", iface]
-        if config.interface.mtu:
-            link += ["mtu", str(config.interface.mtu)]
+        if mtu:
+            link += ["mtu", str(mtu)]
         await run([*link, "up"])
-        logger.info("wireguard synced interface=%s peers=%d", iface, len(config.enabled_peers()))
 
     async def down(self, iface: str) -> None:
         """Take the interface down: no peer gets through it (a last resort)."""

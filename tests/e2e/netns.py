@@ -107,6 +107,9 @@ class Lab:
         ns.ip("link", "set", "lo", "up")
         return ns
 
+    def namespace_named(self, role: str) -> Namespace:
+        return next(ns for ns in self.namespaces if ns.name == f"{self.prefix}-{role}")
+
     def link(self, a: Namespace, a_if: str, b: Namespace, b_if: str) -> None:
         """A veth pair made inside ``a`` with its peer end moved straight into ``b``."""
         a.ip("link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name)

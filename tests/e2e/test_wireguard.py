@@ -4,17 +4,23 @@ control plane.
 Seven namespaces, all made (and removed) by the test:
 
     cli1 (peer 1) ─┐                            ┌─ back0 ── node: python -m data_plane serve
-    cli2 (peer 2) ─┼─ wan (bridge) ── eth0 ─ gw ─┤            (real model)
-    intruder ──────┘   192.0.2.0/24             └─ mgmt0 ── mgmt: the control plane
+    cli2 (peer 2) ─┼─ wan (bridge) ── eth0 ─ gw ─┤  (backbone  (real model)
+    intruder ──────┘   192.0.2.0/24             │  WireGuard)
+                                                └─ mgmt0 ── mgmt: the control plane
                                                               (gunicorn, Celery worker and
                                                               beat, redis-server)
+
+Between the gateway and the node runs the backbone: a second WireGuard network over
+back0, keys and addresses provisioned through the control plane. The node's client API
+listens on its backbone address only (and its firewall drops anything else to that
+port); nginx proxies to that address only.
 
 The control plane runs in the management namespace and is used only through its REST
 API, as an operator would: clients and keys, the model pin, the node and its rollout,
 the address pool, the gateway and its rollout, the peers. Its Celery worker pushes the
 signed configs to the node and to the gateway agent; beat polls their health.
 
-The gateway runs real wireguard-go (brought up by infra/scripts/gateway-wireguard.sh),
+The gateway runs real wireguard-go (brought up by infra/scripts/wireguard-interface.sh),
 real nginx and the agent (``python -m data_plane.gateway serve``), which applies the
 signed gateway config and reloads iptables through infra/scripts/gateway-firewall.sh.
 Each client brings its tunnel up with ``wg-quick`` and the exact file the control plane
@@ -26,7 +32,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -67,7 +75,12 @@ GATEWAY = "gw-e2e"
 GW_PUBLIC = "192.0.2.1"
 WG_PORT = 51820
 TUNNEL_GW = "10.77.0.1"
-NODE_API = ("10.200.0.2", 8000)
+NODE_UNDERLAY = "10.200.0.2"  # back0: what the backbone's WireGuard packets travel on
+BACKBONE = "10.90.0.0/24"
+NODE_BACKBONE = "10.90.0.2"  # the first member to join gets the pool's first free address
+GW_BACKBONE = "10.90.0.3"
+BACKBONE_PORT = 51821
+NODE_API = (NODE_BACKBONE, 8000)
 NODE_MGMT = ("10.202.0.1", 8001)
 AGENT = ("10.201.0.1", 8003)
 API_BASE = f"http://{TUNNEL_GW}/v1"
@@ -113,20 +126,12 @@ class World:
     peers: list[Peer] = field(default_factory=list)
     processes: dict[str, Process] = field(default_factory=dict)
     before_firewall: bytes | None = None
+    gw_backbone_iface: str = ""
+    node_backbone_iface: str = ""
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """The control plane's REST API, called from the management namespace."""
-
-        def call() -> httpx.Response:
-            return httpx.request(
-                method,
-                f"{self.cp_url}{path}",
-                headers={"Authorization": f"Token {self.token}"},
-                timeout=120,
-                **kwargs,
-            )
-
-        return self.mgmt.run(call)
+        return cp_request(self.mgmt, self.cp_url, self.token, method, path, **kwargs)
 
     def roll_out_gateway(self) -> int:
         """Roll out through the API; wait until the worker's push has been applied."""
@@ -168,6 +173,20 @@ class World:
         return texts
 
 
+def cp_request(
+    mgmt: Namespace, cp_url: str, token: str, method: str, path: str, **kwargs: Any
+) -> httpx.Response:
+    """The control plane's REST API, called from the management namespace."""
+    return mgmt.run(
+        httpx.request,
+        method,
+        f"{cp_url}{path}",
+        headers={"Authorization": f"Token {token}"},
+        timeout=120,
+        **kwargs,
+    )
+
+
 def start(
     world_processes: dict[str, Process],
     ns: Namespace,
@@ -181,6 +200,29 @@ def start(
     process = Process(name, ns.exec_argv(*argv), env)
     world_processes[name] = process
     return process.wait_for(ready, timeout=timeout).strip()
+
+
+def make_wireguard_key(path: Path) -> str:
+    """What ``wg genkey > path`` does on the machine; returns the public key."""
+    private, public = generate_key_pair()
+    path.write_text(private + "\n")
+    path.chmod(0o600)
+    return public
+
+
+def interface_up(ns: Namespace, iface: str, port: int, key: Path, address: str) -> None:
+    """A backbone interface at boot: the same script, with the backbone's settings."""
+    ns.sh(
+        str(REPO / "infra/scripts/wireguard-interface.sh"),
+        "up",
+        env={
+            **os.environ,
+            "SANCTUM_WG_INTERFACE": iface,
+            "SANCTUM_WG_PORT": str(port),
+            "SANCTUM_WG_PRIVATE_KEY": str(key),
+            "SANCTUM_WG_ADDRESSES": address,
+        },
+    )
 
 
 def tcp_exchange(address: tuple[str, int], payload: bytes, timeout: float = 3) -> bytes:
@@ -259,7 +301,7 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
         ns.ip("address", "add", address, "dev", "eth0")
     the_lab.link(gw, "back0", node, "back0")
     gw.ip("address", "add", "10.200.0.1/30", "dev", "back0")
-    node.ip("address", "add", f"{NODE_API[0]}/30", "dev", "back0")
+    node.ip("address", "add", f"{NODE_UNDERLAY}/30", "dev", "back0")
     the_lab.link(gw, "mgmt0", mgmt, "gw0")
     gw.ip("address", "add", f"{AGENT[0]}/30", "dev", "mgmt0")
     mgmt.ip("address", "add", "10.201.0.2/30", "dev", "gw0")
@@ -268,6 +310,9 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
     mgmt.ip("address", "add", "10.202.0.2/30", "dev", "node0")
     # The management side can route to the tunnel network: a non-peer that reaches nginx.
     mgmt.ip("route", "add", "10.77.0.0/24", "via", AGENT[0])
+    # ...and to the backbone network through the node: a host outside the backbone that
+    # reaches the node's client API address.
+    mgmt.ip("route", "add", BACKBONE, "via", NODE_MGMT[0])
 
     # --- the control plane, in the management namespace --------------------------------
     redis_port = free_port()
@@ -338,8 +383,54 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
         timeout=90,
     )
 
-    # --- the compute node: the real data plane with the real model --------------------
+    # --- the compute node: registered, on the backbone, then the real data plane -------
     node_key = write_key_pair(tmp / "node-keys", NODE)
+
+    def cp_api(method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return cp_request(mgmt, cp_url, token, method, path, **kwargs)
+
+    registered = cp_api(
+        "POST",
+        "/nodes/",
+        json={
+            "name": "node-1",
+            "management_url": f"http://{NODE_MGMT[0]}:{NODE_MGMT[1]}",
+            "public_key": node_key.with_suffix(".pub").read_text(),
+        },
+    )
+    assert registered.status_code == 201, registered.text
+    node_id = registered.json()["id"]
+    backbone_pool = cp_api(
+        "POST",
+        "/address-pools/",
+        json={"name": "backbone", "purpose": "backbone", "ipv4_cidr": BACKBONE},
+    )
+    assert backbone_pool.status_code == 201, backbone_pool.text
+    node_bb_key = tmp / "node-backbone.key"
+    node_bb_public = make_wireguard_key(node_bb_key)
+    joined = cp_api(
+        "POST",
+        "/backbone-members/",
+        json={
+            "pool": "backbone",
+            "node": "node-1",
+            "public_key": node_bb_public,
+            "endpoint": f"{NODE_UNDERLAY}:{BACKBONE_PORT}",
+        },
+    )
+    assert joined.status_code == 201, joined.text
+    assert joined.json()["address"] == NODE_BACKBONE
+    node_bb_iface = the_lab.wg_name("nb")
+    interface_up(node, node_bb_iface, BACKBONE_PORT, node_bb_key, f"{NODE_BACKBONE}/24")
+    node.sh(
+        str(REPO / "infra/scripts/node-firewall.sh"),
+        "apply",
+        env={
+            **os.environ,
+            "SANCTUM_DP_LISTEN__API_PORT": str(NODE_API[1]),
+            "SANCTUM_NODE_BACKBONE_IF": node_bb_iface,
+        },
+    )
     node_env = {k: v for k, v in os.environ.items() if not k.startswith(("SANCTUM_", "DJANGO_"))}
     node_env.update(
         PYTHONPATH=str(REPO),
@@ -354,6 +445,7 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
         SANCTUM_DP_LISTEN__API_PORT=str(NODE_API[1]),
         SANCTUM_DP_LISTEN__MANAGEMENT_HOST=NODE_MGMT[0],
         SANCTUM_DP_LISTEN__MANAGEMENT_PORT=str(NODE_MGMT[1]),
+        SANCTUM_DP_BACKBONE__PRIVATE_KEY=str(node_bb_key),
     )
     start(
         processes,
@@ -406,17 +498,6 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
         lambda: api("GET", f"/model-pins/{pin}/").json()["hash_status"] == "verified",
         timeout=180,
     )
-    registered = api(
-        "POST",
-        "/nodes/",
-        json={
-            "name": "node-1",
-            "management_url": f"http://{NODE_MGMT[0]}:{NODE_MGMT[1]}",
-            "public_key": node_key.with_suffix(".pub").read_text(),
-        },
-    )
-    assert registered.status_code == 201, registered.text
-    node_id = registered.json()["id"]
     assert api("POST", "/releases/", json={"nodes": ["node-1"]}).status_code == 202
     assert wait_until(
         lambda: api("GET", f"/nodes/{node_id}/").json()["rollout"] == "in_sync", timeout=300
@@ -430,7 +511,7 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
     gw_key.write_text(gw_private + "\n")
     gw_key.chmod(0o600)
     gw.sh(
-        str(REPO / "infra/scripts/gateway-wireguard.sh"),
+        str(REPO / "infra/scripts/wireguard-interface.sh"),
         "up",
         env={
             **os.environ,
@@ -440,6 +521,8 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
             "SANCTUM_GW_WG_ADDRESSES": f"{TUNNEL_GW}/24",
         },
     )
+    gw_bb_key = gw_state / "backbone.key"
+    gw_bb_public = make_wireguard_key(gw_bb_key)
     agent_env = {k: v for k, v in node_env.items() if not k.startswith("SANCTUM_DP_")}
     agent_env.update(
         SANCTUM_GW_NAME=GATEWAY,
@@ -447,6 +530,7 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
         SANCTUM_GW_TRUST_KEYS=str(cp_public_key),
         SANCTUM_GW_SIGNING_KEY=str(gw_signing),
         SANCTUM_GW_WIREGUARD__PRIVATE_KEY=str(gw_key),
+        SANCTUM_GW_WIREGUARD__BACKBONE_PRIVATE_KEY=str(gw_bb_key),
         SANCTUM_GW_LISTEN__HOST=AGENT[0],
         SANCTUM_GW_LISTEN__PORT=str(AGENT[1]),
         SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE="eth0",
@@ -488,6 +572,21 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
     assert gateway.status_code == 201, gateway.text
     world.gateway_id = gateway.json()["id"]
     assert gateway.json()["api_base"] == API_BASE
+    # The gateway joins the backbone; the node's next config lets it in.
+    joined = api(
+        "POST",
+        "/backbone-members/",
+        json={"pool": "backbone", "gateway": GATEWAY, "public_key": gw_bb_public},
+    )
+    assert joined.status_code == 201, joined.text
+    assert joined.json()["address"] == GW_BACKBONE
+    world.gw_backbone_iface = the_lab.wg_name("gb")
+    world.node_backbone_iface = node_bb_iface
+    interface_up(gw, world.gw_backbone_iface, BACKBONE_PORT, gw_bb_key, f"{GW_BACKBONE}/24")
+    assert api("POST", "/releases/", json={"nodes": ["node-1"]}).status_code == 202
+    assert wait_until(
+        lambda: api("GET", f"/nodes/{node_id}/").json()["rollout"] == "in_sync", timeout=120
+    ), api("GET", f"/nodes/{node_id}/").json()
 
     # --- two peers: alice's key pair made by the control plane, bob brings his own ------
     bob_private, bob_public = generate_key_pair()
@@ -702,6 +801,82 @@ def test_disabling_a_peer_cuts_its_tunnel_and_only_its_tunnel(world: World) -> N
     ).json()["results"]
     reasons = [(c["user_name"], (c["postchange_data"] or {}).get("disabled_reason")) for c in trail]
     assert ("ops", "laptop lost") in reasons
+
+
+def test_nginx_reaches_the_node_over_the_backbone_only(world: World) -> None:
+    peer = world.peers[1]
+    assert "Paris" in peer.ns.run(ask, peer)
+    # nginx proxies to the node's backbone address, never to its underlay one.
+    rendered = (world.tmp / "gateway" / "nginx" / "nginx.conf").read_text()
+    assert f"server {NODE_BACKBONE}:{NODE_API[1]}" in rendered
+    assert NODE_UNDERLAY not in rendered
+    # The backbone tunnel is up, both ends, with the peers the control plane gave them.
+    gw_side = world.gw.sh("wg", "show", world.gw_backbone_iface, "dump").stdout.splitlines()
+    node_side = world.node.sh("wg", "show", world.node_backbone_iface, "dump").stdout.splitlines()
+    assert len(gw_side) == 2 and len(node_side) == 2, (gw_side, node_side)
+    assert gw_side[1].split("\t")[3] == f"{NODE_BACKBONE}/32"
+    assert node_side[1].split("\t")[3] == f"{GW_BACKBONE}/32"
+    assert int(gw_side[1].split("\t")[4]) > 0, "no handshake on the backbone"
+    # A host outside the backbone that can route to the node's API address gets nothing
+    # at all (the node's firewall drops it), and the underlay address serves no API.
+    for ns, address in ((world.mgmt, NODE_API), (world.gw, (NODE_UNDERLAY, NODE_API[1]))):
+        with pytest.raises(TimeoutError):
+            ns.run(tcp_exchange, address, b"GET /v1/models HTTP/1.0\r\n\r\n")
+    drops = world.node.sh("iptables", "-S", "SANCTUM-NODE").stdout
+    assert f"--dport {NODE_API[1]} -i {world.node_backbone_iface} -j RETURN" in drops
+
+
+class Capture:
+    """tcpdump on one interface of a namespace, whole packets, to a file."""
+
+    def __init__(self, ns: Namespace, iface: str, path: Path) -> None:
+        self.path = path
+        self.process = subprocess.Popen(
+            ns.exec_argv("tcpdump", "-i", iface, "-s", "0", "-U", "-n", "-w", str(path)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def wait_started(self) -> None:
+        assert self.process.stderr is not None
+        line = self.process.stderr.readline().decode()
+        assert "listening on" in line, line
+
+    def stop(self) -> bytes:
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=30)
+        return self.path.read_bytes()
+
+
+def test_no_link_carries_client_content(world: World) -> None:
+    """A chat with a unique marker, captured on every link it crosses and on the
+    management links: the marker is on none of them. As a control, the same capture on
+    the node's backbone interface (where WireGuard has decrypted it) does find it."""
+    links = {
+        "clients' network": (world.lab.namespace_named("wan"), "br0"),
+        "gateway to node (underlay)": (world.gw, "back0"),
+        "management to gateway": (world.mgmt, "gw0"),
+        "management to node": (world.mgmt, "node0"),
+    }
+    inside = {"node's backbone interface": (world.node, world.node_backbone_iface)}
+    captures = {
+        name: Capture(ns, iface, world.tmp / f"capture-{n}.pcap")
+        for n, (name, (ns, iface)) in enumerate({**links, **inside}.items())
+    }
+    for capture in captures.values():
+        capture.wait_started()
+    peer = world.peers[1]
+    marker = new_marker()
+    peer.ns.run(ask, peer, f"Repeat this code: {marker}", 8)
+    packets = {name: capture.stop() for name, capture in captures.items()}
+    encoded = marker.encode()
+    assert [name for name in links if encoded in packets[name]] == []
+    assert all(encoded in packets[name] for name in inside), "the control found nothing"
+    # The links did carry the chat, as WireGuard: enough bytes to have held it.
+    assert (
+        len(packets["clients' network"]) > 1000
+        and len(packets["gateway to node (underlay)"]) > 1000
+    )
 
 
 def wireguard_go_pids(ns: Namespace) -> list[int]:

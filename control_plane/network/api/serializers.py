@@ -17,9 +17,10 @@ from control_plane.core.api.serializers import (
 )
 from control_plane.core.models import RELEASE_FIELDS
 from control_plane.fleet.models import Node
-from control_plane.network.choices import PeerStatus
+from control_plane.network.choices import PeerStatus, PoolPurpose
 from control_plane.network.models import (
     AddressPool,
+    BackboneMember,
     Gateway,
     GatewayRelease,
     GatewayState,
@@ -38,6 +39,7 @@ class AddressPoolSerializer(serializers.ModelSerializer):
         fields = (
             "id",
             "name",
+            "purpose",
             "ipv4_cidr",
             "ipv6_cidr",
             "gateway_addresses",
@@ -48,6 +50,12 @@ class AddressPoolSerializer(serializers.ModelSerializer):
         read_only_fields = ("created_at", "updated_at")
 
     def validate(self, attrs: dict) -> dict:
+        instance = self.instance
+        changes_purpose = instance is not None and attrs.get("purpose", instance.purpose) != (
+            instance.purpose
+        )
+        if changes_purpose and (instance.peers.exists() or instance.backbone_members.exists()):
+            raise serializers.ValidationError({"purpose": "The pool is in use."})
         if self.instance is not None and self.instance.peers.exists():
             for field in ("ipv4_cidr", "ipv6_cidr"):
                 if field in attrs and attrs[field] != getattr(self.instance, field):
@@ -109,6 +117,8 @@ class GatewaySerializer(TargetStateFieldMixin, serializers.ModelSerializer):
                 raise serializers.ValidationError(
                     {"pool": "The gateway's peers hold addresses of its pool: it can't change."}
                 )
+        if pool is not None and pool.purpose != PoolPurpose.TUNNEL:
+            raise serializers.ValidationError({"pool": "Choose a pool for client tunnels."})
         nodes = [u["node"].name for u in attrs.get("upstreams", [])]
         if len(nodes) != len(set(nodes)):
             raise serializers.ValidationError({"upstreams": "Each node at most once."})
@@ -139,6 +149,48 @@ class GatewaySerializer(TargetStateFieldMixin, serializers.ModelSerializer):
         gateway = super().update(instance, validated_data)
         self._set_upstreams(gateway, upstreams)
         return gateway
+
+
+class BackboneMemberSerializer(serializers.ModelSerializer):
+    """A gateway or a node on the backbone; its address comes from the pool on create."""
+
+    pool = serializers.SlugRelatedField(
+        slug_field="name", queryset=AddressPool.objects.filter(purpose=PoolPurpose.BACKBONE)
+    )
+    node = serializers.SlugRelatedField(
+        slug_field="name", queryset=Node.objects.all(), required=False, allow_null=True
+    )
+    gateway = serializers.SlugRelatedField(
+        slug_field="name", queryset=Gateway.objects.all(), required=False, allow_null=True
+    )
+    name = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = BackboneMember
+        fields = (
+            "id",
+            "name",
+            "pool",
+            "node",
+            "gateway",
+            "public_key",
+            "address",
+            "endpoint",
+            "listen_port",
+            "interface_name",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields = ("address", "created_at", "updated_at")
+
+    def validate(self, attrs: dict) -> dict:
+        if self.instance is not None:
+            for field in ("pool", "node", "gateway"):
+                if field in attrs and attrs[field] != getattr(self.instance, field):
+                    raise serializers.ValidationError(
+                        {field: "Remove the member and add it again to change this."}
+                    )
+        return attrs
 
 
 class PeerSerializer(serializers.ModelSerializer):

@@ -18,6 +18,7 @@ from control_plane.core.api.views import ReleaseViewSet, RolloutActionMixin
 from control_plane.core.errors import Conflict
 from control_plane.network.api.serializers import (
     AddressPoolSerializer,
+    BackboneMemberSerializer,
     GatewayReleaseSerializer,
     GatewayRolloutSerializer,
     GatewaySerializer,
@@ -27,8 +28,15 @@ from control_plane.network.api.serializers import (
     PeerSerializer,
     ProvisionedPeerSerializer,
 )
+from control_plane.network.backbone import join_backbone
 from control_plane.network.filtersets import GatewayReleaseFilterSet, PeerFilterSet
-from control_plane.network.models import AddressPool, Gateway, GatewayRelease, Peer
+from control_plane.network.models import (
+    AddressPool,
+    BackboneMember,
+    Gateway,
+    GatewayRelease,
+    Peer,
+)
 from control_plane.network.rollout import GATEWAYS
 from control_plane.network.services import (
     client_config,
@@ -59,7 +67,35 @@ class AddressPoolViewSet(viewsets.ModelViewSet):
     def perform_destroy(self, instance: AddressPool) -> None:
         if Gateway.objects.filter(pool=instance).exists():
             raise Conflict("a gateway uses this pool", "pool_in_use")
+        if instance.backbone_members.exists():
+            raise Conflict("backbone members use this pool", "pool_in_use")
         instance.delete()
+
+
+class BackboneMemberViewSet(viewsets.ModelViewSet):
+    """Backbone members: a gateway or a node joins with its backbone public key (and, for
+    a node, the endpoint gateways send to) and gets the pool's next free address."""
+
+    queryset = BackboneMember.objects.select_related("pool", "node", "gateway")
+    serializer_class = BackboneMemberSerializer
+    search_fields = ("node__name", "gateway__name", "public_key", "address")
+    ordering_fields = ("address", "created_at")
+
+    def perform_create(self, serializer: BaseSerializer[BackboneMember]) -> None:
+        data = serializer.validated_data
+        serializer.instance = join_backbone(
+            data["pool"],
+            public_key=data["public_key"],
+            node=data.get("node"),
+            gateway=data.get("gateway"),
+            endpoint=data.get("endpoint", ""),
+            listen_port=data.get("listen_port", 51821),
+            interface_name=data.get("interface_name", "sanctum-bb"),
+        )
+
+    def perform_update(self, serializer: BaseSerializer[BackboneMember]) -> None:
+        with transaction.atomic():
+            serializer.save()
 
 
 class GatewayViewSet(RolloutActionMixin, viewsets.ModelViewSet):

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from data_plane.gateway.settings import GatewaySettings
 from data_plane.gateway.wireguard import InterfaceStatus, PeerStatus
+from shared.backbone import BackboneInterface
 from shared.gateway import GatewayConfig, Upstream, WireGuardInterface, make_peer
 from shared.gateway import sign_gateway_config as sign
 from shared.keyring import Keyring, dev_keyring
@@ -46,6 +47,7 @@ class FakeWireGuard:
 
     def __init__(self) -> None:
         self.synced: list[tuple[GatewayConfig, str, dict[str, str]]] = []
+        self.backbones: list[tuple[BackboneInterface, str]] = []
         self.downs: list[str] = []
         self.fail_next = False
 
@@ -62,6 +64,9 @@ class FakeWireGuard:
             self.fail_next = False
             raise CommandFailed("wg", "exit status 1 (its output is withheld: it was fed keys)")
         self.synced.append((config, private_key, dict(preshared_keys)))
+
+    async def sync_backbone(self, backbone: BackboneInterface, private_key: str) -> None:
+        self.backbones.append((backbone, private_key))
 
     async def down(self, iface: str) -> None:
         self.downs.append(iface)
@@ -130,6 +135,7 @@ class Kit:
         sealed_to: str | None = None,
         version: int | None = None,
         expires_at: datetime | None = None,
+        backbone: BackboneInterface | None = None,
     ) -> GatewayConfig:
         self.version = version if version is not None else self.version + 1
         to = sealed_to or self.wg_public
@@ -161,6 +167,7 @@ class Kit:
             upstreams=upstreams
             if upstreams is not None
             else (Upstream(node="node-1", host="127.0.0.1", port=9),),
+            backbone=backbone,
         )
 
     def sign(self, config: GatewayConfig, key: Ed25519PrivateKey | None = None) -> str:

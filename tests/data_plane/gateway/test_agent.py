@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from data_plane.gateway.agent import GatewayAgent
 from data_plane.gateway.app import create_app
 from shared import envelope
+from shared.backbone import BackboneInterface, BackbonePeer
 from shared.gateway import Upstream
 from shared.keys import generate_private_key
 from shared.management import CONFIG_PATH, HEALTH_PATH, JOSE
@@ -301,3 +302,43 @@ async def _watch_once(agent: GatewayAgent) -> None:
             await asyncio.sleep(0.3)
             break
     task.cancel()
+
+
+def test_a_config_on_the_backbone_needs_this_gateways_backbone_key(kit: Kit) -> None:
+    backbone_private, backbone_public = generate_key_pair()
+    node_public = generate_key_pair()[1]
+
+    def on_backbone(public: str) -> Any:
+        return kit.config(
+            upstreams=(Upstream(node="node-1", host="10.90.0.2", port=8000),),
+            backbone=BackboneInterface(
+                public_key=public,
+                address="10.90.0.3/24",
+                peers=(
+                    BackbonePeer(
+                        name="node-1",
+                        public_key=node_public,
+                        address="10.90.0.2",
+                        endpoint="10.0.0.5:51821",
+                    ),
+                ),
+            ),
+        )
+
+    key_file = kit.state / "backbone.key"
+    wg = FakeWireGuard()
+    with running_agent(kit, wg) as (client, _agent):
+        refused = put(client, kit.sign(on_backbone(backbone_public)))
+        assert refused.status_code == 409
+        assert refused.json()["error"]["code"] == "backbone_not_configured"
+    key_file.write_text(backbone_private + "\n")
+    key_file.chmod(0o600)
+    with running_agent(kit, wg, wireguard={"backbone_private_key": key_file}) as (client, _):
+        wrong = put(client, kit.sign(on_backbone(generate_key_pair()[1])))
+        assert wrong.status_code == 409 and wrong.json()["error"]["code"] == "wrong_backbone_key"
+        assert wg.backbones == []
+        applied = put(client, kit.sign(on_backbone(backbone_public)))
+        assert applied.status_code == 200, applied.text
+        ((backbone, private),) = wg.backbones
+        assert private == backbone_private and backbone.peers[0].endpoint == "10.0.0.5:51821"
+        assert "server 10.90.0.2:8000" in kit.settings().nginx_config.read_text()

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Sanctum gateway: bring the WireGuard interface up at boot (or take it down).
+# Sanctum: bring a WireGuard interface up at boot (or take it down): a gateway's clients'
+# tunnel, or the backbone's interface on a gateway or a node.
 #
-#   gateway-wireguard.sh up     create the interface, set its key and port, link up
-#   gateway-wireguard.sh down   delete it (every tunnel drops)
+#   wireguard-interface.sh up     create the interface, set its key and port, link up
+#   wireguard-interface.sh down   delete it (every tunnel drops)
 #
 # The interface is made with the kernel module when there is one, otherwise with a
 # userspace implementation (wireguard-go), as wg-quick does. It starts with no peers:
 # the gateway agent adds them from the signed config with `wg syncconf`, and keeps the
-# interface as it is from then on (no restart when peers change).
+# interface as it is from then on (no restart when peers change). On a node, the node
+# process sets the backbone's peers the same way.
 #
-# Settings (environment; /etc/sanctum/gateway.env under systemd):
+# Settings (environment; /etc/sanctum/gateway.env under systemd). The SANCTUM_WG_* names
+# (INTERFACE, PORT, PRIVATE_KEY, ADDRESSES) win over the gateway's; the backbone units
+# set them:
 #   SANCTUM_GW_WG_INTERFACE             interface name              (default wg0)
 #   SANCTUM_GW_WG_PORT                  UDP port                    (default 51820)
 #   SANCTUM_GW_WIREGUARD__PRIVATE_KEY   private key file (0600)     (default
@@ -20,23 +24,23 @@
 #   WG_USERSPACE_IMPLEMENTATION         userspace fallback          (default wireguard-go)
 set -euo pipefail
 
-IFACE=${SANCTUM_GW_WG_INTERFACE:-wg0}
-PORT=${SANCTUM_GW_WG_PORT:-51820}
-KEY_FILE=${SANCTUM_GW_WIREGUARD__PRIVATE_KEY:-/etc/sanctum/gateway/wireguard.key}
-ADDRESSES=${SANCTUM_GW_WG_ADDRESSES:-}
+IFACE=${SANCTUM_WG_INTERFACE:-${SANCTUM_GW_WG_INTERFACE:-wg0}}
+PORT=${SANCTUM_WG_PORT:-${SANCTUM_GW_WG_PORT:-51820}}
+KEY_FILE=${SANCTUM_WG_PRIVATE_KEY:-${SANCTUM_GW_WIREGUARD__PRIVATE_KEY:-/etc/sanctum/gateway/wireguard.key}}
+ADDRESSES=${SANCTUM_WG_ADDRESSES:-${SANCTUM_GW_WG_ADDRESSES:-}}
 USERSPACE=${WG_USERSPACE_IMPLEMENTATION:-wireguard-go}
 
-die() { printf 'gateway-wireguard: %s\n' "$*" >&2; exit 1; }
+die() { printf 'wireguard-interface: %s\n' "$*" >&2; exit 1; }
 
 exists() { ip link show dev "$IFACE" >/dev/null 2>&1; }
 
 create() {
   if ip link add dev "$IFACE" type wireguard 2>/dev/null; then
-    echo "gateway-wireguard: $IFACE created (kernel module)" >&2
+    echo "wireguard-interface: $IFACE created (kernel module)" >&2
     return
   fi
   command -v "$USERSPACE" >/dev/null || die "no kernel module and no $USERSPACE"
-  echo "gateway-wireguard: no kernel module; starting $USERSPACE for $IFACE" >&2
+  echo "wireguard-interface: no kernel module; starting $USERSPACE for $IFACE" >&2
   # wireguard-go refuses to run on Linux unless told this is a choice.
   WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 "$USERSPACE" "$IFACE"
   local i
@@ -64,7 +68,7 @@ up() {
     done
   fi
   ip link set dev "$IFACE" up
-  printf 'gateway-wireguard: %s up on udp/%s, public key %s\n' \
+  printf 'wireguard-interface: %s up on udp/%s, public key %s\n' \
     "$IFACE" "$PORT" "$(wg show "$IFACE" public-key)" >&2
 }
 

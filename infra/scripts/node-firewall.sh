@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Sanctum data-plane node firewall: the client API answers the backbone only.
+#
+#   node-firewall.sh apply    load (or reload) the rules; safe to run again and again
+#   node-firewall.sh show     print Sanctum's chain
+#   node-firewall.sh remove   take Sanctum's chain out again
+#
+# The node's client API listens on its backbone address (docs/network.md); these rules
+# drop every packet to that port that did not arrive on the backbone's WireGuard
+# interface, so a host that reaches the node some other way (the management link, a
+# misrouted LAN) gets nothing from it, not even a reset. The management listener and
+# everything else on the node are left to the machine's own rules.
+#
+# Sanctum keeps its rules in its own chain (SANCTUM-NODE), loaded in one
+# iptables-restore transaction and hooked into INPUT with one jump.
+#
+# Settings (environment; /etc/sanctum/data-plane.env under systemd):
+#   SANCTUM_DP_LISTEN__API_PORT   the client API's port        (default 8000)
+#   SANCTUM_NODE_BACKBONE_IF      the backbone interface       (default sanctum-bb)
+set -euo pipefail
+
+API_PORT=${SANCTUM_DP_LISTEN__API_PORT:-8000}
+BACKBONE_IF=${SANCTUM_NODE_BACKBONE_IF:-sanctum-bb}
+CHAIN=SANCTUM-NODE
+
+die() { printf 'node-firewall: %s\n' "$*" >&2; exit 2; }
+
+check_settings() {
+  [[ $BACKBONE_IF =~ ^[A-Za-z0-9_=+.-]{1,15}$ ]] || die "not an interface name: $BACKBONE_IF"
+  if ! [[ $API_PORT =~ ^[0-9]{1,5}$ ]] || ((API_PORT < 1 || API_PORT > 65535)); then
+    die "not a port: $API_PORT"
+  fi
+}
+
+rules() {
+  cat <<RULES
+*filter
+:$CHAIN - [0:0]
+-A $CHAIN -p tcp -m tcp --dport $API_PORT -i $BACKBONE_IF -j RETURN
+-A $CHAIN -p tcp -m tcp --dport $API_PORT -j DROP
+COMMIT
+RULES
+}
+
+# shellcheck source=infra/scripts/ipv6.sh
+. "$(dirname "${BASH_SOURCE[0]}")/ipv6.sh"
+
+ensure_jump() {
+  local ipt=$1
+  "$ipt" -w -C INPUT -j "$CHAIN" 2>/dev/null || "$ipt" -w -I INPUT 1 -j "$CHAIN"
+}
+
+apply() {
+  check_settings
+  local family ipt all
+  all=$(families node-firewall)  # a plain assignment: its failure stops the script
+  for family in $all; do
+    ipt=$(tool "$family" tables)
+    rules | "$(tool "$family" tables-restore)" -w --noflush
+    ensure_jump "$ipt"
+  done
+  printf 'node-firewall: applied (tcp/%s from %s only)\n' "$API_PORT" "$BACKBONE_IF" >&2
+}
+
+show() {
+  local family
+  for family in $(families node-firewall); do "$(tool "$family" tables)" -w -S "$CHAIN" 2>/dev/null || true; done
+}
+
+remove() {
+  local family ipt
+  for family in $(families node-firewall); do
+    ipt=$(tool "$family" tables)
+    while "$ipt" -w -D INPUT -j "$CHAIN" 2>/dev/null; do :; done
+    "$ipt" -w -F "$CHAIN" 2>/dev/null || true
+    "$ipt" -w -X "$CHAIN" 2>/dev/null || true
+  done
+}
+
+case "${1:-}" in
+  apply) apply ;;
+  show) show ;;
+  remove) remove ;;
+  rules) check_settings; rules ;;
+  *) echo "usage: $0 apply|show|remove|rules" >&2; exit 2 ;;
+esac
