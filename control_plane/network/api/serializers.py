@@ -51,11 +51,11 @@ class AddressPoolSerializer(serializers.ModelSerializer):
 
     def validate(self, attrs: dict) -> dict:
         instance = self.instance
-        changes_purpose = instance is not None and attrs.get("purpose", instance.purpose) != (
-            instance.purpose
-        )
-        if changes_purpose and (instance.peers.exists() or instance.backbone_members.exists()):
-            raise serializers.ValidationError({"purpose": "The pool is in use."})
+        if instance is not None:
+            purpose_changes = attrs.get("purpose", instance.purpose) != instance.purpose
+            in_use = instance.peers.exists() or instance.backbone_members.exists()
+            if purpose_changes and in_use:
+                raise serializers.ValidationError({"purpose": "The pool is in use."})
         if self.instance is not None and self.instance.peers.exists():
             for field in ("ipv4_cidr", "ipv6_cidr"):
                 if field in attrs and attrs[field] != getattr(self.instance, field):
