@@ -408,6 +408,7 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
     assert backbone_pool.status_code == 201, backbone_pool.text
     node_bb_key = tmp / "node-backbone.key"
     node_bb_public = make_wireguard_key(node_bb_key)
+    node_bb_iface = the_lab.wg_name("nb")
     joined = cp_api(
         "POST",
         "/backbone-members/",
@@ -416,11 +417,11 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
             "node": "node-1",
             "public_key": node_bb_public,
             "endpoint": f"{NODE_UNDERLAY}:{BACKBONE_PORT}",
+            "interface_name": node_bb_iface,
         },
     )
     assert joined.status_code == 201, joined.text
     assert joined.json()["address"] == NODE_BACKBONE
-    node_bb_iface = the_lab.wg_name("nb")
     interface_up(node, node_bb_iface, BACKBONE_PORT, node_bb_key, f"{NODE_BACKBONE}/24")
     node.sh(
         str(REPO / "infra/scripts/node-firewall.sh"),
@@ -573,14 +574,19 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
     world.gateway_id = gateway.json()["id"]
     assert gateway.json()["api_base"] == API_BASE
     # The gateway joins the backbone; the node's next config lets it in.
+    world.gw_backbone_iface = the_lab.wg_name("gb")
     joined = api(
         "POST",
         "/backbone-members/",
-        json={"pool": "backbone", "gateway": GATEWAY, "public_key": gw_bb_public},
+        json={
+            "pool": "backbone",
+            "gateway": GATEWAY,
+            "public_key": gw_bb_public,
+            "interface_name": world.gw_backbone_iface,
+        },
     )
     assert joined.status_code == 201, joined.text
     assert joined.json()["address"] == GW_BACKBONE
-    world.gw_backbone_iface = the_lab.wg_name("gb")
     world.node_backbone_iface = node_bb_iface
     interface_up(gw, world.gw_backbone_iface, BACKBONE_PORT, gw_bb_key, f"{GW_BACKBONE}/24")
     assert api("POST", "/releases/", json={"nodes": ["node-1"]}).status_code == 202
