@@ -11,12 +11,26 @@ one held.
 Preshared keys are secrets, and a JWS is signed, not encrypted: anyone who can read the
 management link, the control plane's release table or the agent's saved copy would
 otherwise hold every peer's PSK. So each PSK is *sealed* to the gateway's WireGuard
-public key (an X25519 key): an ephemeral X25519 key agreement, HKDF-SHA256, and
-ChaCha20-Poly1305, with the gateway name and the peer's public key as associated data.
-Only the holder of the gateway's WireGuard private key (which never leaves the gateway)
-can open them, and a sealed PSK moved to another peer or gateway does not open. Disabled
-peers travel without a PSK at all. The sealed form is ``v1.<epk>.<ciphertext>``, both
-parts unpadded base64url.
+public key (an X25519 key) with HPKE (RFC 9180), from the ``cryptography`` package:
+base mode, single-shot, suite DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 /
+ChaCha20-Poly1305 (KEM 0x0020, KDF 0x0001, AEAD 0x0003). Only the holder of the
+gateway's WireGuard private key (which never leaves the gateway) can open them. Disabled
+peers travel without a PSK at all.
+
+The sealed form is ``v2.<enc>.<ciphertext>``, both parts unpadded base64url: ``enc`` is
+HPKE's encapsulated key (the sender's ephemeral X25519 public key, 32 bytes) and
+``ciphertext`` is the ChaCha20-Poly1305 output (the 32-byte PSK and a 16-byte tag). The
+HPKE ``info`` is ``sanctum-sealed-secret-v2``, a zero byte, then the caller's context;
+for a PSK the context is ``sanctum-gateway-psk``, the gateway's name and the peer's raw
+public key, zero-separated (:func:`psk_context`), so a sealed PSK moved to another peer
+or gateway does not open. ``info`` enters HPKE's key schedule, so the binding holds
+without associated data (the AEAD's ``aad`` is empty). The recipient's public key is
+bound by the KEM itself.
+
+``v1`` (before HPKE: a construction of our own from the same primitives) is no longer
+read. Nothing stored needs it: the control plane keeps each peer's PSK and seals it
+anew into every release, so its next release to a gateway carries ``v2``; a ``v1``
+config (an old saved copy, an old release) is refused as malformed.
 """
 
 from __future__ import annotations
@@ -28,10 +42,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives import hpke
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from shared import envelope
@@ -48,12 +59,15 @@ from shared.wireguard import (
     key_bytes,
     private_key_object,
     public_key_object,
-    raw_public_key,
 )
 
 MAX_PEERS = 65_536
-SEALED_VERSION = "v1"
-_HKDF_INFO = b"sanctum sealed secret v1"
+SEALED_VERSION = "v2"
+# RFC 9180 base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305.
+_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+_ENC_LENGTH = 32  # Nenc of DHKEM(X25519, HKDF-SHA256): the ephemeral public key
+_HPKE_INFO = b"sanctum-sealed-secret-v2"
+_SEALED_FORM = f"sealed secret must be {SEALED_VERSION}.<enc>.<ciphertext>"
 _PSK_CONTEXT = b"sanctum-gateway-psk"
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -68,49 +82,40 @@ class SealError(ValueError):
 # --- sealing secrets to the gateway's WireGuard key ------------------------------------
 
 
-def _derive(shared: bytes, epk: bytes, rpk: bytes) -> tuple[bytes, bytes]:
-    okm = HKDF(algorithm=hashes.SHA256(), length=44, salt=epk + rpk, info=_HKDF_INFO).derive(shared)
-    return okm[:32], okm[32:]
+def _info(context: bytes) -> bytes:
+    """HPKE's ``info``: what the sealed secret is for, then the caller's context."""
+    return _HPKE_INFO + b"\x00" + context
 
 
 def seal_secret(secret: bytes, recipient_public_key: str, *, context: bytes) -> str:
     """Encrypt ``secret`` so only the holder of the recipient's private key opens it.
 
-    A fresh ephemeral key per call makes the derived key (and so the nonce) unique.
-    ``context`` is bound as associated data: opening needs the same context.
+    HPKE draws a fresh ephemeral key per call, so the same secret never seals to the
+    same text. ``context`` goes into HPKE's ``info``: opening needs the same context.
     """
     recipient = public_key_object(recipient_public_key)
-    ephemeral = X25519PrivateKey.generate()
-    epk = raw_public_key(ephemeral.public_key())
     try:
-        shared = ephemeral.exchange(recipient)
+        sealed = _SUITE.encrypt(secret, recipient, info=_info(context))
     except ValueError:  # a low-order point: the agreement would be all zeros
         raise SealError("recipient public key is not usable for key agreement") from None
-    key, nonce = _derive(shared, epk, raw_public_key(recipient))
-    ciphertext = ChaCha20Poly1305(key).encrypt(nonce, secret, context)
-    return f"{SEALED_VERSION}.{b64url(epk)}.{b64url(ciphertext)}"
+    enc, ciphertext = sealed[:_ENC_LENGTH], sealed[_ENC_LENGTH:]
+    return f"{SEALED_VERSION}.{b64url(enc)}.{b64url(ciphertext)}"
 
 
 def open_secret(sealed: str, recipient_private_key: str, *, context: bytes) -> bytes:
     """Open what :func:`seal_secret` made. Raises :class:`SealError` (never quotes it)."""
     parts = sealed.split(".") if isinstance(sealed, str) else []
     if len(parts) != 3 or parts[0] != SEALED_VERSION:
-        raise SealError(f"sealed secret must be {SEALED_VERSION}.<epk>.<ciphertext>")
+        raise SealError(_SEALED_FORM)
     try:
-        epk = b64urldecode_canonical(parts[1], length=32, what="ephemeral key")
+        enc = b64urldecode_canonical(parts[1], length=_ENC_LENGTH, what="encapsulated key")
         ciphertext = b64urldecode_canonical(parts[2], what="ciphertext")
     except CanonicalEncodingError as exc:
         raise SealError(str(exc)) from None
     private = private_key_object(recipient_private_key)
     try:
-        shared = private.exchange(public_key_object(encode_key(epk)))
-    except ValueError:
-        raise SealError("sealed secret does not open") from None
-    rpk = raw_public_key(private.public_key())
-    key, nonce = _derive(shared, epk, rpk)
-    try:
-        return ChaCha20Poly1305(key).decrypt(nonce, ciphertext, context)
-    except InvalidTag:
+        return _SUITE.decrypt(enc + ciphertext, private, info=_info(context))
+    except (InvalidTag, ValueError):
         raise SealError("sealed secret does not open with this key and context") from None
 
 
@@ -183,7 +188,12 @@ def _interface_name(value: str) -> str:
 def _sealed(value: str) -> str:
     parts = value.split(".")
     if len(parts) != 3 or parts[0] != SEALED_VERSION:
-        raise ValueError(f"sealed secret must be {SEALED_VERSION}.<epk>.<ciphertext>")
+        if parts[0] == "v1":
+            raise ValueError(
+                "sealed secret is v1, which is no longer read: the control plane's next "
+                "release seals it as v2"
+            )
+        raise ValueError(_SEALED_FORM)
     return value
 
 

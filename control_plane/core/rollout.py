@@ -64,6 +64,8 @@ from shared.trust import TARGET_PURPOSES, KeySet
 log = logging.getLogger(__name__)
 
 _MAX_REASON = 500
+# What changes with every release, and so never makes one out of date.
+_STAMP_FIELDS = ("version", "issued_at", "expires_at")
 # A health report is a few kilobytes; whatever is bigger is not stored.
 MAX_HEALTH_BYTES = 1 << 20
 # "Leave the target's known version as it is" (None means "holds none").
@@ -171,6 +173,12 @@ class RolloutKind(Generic[TargetT, ReleaseT, StateT]):
 
     def read_health(self, target: TargetT, health: dict[str, Any]) -> None:
         """Record what else a health report tells (called inside the state's transaction)."""
+
+    def content(self, document: dict[str, Any]) -> dict[str, Any]:
+        """What of a document counts when asking whether a target's release is out of
+        date: all but the version and times. A kind whose documents hold something made
+        anew on every build (a secret sealed afresh) says what of it counts instead."""
+        return {k: v for k, v in document.items() if k not in _STAMP_FIELDS}
 
     # --- Helpers for the generic code -----------------------------------------------------
 
@@ -586,20 +594,12 @@ def _trusts(release: Release | None) -> KeySet | None:
         return None
 
 
-_STAMP_FIELDS = ("version", "issued_at", "expires_at")
-
-
-def _content(document: dict[str, Any]) -> dict[str, Any]:
-    """A release's document without what changes with every release."""
-    return {k: v for k, v in document.items() if k not in _STAMP_FIELDS}
-
-
 def differs(kind: RolloutKind[Any, Any, Any], target: RolloutTarget) -> bool:
     """What ``target`` should hold now differs from its latest release (or it has none)."""
     latest = _latest(kind, target.pk)
     version = (latest.version if latest else 0) + 1
     wanted = kind.build(target, version, ReleaseStamp.now()).document()
-    return latest is None or _content(wanted) != _content(latest.document)
+    return latest is None or kind.content(wanted) != kind.content(latest.document)
 
 
 def needs_release(kind: RolloutKind[Any, Any, Any], target: RolloutTarget) -> str | None:

@@ -120,5 +120,21 @@ class GatewayRollout(RolloutKind[Gateway, GatewayRelease, GatewayState]):
     def read_health(self, target: Gateway, health: dict[str, Any]) -> None:
         record_handshakes(target, health)
 
+    def content(self, document: dict[str, Any]) -> dict[str, Any]:
+        """Each sealed PSK counts by its format only: HPKE seals afresh on every build, so
+        the text always differs, while the PSK under it is fixed for the peer (a new
+        key pair is a new public key, which counts). A release sealed in a format the
+        agent no longer reads (``v1``) is out of date, and the next refresh replaces it."""
+        content = super().content(document)
+        content["peers"] = [
+            {**peer, "preshared_key": _sealed_format(peer.get("preshared_key"))}
+            for peer in content.get("peers", [])
+        ]
+        return content
+
+
+def _sealed_format(sealed: Any) -> str | None:
+    return sealed.split(".", 1)[0] if isinstance(sealed, str) else None
+
 
 GATEWAYS = GatewayRollout()

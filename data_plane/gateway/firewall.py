@@ -3,6 +3,13 @@
 The rules themselves live in ``infra/scripts/gateway-firewall.sh`` (one place for the
 agent, the boot unit and an operator's shell); the agent hands it the interface names
 and ports, which may change with a config.
+
+The script fails closed: on a host with IPv6 where it could not load the IPv6 rules
+(``ip6tables-restore`` missing or refusing) it exits non-zero instead of reporting
+"applied". :meth:`Firewall.reload` raises
+:class:`~data_plane.gateway.commands.CommandFailed` with its message, so the
+agent answers the push with 503 ``firewall_reload_failed``, does not save the config, and
+its health names the cause until a push gets through.
 """
 
 from __future__ import annotations
@@ -37,9 +44,12 @@ class Firewall:
         if self._script is None:
             logger.warning("firewall script not configured: iptables left as they are")
             return
-        await run([str(self._script), "apply"], env=self.environment(config))
+        result = await run([str(self._script), "apply"], env=self.environment(config))
+        # The script's last line says what it loaded, IPv6 included (or that it is absent).
+        summary = (result.stderr.strip().splitlines() or [""])[-1]
         logger.info(
-            "firewall reloaded public=%s wg_port=%d",
+            "firewall reloaded public=%s wg_port=%d: %s",
             self._public,
             config.interface.listen_port,
+            summary,
         )

@@ -16,6 +16,13 @@
 #                      peer reaches the data plane only through nginx
 # DROP, never REJECT: a scanner gets no answer at all, not even a reset.
 #
+# Both families, or a failure. On a host with IPv6 (the kernel has it and any interface,
+# or the default for new ones, has it enabled) the same rules go into ip6tables; if they
+# can't be loaded (ip6tables-restore missing or refusing), `apply` still loads IPv4, then
+# exits 1 and says so instead of "applied": IPv6 left open would let anyone reach nginx
+# and every other port around the IPv4 rules. Only a host without IPv6 is done with
+# IPv4 alone, and `apply` says that IPv6 is absent.
+#
 # Sanctum keeps its rules in its own chains (SANCTUM-*), each reloaded in one
 # iptables-restore transaction, and hooks them into INPUT and FORWARD with one jump each;
 # other rules on the machine are left alone.
@@ -34,6 +41,7 @@ HTTP_PORT=${SANCTUM_GW_HTTP_PORT:-80}
 CHAINS=(SANCTUM-INPUT SANCTUM-PUBLIC SANCTUM-TUNNEL SANCTUM-FORWARD)
 
 die() { printf 'gateway-firewall: %s\n' "$*" >&2; exit 2; }
+refuse() { printf 'gateway-firewall: NOT applied: %s\n' "$*" >&2; exit 1; }
 
 check_settings() {
   local name
@@ -84,10 +92,25 @@ COMMIT
 EOF
 }
 
+# Whether this host (this network namespace) has IPv6: the kernel has it, and an
+# interface holds an IPv6 address or has IPv6 enabled, or new interfaces would get it
+# (conf/default). Only when every one of those is disabled is IPv6 absent.
+has_ipv6() {
+  [[ -d /proc/sys/net/ipv6 ]] || return 1
+  local line flag
+  if [[ -r /proc/net/if_inet6 ]]; then
+    while read -r line; do [[ -n $line ]] && return 0; done </proc/net/if_inet6
+  fi
+  for flag in /proc/sys/net/ipv6/conf/*/disable_ipv6; do
+    [[ -r $flag && $(<"$flag") == 1 ]] || return 0
+  done
+  return 1
+}
+
+# The families whose rules can be there: for show and remove.
 families() {
   echo 4
-  # IPv6 rules only where the kernel has IPv6 and the tools are installed.
-  if [[ -e /proc/net/if_inet6 ]] && command -v ip6tables-restore >/dev/null; then echo 6; fi
+  if has_ipv6 && command -v ip6tables-restore >/dev/null; then echo 6; fi
 }
 
 tool() {  # tool FAMILY NAME -> iptables / ip6tables flavour of NAME
@@ -100,16 +123,28 @@ ensure_jump() {
   "$ipt" -w -C "$from" -j "$to" 2>/dev/null || "$ipt" -w -I "$from" 1 -j "$to"
 }
 
+load() {  # load FAMILY: the rules and the two jumps, or a non-zero status
+  local family=$1
+  rules "$family" | "$(tool "$family" tables-restore)" -w --noflush || return 1
+  ensure_jump "$family" INPUT SANCTUM-INPUT || return 1
+  ensure_jump "$family" FORWARD SANCTUM-FORWARD || return 1
+}
+
 apply() {
   check_settings
-  local family
-  for family in $(families); do
-    rules "$family" | "$(tool "$family" tables-restore)" -w --noflush
-    ensure_jump "$family" INPUT SANCTUM-INPUT
-    ensure_jump "$family" FORWARD SANCTUM-FORWARD
-  done
-  printf 'gateway-firewall: applied (public %s: udp/%s only; tunnel %s: tcp/%s)\n' \
-    "$PUBLIC_IF" "$WG_PORT" "$WG_IF" "$HTTP_PORT" >&2
+  load 4 || refuse "the IPv4 rules could not be loaded (see iptables' message above)"
+  local v6="IPv6: absent on this host, no rules needed"
+  if has_ipv6; then
+    if ! command -v ip6tables-restore >/dev/null; then
+      refuse "this host has IPv6 but ip6tables-restore is not installed, so IPv6 is" \
+        "unfiltered (IPv4 rules are loaded); install ip6tables or disable IPv6, then apply again"
+    fi
+    load 6 || refuse "this host has IPv6 but the IPv6 rules could not be loaded (see" \
+      "ip6tables' message above), so IPv6 is unfiltered (IPv4 rules are loaded)"
+    v6="IPv6 too"
+  fi
+  printf 'gateway-firewall: applied (public %s: udp/%s only; tunnel %s: tcp/%s; %s)\n' \
+    "$PUBLIC_IF" "$WG_PORT" "$WG_IF" "$HTTP_PORT" "$v6" >&2
 }
 
 show() {

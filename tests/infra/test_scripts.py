@@ -122,3 +122,70 @@ def test_firewall_script_is_idempotent_and_validates(tmp_path: Path) -> None:
         assert bad.returncode == 2 and "not a port" in bad.stderr
         ns.sh(script, "remove", env=env)
         assert "SANCTUM" not in ns.sh("iptables", "-S").stdout
+
+
+def _path_without(tmp_path: Path, missing: str) -> str:
+    """A PATH of the tools the firewall script uses, all but ``missing``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "cat", "iptables", "iptables-restore", "ip6tables", "ip6tables-restore"):
+        if tool == missing:
+            continue
+        found = shutil.which(tool)
+        assert found, f"{tool} not installed"
+        # The link keeps the tool's own name: iptables' multi-call binary goes by argv[0].
+        (bin_dir / tool).symlink_to(found)
+    return str(bin_dir)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and not IN_CI, reason="needs root (a network namespace)")
+def test_firewall_fails_closed_when_it_cannot_filter_ipv6(tmp_path: Path) -> None:
+    # The script runs with a PATH that lacks ip6tables-restore (`ip netns exec` itself
+    # needs the usual one).
+    path = _path_without(tmp_path, "ip6tables-restore")
+    script = ("env", f"PATH={path}", str(INFRA / "scripts" / "gateway-firewall.sh"))
+    env = {
+        **os.environ,
+        "SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE": "eth0",
+        "SANCTUM_GW_WG_INTERFACE": "wg0",
+        "SANCTUM_GW_WG_PORT": "51999",
+    }
+    with lab() as the_lab:
+        ns = the_lab.namespace("fw6")
+        assert ns.sh("cat", "/proc/net/if_inet6").stdout.strip(), "no IPv6 in the namespace"
+        failed = ns.sh(*script, "apply", env=env, check=False)
+        assert failed.returncode == 1
+        assert "applied" not in failed.stderr.replace("NOT applied", "")
+        assert "has IPv6 but ip6tables-restore is not installed" in failed.stderr
+        # IPv4 was closed all the same; IPv6 has none of our rules.
+        assert "-A SANCTUM-PUBLIC -p udp -m udp --dport 51999 -j ACCEPT" in (
+            ns.sh("iptables", "-S").stdout
+        )
+        assert "SANCTUM" not in ns.sh("ip6tables", "-S").stdout
+
+        # The same namespace with IPv6 switched off, for new interfaces too: IPv4 alone.
+        for scope in ("all", "default"):
+            ns.sh("sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1")
+        assert not ns.sh("cat", "/proc/net/if_inet6").stdout.strip()
+        done = ns.sh(*script, "apply", env=env, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "gateway-firewall: applied" in done.stderr
+        assert "IPv6: absent on this host" in done.stderr
+
+        # Switched on again for new interfaces only: that is IPv6 again, and a failure.
+        ns.sh("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=0")
+        again = ns.sh(*script, "apply", env=env, check=False)
+        assert again.returncode == 1 and "NOT applied" in again.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and not IN_CI, reason="needs root (a network namespace)")
+def test_firewall_loads_ipv6_rules_where_the_host_has_ipv6() -> None:
+    script = str(INFRA / "scripts" / "gateway-firewall.sh")
+    env = {**os.environ, "SANCTUM_GW_WG_PORT": "51999"}
+    with lab() as the_lab:
+        ns = the_lab.namespace("fw6ok")
+        done = ns.sh(script, "apply", env=env)
+        assert "IPv6 too" in done.stderr
+        rules = ns.sh("ip6tables", "-S").stdout
+        assert "-A SANCTUM-PUBLIC -p udp -m udp --dport 51999 -j ACCEPT" in rules
+        assert rules.count("-A INPUT -j SANCTUM-INPUT") == 1

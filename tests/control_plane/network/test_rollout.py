@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from control_plane.core.choices import HealthStatus, ReleaseStatus
-from control_plane.core.rollout import check_health, deliver, roll_out
+from control_plane.core.rollout import check_health, deliver, differs, needs_release, roll_out
 from control_plane.core.signing import signer, target_trust
 from control_plane.network.models import GatewayRelease, GatewayUpstream, Peer
 from control_plane.network.rollout import GATEWAYS, build_gateway_config
@@ -224,3 +224,24 @@ def test_only_one_gateway_per_pool(gateway):
         other = make_gateway("gw-other", ipv4="10.79.0.0/24", ipv6="")
         other.gateway.pool = gateway.gateway.pool
         other.gateway.save()
+
+
+def test_sealing_anew_is_not_a_change_but_an_older_sealed_format_is(fake_agent_factory, on_commit):
+    """Every build seals the PSKs again (HPKE draws a fresh key), so the sealed text
+    always differs; what the gateway should hold has not changed for that. A release
+    whose PSKs are sealed in a format the agent no longer reads (v1, before HPKE) has."""
+    _, keys = fake_agent_factory()
+    provision_peer(ClientFactory(slug="acme"), keys.gateway)
+    with on_commit():
+        (release,) = roll_out(GATEWAYS)
+
+    assert not differs(GATEWAYS, keys.gateway)
+    assert needs_release(GATEWAYS, keys.gateway) is None
+
+    old = dict(release.document)
+    old["peers"] = [
+        {**p, "preshared_key": "v1." + p["preshared_key"].removeprefix("v2.")} for p in old["peers"]
+    ]
+    GatewayRelease.objects.filter(pk=release.pk).update(document=old)
+    assert differs(GATEWAYS, keys.gateway)
+    assert needs_release(GATEWAYS, keys.gateway) == "what it should hold changed"

@@ -115,7 +115,7 @@ class Kit:
             state_dir=self.state,
             trust_keys=self.state / "keys" / TRUST_FILE,
             nginx=nginx,
-            firewall={"script": None},
+            firewall=overrides.pop("firewall", {"script": None}),
             http_port=self.http_port,
             **overrides,
         )

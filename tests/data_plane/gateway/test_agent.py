@@ -6,10 +6,13 @@ nginx is real (``nginx -t``, reload, the 444); WireGuard is a stand-in that reco
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +27,9 @@ from shared.keys import generate_private_key
 from shared.management import CONFIG_PATH, HEALTH_PATH, JOSE
 from shared.signed_request import open_answer
 from shared.wireguard import generate_key_pair
-from tests.conftest import wait_until
+from tests.conftest import REPO, wait_until
 from tests.data_plane.gateway.conftest import NEEDS_NGINX, FakeWireGuard, Kit
+from tests.e2e.netns import lab
 
 pytestmark = NEEDS_NGINX
 
@@ -203,6 +207,38 @@ def test_failed_wireguard_sync_is_reported_and_not_saved(kit: Kit) -> None:
         assert held(agent) == 1
         # WireGuard was put back to version 1.
         assert wg.synced[-1][0].version == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root")
+def test_a_firewall_that_cannot_filter_ipv6_fails_the_config(kit: Kit, tmp_path: Path) -> None:
+    """The real firewall script, in a namespace of its own with IPv6 and without
+    ip6tables-restore: the agent answers 503, keeps the config unsaved and its health
+    names the cause."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "cat", "iptables", "iptables-restore", "ip6tables"):
+        found = shutil.which(tool)
+        assert found, f"{tool} not installed"
+        (bin_dir / tool).symlink_to(found)
+    script = REPO / "infra" / "scripts" / "gateway-firewall.sh"
+    with lab() as the_lab:
+        ns = the_lab.namespace("gwfw")
+        wrapper = tmp_path / "firewall-in-namespace.sh"
+        wrapper.write_text(
+            f'#!/usr/bin/env bash\nexec ip netns exec {ns.name} env PATH={bin_dir} {script} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        kit.add_peer(2)
+        with running_agent(kit, firewall={"script": wrapper}) as (client, agent):
+            response = put(client, kit.sign(kit.config()))
+            assert response.status_code == 503, response.text
+            error = response.json()["error"]
+            assert error["code"] == "firewall_reload_failed"
+            assert "has IPv6 but ip6tables-restore is not installed" in error["message"]
+            assert held(agent) == 0
+            report = health(client, kit)
+            assert report["status"] == "degraded"
+            assert any("ip6tables-restore" in p for p in report["problems"])
 
 
 def test_health_needs_a_signed_request_and_reports_handshakes(kit: Kit) -> None:
