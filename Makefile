@@ -29,7 +29,7 @@ lint: setup-python
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
-	shellcheck $$(git ls-files '*.sh') .ci/run
+	shellcheck -x $$(git ls-files '*.sh') .ci/run
 
 test: setup services lint
 	$(PY) -m pytest

@@ -41,8 +41,6 @@ HTTP_PORT=${SANCTUM_GW_HTTP_PORT:-80}
 CHAINS=(SANCTUM-INPUT SANCTUM-PUBLIC SANCTUM-TUNNEL SANCTUM-FORWARD)
 
 die() { printf 'gateway-firewall: %s\n' "$*" >&2; exit 2; }
-refuse() { printf 'gateway-firewall: NOT applied: %s\n' "$*" >&2; exit 1; }
-
 check_settings() {
   local name
   for name in "$PUBLIC_IF" "$WG_IF"; do
@@ -92,30 +90,8 @@ COMMIT
 EOF
 }
 
-# Whether this host (this network namespace) has IPv6: the kernel has it, and an
-# interface holds an IPv6 address or has IPv6 enabled, or new interfaces would get it
-# (conf/default). Only when every one of those is disabled is IPv6 absent.
-has_ipv6() {
-  [[ -d /proc/sys/net/ipv6 ]] || return 1
-  local line flag
-  if [[ -r /proc/net/if_inet6 ]]; then
-    while read -r line; do [[ -n $line ]] && return 0; done </proc/net/if_inet6
-  fi
-  for flag in /proc/sys/net/ipv6/conf/*/disable_ipv6; do
-    [[ -r $flag && $(<"$flag") == 1 ]] || return 0
-  done
-  return 1
-}
-
-# The families whose rules can be there: for show and remove.
-families() {
-  echo 4
-  if has_ipv6 && command -v ip6tables-restore >/dev/null; then echo 6; fi
-}
-
-tool() {  # tool FAMILY NAME -> iptables / ip6tables flavour of NAME
-  if [[ $1 == 6 ]]; then echo "ip6${2}"; else echo "ip${2}"; fi
-}
+# shellcheck source=infra/scripts/lib/firewall-families.sh
+. "${BASH_SOURCE[0]%/*}/lib/firewall-families.sh"
 
 ensure_jump() {
   local family=$1 from=$2 to=$3 ipt
@@ -132,19 +108,9 @@ load() {  # load FAMILY: the rules and the two jumps, or a non-zero status
 
 apply() {
   check_settings
-  load 4 || refuse "the IPv4 rules could not be loaded (see iptables' message above)"
-  local v6="IPv6: absent on this host, no rules needed"
-  if has_ipv6; then
-    if ! command -v ip6tables-restore >/dev/null; then
-      refuse "this host has IPv6 but ip6tables-restore is not installed, so IPv6 is" \
-        "unfiltered (IPv4 rules are loaded); install ip6tables or disable IPv6, then apply again"
-    fi
-    load 6 || refuse "this host has IPv6 but the IPv6 rules could not be loaded (see" \
-      "ip6tables' message above), so IPv6 is unfiltered (IPv4 rules are loaded)"
-    v6="IPv6 too"
-  fi
+  load_families gateway-firewall load
   printf 'gateway-firewall: applied (public %s: udp/%s only; tunnel %s: tcp/%s; %s)\n' \
-    "$PUBLIC_IF" "$WG_PORT" "$WG_IF" "$HTTP_PORT" "$v6" >&2
+    "$PUBLIC_IF" "$WG_PORT" "$WG_IF" "$HTTP_PORT" "$V6_SUMMARY" >&2
 }
 
 show() {

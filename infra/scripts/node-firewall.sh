@@ -42,34 +42,31 @@ COMMIT
 RULES
 }
 
-# shellcheck source=infra/scripts/ipv6.sh
-. "$(dirname "${BASH_SOURCE[0]}")/ipv6.sh"
+# shellcheck source=infra/scripts/lib/firewall-families.sh
+. "${BASH_SOURCE[0]%/*}/lib/firewall-families.sh"
 
-ensure_jump() {
-  local ipt=$1
-  "$ipt" -w -C INPUT -j "$CHAIN" 2>/dev/null || "$ipt" -w -I INPUT 1 -j "$CHAIN"
+load() {  # load FAMILY: the rules and the jump, or a non-zero status
+  local family=$1 ipt
+  ipt=$(tool "$family" tables)
+  rules | "$(tool "$family" tables-restore)" -w --noflush || return 1
+  "$ipt" -w -C INPUT -j "$CHAIN" 2>/dev/null || "$ipt" -w -I INPUT 1 -j "$CHAIN" || return 1
 }
 
 apply() {
   check_settings
-  local family ipt all
-  all=$(families node-firewall)  # a plain assignment: its failure stops the script
-  for family in $all; do
-    ipt=$(tool "$family" tables)
-    rules | "$(tool "$family" tables-restore)" -w --noflush
-    ensure_jump "$ipt"
-  done
-  printf 'node-firewall: applied (tcp/%s from %s only)\n' "$API_PORT" "$BACKBONE_IF" >&2
+  load_families node-firewall load
+  printf 'node-firewall: applied (tcp/%s from %s only; %s)\n' "$API_PORT" "$BACKBONE_IF" \
+    "$V6_SUMMARY" >&2
 }
 
 show() {
   local family
-  for family in $(families node-firewall); do "$(tool "$family" tables)" -w -S "$CHAIN" 2>/dev/null || true; done
+  for family in $(families); do "$(tool "$family" tables)" -w -S "$CHAIN" 2>/dev/null || true; done
 }
 
 remove() {
   local family ipt
-  for family in $(families node-firewall); do
+  for family in $(families); do
     ipt=$(tool "$family" tables)
     while "$ipt" -w -D INPUT -j "$CHAIN" 2>/dev/null; do :; done
     "$ipt" -w -F "$CHAIN" 2>/dev/null || true
