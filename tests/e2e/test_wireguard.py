@@ -829,7 +829,8 @@ def test_nginx_reaches_the_node_over_the_backbone_only(world: World) -> None:
         with pytest.raises(TimeoutError):
             ns.run(tcp_exchange, address, b"GET /v1/models HTTP/1.0\r\n\r\n")
     drops = world.node.sh("iptables", "-S", "SANCTUM-NODE").stdout
-    assert f"--dport {NODE_API[1]} -i {world.node_backbone_iface} -j RETURN" in drops
+    iface = world.node_backbone_iface
+    assert f"-A SANCTUM-NODE -i {iface} -p tcp -m tcp --dport {NODE_API[1]} -j RETURN" in drops
 
 
 class Capture:
