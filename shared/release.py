@@ -8,6 +8,10 @@
 - ``trust``: the control-plane keys the target trusts from now on, for config and for
   management requests (``shared.trust``): how a rotated key reaches every target
   signed by a key it already trusts.
+- ``tls``: the target's management certificate (renewed before it expires, for the key
+  it made at enrolment) and the CA it accepts the control plane's client certificate
+  from; a gateway's also holds its ingress certificate (``shared.pki``). ``None`` for a
+  target that has not enrolled: its listener stays as it is.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from shared.pki import TlsMaterial
 from shared.trust import TARGET_PURPOSES, KeySet
 
 # Versions stay far from any integer limit (JSON's 2**53, a database's bigint): a target
@@ -30,6 +35,7 @@ class Release(BaseModel):
     issued_at: AwareDatetime
     expires_at: AwareDatetime
     trust: KeySet
+    tls: TlsMaterial | None = None
 
     @model_validator(mode="after")
     def _release_rules(self) -> Release:
