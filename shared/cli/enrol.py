@@ -122,13 +122,14 @@ def enrol(
     directory: Path,
     *,
     verify: Any = True,
+    transport: httpx.BaseTransport | None = None,
 ) -> list[Path]:
     """Enrol; returns the files written (the keys are made first, the certificates last)."""
     token = EnrolmentToken.parse(token_text)
     if urlsplit(url).scheme != "https" and not _local(url):
         raise EnrolError("the control plane's URL must be https:// (or on this machine)")
     base = url.rstrip("/") + "/api/"
-    with httpx.Client(base_url=base, verify=verify, timeout=TIMEOUT) as client:
+    with httpx.Client(base_url=base, verify=verify, timeout=TIMEOUT, transport=transport) as client:
         cas = _call(client, "GET", "enrol/ca/")
         ca_pem = str(cas.get("management_ca") or "")
         if not ca_pem or fingerprint(ca_pem) != token.ca_fingerprint:

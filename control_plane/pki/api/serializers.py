@@ -9,21 +9,24 @@ from control_plane.pki.choices import TargetKind
 from control_plane.pki.models import EnrolmentToken, IssuedCertificate
 
 
+TOKEN_FIELDS: tuple[str, ...] = (
+    "id",
+    "kind",
+    "target_name",
+    "token_id",
+    "ca_fingerprint",
+    "expires_at",
+    "used_at",
+    "created_by",
+    "created_at",
+)
+
+
 class EnrolmentTokenSerializer(serializers.ModelSerializer):
     class Meta:
         model = EnrolmentToken
-        fields = (
-            "id",
-            "kind",
-            "target_name",
-            "token_id",
-            "ca_fingerprint",
-            "expires_at",
-            "used_at",
-            "created_by",
-            "created_at",
-        )
-        read_only_fields = fields
+        fields = TOKEN_FIELDS
+        read_only_fields = TOKEN_FIELDS
 
 
 class EnrolmentTokenCreateSerializer(serializers.Serializer):
@@ -37,8 +40,9 @@ class IssuedEnrolmentTokenSerializer(EnrolmentTokenSerializer):
 
     token = serializers.CharField(read_only=True)
 
-    class Meta(EnrolmentTokenSerializer.Meta):
-        fields = (*EnrolmentTokenSerializer.Meta.fields, "token")
+    class Meta:
+        model = EnrolmentToken
+        fields = (*TOKEN_FIELDS, "token")
         read_only_fields = fields
 
 
