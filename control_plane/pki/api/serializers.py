@@ -8,7 +8,6 @@ from rest_framework import serializers
 from control_plane.pki.choices import TargetKind
 from control_plane.pki.models import EnrolmentToken, IssuedCertificate
 
-
 TOKEN_FIELDS: tuple[str, ...] = (
     "id",
     "kind",

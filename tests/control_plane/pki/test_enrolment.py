@@ -25,7 +25,7 @@ from control_plane.pki.models import EnrolmentToken, IssuedCertificate
 from control_plane.pki.services import tls_material
 from shared.cli.enrol import EnrolError, enrol
 from shared.pki import dns_names, load_certificate, load_tls_key, same_public_key
-from tests.control_plane.factories import NodeFactory
+from tests.control_plane.factories import ClientFactory, NodeFactory
 from tests.control_plane.network.conftest import make_gateway
 
 URL = "http://127.0.0.1"  # loopback: the CLI allows plain HTTP only to this machine
@@ -200,3 +200,17 @@ def test_a_certificate_due_for_renewal_is_reissued_for_the_same_key(
     assert renewed.public_key == first.public_key
     cert = load_certificate(renewed.certificate)
     assert same_public_key(cert, load_tls_key(tmp_path / "management.key"))
+
+
+def test_a_peers_download_comes_with_the_ingress_ca_and_its_pin(admin_api, db) -> None:
+    ClientFactory(slug="acme")
+    make_gateway("gw-1")
+    created = admin_api.post("/api/peers/", {"client": "acme", "gateway": "gw-1"}, format="json")
+
+    assert created.status_code == 201, created.json()
+    body = created.json()
+    assert body["ingress_ca"] == ingress_ca().certificate_pem
+    assert f"ingress CA SHA-256 {ingress_ca().fingerprint}" in body["config"]
+    assert "API https://10.77.0.1/v1" in body["config"]
+    ca = admin_api.get(f"/api/peers/{body['id']}/ca/")
+    assert ca.status_code == 200 and ca.content.decode() == ingress_ca().certificate_pem
