@@ -89,6 +89,44 @@ class KeySettings(BaseModel):
     )
 
 
+class TlsSettings(BaseModel):
+    """The internal CAs (``shared.pki``): where they live and how long what they issue lasts.
+
+    Management certificates are short-lived and renewed through the rollout: a target's
+    next release brings a new one, for the key it made at enrolment, ``renew_before``
+    ahead of the expiry. Keep ``renew_before_seconds`` well above the rollout's own
+    renewal interval so a target that misses one release still gets the next in time.
+    """
+
+    ca_dir: Path | None = Field(
+        default=None,
+        description="the CAs' directory: management/ and ingress/ (ca.key 0600, ca.crt) and "
+        "the control plane's client certificate (development: data_dir/keys/ca, made on "
+        "first use)",
+    )
+    certificate_lifetime_seconds: int = Field(
+        default=7 * 86_400,
+        ge=3600,
+        description="management certificates of nodes, gateways and the control plane",
+    )
+    ingress_certificate_lifetime_seconds: int = Field(
+        default=30 * 86_400, ge=3600, description="a gateway's ingress (nginx) certificate"
+    )
+    renew_before_seconds: int = Field(
+        default=2 * 86_400, ge=600, description="re-issue this long before a certificate expires"
+    )
+    enrolment_token_lifetime_seconds: int = Field(
+        default=3600, ge=60, le=7 * 86_400, description="how long an enrolment token may be used"
+    )
+
+    @model_validator(mode="after")
+    def _renew_in_time(self) -> TlsSettings:
+        shortest = min(self.certificate_lifetime_seconds, self.ingress_certificate_lifetime_seconds)
+        if self.renew_before_seconds >= shortest:
+            raise ValueError("tls.renew_before_seconds must be less than every lifetime")
+        return self
+
+
 class LedgerSettings(BaseModel):
     """The receipt ledger: its name in signed tree heads, and collection from the nodes."""
 
@@ -158,6 +196,7 @@ class ControlPlaneSettings(BaseSettings):
         "data_dir/keys/control-plane, made on first use)",
     )
     keys: KeySettings = KeySettings()
+    tls: TlsSettings = TlsSettings()
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     csrf_trusted_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     behind_tls_proxy: bool = Field(
@@ -200,6 +239,13 @@ class ControlPlaneSettings(BaseSettings):
             )
         elif not (self.keyring / "keyring.json").is_file():
             problems.append(f"SANCTUM_CP_KEYRING: no keyring at {self.keyring}")
+        if self.tls.ca_dir is None:
+            problems.append(
+                "SANCTUM_CP_TLS__CA_DIR is required: production must not run a CA it made "
+                "for itself (make it with: python -m control_plane tls init --ca-dir DIR)"
+            )
+        elif not (self.tls.ca_dir / "management" / "ca.key").is_file():
+            problems.append(f"SANCTUM_CP_TLS__CA_DIR: no management CA at {self.tls.ca_dir}")
         if self.debug:
             problems.append("SANCTUM_CP_DEBUG must be off in production")
         if problems:
@@ -222,6 +268,10 @@ class ControlPlaneSettings(BaseSettings):
     @property
     def keyring_dir(self) -> Path:
         return self.keyring or self.keys_dir / KEYRING_DIR
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.tls.ca_dir or self.keys_dir / "ca"
 
     @property
     def published_keys_path(self) -> Path:

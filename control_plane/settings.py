@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "control_plane.knowledge",
     "control_plane.network",
     "control_plane.audit",
+    "control_plane.pki",
 ]
 
 MIDDLEWARE = [

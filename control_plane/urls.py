@@ -18,6 +18,7 @@ api_patterns: list[URLPattern | URLResolver] = [
     path("", include("control_plane.knowledge.api.urls")),
     path("", include("control_plane.network.api.urls")),
     path("", include("control_plane.changes.api.urls")),
+    path("", include("control_plane.pki.api.urls")),
     path("audit/", include("control_plane.audit.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
 ]

@@ -26,8 +26,11 @@ from data_plane.rate_limits import RateLimiter
 from data_plane.services.usage import UsageService
 from data_plane.sessions import SessionStore
 from data_plane.settings import Settings
+from data_plane.tls import ManagementTLS
 from shared.config import ClientSpec, ConfigBundle, ModelSpec
-from shared.keys import NODE, ensure_key_pair, load_private_key
+from shared.keys import NODE, KeyFileError, ensure_key_pair, load_private_key
+from shared.management import CERTIFICATE_INVALID
+from shared.pki import CertificateError
 from shared.signed_request import ReplayGuard, SignedRequestVerifier
 from shared.trust import MANAGEMENT
 
@@ -139,6 +142,7 @@ class Runtime:
             ReplayGuard(state / "replay.log"),
         )
         self.node_key = node_signing_key(settings)
+        self.tls = ManagementTLS(settings.tls_path, settings.node_id)
         self.usage = UsageService(
             settings.node_id, self.node_key, UsageOutbox(settings.outbox_dir, settings.outbox)
         )
@@ -194,6 +198,11 @@ class Runtime:
         """Verify, load what the bundle pins, then switch; the old config serves until then."""
         async with self._apply_lock:
             bundle = self.config.check(token)
+            if bundle.tls is not None:
+                try:
+                    self.tls.check(bundle.tls)
+                except (CertificateError, KeyFileError) as exc:
+                    raise ConfigRejected(422, CERTIFICATE_INVALID, str(exc)) from None
             await self.backbone.apply(bundle, self.backbone.check(bundle))
             try:
                 for spec in bundle.models:
@@ -204,6 +213,7 @@ class Runtime:
                     422, "model_unavailable", "a pinned model failed to load on this node"
                 ) from None
             self.config.commit(token, bundle)
+            self.tls.install(bundle.tls)
             for engine in self.engines.retired(bundle):
                 await self._retire(engine)
             return bundle

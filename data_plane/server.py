@@ -24,7 +24,9 @@ from data_plane.app import create_app, create_management_app
 from data_plane.logs import configure_logging
 from data_plane.runtime import Runtime
 from data_plane.settings import Settings
+from data_plane.tls import require_tls, uvicorn_tls
 from shared.keys import KeyFileError
+from shared.pki import CertificateError
 from shared.usage import validation_summary
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _server(app: Any, host: str, port: int) -> uvicorn.Server:
+def _server(app: Any, host: str, port: int, **tls: Any) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         host=host,
@@ -52,6 +54,7 @@ def _server(app: Any, host: str, port: int) -> uvicorn.Server:
         server_header=False,
         # A backstop only: serve() ends what is left after GRACE_SECONDS itself.
         timeout_graceful_shutdown=GRACE_SECONDS + 20,
+        **tls,
     )
     return _Server(config)
 
@@ -63,10 +66,17 @@ def _bound_port(server: uvicorn.Server) -> int:
 
 async def serve(settings: Settings) -> None:
     runtime = Runtime(settings)
-    await runtime.start()
     listen = settings.listen
+    require_tls(settings.environment, listen.management_host, runtime.tls)
+    await runtime.start()
     api = _server(create_app(runtime=runtime), listen.api_host, listen.api_port)
-    mgmt = _server(create_management_app(runtime), listen.management_host, listen.management_port)
+    mgmt = _server(
+        create_management_app(runtime),
+        listen.management_host,
+        listen.management_port,
+        **uvicorn_tls(runtime.tls),
+    )
+    scheme = "https" if runtime.tls.enrolled else "http"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -80,7 +90,7 @@ async def serve(settings: Settings) -> None:
         if api.started and mgmt.started:
             print(
                 f"SANCTUM_DP_READY api=http://{listen.api_host}:{_bound_port(api)} "
-                f"management=http://{listen.management_host}:{_bound_port(mgmt)}",
+                f"management={scheme}://{listen.management_host}:{_bound_port(mgmt)}",
                 flush=True,
             )
             logger.info("node ready node=%s", settings.node_id)
@@ -115,6 +125,6 @@ def main() -> None:
     configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))
-    except KeyFileError as exc:
+    except (KeyFileError, CertificateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

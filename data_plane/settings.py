@@ -266,6 +266,12 @@ class Settings(BaseSettings):
     node_private_key: Path | None = Field(
         default=None, description="PEM of this node's signing key (default: data_dir/keys)"
     )
+    tls_dir: Path | None = Field(
+        default=None,
+        description="the management listener's TLS key, certificate and CA, as `sanctum "
+        "enrol` writes them (default: data_dir/tls); enrolled, the listener serves mutual "
+        "TLS only",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="client API bodies")
     max_management_body_bytes: int = Field(
         default=64 * 1_048_576, ge=1024, description="management bodies (documents to ingest)"
@@ -305,6 +311,10 @@ class Settings(BaseSettings):
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def tls_path(self) -> Path:
+        return self.tls_dir or self.data_dir / "tls"
 
     @property
     def qdrant_path(self) -> Path:

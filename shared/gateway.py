@@ -50,6 +50,7 @@ from shared.backbone import BackboneInterface, check_upstreams
 from shared.canonical import CanonicalEncodingError, b64urldecode_canonical
 from shared.config import Name
 from shared.keys import Signer, b64url
+from shared.pki import TlsMaterial
 from shared.release import Release
 from shared.trust import KeySet
 from shared.wireguard import (
@@ -275,6 +276,10 @@ class GatewayConfig(Release):
     gateway: Name
     interface: WireGuardInterface
     http_port: int = Field(default=80, ge=1, le=65535, description="nginx, on the tunnel")
+    https_port: int = Field(default=443, ge=1, le=65535, description="nginx's TLS port")
+    plain_http: bool = Field(
+        default=False, description="serve plain HTTP on the tunnel too (an admin's choice)"
+    )
     peers: tuple[GatewayPeer, ...] = Field(default=(), max_length=MAX_PEERS)
     upstreams: tuple[Upstream, ...] = ()
     allow: tuple[HostNetwork, ...] = Field(
@@ -331,6 +336,9 @@ class GatewayConfig(Release):
         peers: Sequence[GatewayPeer] = (),
         upstreams: Sequence[Upstream] = (),
         http_port: int = 80,
+        https_port: int = 443,
+        plain_http: bool = False,
+        tls: TlsMaterial | None = None,
         backbone: BackboneInterface | None = None,
     ) -> GatewayConfig:
         """The config with its allow-list derived from ``peers``."""
@@ -342,6 +350,9 @@ class GatewayConfig(Release):
             gateway=gateway,
             interface=interface,
             http_port=http_port,
+            https_port=https_port,
+            plain_http=plain_http,
+            tls=tls,
             peers=tuple(peers),
             upstreams=tuple(upstreams),
             allow=derive_allow_list(peers),

@@ -22,9 +22,11 @@ BAD_SIGNATURE = "bad_signature"
 INVALID_CONFIG = "invalid_config"
 WRONG_TARGET = "wrong_target"
 CONFIG_EXPIRED = "config_expired"
+CERTIFICATE_INVALID = "certificate_invalid"
 
 __all__ = [
     "BAD_SIGNATURE",
+    "CERTIFICATE_INVALID",
     "CONFIG_EXPIRED",
     "CONFIG_PATH",
     "CONTROL_PLANE_AUDIENCE",

@@ -8,6 +8,10 @@
 - ``trust``: the control-plane keys the target trusts from now on, for config and for
   management requests (``shared.trust``): how a rotated key reaches every target
   signed by a key it already trusts.
+- ``tls``: the target's management certificate (renewed before it expires, for the key
+  it made at enrolment) and the CA it accepts the control plane's client certificate
+  from; a gateway's also holds its ingress certificate (``shared.pki``). ``None`` for a
+  target that has not enrolled: its listener stays as it is.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from shared.pki import TlsMaterial
 from shared.trust import TARGET_PURPOSES, KeySet
 
 # What names a target, a client, a model: it travels in every signed document.
@@ -34,6 +39,7 @@ class Release(BaseModel):
     issued_at: AwareDatetime
     expires_at: AwareDatetime
     trust: KeySet
+    tls: TlsMaterial | None = None
 
     @model_validator(mode="after")
     def _release_rules(self) -> Release:

@@ -50,6 +50,7 @@ from control_plane.audit.models import CollectionState, Receipt, RefusedRecord, 
 from control_plane.audit.querysets import ReceiptQuerySet
 from control_plane.clients.models import Client
 from control_plane.core.signing import management_auth
+from control_plane.core.tls import management_client
 from control_plane.fleet.models import Node, NodeState
 from shared.checkpoint import verifier_key
 from shared.keys import KeyFileError, key_id, public_jwk, public_key_from_pem, public_pem
@@ -312,8 +313,9 @@ def _collect(node: Node, state: CollectionState, outcome: CollectOutcome) -> Non
     acked_cursor = after  # every record at or below it is stored and acknowledged
     unbroken = True  # every record listed in this run so far is stored
     timeout = httpx.Timeout(ledger.timeout_seconds, connect=ledger.connect_timeout_seconds)
-    with httpx.Client(
-        base_url=node.management_url.rstrip("/"),
+    with management_client(
+        node.management_url.rstrip("/"),
+        node.name,
         auth=management_auth(node.name),
         timeout=timeout,
     ) as http:

@@ -20,9 +20,10 @@ what else its health report tells).
   what else it tells, and :func:`catch_up` a target that is behind.
 
 Every HTTP call to a target goes through :func:`call_target`, which signs it with the
-management key for that target (its name is the audience) and uses
-``shared.management``'s contract. Health answers are JWS signed by the target's own key
-for that one request; :meth:`RolloutKind.open_health` believes nothing else.
+management key for that target (its name is the audience), speaks mutual TLS to it
+(``control_plane.core.tls``) and uses ``shared.management``'s contract. Health answers
+are JWS signed by the target's own key for that one request;
+:meth:`RolloutKind.open_health` believes nothing else.
 
 Every release expires (``RolloutSettings.release_lifetime_seconds``) and carries the
 config and management keys the target is to trust (:class:`ReleaseStamp`).
@@ -54,9 +55,11 @@ from control_plane.changes.services import current_change_context
 from control_plane.core.choices import HealthStatus, ReleaseStatus
 from control_plane.core.models import Release, RolloutTarget, TargetState
 from control_plane.core.signing import keyring, management_auth, target_trust
+from control_plane.core.tls import management_client
 from shared.keyring import KeyringError
 from shared.keys import KeyFileError, public_key_from_pem
 from shared.management import CONFIG_PATH, CONTROL_PLANE_AUDIENCE, HEALTH_PATH, JOSE, STALE_VERSION
+from shared.pki import TlsMaterial, load_certificate
 from shared.release import MAX_VERSION
 from shared.signed_request import SignedRequestAuth, SignedRequestError, open_answer
 from shared.trust import TARGET_PURPOSES, KeySet
@@ -247,14 +250,15 @@ def call_target(
     reached.
     """
     headers = {"Content-Type": JOSE} if content is not None else {}
-    return httpx.request(
-        method,
-        kind.endpoint(target, path),
-        content=content,
-        headers=headers,
-        auth=auth or management_auth(target.name),
-        timeout=timeout,
-    )
+    with management_client(kind.endpoint(target, ""), target.name) as client:
+        return client.request(
+            method,
+            kind.endpoint(target, path),
+            content=content,
+            headers=headers,
+            auth=auth or management_auth(target.name),
+            timeout=timeout,
+        )
 
 
 def _push_timeout() -> httpx.Timeout:
@@ -594,6 +598,19 @@ def _trusts(release: Release | None) -> KeySet | None:
         return None
 
 
+def _certificates_due(release: Release, renew: timedelta) -> bool:
+    """A certificate the release carries expires within ``renew`` (the kind's builder
+    re-issues it, for the same key, when it builds the next release)."""
+    try:
+        tls = TlsMaterial.model_validate(release.document["tls"])
+    except (KeyError, ValueError):
+        return False  # not enrolled: nothing to renew
+    for pem in (tls.certificate, tls.ingress_certificate):
+        if pem and load_certificate(pem).not_valid_after_utc - renew <= timezone.now():
+            return True
+    return False
+
+
 def differs(kind: RolloutKind[Any, Any, Any], target: RolloutTarget) -> bool:
     """What ``target`` should hold now differs from its latest release (or it has none)."""
     latest = _latest(kind, target.pk)
@@ -603,9 +620,10 @@ def differs(kind: RolloutKind[Any, Any, Any], target: RolloutTarget) -> bool:
 
 
 def needs_release(kind: RolloutKind[Any, Any, Any], target: RolloutTarget) -> str | None:
-    """Why ``target`` needs a new release now, or None: its latest one expires soon, names
-    other keys than the keyring's, or (with ``rollout.on_change``) no longer matches the
-    database (a change whose on-commit release was lost)."""
+    """Why ``target`` needs a new release now, or None: its latest one expires soon, holds
+    a certificate that expires soon, names other keys than the keyring's, or (with
+    ``rollout.on_change``) no longer matches the database (a change whose on-commit
+    release was lost)."""
     latest = _latest(kind, target.pk)
     if latest is None:
         return None  # never released: the operator's (or a change's) first rollout
@@ -613,6 +631,8 @@ def needs_release(kind: RolloutKind[Any, Any, Any], target: RolloutTarget) -> st
     expires = latest.document.get("expires_at")
     if not expires or datetime.fromisoformat(expires) - renew <= timezone.now():
         return "its latest release expires soon"
+    if _certificates_due(latest, timedelta(seconds=settings.SANCTUM.tls.renew_before_seconds)):
+        return "its TLS certificate expires soon"
     if _trusts(latest) != target_trust():
         return "the keyring changed"
     if settings.SANCTUM.rollout.on_change and differs(kind, target):

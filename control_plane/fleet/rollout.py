@@ -14,6 +14,8 @@ from control_plane.core.rollout import ReleaseStamp, RolloutKind
 from control_plane.core.signing import signer
 from control_plane.fleet.models import ConfigRelease, Node, NodeState
 from control_plane.network.backbone import node_backbone
+from control_plane.pki.choices import TargetKind
+from control_plane.pki.services import tls_material
 from control_plane.registry.models import ModelPin
 from shared.config import ApiKeySpec, ClientLimits, ClientSpec, ConfigBundle, ModelSpec, sign_bundle
 from shared.trust import CONFIG
@@ -26,6 +28,7 @@ def build_bundle(node: Node, version: int, stamp: ReleaseStamp | None = None) ->
     with its usable keys (revoked and expired ones are left out), the pinned models it
     may use, and this node's share of its rates and quotas: every enabled node serves
     every client, so each enforces its part (``Client.limit_shares``; docs/security.md).
+    TLS: once the node has enrolled, its management certificate, renewed when due.
     """
     stamp = stamp or ReleaseStamp.now()
     issued_at = stamp.issued_at
@@ -77,6 +80,7 @@ def build_bundle(node: Node, version: int, stamp: ReleaseStamp | None = None) ->
     return ConfigBundle(
         version=version,
         **stamp.fields(),
+        tls=tls_material(TargetKind.NODE, node.name),
         node=node.name,
         models=models,
         clients=clients,

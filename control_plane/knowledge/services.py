@@ -37,6 +37,7 @@ from control_plane.changes.choices import ChangeAction
 from control_plane.clients.models import Client
 from control_plane.core.errors import Conflict
 from control_plane.core.signing import management_auth
+from control_plane.core.tls import management_client
 from control_plane.fleet.models import Node
 from control_plane.knowledge.choices import CopyStatus, FileStatus, NodeOutcome
 from control_plane.knowledge.models import (
@@ -141,8 +142,9 @@ def serving_nodes(client: Client) -> list[Node]:
 
 def _connect(node: Node) -> httpx.Client:
     knowledge = settings.SANCTUM.knowledge
-    return httpx.Client(
-        base_url=node.management_url.rstrip("/"),
+    return management_client(
+        node.management_url.rstrip("/"),
+        node.name,
         auth=management_auth(node.name),
         timeout=httpx.Timeout(
             knowledge.node_timeout_seconds, connect=knowledge.connect_timeout_seconds

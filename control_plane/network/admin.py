@@ -150,6 +150,8 @@ class GatewayAdmin(RolloutTargetAdmin):
         "interface_name",
         "listen_port",
         "http_port",
+        "https_port",
+        "plain_http",
         "api_base",
         "enabled",
         "description",

@@ -25,6 +25,7 @@ from control_plane.network.validators import (
     validate_upstream_host,
     validate_wireguard_key,
 )
+from shared.pki import ip_addresses_of
 
 
 class AddressPool(ChangeLoggedModel):
@@ -135,7 +136,19 @@ class Gateway(RolloutTarget):
         "HTTP port",
         default=80,
         validators=[MinValueValidator(1), MaxValueValidator(65535)],
-        help_text="nginx's port on the gateway's tunnel address.",
+        help_text="nginx's plain-HTTP port on the tunnel address (used only with plain HTTP on).",
+    )
+    https_port = models.PositiveIntegerField(
+        "HTTPS port",
+        default=443,
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        help_text="nginx's TLS port on the gateway's tunnel address.",
+    )
+    plain_http = models.BooleanField(
+        "plain HTTP on the tunnel",
+        default=False,
+        help_text="Also serve plain HTTP on the tunnel address. Off: clients speak TLS "
+        "(the ingress certificate) inside their tunnel, as they should.",
     )
     enabled = models.BooleanField(default=True, help_text="Disabled gateways get no rollouts.")
     description = models.TextField(blank=True)
@@ -154,6 +167,8 @@ class Gateway(RolloutTarget):
         "interface_name",
         "listen_port",
         "http_port",
+        "https_port",
+        "plain_http",
         "enabled",
         "description",
     )
@@ -168,8 +183,15 @@ class Gateway(RolloutTarget):
     def api_base(self) -> str:
         """The data-plane API as a peer reaches it through this gateway."""
         address = self.pool.gateway_addresses()[0]
-        port = "" if self.http_port == 80 else f":{self.http_port}"
-        return f"http://{address}{port}/v1"
+        if self.plain_http:
+            port = "" if self.http_port == 80 else f":{self.http_port}"
+            return f"http://{address}{port}/v1"
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        return f"https://{address}{port}/v1"
+
+    def tunnel_addresses(self) -> list[str]:
+        """The gateway's own tunnel addresses: the IP SANs of its ingress certificate."""
+        return ip_addresses_of(self.pool.gateway_interfaces())
 
 
 class GatewayUpstream(ChangeLoggedModel):

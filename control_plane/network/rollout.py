@@ -16,6 +16,8 @@ from control_plane.core.rollout import ReleaseStamp, RolloutKind
 from control_plane.core.signing import signer
 from control_plane.network.backbone import gateway_backbone, upstream_host
 from control_plane.network.models import Gateway, GatewayRelease, GatewayState, Peer
+from control_plane.pki.choices import TargetKind
+from control_plane.pki.services import tls_material
 from shared.gateway import (
     GatewayConfig,
     Upstream,
@@ -24,6 +26,8 @@ from shared.gateway import (
     sign_gateway_config,
 )
 from shared.trust import CONFIG
+
+GATEWAY = TargetKind.GATEWAY
 
 
 def build_gateway_config(
@@ -35,6 +39,7 @@ def build_gateway_config(
     inactive client) travel disabled and without their PSK. Enabled peers' PSKs are
     sealed to the gateway's WireGuard key. Upstreams: the enabled nodes it fronts; once
     the gateway is on the backbone, only those that are too, at their backbone address.
+    Once it has enrolled: its management and ingress certificates, renewed when due.
     """
     stamp = stamp or ReleaseStamp.now()
     issued_at = stamp.issued_at
@@ -72,6 +77,9 @@ def build_gateway_config(
             addresses=tuple(pool.gateway_interfaces()),
         ),
         http_port=gateway.http_port,
+        https_port=gateway.https_port,
+        plain_http=gateway.plain_http,
+        tls=tls_material(GATEWAY, gateway.name, ingress_ips=gateway.tunnel_addresses()),
         peers=peers,
         upstreams=upstreams,
         backbone=backbone,

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from control_plane.clients.models import Client
 from control_plane.core.errors import Conflict
+from control_plane.core.tls import ingress_ca
 from control_plane.network.allocation import PoolExhausted, allocate
 from control_plane.network.models import AddressPool, Gateway, Peer
 from control_plane.network.validators import validate_wireguard_key
@@ -134,6 +135,9 @@ def client_config(peer: Peer, *, private_key: str | None = None) -> str:
         f"Sanctum gateway {gateway.name}, client {peer.client.slug}, {label}; "
         f"API {gateway.api_base}"
     )
+    if not gateway.plain_http:
+        # The QR code carries this too: enough for a client to pin the CA it is given.
+        description += f"; TLS: ingress CA SHA-256 {ingress_ca().fingerprint}"
     return render_client_config(
         addresses=peer.addresses(),
         private_key=private_key,

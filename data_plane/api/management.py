@@ -97,6 +97,7 @@ async def _health(runtime: Runtime, retrieval: RetrievalService) -> dict[str, An
         "node": runtime.settings.node_id,
         **runtime.config.summary(),
         "problems": problems,
+        "management_certificate": runtime.tls.certificate_summary(),
         "models": [
             {
                 "name": e.info.name,

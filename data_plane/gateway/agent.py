@@ -24,11 +24,14 @@ from typing import Any
 from data_plane.config_store import NO_CONFIG, ConfigRejected, ReleaseStore, TrustStore
 from data_plane.gateway.commands import CommandFailed
 from data_plane.gateway.firewall import Firewall
-from data_plane.gateway.nginx import Nginx, NginxCheckFailed, TemplateError
+from data_plane.gateway.nginx import INGRESS_KEY, Nginx, NginxCheckFailed, TemplateError
 from data_plane.gateway.settings import GatewaySettings
 from data_plane.gateway.wireguard import InterfaceMissing, WireGuard
+from data_plane.tls import ManagementTLS
 from shared.gateway import GatewayConfig, SealError, open_gateway_config, open_preshared_key
-from shared.keys import ensure_key_pair, load_private_key
+from shared.keys import KeyFileError, ensure_key_pair, load_private_key
+from shared.management import CERTIFICATE_INVALID
+from shared.pki import CertificateError, check_issued, load_tls_key
 from shared.signed_request import ReplayGuard, SignedRequestVerifier
 from shared.trust import MANAGEMENT
 from shared.wireguard import WireGuardKeyError, public_key, read_private_key
@@ -66,6 +69,7 @@ class GatewayAgent:
             if settings.signing_key is not None
             else ensure_key_pair(settings.keys_dir, "gateway")
         )
+        self.tls = ManagementTLS(settings.tls_path, settings.name)
         self._closed_for_expiry = False
         self.wireguard = wireguard or WireGuard(settings.wireguard)
         self.nginx = nginx or Nginx(settings)
@@ -158,12 +162,14 @@ class GatewayAgent:
         """Apply a signed config; raises :class:`ConfigRejected` and keeps the last good."""
         async with self._lock:
             config = self.store.check(token)
+            self._check_certificates(config)
             try:
                 await self._apply(config)
             except ConfigRejected as exc:
                 self.last_error = f"version {config.version}: {exc.message}"
                 raise
             self.store.commit(token, config)
+            self.tls.install(config.tls)
             self._closed_for_expiry = False
             self.last_error = None
             self.applied_at = time.time()
@@ -175,6 +181,23 @@ class GatewayAgent:
                 len(config.upstreams),
             )
             return config
+
+    def _check_certificates(self, config: GatewayConfig) -> None:
+        """Refuse certificates that are not for this gateway's keys and name."""
+        if config.tls is None:
+            return
+        try:
+            self.tls.check(config.tls)
+            key_path = self.settings.tls_path / INGRESS_KEY
+            if config.tls.ingress_certificate and key_path.exists():
+                check_issued(
+                    config.tls.ingress_certificate,
+                    config.tls.ingress_ca or "",
+                    load_tls_key(key_path),
+                    config.gateway,
+                )
+        except (CertificateError, KeyFileError) as exc:
+            raise ConfigRejected(422, CERTIFICATE_INVALID, str(exc)) from None
 
     @staticmethod
     def _effective(config: GatewayConfig) -> GatewayConfig:
@@ -302,6 +325,7 @@ class GatewayAgent:
             "applied_at": int(self.applied_at) if self.applied_at else None,
             "interface": interface,
             "nginx": {"running": nginx_running},
+            "management_certificate": self.tls.certificate_summary(),
             "peers": peers,
             "problems": problems,
             "uptime_seconds": int(time.time() - self.started_at),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import os
@@ -49,6 +50,49 @@ class RenderPaths:
     http_port: int = 80
 
 
+@dataclass(frozen=True)
+class IngressFiles:
+    """The ingress certificate (from the signed config) and key (made at enrolment)."""
+
+    certificate: Path
+    key: Path
+
+
+INGRESS_KEY = "ingress.key"
+
+
+def ingress_files(config: GatewayConfig | None, tls_dir: Path) -> IngressFiles | None:
+    """Where nginx finds the config's ingress certificate, written there if new.
+
+    Each certificate gets its own file (named by its hash), so the file the running
+    nginx was started with stays as it was until the reload that replaces it.
+    """
+    pem = config.tls.ingress_certificate if config and config.tls else None
+    key = tls_dir / INGRESS_KEY
+    if pem is None or not key.exists():
+        return None
+    digest = hashlib.sha256(pem.encode("ascii")).hexdigest()[:16]
+    cert = tls_dir / f"ingress-{digest}.crt"
+    if not cert.exists():
+        _write(cert, pem)
+    return IngressFiles(cert, key)
+
+
+# TLS for clients inside their tunnel: 1.2 and 1.3 with forward-secret AEAD suites only
+# (Mozilla's "intermediate"), no session tickets (their key would outlive a reload).
+_TLS_DIRECTIVES = (
+    "ssl_certificate {cert};",
+    "ssl_certificate_key {key};",
+    "ssl_protocols TLSv1.2 TLSv1.3;",
+    "ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305;",
+    "ssl_prefer_server_ciphers off;",
+    "ssl_session_cache shared:sanctum_tls:10m;",
+    "ssl_session_timeout 1h;",
+    "ssl_session_tickets off;",
+)
+
+
 def _entry_lines(entries: list[str], indent: str = "        ") -> str:
     return "\n".join(indent + e for e in entries)
 
@@ -63,8 +107,23 @@ def _listen(host: str | None, port: int, has_v6: bool) -> list[str]:
     return lines
 
 
-def render(template: str, config: GatewayConfig | None, paths: RenderPaths) -> str:
-    """Fill the template for ``config`` (``None``: before any config, nobody is a peer)."""
+def _listen_tls(hosts: list[str], port: int) -> list[str]:
+    """TLS on each tunnel address of the gateway (or the one configured host)."""
+    return [f"listen {f'[{h}]' if ':' in h else h}:{port} ssl default_server;" for h in hosts]
+
+
+def render(
+    template: str,
+    config: GatewayConfig | None,
+    paths: RenderPaths,
+    ingress: IngressFiles | None = None,
+) -> str:
+    """Fill the template for ``config`` (``None``: before any config, nobody is a peer).
+
+    With ``ingress`` (the gateway has enrolled), nginx serves TLS on the tunnel
+    addresses; plain HTTP only when the config turns it on (``plain_http``). A config
+    that allows neither leaves one plain listener that answers every connection 444.
+    """
     allow = list(config.allow) if config else []
     upstreams = list(config.upstreams) if config else []
     http_port = config.http_port if config else paths.http_port
@@ -80,6 +139,18 @@ def render(template: str, config: GatewayConfig | None, paths: RenderPaths) -> s
         # nginx wants a server in every upstream; with none configured this one is marked
         # down, so a peer gets the "data plane unreachable" error, never a connection.
         servers = ["server 127.0.0.1:9 down;  # no data-plane node configured"]
+    listen: list[str] = []
+    tls_lines = ["# no ingress certificate: TLS is off"]
+    if config is not None and ingress is not None:
+        hosts = [paths.listen_host] if paths.listen_host else list(config.interface.hosts())
+        listen += _listen_tls(hosts, config.https_port)
+        tls_lines = [
+            line.format(cert=ingress.certificate, key=ingress.key) for line in _TLS_DIRECTIVES
+        ]
+    if config is None or config.plain_http or not listen:
+        listen += _listen(paths.listen_host, http_port, has_v6)
+        if config is not None and not config.plain_http:
+            allow = []  # neither TLS nor plain HTTP allowed: nobody gets an answer
     values = {
         "USER_DIRECTIVE": f"user {paths.user};" if paths.user else "# user: nginx's default",
         "PID_FILE": str(paths.pid_file),
@@ -89,7 +160,8 @@ def render(template: str, config: GatewayConfig | None, paths: RenderPaths) -> s
         "ALLOW_MAP": _entry_lines([f"{a} 1;" for a in allow]),
         "UPSTREAM_SERVERS": _entry_lines(servers),
         "UPSTREAM_TRIES": str(max(1, len(upstreams))),
-        "LISTEN": _entry_lines(_listen(paths.listen_host, http_port, has_v6)),
+        "LISTEN": _entry_lines(listen),
+        "TLS": _entry_lines(tls_lines),
     }
     found = set(PLACEHOLDER.findall(template))
     if found != set(values):
@@ -134,6 +206,7 @@ class Nginx:
         self._binary = settings.nginx.binary
         self.config_path = settings.nginx_config
         self.pid_file = settings.nginx_pid_file
+        self.tls_dir = settings.tls_path
         self.paths = RenderPaths(
             pid_file=settings.nginx_pid_file,
             log_dir=settings.nginx_log_dir,
@@ -146,7 +219,7 @@ class Nginx:
 
     def render(self, config: GatewayConfig | None) -> str:
         template = self._settings.nginx.template.read_text("utf-8")
-        return render(template, config, self.paths)
+        return render(template, config, self.paths, ingress_files(config, self.tls_dir))
 
     def _prepare_dirs(self) -> None:
         for directory in (self.config_path.parent, self.paths.log_dir, self.paths.temp_dir):

@@ -17,6 +17,7 @@ from data_plane.gateway.agent import GatewayAgent
 from data_plane.gateway.app import create_app
 from data_plane.gateway.settings import GatewaySettings
 from data_plane.logs import configure_logging
+from data_plane.tls import require_tls, uvicorn_tls
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def _check_install(settings: GatewaySettings) -> None:
 async def serve(settings: GatewaySettings) -> None:
     _check_install(settings)
     agent = GatewayAgent(settings)
+    require_tls(settings.environment, settings.listen.host, agent.tls)
     await agent.start()
     watcher = asyncio.create_task(agent.watch_expiry(), name="config-expiry")
     config = uvicorn.Config(
@@ -49,6 +51,7 @@ async def serve(settings: GatewaySettings) -> None:
         log_config=None,
         access_log=False,
         server_header=False,
+        **uvicorn_tls(agent.tls),
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -56,7 +59,8 @@ async def serve(settings: GatewaySettings) -> None:
         await asyncio.sleep(0.05)
     if server.started:
         port = server.servers[0].sockets[0].getsockname()[1]
-        print(f"SANCTUM_GW_READY management=http://{settings.listen.host}:{port}", flush=True)
+        scheme = "https" if agent.tls.enrolled else "http"
+        print(f"SANCTUM_GW_READY management={scheme}://{settings.listen.host}:{port}", flush=True)
         logger.info("gateway agent ready gateway=%s", settings.name)
     await task
     watcher.cancel()

@@ -87,6 +87,12 @@ class GatewaySettings(BaseSettings):
         description="PEM of this gateway's Ed25519 key, which signs its health answers "
         "(default: state_dir/keys/gateway.key, made on first start in development)",
     )
+    tls_dir: Path | None = Field(
+        default=None,
+        description="TLS keys and certificates, as `sanctum enrol gateway` writes them "
+        "(default: state_dir/tls): management.* for the agent's listener (mutual TLS once "
+        "there), ingress.key for nginx",
+    )
     http_port: int = Field(
         default=80, ge=1, le=65535, description="nginx's port until a config names one"
     )
@@ -123,6 +129,10 @@ class GatewaySettings(BaseSettings):
     @property
     def keys_dir(self) -> Path:
         return self.state_dir / "keys"
+
+    @property
+    def tls_path(self) -> Path:
+        return self.tls_dir or self.state_dir / "tls"
 
     @property
     def wireguard_key_path(self) -> Path:

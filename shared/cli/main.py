@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "shared.cli.up",
     "shared.cli.demo",
     "shared.cli.kb",
+    "shared.cli.enrol",
     "shared.cli.verify",
 )
 

@@ -49,6 +49,10 @@ def test_a_bad_secret_is_named_but_never_echoed(tmp_path):
 def test_production_settings_pass_the_deploy_check(tmp_path):
     ring = tmp_path / "keyring"
     Keyring(ring).init()
+    ca_dir = tmp_path / "ca"
+    made = _manage(tmp_path, "tls", "init", "--ca-dir", str(ca_dir))
+    assert made.returncode == 0, made.stderr
+    assert "SANCTUM_CP_MANAGEMENT_CA_FINGERPRINT=" in made.stdout
 
     result = _manage(
         tmp_path,
@@ -59,8 +63,23 @@ def test_production_settings_pass_the_deploy_check(tmp_path):
         SANCTUM_CP_ENVIRONMENT="production",
         SANCTUM_CP_SECRET_KEY=secrets.token_urlsafe(64),
         SANCTUM_CP_KEYRING=str(ring),
+        SANCTUM_CP_TLS__CA_DIR=str(ca_dir),
         SANCTUM_CP_ALLOWED_HOSTS="cp.mgmt.internal",
     )
 
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
+
+
+def test_production_refuses_to_start_without_its_ca(tmp_path):
+    ring = tmp_path / "keyring"
+    Keyring(ring).init()
+    result = _manage(
+        tmp_path,
+        "check",
+        SANCTUM_CP_ENVIRONMENT="production",
+        SANCTUM_CP_SECRET_KEY=secrets.token_urlsafe(64),
+        SANCTUM_CP_KEYRING=str(ring),
+    )
+
+    assert "SANCTUM_CP_TLS__CA_DIR is required" in result.stderr

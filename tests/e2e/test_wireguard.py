@@ -567,6 +567,9 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
             "pool": "e2e-pool",
             "interface_name": world.gw_iface,
             "listen_port": WG_PORT,
+            # This test speaks plain HTTP in the tunnel; TLS there is tested with real
+            # nginx in tests/data_plane/gateway/test_nginx.py (issue 13 moves this to TLS).
+            "plain_http": True,
             "upstreams": [{"node": "node-1", "host": NODE_API[0], "port": NODE_API[1]}],
         },
     )

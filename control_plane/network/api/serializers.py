@@ -98,6 +98,8 @@ class GatewaySerializer(TargetStateFieldMixin, serializers.ModelSerializer):
             "interface_name",
             "listen_port",
             "http_port",
+            "https_port",
+            "plain_http",
             "api_base",
             "upstreams",
             "enabled",

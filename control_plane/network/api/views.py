@@ -16,6 +16,7 @@ from rest_framework.serializers import BaseSerializer
 
 from control_plane.core.api.views import ReleaseViewSet, RolloutActionMixin
 from control_plane.core.errors import Conflict
+from control_plane.core.tls import ingress_ca
 from control_plane.network.api.serializers import (
     AddressPoolSerializer,
     BackboneMemberSerializer,
@@ -170,6 +171,7 @@ class PeerViewSet(
         )
         body = ProvisionedPeerSerializer(provisioned.peer).data
         body["config"] = provisioned.config
+        body["ingress_ca"] = ingress_ca().certificate_pem  # what its TLS client verifies with
         return _no_store(Response(body, status=status.HTTP_201_CREATED))
 
     def perform_destroy(self, instance: Peer) -> None:
@@ -209,6 +211,16 @@ class PeerViewSet(
         response = HttpResponse(config_qr_svg(client_config(peer)), content_type="image/svg+xml")
         response["Content-Disposition"] = f'inline; filename="{_file_name(peer)}.svg"'
         return _no_store(response)
+
+    @extend_schema(responses={(200, "application/x-pem-file"): OpenApiTypes.STR})
+    @action(detail=True, methods=["get"])
+    def ca(self, request: Request, pk: str | None = None) -> HttpResponse:
+        """The ingress CA certificate the peer's HTTPS client verifies the gateway with
+        (its SHA-256 is also in the config file's comment, to pin or compare)."""
+        self.get_object()
+        response = HttpResponse(ingress_ca().certificate_pem, content_type="application/x-pem-file")
+        response["Content-Disposition"] = 'attachment; filename="sanctum-ingress-ca.crt"'
+        return response
 
 
 def _file_name(peer: Peer) -> str:

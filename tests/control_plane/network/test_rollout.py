@@ -177,7 +177,7 @@ def test_the_api_creates_gateways_and_rolls_out(admin_api, auditor_api, fake_age
         format="json",
     )
     assert created.status_code == 201, created.json()
-    assert created.json()["api_base"] == "http://10.78.0.1/v1"
+    assert created.json()["api_base"] == "https://10.78.0.1/v1"
     assert created.json()["upstreams"] == [{"node": "node-1", "host": "10.200.0.2", "port": 8000}]
     gateway_body = {
         "name": "gw-3",

@@ -151,6 +151,7 @@ class Kit:
                 name="wgt0", public_key=to, listen_port=51820, addresses=("10.77.0.1/24",)
             ),
             http_port=self.http_port,
+            plain_http=True,  # these tests speak plain HTTP; TLS has its own in test_nginx
             peers=[
                 make_peer(
                     id=p.id,

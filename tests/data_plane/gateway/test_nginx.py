@@ -9,9 +9,11 @@ and an OpenAI-shaped error when no node answers.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -20,11 +22,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
 
 from data_plane.gateway.nginx import Nginx, TemplateError, render
 from shared.gateway import GatewayConfig, Upstream, WireGuardInterface, make_peer
+from shared.pki import SERVER, CertificateAuthority, TlsMaterial, certificate_pem, ensure_tls_key
 from shared.wireguard import generate_key_pair, generate_preshared_key
-from tests.conftest import release_fields
+from tests.conftest import free_port, release_fields
 from tests.data_plane.gateway.conftest import NEEDS_NGINX, Kit
 
 pytestmark = NEEDS_NGINX
@@ -114,7 +118,14 @@ def nodes() -> Iterator[list[FakeNode]]:
         server.server_close()
 
 
-def gateway_config(upstreams: list[Upstream], port: int) -> GatewayConfig:
+def gateway_config(
+    upstreams: list[Upstream],
+    port: int,
+    *,
+    plain_http: bool = True,
+    https_port: int = 443,
+    tls: TlsMaterial | None = None,
+) -> GatewayConfig:
     _, gw_public = generate_key_pair()
     _, peer_public = generate_key_pair()
     return GatewayConfig.create(
@@ -123,6 +134,9 @@ def gateway_config(upstreams: list[Upstream], port: int) -> GatewayConfig:
         gateway="gw-test",
         interface=WireGuardInterface(public_key=gw_public, addresses=("127.0.0.1/8",)),
         http_port=port,
+        https_port=https_port,
+        plain_http=plain_http,
+        tls=tls,
         peers=[
             make_peer(
                 id="peer-1",
@@ -264,3 +278,90 @@ def test_template_placeholders_must_match_exactly(kit: Kit) -> None:
         render("@@PID_FILE@@ @@SURPRISE@@", None, nginx.paths)
     with pytest.raises(TemplateError, match="missing"):
         render("@@PID_FILE@@", None, nginx.paths)
+
+
+# --- TLS inside the tunnel ---------------------------------------------------------------
+
+
+def _ingress(kit: Kit, ca: CertificateAuthority) -> tuple[TlsMaterial, int]:
+    """An ingress certificate for the gateway's key (made as at enrolment); its serial."""
+    key = ensure_tls_key(kit.state / "tls" / "ingress.key")
+    cert = ca.issue(
+        key.public_key(),
+        "gw-test",
+        usage=SERVER,
+        lifetime=dt.timedelta(days=1),
+        ip_addresses=["127.0.0.1"],
+    )
+    material = TlsMaterial(
+        ca=ca.certificate_pem,
+        ingress_ca=ca.certificate_pem,
+        ingress_certificate=certificate_pem(cert),
+    )
+    return material, cert.serial_number
+
+
+def _peer_tls(port: int, ca_pem: str) -> httpx.Client:
+    context = ssl.create_default_context(cadata=ca_pem)
+    transport = httpx.HTTPTransport(local_address=PEER, verify=context)
+    return httpx.Client(base_url=f"https://127.0.0.1:{port}", transport=transport, timeout=30)
+
+
+def _served_serial(port: int, ca_pem: str) -> int:
+    context = ssl.create_default_context(cadata=ca_pem)
+    with (
+        socket.create_connection(("127.0.0.1", port), source_address=(PEER, 0)) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def _await_serial(port: int, ca_pem: str, serial: int) -> int:
+    """The serial new handshakes get, once the old workers (which finish their
+    connections) have stopped accepting: a graceful reload takes a moment."""
+    deadline = time.monotonic() + 10
+    while (seen := _served_serial(port, ca_pem)) != serial and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return seen
+
+
+def test_nginx_serves_tls_with_the_issued_certificate_and_renews_it_with_a_stream_in_flight(
+    kit: Kit, nodes: list[FakeNode], tmp_path: Path
+) -> None:
+    ca = CertificateAuthority.open(tmp_path / "ingress-ca", "ingress", create=True)
+    other = CertificateAuthority.open(tmp_path / "other-ca", "other", create=True)
+    https_port = free_port()
+    upstreams = [Upstream(node=n.name, host="127.0.0.1", port=n.port) for n in nodes]
+    material, serial = _ingress(kit, ca)
+    config = gateway_config(
+        upstreams, kit.http_port, plain_http=False, https_port=https_port, tls=material
+    )
+    nginx = start_nginx(kit, config)
+
+    # The client verifies with the ingress CA it was given, for the tunnel address.
+    with _peer_tls(https_port, ca.certificate_pem) as client:
+        answer = client.post("/v1/chat/completions", json={"x": 1})
+    assert answer.status_code == 200 and answer.json()["node"] in {"a", "b"}
+    assert _served_serial(https_port, ca.certificate_pem) == serial
+    # Another CA's clients can't be fooled, and plain HTTP is off on the tunnel.
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        _peer_tls(https_port, other.certificate_pem).get("/v1/models")
+    with pytest.raises(httpx.ConnectError):
+        peer_client(kit.http_port).get("/v1/models")
+
+    # Renewal: a stream is in flight when the new certificate's config is installed.
+    with (
+        _peer_tls(https_port, ca.certificate_pem) as streaming,
+        streaming.stream("GET", "/v1/stream") as stream,
+    ):
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line) == "data: first"
+        renewed, new_serial = _ingress(kit, ca)
+        text = nginx.render(config.model_copy(update={"tls": renewed}))
+        asyncio.run(nginx.install(text))
+        assert _await_serial(https_port, ca.certificate_pem, new_serial) == new_serial != serial
+        for node in nodes:
+            node.release_stream.set()
+        assert next(line for line in lines if line) == "data: second"
