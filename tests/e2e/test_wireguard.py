@@ -34,22 +34,34 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from openai import OpenAI
+from openai import DefaultHttpxClient, OpenAI
 
 from shared.keyring import KEYRING_DIR, Keyring
 from shared.keys import NODE, load_public_key, write_key_pair
 from shared.models import DEFAULT_MODEL_NAME, DEFAULT_MODEL_VERSION, bundled_gguf_path
+from shared.pki import (
+    CLIENT,
+    CONTROL_PLANE_NAME,
+    MANAGEMENT_CA,
+    CertificateAuthority,
+    certificate_pem,
+    client_context,
+    generate_tls_key,
+    write_tls_key,
+)
 from shared.signed_request import SignedRequestAuth, open_answer
 from shared.trust import MANAGEMENT
 from shared.wireguard import generate_key_pair
@@ -83,7 +95,7 @@ BACKBONE_PORT = 51821
 NODE_API = (NODE_BACKBONE, 8000)
 NODE_MGMT = ("10.202.0.1", 8001)
 AGENT = ("10.201.0.1", 8003)
-API_BASE = f"http://{TUNNEL_GW}/v1"
+API_BASE = f"https://{TUNNEL_GW}/v1"  # TLS inside the tunnel, the ingress CA's
 PARIS = "What is the capital city of France? Answer in one sentence."
 USERSPACE = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
 
@@ -99,13 +111,27 @@ class Peer:
     own_private_key: str | None  # set when the client brought its own key pair
     conf: Path
     config_text: str
+    ca: Path  # the ingress CA, from the provisioning answer
 
     @property
     def config_id(self) -> str:
         return f"peer-{self.id}"
 
+    def tls(self) -> ssl.SSLContext:
+        """Trust for the gateway's TLS: the ingress CA that came with the download."""
+        return ssl.create_default_context(cafile=self.ca)
+
+    def http(self, timeout: float = 120) -> httpx.Client:
+        return httpx.Client(verify=self.tls(), timeout=timeout)
+
     def openai(self, timeout: float = 120) -> OpenAI:
-        return OpenAI(base_url=API_BASE, api_key=self.api_key, max_retries=0, timeout=timeout)
+        return OpenAI(
+            base_url=API_BASE,
+            api_key=self.api_key,
+            max_retries=0,
+            timeout=timeout,
+            http_client=DefaultHttpxClient(verify=self.tls(), timeout=timeout),
+        )
 
 
 @dataclass
@@ -152,7 +178,12 @@ class World:
         auth = SignedRequestAuth(self.cp_keyring().signer(MANAGEMENT), GATEWAY)
 
         def get() -> httpx.Response:
-            return httpx.get(f"http://{AGENT[0]}:{AGENT[1]}/internal/health", auth=auth, timeout=30)
+            with self.management_client() as client:
+                return client.get(
+                    f"https://{AGENT[0]}:{AGENT[1]}/internal/health",
+                    auth=auth,
+                    extensions={"sni_hostname": GATEWAY},  # its certificate names it
+                )
 
         response = self.mgmt.run(get)
         assert response.status_code == 200, response.text
@@ -162,6 +193,16 @@ class World:
             nonce=str(auth.jti),
             audience="control-plane",
         )
+
+    def management_client(self, identity: bool = True) -> httpx.Client:
+        """TLS to a management listener as the control plane: its client certificate (or
+        none), the management CA."""
+        ca_dir = self.tmp / "cp" / "keys" / "ca"
+        ca = (ca_dir / "management" / "ca.crt").read_text()
+        if not identity:
+            return httpx.Client(verify=client_context(ca), timeout=30)
+        context = client_context(ca, ca_dir / "control-plane.crt", ca_dir / "control-plane.key")
+        return httpx.Client(verify=context, timeout=30)
 
     def cp_keyring(self) -> Keyring:
         """The control plane's keyring, beside the key set it published."""
@@ -202,6 +243,41 @@ def start(
     return process.wait_for(ready, timeout=timeout).strip()
 
 
+def enrol(
+    mgmt: Namespace,
+    cp_api: Callable[..., httpx.Response],
+    cp_url: str,
+    kind: str,
+    name: str,
+    directory: Path,
+) -> None:
+    """An admin makes a one-time token; ``sanctum enrol`` makes the keys and sends CSRs.
+
+    The CLI runs in the management namespace only because the test's control plane
+    listens on loopback there; it writes into the target's own directory (one file
+    system), and no private key crosses the API.
+    """
+    made = cp_api("POST", "/enrolment-tokens/", json={"kind": kind, "target_name": name})
+    assert made.status_code == 201, made.text
+    result = mgmt.sh(
+        sys.executable,
+        "-m",
+        "shared.cli",
+        "enrol",
+        kind,
+        "--url",
+        cp_url.removesuffix("/api"),
+        "--name",
+        name,
+        "--dir",
+        str(directory),
+        env={**os.environ, "PYTHONPATH": str(REPO), "SANCTUM_ENROL_TOKEN": made.json()["token"]},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (directory / "management.key").stat().st_mode & 0o077 == 0
+
+
 def make_wireguard_key(path: Path) -> str:
     """What ``wg genkey > path`` does on the machine; returns the public key."""
     private, public = generate_key_pair()
@@ -228,6 +304,20 @@ def interface_up(ns: Namespace, iface: str, port: int, key: Path, address: str) 
 def tcp_exchange(address: tuple[str, int], payload: bytes, timeout: float = 3) -> bytes:
     """Connect, send, read to EOF. Raises TimeoutError when nothing answers at all."""
     with socket.create_connection(address, timeout=timeout) as s:
+        s.sendall(payload)
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        return data
+
+
+def tls_exchange(address: tuple[str, int], payload: bytes, ca: Path, timeout: float = 10) -> bytes:
+    """``tcp_exchange`` over TLS, verifying the gateway's certificate with ``ca``."""
+    context = ssl.create_default_context(cafile=ca)
+    with (
+        socket.create_connection(address, timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=address[0]) as s,
+    ):
         s.sendall(payload)
         data = b""
         while chunk := s.recv(4096):
@@ -394,7 +484,7 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
         "/nodes/",
         json={
             "name": "node-1",
-            "management_url": f"http://{NODE_MGMT[0]}:{NODE_MGMT[1]}",
+            "management_url": f"https://{NODE_MGMT[0]}:{NODE_MGMT[1]}",
             "public_key": node_key.with_suffix(".pub").read_text(),
         },
     )
@@ -432,6 +522,7 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
             "SANCTUM_NODE_BACKBONE_IF": node_bb_iface,
         },
     )
+    enrol(mgmt, cp_api, cp_url, "node", "node-1", tmp / "node" / "tls")
     node_env = {k: v for k, v in os.environ.items() if not k.startswith(("SANCTUM_", "DJANGO_"))}
     node_env.update(
         PYTHONPATH=str(REPO),
@@ -536,15 +627,6 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
         SANCTUM_GW_LISTEN__PORT=str(AGENT[1]),
         SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE="eth0",
     )
-    start(
-        processes,
-        gw,
-        "agent",
-        [sys.executable, "-m", "data_plane.gateway", "serve"],
-        agent_env,
-        "SANCTUM_GW_READY",
-        timeout=60,
-    )
     pool = api(
         "POST",
         "/address-pools/",
@@ -562,20 +644,29 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
             "name": GATEWAY,
             "public_endpoint": f"{GW_PUBLIC}:{WG_PORT}",
             "public_key": gw_public,
-            "management_url": f"http://{AGENT[0]}:{AGENT[1]}",
+            "management_url": f"https://{AGENT[0]}:{AGENT[1]}",
             "signing_key": gw_signing.with_suffix(".pub").read_text(),
             "pool": "e2e-pool",
             "interface_name": world.gw_iface,
             "listen_port": WG_PORT,
-            # This test speaks plain HTTP in the tunnel; TLS there is tested with real
-            # nginx in tests/data_plane/gateway/test_nginx.py (issue 13 moves this to TLS).
-            "plain_http": True,
             "upstreams": [{"node": "node-1", "host": NODE_API[0], "port": NODE_API[1]}],
         },
     )
     assert gateway.status_code == 201, gateway.text
     world.gateway_id = gateway.json()["id"]
     assert gateway.json()["api_base"] == API_BASE
+    # Enrolment: its management and ingress keys are made on the gateway; the control
+    # plane issues the certificates (the ingress one for its name and tunnel addresses).
+    enrol(mgmt, cp_api, cp_url, "gateway", GATEWAY, gw_state / "tls")
+    start(
+        processes,
+        gw,
+        "agent",
+        [sys.executable, "-m", "data_plane.gateway", "serve"],
+        agent_env,
+        "SANCTUM_GW_READY",
+        timeout=60,
+    )
     # The gateway joins the backbone; the node's next config lets it in.
     world.gw_backbone_iface = the_lab.wg_name("gb")
     joined = api(
@@ -612,6 +703,8 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
         # The file the control plane returned, byte for byte.
         conf.write_text(provisioned.json()["config"])
         conf.chmod(0o600)
+        ca = tmp / f"{iface}-ingress-ca.pem"  # came with the download: trust for TLS
+        ca.write_text(provisioned.json()["ingress_ca"])
         world.peers.append(
             Peer(
                 id=provisioned.json()["id"],
@@ -621,6 +714,7 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
                 own_private_key=own[0] if own else None,
                 conf=conf,
                 config_text=provisioned.json()["config"],
+                ca=ca,
             )
         )
 
@@ -688,18 +782,49 @@ def test_intruder_gets_no_answer_at_all(world: World) -> None:
 def test_non_peer_reaching_nginx_gets_444(world: World) -> None:
     # The management side routes to the tunnel address without a tunnel: nginx accepts
     # the connection and closes it without a byte.
-    answer = world.mgmt.run(
-        tcp_exchange, (TUNNEL_GW, 80), b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n", 10
-    )
-    assert answer == b""
+    request = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    ca = world.peers[0].ca
+    assert world.mgmt.run(tls_exchange, (TUNNEL_GW, 443), request, ca) == b""
     # The same request from a peer gets the data plane's answer (401: no key).
-    from_peer = world.peers[0].ns.run(
-        tcp_exchange,
-        (TUNNEL_GW, 80),
-        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        10,
-    )
+    from_peer = world.peers[0].ns.run(tls_exchange, (TUNNEL_GW, 443), request, ca)
     assert from_peer.startswith(b"HTTP/1.1 401")
+    # Plain HTTP on the tunnel is off (an admin may turn it on for a gateway).
+    with pytest.raises(ConnectionRefusedError):
+        world.peers[0].ns.run(tcp_exchange, (TUNNEL_GW, 80), request)
+
+
+def test_management_ports_need_the_control_planes_certificate(world: World) -> None:
+    """Mutual TLS on both management listeners, on top of the signed requests: without
+    the control plane's client certificate (none, or one from another CA) the handshake
+    fails; with it, TLS passes and the unsigned request is refused (401)."""
+    other = CertificateAuthority.open(world.tmp / "other-ca", MANAGEMENT_CA, create=True)
+    key = generate_tls_key()
+    forged = world.tmp / "forged.crt", world.tmp / "forged.key"
+    cert = other.issue(
+        key.public_key(), CONTROL_PLANE_NAME, usage=CLIENT, lifetime=timedelta(hours=1)
+    )
+    forged[0].write_text(certificate_pem(cert))
+    write_tls_key(forged[1], key)
+    ca = (world.tmp / "cp" / "keys" / "ca" / "management" / "ca.crt").read_text()
+    targets = (
+        (f"https://{NODE_MGMT[0]}:{NODE_MGMT[1]}/internal/health", "node-1"),
+        (f"https://{AGENT[0]}:{AGENT[1]}/internal/health", GATEWAY),
+    )
+    for url, name in targets:
+        for context in (client_context(ca), client_context(ca, *forged)):
+
+            def call(context: ssl.SSLContext = context, url: str = url, name: str = name) -> None:
+                with httpx.Client(verify=context, timeout=10) as client:
+                    client.get(url, extensions={"sni_hostname": name})
+
+            with pytest.raises(httpx.TransportError):
+                world.mgmt.run(call)
+
+        def with_identity(url: str = url, name: str = name) -> int:
+            with world.management_client() as client:
+                return client.get(url, extensions={"sni_hostname": name}).status_code
+
+        assert world.mgmt.run(with_identity) == 401
 
 
 def test_gateway_reports_each_peers_handshake(world: World) -> None:
@@ -765,7 +890,8 @@ def test_disabling_a_peer_cuts_its_tunnel_and_only_its_tunnel(world: World) -> N
         while not stop.is_set():
             began = time.monotonic()
             try:
-                reply = httpx.get(f"{API_BASE}/models", headers=auth, timeout=30)
+                with peer2.http(timeout=30) as http:
+                    reply = http.get(f"{API_BASE}/models", headers=auth)
                 outcome: object = reply.status_code
             except httpx.HTTPError as exc:
                 outcome = type(exc).__name__
@@ -785,9 +911,9 @@ def test_disabling_a_peer_cuts_its_tunnel_and_only_its_tunnel(world: World) -> N
 
     # Within that one sync peer 1's tunnel is gone: nothing answers it any more.
     with pytest.raises(TimeoutError):
-        peer1.ns.run(tcp_exchange, (TUNNEL_GW, 80), b"GET /v1/models HTTP/1.0\r\n\r\n", 3)
+        peer1.ns.run(tcp_exchange, (TUNNEL_GW, 443), b"GET /v1/models HTTP/1.0\r\n\r\n", 3)
     with pytest.raises(httpx.TimeoutException):
-        peer1.ns.run(httpx.get, f"{API_BASE}/models", timeout=httpx.Timeout(3))
+        peer1.ns.run(peer1.http(timeout=3).get, f"{API_BASE}/models")
 
     # Peer 2 never noticed: its stream ran on through the rollout...
     assert streaming.result(timeout=300) in ("stop", "length", "still streaming")
