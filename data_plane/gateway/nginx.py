@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ipaddress
 import logging
 import os
 import re
@@ -97,19 +96,21 @@ def _entry_lines(entries: list[str], indent: str = "        ") -> str:
     return "\n".join(indent + e for e in entries)
 
 
-def _listen(host: str | None, port: int, has_v6: bool) -> list[str]:
-    if host:
-        address = f"[{host}]" if ":" in host else host
-        return [f"listen {address}:{port} default_server;"]
-    lines = [f"listen {port} default_server;"]
-    if has_v6:
-        lines.append(f"listen [::]:{port} default_server ipv6only=on;")
-    return lines
+def _listen(hosts: list[str], port: int, tls: bool = False) -> list[str]:
+    """A listener on each of ``hosts`` (never a wildcard: nginx binds only what it
+    serves), with TLS or plain."""
+    ssl = " ssl" if tls else ""
+    return [f"listen {f'[{h}]' if ':' in h else h}:{port}{ssl} default_server;" for h in hosts]
 
 
-def _listen_tls(hosts: list[str], port: int) -> list[str]:
-    """TLS on each tunnel address of the gateway (or the one configured host)."""
-    return [f"listen {f'[{h}]' if ':' in h else h}:{port} ssl default_server;" for h in hosts]
+def listen_hosts(config: GatewayConfig | None, listen_host: str | None) -> list[str]:
+    """Where nginx listens: the configured host, else the gateway's tunnel addresses
+    (before any config: loopback only, so nothing outside the machine reaches it)."""
+    if listen_host:
+        return [listen_host]
+    if config is None:
+        return ["127.0.0.1"]
+    return list(config.interface.hosts())
 
 
 def render(
@@ -127,10 +128,7 @@ def render(
     allow = list(config.allow) if config else []
     upstreams = list(config.upstreams) if config else []
     http_port = config.http_port if config else paths.http_port
-    has_v6 = bool(config) and any(
-        ipaddress.ip_interface(a).version == 6
-        for a in (config.interface.addresses if config else ())
-    )
+    hosts = listen_hosts(config, paths.listen_host)
     if upstreams:
         servers = [
             f"server {u.address} max_fails=1 fail_timeout=10s;  # {u.node}" for u in upstreams
@@ -142,13 +140,12 @@ def render(
     listen: list[str] = []
     tls_lines = ["# no ingress certificate: TLS is off"]
     if config is not None and ingress is not None:
-        hosts = [paths.listen_host] if paths.listen_host else list(config.interface.hosts())
-        listen += _listen_tls(hosts, config.https_port)
+        listen += _listen(hosts, config.https_port, tls=True)
         tls_lines = [
             line.format(cert=ingress.certificate, key=ingress.key) for line in _TLS_DIRECTIVES
         ]
     if config is None or config.plain_http or not listen:
-        listen += _listen(paths.listen_host, http_port, has_v6)
+        listen += _listen(hosts, http_port)
         if config is not None and not config.plain_http:
             allow = []  # neither TLS nor plain HTTP allowed: nobody gets an answer
     values = {

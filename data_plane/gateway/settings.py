@@ -39,7 +39,8 @@ class NginxSettings(BaseModel):
     user: str | None = Field(default="www-data", description="worker user; None keeps nginx's")
     listen_host: str | None = Field(
         default=None,
-        description="one address to listen on (default: every address; non-peers get 444)",
+        description="one address to listen on (default: the gateway's tunnel addresses, "
+        "from the config; loopback before the first config)",
     )
     max_body: str = Field(default="2m", pattern=r"^[0-9]+[km]?$")
     start_if_stopped: bool = Field(
