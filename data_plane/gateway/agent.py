@@ -245,6 +245,12 @@ class GatewayAgent:
         except (OSError, TemplateError) as exc:
             raise ConfigRejected(503, "gateway_misconfigured", _describe(exc)) from None
         try:
+            # nginx binds the tunnel addresses, so they must exist before it is checked
+            # (the first config, or a pool that gained IPv6); the peers stay untouched.
+            await self.wireguard.add_addresses(config.interface.name, config.interface.addresses)
+        except (CommandFailed, InterfaceMissing) as exc:
+            raise ConfigRejected(503, "wireguard_apply_failed", _describe(exc)) from None
+        try:
             await self.nginx.check(text)
         except NginxCheckFailed as exc:
             raise ConfigRejected(

@@ -155,7 +155,7 @@ class WireGuard:
         await run([self._ip, "link", "set", "dev", iface, "down"])
         logger.warning("wireguard interface=%s taken down", iface)
 
-    async def _sync_addresses(self, iface: str, wanted: tuple[str, ...]) -> None:
+    async def _addresses(self, iface: str) -> set[str]:
         out = await run([self._ip, "-o", "address", "show", "dev", iface, "scope", "global"])
         have = set()
         for line in out.stdout.splitlines():
@@ -163,9 +163,26 @@ class WireGuard:
             for i, word in enumerate(parts[:-1]):
                 if word in ("inet", "inet6"):
                     have.add(str(ipaddress.ip_interface(parts[i + 1])))
+        return have
+
+    async def _add_address(self, iface: str, address: str) -> None:
+        # No duplicate address detection on a tunnel: the address is usable (nginx can
+        # bind it) at once, not seconds later.
+        extra = ["nodad"] if ipaddress.ip_interface(address).version == 6 else []
+        await run([self._ip, "address", "add", address, "dev", iface, *extra])
+
+    async def add_addresses(self, iface: str, wanted: tuple[str, ...]) -> None:
+        """Give ``iface`` the addresses it lacks (peers untouched): nginx binds them."""
+        self.ifindex(iface)
+        have = await self._addresses(iface)
+        for address in sorted({str(ipaddress.ip_interface(a)) for a in wanted} - have):
+            await self._add_address(iface, address)
+
+    async def _sync_addresses(self, iface: str, wanted: tuple[str, ...]) -> None:
+        have = await self._addresses(iface)
         want = {str(ipaddress.ip_interface(a)) for a in wanted}
         for address in sorted(want - have):
-            await run([self._ip, "address", "add", address, "dev", iface])
+            await self._add_address(iface, address)
         for address in sorted(have - want):
             await run([self._ip, "address", "del", address, "dev", iface])
 

@@ -30,6 +30,7 @@ SDK through the tunnel and nginx.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -169,7 +170,8 @@ class World:
             state = self.api("GET", f"/gateways/{self.gateway_id}/").json()["state"] or {}
             return (state.get("applied_version") or 0) >= version
 
-        assert wait_until(applied, timeout=120), self.api("GET", "/gateway-releases/").json()
+        releases = "/gateway-releases/"
+        assert wait_until(applied, timeout=120), json.dumps(self.api("GET", releases).json())
         return version
 
     def agent_health(self) -> dict[str, Any]:

@@ -49,6 +49,7 @@ class FakeWireGuard:
         self.synced: list[tuple[GatewayConfig, str, dict[str, str]]] = []
         self.backbones: list[tuple[BackboneInterface, str]] = []
         self.downs: list[str] = []
+        self.addresses: list[tuple[str, tuple[str, ...]]] = []
         self.fail_next = False
 
     @staticmethod
@@ -67,6 +68,9 @@ class FakeWireGuard:
 
     async def sync_backbone(self, backbone: BackboneInterface, private_key: str) -> None:
         self.backbones.append((backbone, private_key))
+
+    async def add_addresses(self, iface: str, wanted: tuple[str, ...]) -> None:
+        self.addresses.append((iface, wanted))
 
     async def down(self, iface: str) -> None:
         self.downs.append(iface)
