@@ -370,6 +370,11 @@ class GatewayConfig(Release):
         return self.model_dump(mode="json")
 
 
+def tunnel_ports(config: GatewayConfig) -> list[int]:
+    """The ports nginx serves peers on: TLS always, plain HTTP only when turned on."""
+    return [config.https_port, *([config.http_port] if config.plain_http else [])]
+
+
 def make_peer(
     *,
     id: str,

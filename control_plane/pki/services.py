@@ -263,6 +263,22 @@ def current_certificate(
     )
 
 
+def renew_now(kind: str, name: str) -> list[IssuedCertificate]:
+    """Re-issue every certificate of ``name`` now, for the same keys, as when one is due
+    (an operator's choice: a CA reissue, a test of renewal). The target's next release
+    carries them; nothing is pushed from here."""
+    renewed = []
+    for purpose in CertificatePurpose.values:
+        latest = IssuedCertificate.objects.latest_of(kind, name, purpose)
+        if latest is None:
+            continue
+        ips = _ingress_ips(kind, name) if purpose == CertificatePurpose.INGRESS else ()
+        renewed.append(
+            _record(_ca_for(purpose), kind, name, purpose, latest.public_key, ip_addresses=ips)
+        )
+    return renewed
+
+
 def tls_material(kind: str, name: str, *, ingress_ips: Sequence[str] = ()) -> TlsMaterial | None:
     """What ``name``'s next release carries (``shared.pki.TlsMaterial``), or ``None``."""
     management = current_certificate(kind, name, CertificatePurpose.MANAGEMENT)

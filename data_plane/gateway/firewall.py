@@ -18,7 +18,7 @@ import logging
 
 from data_plane.gateway.commands import run
 from data_plane.gateway.settings import FirewallSettings
-from shared.gateway import GatewayConfig
+from shared.gateway import GatewayConfig, tunnel_ports
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ class Firewall:
             "SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE": self._public,
             "SANCTUM_GW_WG_INTERFACE": config.interface.name,
             "SANCTUM_GW_WG_PORT": str(config.interface.listen_port),
-            "SANCTUM_GW_HTTP_PORT": str(config.http_port),
+            # What nginx serves on the tunnel: TLS, and plain HTTP only when turned on.
+            "SANCTUM_GW_TUNNEL_PORTS": ",".join(str(p) for p in tunnel_ports(config)),
         }
 
     async def reload(self, config: GatewayConfig) -> None:

@@ -31,13 +31,15 @@
 #   SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE  public interface            (default eth0)
 #   SANCTUM_GW_WG_INTERFACE                WireGuard interface         (default wg0)
 #   SANCTUM_GW_WG_PORT                     WireGuard UDP port          (default 51820)
-#   SANCTUM_GW_HTTP_PORT                   nginx's port on the tunnel  (default 80)
+#   SANCTUM_GW_TUNNEL_PORTS                nginx's ports on the tunnel, comma-separated
+#                                          (default SANCTUM_GW_HTTP_PORT, else 80)
 set -euo pipefail
 
 PUBLIC_IF=${SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE:-eth0}
 WG_IF=${SANCTUM_GW_WG_INTERFACE:-wg0}
 WG_PORT=${SANCTUM_GW_WG_PORT:-51820}
-HTTP_PORT=${SANCTUM_GW_HTTP_PORT:-80}
+TUNNEL_PORTS=${SANCTUM_GW_TUNNEL_PORTS:-${SANCTUM_GW_HTTP_PORT:-80}}
+IFS=, read -r -a NGINX_PORTS <<<"$TUNNEL_PORTS"
 CHAINS=(SANCTUM-INPUT SANCTUM-PUBLIC SANCTUM-TUNNEL SANCTUM-FORWARD)
 
 die() { printf 'gateway-firewall: %s\n' "$*" >&2; exit 2; }
@@ -48,7 +50,8 @@ check_settings() {
   done
   [[ $PUBLIC_IF != "$WG_IF" ]] || die "public and WireGuard interface are the same"
   local port
-  for port in "$WG_PORT" "$HTTP_PORT"; do
+  ((${#NGINX_PORTS[@]} > 0)) || die "no tunnel port"
+  for port in "$WG_PORT" "${NGINX_PORTS[@]}"; do
     if ! [[ $port =~ ^[0-9]{1,5}$ ]] || ((port < 1 || port > 65535)); then
       die "not a port: $port"
     fi
@@ -80,7 +83,11 @@ EOF
 -A SANCTUM-PUBLIC -j DROP
 -A SANCTUM-TUNNEL -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 -A SANCTUM-TUNNEL -m conntrack --ctstate INVALID -j DROP
--A SANCTUM-TUNNEL -p tcp -m tcp --dport $HTTP_PORT -j ACCEPT
+EOF
+  for port in "${NGINX_PORTS[@]}"; do
+    printf -- '-A SANCTUM-TUNNEL -p tcp -m tcp --dport %s -j ACCEPT\n' "$port"
+  done
+  cat <<EOF
 -A SANCTUM-TUNNEL -j DROP
 -A SANCTUM-FORWARD -i $PUBLIC_IF -j DROP
 -A SANCTUM-FORWARD -o $PUBLIC_IF -j DROP
@@ -110,7 +117,7 @@ apply() {
   check_settings
   load_families gateway-firewall load
   printf 'gateway-firewall: applied (public %s: udp/%s only; tunnel %s: tcp/%s; %s)\n' \
-    "$PUBLIC_IF" "$WG_PORT" "$WG_IF" "$HTTP_PORT" "$V6_SUMMARY" >&2
+    "$PUBLIC_IF" "$WG_PORT" "$WG_IF" "$TUNNEL_PORTS" "$V6_SUMMARY" >&2
 }
 
 show() {

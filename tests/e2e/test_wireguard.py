@@ -48,6 +48,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
 from openai import DefaultHttpxClient, OpenAI
 
 from shared.keyring import KEYRING_DIR, Keyring
@@ -334,6 +335,17 @@ def refused(address: tuple[str, int]) -> bool:
     except ConnectionRefusedError:
         return True
     return False
+
+
+def ingress_serial(peer: Peer) -> str:
+    """The serial of the certificate nginx presents to ``peer`` on a new connection."""
+    with (
+        socket.create_connection((TUNNEL_GW, 443), timeout=10) as raw,
+        peer.tls().wrap_socket(raw, server_hostname=TUNNEL_GW) as s,
+    ):
+        der = s.getpeercert(binary_form=True)
+    assert der is not None
+    return format(x509.load_der_x509_certificate(der).serial_number, "x")
 
 
 def wg_up(peer: Peer) -> None:
@@ -912,7 +924,11 @@ def test_disabling_a_peer_cuts_its_tunnel_and_only_its_tunnel(world: World) -> N
     asking = peer2.ns.submit(keep_asking)
     assert wait_until(lambda: len(chunks) >= 3, timeout=120), "the stream did not start"
 
-    # The operator disables peer 1 and rolls out; the worker pushes the new config.
+    # The operator disables peer 1 and rolls out; the worker pushes the new config. The
+    # same release renews the gateway's certificates (as it does when they fall due):
+    # a new ingress certificate for nginx and a new management one for the agent.
+    renewed = world.cp.manage("tls", "renew", "gateway", GATEWAY)
+    assert peer2.ns.run(ingress_serial, peer2) != renewed["SANCTUM_CP_RENEWED_INGRESS"]
     disabled = world.api("POST", f"/peers/{peer1.id}/disable/", json={"reason": "laptop lost"})
     assert disabled.status_code == 200 and disabled.json()["status"] == "disabled"
     world.roll_out_gateway()
@@ -934,6 +950,10 @@ def test_disabling_a_peer_cuts_its_tunnel_and_only_its_tunnel(world: World) -> N
     assert calls and not failed, failed
     assert any(began > synced for began, _, _ in calls)
     assert "Paris" in peer2.ns.run(ask, peer2)
+    # New handshakes get the renewed certificates: nginx's, and the agent's management one.
+    assert peer2.ns.run(ingress_serial, peer2) == renewed["SANCTUM_CP_RENEWED_INGRESS"]
+    management = world.agent_health()["management_certificate"]["serial"]
+    assert management == renewed["SANCTUM_CP_RENEWED_MANAGEMENT"]
     # ...on the same interface, driven by the same wireguard-go: no restart.
     assert world.gw.ifindex(world.gw_iface) == ifindex
     assert wireguard_go_pids(world.gw) == wg_pids
