@@ -810,9 +810,12 @@ def test_non_peer_reaching_nginx_gets_444(world: World) -> None:
     # The same request from a peer gets the data plane's answer (401: no key).
     from_peer = world.peers[0].ns.run(tls_exchange, (TUNNEL_GW, 443), request, ca)
     assert from_peer.startswith(b"HTTP/1.1 401")
-    # Plain HTTP on the tunnel is off (an admin may turn it on for a gateway).
-    with pytest.raises(ConnectionRefusedError):
+    # Plain HTTP on the tunnel is off (an admin may turn it on for a gateway): nginx has
+    # no listener there, and the firewall drops the port.
+    with pytest.raises(TimeoutError):
         world.peers[0].ns.run(tcp_exchange, (TUNNEL_GW, 80), request)
+    rendered = (world.tmp / "gateway" / "nginx" / "nginx.conf").read_text()
+    assert f"listen {TUNNEL_GW}:443 ssl" in rendered and ":80 " not in rendered
 
 
 def test_management_ports_need_the_control_planes_certificate(world: World) -> None:
