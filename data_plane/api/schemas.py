@@ -251,13 +251,17 @@ class EmbeddingRequest(BaseModel):
     dimensions: int | None = Field(default=None, ge=1)
     user: Text | None = None
 
-    def texts(self) -> list[str] | None:
-        """The inputs as texts, or None when they are token arrays."""
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The inputs: texts, or token arrays of the embedding model's own tokenizer."""
         if isinstance(self.input, str):
             return [self.input]
+        if not self.input:
+            return []
         if all(isinstance(x, str) for x in self.input):
             return [str(x) for x in self.input]
-        return None if self.input else []
+        if all(isinstance(x, int) for x in self.input):
+            return [[x for x in self.input if isinstance(x, int)]]  # one array of token ids
+        return [list(x) for x in self.input if isinstance(x, list)]
 
 
 class SessionDocumentCreate(BaseModel):
