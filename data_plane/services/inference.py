@@ -23,7 +23,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_plane.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
 from data_plane.engine.base import (
     ClientBusy,
     ContextOverflow,
@@ -42,6 +41,7 @@ from data_plane.errors import (
     TooManyRequests,
     Unavailable,
 )
+from data_plane.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
 from data_plane.rate_limits import Reservation
 from data_plane.runtime import Runtime
 from data_plane.sessions import Session

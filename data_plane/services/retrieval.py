@@ -21,7 +21,6 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from data_plane.api.schemas import ChatCompletionRequest
 from data_plane.engine.base import Engine
 from data_plane.engine.chat_template import ChatTemplateError
 from data_plane.errors import (
@@ -35,6 +34,7 @@ from data_plane.errors import (
     Unavailable,
     Unprocessable,
 )
+from data_plane.protocol import ChatCompletionRequest
 from data_plane.rag import Retrieval
 from data_plane.rag.memory import EXTRAS_KEY, SessionDocuments
 from data_plane.rag.parsing import DocumentRejected

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from data_plane.api.schemas import REFUSED
+from data_plane.protocol import REFUSED
 from shared.models import DEFAULT_MODEL_NAME, bundled_gguf_path
 from tests.conftest import Node, Tenants
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from data_plane.api.deps import LimitedClientDep, RetrievalDep
-from data_plane.api.schemas import EmbeddingRequest
+from data_plane.protocol import EmbeddingRequest
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 

@@ -19,9 +19,9 @@ from data_plane.api.deps import (
     RetrievalDep,
     SessionHeader,
 )
-from data_plane.api.schemas import ChatCompletionRequest, CompletionRequest
 from data_plane.engine.base import TokenLogprob
 from data_plane.errors import ApiError
+from data_plane.protocol import ChatCompletionRequest, CompletionRequest
 from data_plane.services.inference import InferenceService, Turn
 from shared.config import ModelSpec
 

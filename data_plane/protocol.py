@@ -1,4 +1,8 @@
-"""Request and response bodies of the client API, in OpenAI's shapes.
+"""The client API's protocol: request and response bodies, in OpenAI's shapes.
+
+They belong to the API, not to its HTTP layer: routes parse and answer with them, and
+services take them, without either importing the other's module (vLLM keeps its
+``protocol.py`` beside its ``serving_*.py`` the same way).
 
 A field that changes the answer is honoured or refused, never dropped: the sampling
 fields of OpenAI and of llama-server that Sanctum implements are declared below; those
