@@ -7,7 +7,7 @@ the answer as it should) or refused with a 400 that names it; none is dropped.
 
 from __future__ import annotations
 
-from functools import cache
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -25,16 +25,18 @@ COUNT = [{"role": "user", "content": "Count from 1 to 20, with commas."}]
 STORY = [{"role": "user", "content": "Write a short story about a cat."}]
 
 
-@cache
-def vocab() -> Any:
+@pytest.fixture(scope="module")
+def vocab() -> Iterator[Any]:
     """The model's own tokenizer (vocabulary only), to name token ids as a client would."""
     from llama_cpp import Llama
 
-    return Llama(model_path=str(bundled_gguf_path()), vocab_only=True, verbose=False)
+    llama = Llama(model_path=str(bundled_gguf_path()), vocab_only=True, verbose=False)
+    yield llama
+    llama.close()
 
 
-def token_id(text: str) -> int:
-    ids = vocab().tokenize(text.encode(), add_bos=False, special=False)
+def token_id(vocab: Any, text: str) -> int:
+    ids = vocab.tokenize(text.encode(), add_bos=False, special=False)
     assert len(ids) == 1, "the test needs a text that is one token"
     return int(ids[0])
 
@@ -329,28 +331,27 @@ def test_repeat_last_n_zero_turns_penalties_off(node: Node, tenants: Tenants) ->
     assert text_of(node, tenants, messages=COUNT, max_tokens=40, extra_body=off) == plain
 
 
-def test_a_banned_token_is_never_produced(node: Node, tenants: Tenants) -> None:
+def test_a_banned_token_is_never_produced(node: Node, tenants: Tenants, vocab: Any) -> None:
     greedy = chat(node, tenants, messages=COUNT, max_tokens=40, logprobs=True)
     pieces = [bytes(t.bytes) for t in greedy.choices[0].logprobs.content]
     banned = b","
     assert banned in pieces  # the answer without the ban uses it
-    bias = {str(token_id(banned.decode())): -100}
+    bias = {str(token_id(vocab, banned.decode())): -100}
     for kwargs in ({}, {"temperature": 1.0, "seed": 1}, {"temperature": 1.5, "seed": 2}):
         reply = chat(
             node, tenants, messages=COUNT, max_tokens=40, logprobs=True, logit_bias=bias, **kwargs
         ).choices[0]
         assert banned not in [bytes(t.bytes) for t in reply.logprobs.content]
-        assert "," not in reply.message.content or len(banned) > 1
 
 
-def test_a_positive_bias_forces_a_token(node: Node, tenants: Tenants) -> None:
-    forced = token_id(" banana")
+def test_a_positive_bias_forces_a_token(node: Node, tenants: Tenants, vocab: Any) -> None:
+    forced = token_id(vocab, " banana")
     reply = chat(node, tenants, max_tokens=3, logit_bias={str(forced): 100})
     assert reply.choices[0].message.content == " banana" * 3
 
 
-def test_logit_bias_outside_the_vocabulary_is_400(node: Node, tenants: Tenants) -> None:
-    size = vocab().n_vocab()
+def test_logit_bias_outside_the_vocabulary_is_400(node: Node, tenants: Tenants, vocab: Any) -> None:
+    size = vocab.n_vocab()
     for key in (str(size), str(10**9)):
         with pytest.raises(openai.BadRequestError) as err:
             chat(node, tenants, max_tokens=2, logit_bias={key: 5})
