@@ -59,11 +59,39 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How one generation picks its tokens (each default leaves its sampler out)."""
+
     max_tokens: int
-    temperature: float = 1.0
+    temperature: float = 1.0  # 0: greedy
     top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0  # llama.cpp's multiplicative penalty; 1: off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64  # tokens the penalties look back on; -1: the whole context
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias); -100 or less bans it
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: none; k: the chosen token's and the k likeliest
+
+    def penalised(self) -> bool:
+        return (
+            self.repeat_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        ) and self.penalty_last_n != 0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token and the model's log-probabilities at its step (content: it
+    lives in RAM with the answer, never in a log)."""
+
+    piece: bytes  # the token's text, as bytes (may be part of a UTF-8 character)
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()  # the likeliest tokens, likeliest first
 
 
 @dataclass(frozen=True)
@@ -88,6 +116,9 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None  # "stop" or "length"
+    # With ``SamplingParams.logprobs``: one entry per token whose text the reader has been
+    # given so far (tokens cut off with a stop string are not in it).
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -107,6 +138,7 @@ class Engine(abc.ABC):
 
     info: ModelInfo
     default_caps: ClientCaps  # for a client whose config sets no caps of its own
+    vocab_size: int  # token ids run from 0 to vocab_size - 1 (logit_bias is checked on it)
 
     @abc.abstractmethod
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:

@@ -9,8 +9,10 @@ Every step puts the next token of every decoding session, then chunks of pending
 prompts (round robin, at most ``prefill_chunk`` tokens while others decode or wait for
 a slot, so a long prompt does not stall them), into one ``llama_batch`` and one
 ``llama_decode``;
-each session then samples from its own logits with its own sampler chain (greedy at
-temperature 0; otherwise temperature, top_p, and a seeded draw). Flash attention is on
+each session then samples from its own logits with its own sampler chain (see
+``_sampler``: bias and penalties, then greedy at temperature 0, otherwise the cuts,
+temperature and a seeded draw), and, only if it asked for them, reads the
+log-probabilities of its own logits row. Flash attention is on
 by default: its CPU kernel walks each query's own keys in order and skips masked cells,
 so a session's logits do not depend on which other sessions share the batch (greedy
 output is the same alone or batched).
@@ -54,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp as llama
+import numpy as np
 
 from data_plane.engine.base import (
     ClientBusy,
@@ -68,6 +71,7 @@ from data_plane.engine.base import (
     SamplingParams,
     StopMatcher,
     TextDecoder,
+    TokenLogprob,
 )
 from data_plane.engine.base import Sequence as BaseSequence
 from data_plane.engine.chat_template import CHATML, ChatTemplate
@@ -78,6 +82,13 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 _DONE = object()  # the generation ended normally
 _STOPPED = object()  # the scheduler let go of the generation (settles ``stopped``)
+# A logit bias at or below this bans the token (OpenAI: "-100 should result in a ban").
+BAN_BIAS = -100.0
+
+
+class _Logprobs(list[TokenLogprob]):
+    """Queue item: log-probabilities of tokens whose text comes next in the queue (or has
+    come: a token that ends inside a UTF-8 character brings no text of its own)."""
 
 
 def _init_backend() -> None:
@@ -154,6 +165,11 @@ class _Work:
     slice_start: int = 0  # completion tokens when it (last) got its slot
     decoder: TextDecoder = field(default_factory=TextDecoder)
     stop: StopMatcher = field(init=False)
+    # With logprobs: entries not yet handed out, each with the number of characters
+    # of text decoded up to its token's end; handed out once the reader has that text.
+    held_logprobs: deque[tuple[int, TokenLogprob]] = field(default_factory=deque)
+    chars_decoded: int = 0
+    chars_sent: int = 0
 
     def __post_init__(self) -> None:
         self.stop = StopMatcher(self.params.stop)
@@ -186,6 +202,15 @@ class _TokenStream(AsyncGenerator[str, None]):
             self._cancel()
             raise
         self._held = None
+        while isinstance(item, _Logprobs):
+            # Entries go to the result as their text comes out: a reader that has the
+            # text of a chunk finds its tokens' entries in ``result.logprobs``.
+            self._work.result.logprobs.extend(item)
+            try:
+                item = await queue.get()
+            except BaseException:
+                self._cancel()
+                raise
         if item is _DONE:
             self._ended = True
             raise StopAsyncIteration
@@ -197,6 +222,8 @@ class _TokenStream(AsyncGenerator[str, None]):
             more = queue.get_nowait()
             if isinstance(more, str):
                 parts.append(more)
+            elif isinstance(more, _Logprobs):
+                self._work.result.logprobs.extend(more)
             else:
                 self._held = more
                 break
@@ -235,6 +262,7 @@ class LlamaEngine(Engine):
         if not self._model:
             raise EngineError(f"llama.cpp could not load model {config.info.name}")
         self._vocab = llama.llama_model_get_vocab(self._model)
+        self.vocab_size = llama.llama_vocab_n_tokens(self._vocab)
         self.n_slots = config.max_sequences
         # Every decoding slot puts one token in a step, and a prompt needs room beside
         # them: the batch holds at least one token more than there are slots.
@@ -829,17 +857,78 @@ class LlamaEngine(Engine):
         self._active.append(work)
 
     def _sampler(self, params: SamplingParams) -> Any:
+        """The generation's own sampler chain, in llama-server's order.
+
+        Constraints first (they decide which tokens may come at all), then the logit
+        bias, then the penalties over the tokens generated so far; at temperature 0 the
+        likeliest token that is left; otherwise top_k, typical_p, top_p, min_p cut the
+        candidates, temperature shapes what is left, and a seeded draw picks one. A
+        sampler whose parameter has its neutral value is left out of the chain, so a
+        request that sets none costs what it did before.
+        """
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+
+        def add(sampler: Any) -> None:
+            llama.llama_sampler_chain_add(chain, sampler)
+
+        for constraint in self._constraints(params):
+            add(constraint)
+        if params.logit_bias:
+            biases = (llama.llama_logit_bias * len(params.logit_bias))()
+            for entry, (token, bias) in zip(biases, params.logit_bias, strict=True):
+                entry.token = token
+                entry.bias = float("-inf") if bias <= BAN_BIAS else bias
+            add(llama.llama_sampler_init_logit_bias(self.vocab_size, len(biases), biases))
+        if params.penalised():
+            last_n = self.n_ctx_seq if params.penalty_last_n < 0 else params.penalty_last_n
+            # The binding names a first argument (n_vocab) that this build reads as well:
+            # checked against the library (the window is the second argument).
+            add(
+                llama.llama_sampler_init_penalties(
+                    self.vocab_size,
+                    last_n,
+                    params.repeat_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                )
+            )
         if params.temperature <= 0:
-            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
+            add(llama.llama_sampler_init_greedy())
             return chain
-        # OpenAI's order: temperature shapes the distribution, top_p cuts its tail.
-        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_temp(params.temperature))
+        if params.top_k > 0:
+            add(llama.llama_sampler_init_top_k(params.top_k))
+        if params.typical_p < 1.0:
+            add(llama.llama_sampler_init_typical(params.typical_p, 1))
         if params.top_p < 1.0:
-            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_p(params.top_p, 1))
+            add(llama.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            add(llama.llama_sampler_init_min_p(params.min_p, 1))
+        add(llama.llama_sampler_init_temp(params.temperature))
         seed = llama.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
-        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed))
+        add(llama.llama_sampler_init_dist(seed))
         return chain
+
+    def _constraints(self, params: SamplingParams) -> list[Any]:
+        """Samplers that constrain which tokens may come next (a grammar from
+        ``response_format`` or a forced tool call), at the front of the chain: the
+        rest of the chain only ever sees tokens they allow. None yet."""
+        return []
+
+    def _token_logprob(self, index: int, token: int, top: int) -> TokenLogprob:
+        """The model's log-probability of ``token`` and of the ``top`` likeliest tokens at
+        batch row ``index``: a log-softmax of the row's raw logits, before any sampler
+        (bias, penalties, temperature, cuts), as OpenAI reports them."""
+        row = np.ctypeslib.as_array(
+            llama.llama_get_logits_ith(self._ctx, index), shape=(self.vocab_size,)
+        )
+        peak = float(row.max())
+        norm = peak + float(np.log(np.exp(row - peak, dtype=np.float64).sum()))
+        best: tuple[tuple[bytes, float], ...] = ()
+        if top > 0:
+            ids = np.argpartition(row, -top)[-top:]
+            ids = ids[np.argsort(-row[ids], kind="stable")]
+            best = tuple((self._text_piece(int(i)), float(row[i]) - norm) for i in ids)
+        return TokenLogprob(self._text_piece(token), float(row[token]) - norm, best)
 
     def _step(self) -> None:
         batch = self._batch
@@ -907,16 +996,20 @@ class LlamaEngine(Engine):
             raise EngineError(f"llama_decode returned {rc}")
         for work, index in sample_at:
             token = llama.llama_sampler_sample(work.sampler, self._ctx, index)
-            self._on_token(work, token)
+            self._on_token(work, token, index)
 
-    def _on_token(self, work: _Work, token: int) -> None:
+    def _on_token(self, work: _Work, token: int, index: int) -> None:
         if llama.llama_vocab_is_eog(self._vocab, token):
             self._finish(work, "stop")
             return
         work.result.completion_tokens += 1
-        text = work.stop.feed(work.decoder.feed(self._text_piece(token)))
-        if text:
-            self._outbox.append((work, text))
+        decoded = work.decoder.feed(self._text_piece(token))
+        if work.params.logprobs is not None:
+            work.chars_decoded += len(decoded)
+            entry = self._token_logprob(index, token, work.params.logprobs)
+            work.held_logprobs.append((work.chars_decoded, entry))
+        text = work.stop.feed(decoded)
+        self._send(work, text)
         if work.stop.stopped:
             self._finish(work, "stop")
         elif work.result.completion_tokens >= work.params.max_tokens:
@@ -925,6 +1018,19 @@ class LlamaEngine(Engine):
             self._finish(work, "length")  # no KV cell left for the next token
         else:
             work.next_token = token
+
+    def _send(self, work: _Work, text: str) -> None:
+        """Queue ``text`` for the reader, after the log-probabilities of the tokens whose
+        text it completes."""
+        if work.params.logprobs is not None:
+            work.chars_sent += len(text)
+            ready = _Logprobs()
+            while work.held_logprobs and work.held_logprobs[0][0] <= work.chars_sent:
+                ready.append(work.held_logprobs.popleft()[1])
+            if ready:
+                self._outbox.append((work, ready))
+        if text:
+            self._outbox.append((work, text))
 
     def _finish(self, work: _Work, reason: str | None, error: EngineError | None = None) -> None:
         """End a generation: ``reason`` "stop" or "length", or None when it was cut off
@@ -955,8 +1061,8 @@ class LlamaEngine(Engine):
             self._outbox.append((work, error or EngineError("generation cancelled")))
         else:
             tail = work.stop.feed(work.decoder.flush()) + work.stop.flush()
-            if tail:
-                self._outbox.append((work, tail))
+            self._send(work, tail)
+            work.held_logprobs.clear()  # tokens of a stop string: not in the answer
             work.result.finish_reason = reason
             self._outbox.append((work, _DONE))
         self._outbox.append((work, _STOPPED))

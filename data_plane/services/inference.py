@@ -23,7 +23,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_plane.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
 from data_plane.engine.base import (
     ClientBusy,
     ContextOverflow,
@@ -42,6 +41,7 @@ from data_plane.errors import (
     TooManyRequests,
     Unavailable,
 )
+from data_plane.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
 from data_plane.rate_limits import Reservation
 from data_plane.runtime import Runtime
 from data_plane.sessions import Session
@@ -181,12 +181,31 @@ class InferenceService:
             raise BadRequest(
                 f"max_tokens {limit} exceeds this client's limit of {cap}", param="max_tokens"
             )
+        biases = req.biases()
+        if biases:
+            _, engine = self.model_for(client, req.model)
+            if any(not 0 <= token < engine.vocab_size for token, _ in biases):
+                # Which id is not said: ids a client sends are not echoed.
+                raise BadRequest(
+                    "logit_bias holds a token id outside the model's vocabulary "
+                    f"(0 to {engine.vocab_size - 1})",
+                    param="logit_bias",
+                )
         return SamplingParams(
             max_tokens=limit or cap,
             temperature=req.temperature,
             top_p=req.top_p,
+            top_k=req.top_k,
+            min_p=req.min_p,
+            typical_p=req.typical_p,
+            repeat_penalty=req.repeat_penalty,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            penalty_last_n=req.repeat_last_n,
+            logit_bias=biases,
             seed=req.seed,
             stop=req.stops(),
+            logprobs=req.top_logprobs_wanted(),
         )
 
     # --- turns ---------------------------------------------------------------------------
@@ -207,6 +226,9 @@ class InferenceService:
     ) -> Turn:
         text = req.prompt_text()
         self._check_size(req, len(text), "prompt")
+        if req.echo and req.logprobs is not None:
+            # OpenAI's answer would score the prompt's tokens too; this server does not.
+            raise BadRequest("logprobs with echo is not supported by this server", param="echo")
         params = self._params(client, req, req.token_limit())
         session = await self._session(client, req.model, session_id)
 

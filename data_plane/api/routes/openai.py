@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,8 +19,9 @@ from data_plane.api.deps import (
     RetrievalDep,
     SessionHeader,
 )
-from data_plane.api.schemas import ChatCompletionRequest, CompletionRequest
+from data_plane.engine.base import TokenLogprob
 from data_plane.errors import ApiError
+from data_plane.protocol import ChatCompletionRequest, CompletionRequest
 from data_plane.services.inference import InferenceService, Turn
 from shared.config import ModelSpec
 
@@ -88,6 +90,62 @@ def _context_size(service: InferenceService, spec: ModelSpec) -> int:
     set below or above the pin's."""
     engine = service.runtime.engine_for(spec)
     return engine.info.context_size if engine is not None else spec.context_size
+
+
+class _Logprobs:
+    """A turn's token log-probabilities, handed out as its text is: each call takes the
+    entries of the tokens whose text was read since the last, in OpenAI's shapes."""
+
+    def __init__(self, turn: Turn, wanted: bool, offset: int = 0) -> None:
+        self._turn = turn
+        self.wanted = wanted
+        self._seen = 0
+        self._offset = offset  # legacy text_offset: characters before the next token
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def _take(self) -> list[TokenLogprob]:
+        entries = self._turn.result.logprobs[self._seen :]
+        self._seen += len(entries)
+        return entries
+
+    def chat(self) -> dict[str, Any] | None:
+        """``choices[].logprobs`` of a chat answer or chunk."""
+        if not self.wanted:
+            return None
+        return {
+            "content": [
+                {
+                    **_token(e.piece, e.logprob),
+                    "top_logprobs": [_token(piece, lp) for piece, lp in e.top],
+                }
+                for e in self._take()
+            ],
+            "refusal": None,
+        }
+
+    def legacy(self) -> dict[str, Any] | None:
+        """``choices[].logprobs`` of a (legacy) completion or chunk."""
+        if not self.wanted:
+            return None
+        out: dict[str, list[Any]] = {
+            "tokens": [],
+            "token_logprobs": [],
+            "top_logprobs": [],
+            "text_offset": [],
+        }
+        for e in self._take():
+            out["tokens"].append(e.piece.decode("utf-8", "replace"))
+            out["token_logprobs"].append(e.logprob)
+            out["top_logprobs"].append(
+                {piece.decode("utf-8", "replace"): lp for piece, lp in e.top}
+            )
+            out["text_offset"].append(self._offset)
+            self._offset += len(self._decoder.decode(e.piece))
+        return out
+
+
+def _token(piece: bytes, logprob: float) -> dict[str, Any]:
+    return {"token": piece.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(piece)}
 
 
 def _sse(payload: dict[str, Any] | str) -> str:
@@ -170,6 +228,7 @@ async def chat_completions(
     session_id: SessionHeader = None,
 ) -> JSONResponse | StreamingResponse:
     turn = await service.start_chat(client, body, session_id)
+    logprobs = _Logprobs(turn, body.top_logprobs_wanted() is not None)
     common = {
         "id": f"chatcmpl-{turn.id}",
         "created": turn.created,
@@ -190,7 +249,7 @@ async def chat_completions(
             delta=lambda text: (
                 {"delta": {"role": "assistant", "content": ""}}
                 if text == ""
-                else {"delta": {"content": text}}
+                else {"delta": {"content": text}, "logprobs": logprobs.chat()}
             ),
             final=lambda reason: {"delta": {}, "finish_reason": reason},
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
@@ -208,7 +267,7 @@ async def chat_completions(
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": "".join(turn.text)},
-                    "logprobs": None,
+                    "logprobs": logprobs.chat(),
                     "finish_reason": turn.result.finish_reason,
                 }
             ],
@@ -228,6 +287,7 @@ async def completions(
 ) -> JSONResponse | StreamingResponse:
     turn = await service.start_completion(client, body, session_id)
     prefix = body.prompt_text() if body.echo else ""
+    logprobs = _Logprobs(turn, body.top_logprobs_wanted() is not None, len(prefix))
     common = {"id": f"cmpl-{turn.id}", "created": turn.created, "model": body.model}
     if body.stream:
         return _streamed(
@@ -241,7 +301,9 @@ async def completions(
                 else [],
             },
             delta=lambda text: (
-                ({"text": prefix} if prefix else {}) if text == "" else {"text": text}
+                ({"text": prefix} if prefix else {})
+                if text == ""
+                else {"text": text, "logprobs": logprobs.legacy()}
             ),
             final=lambda reason: {"text": "", "finish_reason": reason},
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
@@ -259,7 +321,7 @@ async def completions(
                 {
                     "index": 0,
                     "text": prefix + "".join(turn.text),
-                    "logprobs": None,
+                    "logprobs": logprobs.legacy(),
                     "finish_reason": turn.result.finish_reason,
                 }
             ],

@@ -1,8 +1,14 @@
-"""Request and response bodies of the client API, in OpenAI's shapes.
+"""The client API's protocol: request and response bodies, in OpenAI's shapes.
 
-Unknown OpenAI fields are accepted and ignored, as OpenAI-compatible servers do; fields
-that would change the answer and that Sanctum does not implement (tools, n > 1,
-logprobs) are refused with 400 rather than silently dropped.
+They belong to the API, not to its HTTP layer: routes parse and answer with them, and
+services take them, without either importing the other's module (vLLM keeps its
+``protocol.py`` beside its ``serving_*.py`` the same way).
+
+A field that changes the answer is honoured or refused, never dropped: the sampling
+fields of OpenAI and of llama-server that Sanctum implements are declared below; those
+it does not (``REFUSED``) get a 400 naming them when set to anything but their neutral
+value. Other unknown fields are accepted and ignored, as OpenAI-compatible servers do
+(docs/api.md lists every field and what happens to it).
 """
 
 from __future__ import annotations
@@ -37,6 +43,46 @@ Text = Annotated[str, AfterValidator(_unicode)]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 MaxTokens = Annotated[int, Field(ge=1, le=1_000_000)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+TopLogprobs = Annotated[int, Field(ge=0, le=20)]
+# Entries of a logit_bias map (OpenAI's are keyed by token id, as strings in JSON).
+MAX_LOGIT_BIAS = 1024
+
+# Fields that change the answer and that Sanctum does not implement, with the values
+# that leave the answer as it is (a request may send those). Any other value: 400.
+REFUSED: dict[str, tuple[Any, ...]] = {
+    # OpenAI: tools and structured output (issue 14, items 1 and 2).
+    "tools": (None, []),
+    "functions": (None, []),
+    "tool_choice": (None, "none"),
+    "response_format": (None, {"type": "text"}),
+    # OpenAI: features with no meaning for this model or this server.
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+    "prediction": (None,),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "reasoning_effort": (None,),
+    "verbosity": (None,),
+    "web_search_options": (None,),
+    # llama-server: samplers Sanctum does not chain (their tuning fields, such as
+    # mirostat_tau or dry_base, change nothing without them and are ignored).
+    "mirostat": (None, 0),
+    "dynatemp_range": (None, 0, 0.0),
+    "xtc_probability": (None, 0, 0.0),
+    "dry_multiplier": (None, 0, 0.0),
+    "top_n_sigma": (None, -1, -1.0),
+    "tfs_z": (None, 1, 1.0),
+    "min_keep": (None, 0),
+    "samplers": (None,),
+    "grammar": (None, ""),
+    "json_schema": (None, {}),
+    "ignore_eos": (None, False),
+    "n_predict": (None, -1),
+    "n_probs": (None, 0),
+    "post_sampling_probs": (None, False),
+    "t_max_predict_ms": (None, 0),
+}
 
 
 class TextPart(BaseModel):
@@ -73,6 +119,15 @@ class _Sampling(BaseModel):
     max_tokens: MaxTokens | None = None
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
+    # llama-server's samplers (0 or 1: off, as there)
+    top_k: int = Field(default=0, ge=0, le=1_000_000)
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    typical_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    repeat_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    repeat_last_n: int = Field(default=64, ge=-1, le=1_000_000)
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     stop: Text | list[Text] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     stream: bool = False
@@ -89,29 +144,66 @@ class _Sampling(BaseModel):
             raise ValueError("stop sequences must not be empty")
         return stops
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        # Whether each id is in the model's vocabulary: the inference service (it knows
+        # the model).
+        if bias is None:
+            return None
+        if len(bias) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
+        for key in bias:
+            if not key.strip().isdigit():
+                raise ValueError("keys must be token ids (whole numbers from 0)")
+        return bias
+
     def stops(self) -> tuple[str, ...]:
         return tuple(self.stop or ())
+
+    def biases(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(k), v) for k, v in (self.logit_bias or {}).items())
+
+    def top_logprobs_wanted(self) -> int | None:
+        """None: no logprobs; k: the chosen token's and the k likeliest at each step."""
+        return None
 
     def unsupported(self) -> str | None:
         """The first field set that Sanctum refuses to ignore, or None."""
         if self.n != 1:
             return "n"
         extra = self.model_extra or {}
-        for name in ("tools", "functions", "tool_choice", "logprobs", "response_format"):
-            if extra.get(name) not in (None, False, [], {"type": "text"}):
+        for name, neutral in REFUSED.items():
+            if name in extra and not any(_same(extra[name], v) for v in neutral):
                 return name
         return None
+
+
+def _same(sent: Any, neutral: Any) -> bool:
+    # 0 == False in Python, and 1 == True: the neutral value must have the same type too.
+    return type(sent) is type(neutral) and bool(sent == neutral)
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: MaxTokens | None = None
+    logprobs: bool | None = None
+    top_logprobs: TopLogprobs | None = None
     sanctum: dict[str, Any] | None = Field(
         default=None, description="Sanctum options (retrieval), sent with extra_body"
     )
 
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs set to true")
+        return self
+
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def content_chars(self) -> int:
         return sum(len(m.text()) for m in self.messages)
@@ -120,6 +212,10 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: Text | list[Text]
     echo: bool = False
+    logprobs: TopLogprobs | None = None  # the legacy field: how many alternatives
+
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod
@@ -159,13 +255,17 @@ class EmbeddingRequest(BaseModel):
     dimensions: int | None = Field(default=None, ge=1)
     user: Text | None = None
 
-    def texts(self) -> list[str] | None:
-        """The inputs as texts, or None when they are token arrays."""
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The inputs: texts, or token arrays of the embedding model's own tokenizer."""
         if isinstance(self.input, str):
             return [self.input]
+        if not self.input:
+            return []
         if all(isinstance(x, str) for x in self.input):
             return [str(x) for x in self.input]
-        return None if self.input else []
+        if all(isinstance(x, int) for x in self.input):
+            return [[x for x in self.input if isinstance(x, int)]]  # one array of token ids
+        return [list(x) for x in self.input if isinstance(x, list)]
 
 
 class SessionDocumentCreate(BaseModel):
