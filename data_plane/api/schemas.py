@@ -1,8 +1,8 @@
 """Request and response bodies of the client API, in OpenAI's shapes.
 
 Unknown OpenAI fields are accepted and ignored, as OpenAI-compatible servers do; fields
-that would change the answer and that Sanctum does not implement (tools, n > 1,
-logprobs) are refused with 400 rather than silently dropped.
+that would change the answer and that Sanctum does not implement (legacy ``functions``,
+n > 1, logprobs) are refused with 400 rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -44,12 +44,37 @@ class TextPart(BaseModel):
     text: Text
 
 
+class FunctionCall(BaseModel):
+    name: Text = Field(min_length=1, max_length=64)
+    arguments: Text = Field(description="the arguments, as a JSON object in a string")
+
+
+class ToolCall(BaseModel):
+    """A call the assistant made, as it comes back in the history."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: Text = Field(max_length=200)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
     name: Text | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant: the calls it made
+    tool_call_id: Text | None = Field(default=None, max_length=200)  # tool: which call
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message holds tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -61,6 +86,57 @@ class ChatMessage(BaseModel):
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+FunctionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: FunctionName
+    description: Text | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema of the arguments (an object)"
+    )
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    name: FunctionName
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: Text = Field(min_length=1, max_length=64)
+    description: Text | None = None
+    schema_: dict[str, Any] | bool = Field(default=True, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``text``, ``json_object`` (any JSON object) or ``json_schema`` (a value valid
+    against the schema): the answer is constrained as it is decoded."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs a json_schema object")
+        return self
 
 
 class _Sampling(BaseModel):
@@ -106,6 +182,10 @@ class _Sampling(BaseModel):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: MaxTokens | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     sanctum: dict[str, Any] | None = Field(
         default=None, description="Sanctum options (retrieval), sent with extra_body"
     )
@@ -114,7 +194,14 @@ class ChatCompletionRequest(_Sampling):
         return self.max_completion_tokens or self.max_tokens
 
     def content_chars(self) -> int:
-        return sum(len(m.text()) for m in self.messages)
+        calls = sum(
+            len(c.function.name) + len(c.function.arguments)
+            for m in self.messages
+            for c in m.tool_calls or ()
+        )
+        tools = sum(len(t.model_dump_json()) for t in self.tools or ())
+        schema = self.response_format.model_dump_json() if self.response_format else ""
+        return sum(len(m.text()) for m in self.messages) + calls + tools + len(schema)
 
 
 class CompletionRequest(_Sampling):

@@ -48,8 +48,8 @@ import ctypes
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,7 @@ import llama_cpp as llama
 from data_plane.engine.base import (
     ClientBusy,
     ClientCaps,
+    Constraint,
     ContextOverflow,
     Engine,
     EngineBusy,
@@ -68,9 +69,11 @@ from data_plane.engine.base import (
     SamplingParams,
     StopMatcher,
     TextDecoder,
+    UnsupportedSchema,
 )
 from data_plane.engine.base import Sequence as BaseSequence
 from data_plane.engine.chat_template import CHATML, ChatTemplate
+from data_plane.engine.grammar import GrammarFilter
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +81,10 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 _DONE = object()  # the generation ended normally
 _STOPPED = object()  # the scheduler let go of the generation (settles ``stopped``)
+
+
+def _no_grammar_text(record: logging.LogRecord) -> bool:
+    return "grammar" not in record.getMessage().lower()
 
 
 def _init_backend() -> None:
@@ -90,6 +97,9 @@ def _init_backend() -> None:
         # (not through our formatter) when this logger's level lets them through. Below
         # ERROR they are load-time chatter, and at debug level they could hold token text.
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        # A grammar that fails to parse is reported at ERROR level with the grammar's
+        # text, which holds a client's schema: those records never pass.
+        logging.getLogger("llama-cpp-python").addFilter(_no_grammar_text)
         llama.llama_backend_init()
         _backend_ready = True
 
@@ -114,6 +124,7 @@ class EngineConfig:
     client_max_running: int | None = None
     client_max_queued: int = 16
     client_max_parked_bytes: int = 256 << 20
+    grammar_cache: int = 64  # parsed grammars kept for reuse (each session gets a copy)
 
 
 @dataclass(eq=False)
@@ -272,6 +283,9 @@ class LlamaEngine(Engine):
         self._bos = llama.llama_vocab_bos(self._vocab)
         self._add_bos = bool(llama.llama_vocab_get_add_bos(self._vocab))
         self._pieces: dict[int, bytes] = {}
+        # Parsed grammars by GBNF text, least recently used first; copied per session.
+        self._grammars: OrderedDict[Constraint, Any] = OrderedDict()
+        self._grammars_lock = threading.Lock()
         self._template = ChatTemplate(
             config.chat_template or self._gguf_chat_template() or CHATML,
             bos_token=self._piece(self._bos, special=True).decode("utf-8", "replace"),
@@ -349,13 +363,7 @@ class LlamaEngine(Engine):
         return piece
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        # Prompt workers tokenize on their own threads: each call holds the vocabulary
-        # in use, and ``aclose`` frees the model only once no call holds it.
-        with self._vocab_users:
-            if self._closed:  # the vocabulary went with the model
-                raise EngineError("the model was unloaded")
-            self._tokenizing += 1
-        try:
+        with self._using_vocab():
             data = text.encode("utf-8")
             cap = len(data) + 8
             arr = (llama.llama_token * cap)()
@@ -365,6 +373,18 @@ class LlamaEngine(Engine):
                 arr = (llama.llama_token * cap)()
                 n = llama.llama_tokenize(self._vocab, data, len(data), arr, cap, False, special)
             return list(arr[:n])
+
+    @contextlib.contextmanager
+    def _using_vocab(self) -> Iterator[None]:
+        # Prompt workers tokenize (and parse grammars) on their own threads: each call
+        # holds the vocabulary in use, and ``aclose`` frees the model only once no call
+        # holds it.
+        with self._vocab_users:
+            if self._closed:  # the vocabulary went with the model
+                raise EngineError("the model was unloaded")
+            self._tokenizing += 1
+        try:
+            yield
         finally:
             with self._vocab_users:
                 self._tokenizing -= 1
@@ -830,6 +850,7 @@ class LlamaEngine(Engine):
 
     def _sampler(self, params: SamplingParams) -> Any:
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+        self._add_constraint(chain, params)  # first: it filters what the rest sees
         if params.temperature <= 0:
             llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
             return chain
@@ -840,6 +861,42 @@ class LlamaEngine(Engine):
         seed = llama.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
         llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed))
         return chain
+
+    # --- constrained decoding ----------------------------------------------------------
+
+    def prepare_constraint(self, constraint: Constraint) -> None:
+        with self._using_vocab(), self._grammars_lock:
+            self._parsed(constraint)
+
+    def _parsed(self, constraint: Constraint) -> Any:
+        """The parsed grammar of ``constraint``, from the cache or parsed now (the
+        least recently used one goes past the cache's size); under ``_grammars_lock``.
+        Each session samples with a copy of its own."""
+        parsed = self._grammars.get(constraint)
+        if parsed is None:
+            parsed = llama.llama_sampler_init_grammar(
+                self._vocab, constraint.gbnf.encode(), constraint.root.encode()
+            )
+            if not parsed:
+                raise UnsupportedSchema("")
+            self._grammars[constraint] = parsed
+            while len(self._grammars) > max(1, self.config.grammar_cache):
+                _, old = self._grammars.popitem(last=False)
+                llama.llama_sampler_free(old)
+        self._grammars.move_to_end(constraint)
+        return parsed
+
+    def _add_constraint(self, chain: Any, params: SamplingParams) -> None:
+        if params.constraint is None:
+            return
+        with self._grammars_lock:
+            # Checked when the request came (prepare_constraint): it parses again if
+            # it was pushed out of the cache since.
+            grammar = llama.llama_sampler_clone(self._parsed(params.constraint))
+        # Greedy: the filter's exact shortcut holds while the greedy choice follows the
+        # logits as the model gave them (no sampler reshapes them after the filter).
+        gate = GrammarFilter(grammar, greedy=params.temperature <= 0)
+        llama.llama_sampler_chain_add(chain, gate.sampler)
 
     def _step(self) -> None:
         batch = self._batch
@@ -986,6 +1043,10 @@ class LlamaEngine(Engine):
         # No call into the model after this: new tokenize calls are refused, and those
         # under way on prompt workers finish first.
         await asyncio.to_thread(self._stop_tokenizing)
+        with self._grammars_lock:
+            for parsed in self._grammars.values():
+                llama.llama_sampler_free(parsed)
+            self._grammars.clear()
         llama.llama_batch_free(self._batch)
         llama.llama_free(self._ctx)
         llama.llama_model_free(self._model)
