@@ -10,7 +10,8 @@ prompts (round robin, at most ``prefill_chunk`` tokens while others decode or wa
 a slot, so a long prompt does not stall them), into one ``llama_batch`` and one
 ``llama_decode``;
 each session then samples from its own logits with its own sampler chain (greedy at
-temperature 0; otherwise temperature, top_p, and a seeded draw). Flash attention is on
+temperature 0; otherwise temperature, top_p, and a seeded draw), behind the grammar of a
+constrained generation (structured output: :mod:`data_plane.engine.grammar`). Flash attention is on
 by default: its CPU kernel walks each query's own keys in order and skips masked cells,
 so a session's logits do not depend on which other sessions share the batch (greedy
 output is the same alone or batched).

@@ -299,6 +299,8 @@ def canonical(schema: Any) -> str:
 def json_schema_constraint(schema: Any) -> Constraint:
     """A grammar for JSON values valid against ``schema`` (UnsupportedSchema if it can't
     be enforced)."""
+    if schema is True:  # any JSON value (the converter reads {} as any object)
+        schema = {"type": ["object", "array", "string", "number", "boolean", "null"]}
     check_schema(schema)
     return Constraint(_schema_grammar(canonical(schema)))
 

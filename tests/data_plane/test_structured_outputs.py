@@ -7,9 +7,10 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+import httpx
 import openai
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from shared.models import DEFAULT_MODEL_NAME
 from tests.conftest import Node, Tenants
@@ -90,15 +91,17 @@ def test_json_object_answers_are_json_objects(node: Node, tenants: Tenants) -> N
 
 
 @pytest.mark.parametrize("method", ["json_schema", "function_calling"])
-def test_langchain_with_structured_output(node: Node, tenants: Tenants, method: str) -> None:
+def test_langchain_with_structured_output(
+    node: Node, tenants: Tenants, method: Literal["json_schema", "function_calling"]
+) -> None:
     from langchain_openai import ChatOpenAI
 
     llm = ChatOpenAI(
         base_url=f"{node.api}/v1",
-        api_key=tenants.alice.key,
+        api_key=SecretStr(tenants.alice.key),
         model=MODEL,
         temperature=0,
-        max_tokens=120,
+        max_completion_tokens=120,
         max_retries=0,
     )
     person = llm.with_structured_output(Person, method=method).invoke(PERSON_PROMPT)
@@ -273,3 +276,49 @@ def test_a_constrained_session_beside_seven_others_writes_what_it_writes_alone(
         together = list(pool.map(ask, range(len(PROMPTS))))
     assert together == alone
     Person.model_validate_json(alone[0])
+
+
+def test_a_session_holds_a_tool_call_as_a_resent_history_shows_it(
+    node: Node, tenants: Tenants
+) -> None:
+    # One session gets the tool result alone, the other the whole history again (as
+    # stateless clients send it): both hold the call the same way, so both prompts match.
+    client = node.openai(tenants.alice)
+    sessions = [_session(node, tenants.alice.key) for _ in range(2)]
+    answers = []
+    for resend, sid in zip((False, True), sessions, strict=True):
+        headers = {"X-Sanctum-Session": sid}
+        first = [{"role": "user", "content": WEATHER_PROMPT}]
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=first,
+            tools=[WEATHER_TOOL],
+            tool_choice="required",
+            max_tokens=80,
+            temperature=0,
+            extra_headers=headers,
+        )
+        message = reply.choices[0].message
+        result = {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "18C"}
+        history = [*first, message.model_dump(exclude_none=True), result] if resend else [result]
+        answer = client.chat.completions.create(
+            model=MODEL,
+            messages=history,
+            tools=[WEATHER_TOOL],
+            max_tokens=24,
+            temperature=0,
+            extra_headers=headers,
+        )
+        answers.append((answer.usage.prompt_tokens, answer.choices[0].message.content))
+    assert answers[0] == answers[1]
+
+
+def _session(node: Node, key: str) -> str:
+    r = httpx.post(
+        f"{node.api}/v1/sessions",
+        json={"model": MODEL, "ttl": 120},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
