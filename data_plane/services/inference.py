@@ -95,7 +95,9 @@ class Turn:
 
     @property
     def finish_reason(self) -> str | None:
-        return "tool_calls" if self.tool_calls else self.result.finish_reason
+        # A generation cut off after whole calls keeps "length": the client sees it.
+        reason = self.result.finish_reason
+        return "tool_calls" if self.tool_calls and reason == "stop" else reason
 
     async def deltas(self) -> AsyncIterator[str | list[dict[str, Any]]]:
         """The answer as it streams: its text, then, if it called tools, the list of

@@ -269,15 +269,17 @@ def _parse_calls(text: str, names: set[str]) -> list[tuple[str, str]] | None:
     decoder = json.JSONDecoder()
     while rest:
         if not rest.startswith(TOOL_CALL_OPEN.strip()):
-            return None
+            # Cut off inside the next block's opening tag, after whole calls.
+            return calls if calls and TOOL_CALL_OPEN.startswith(rest) else None
         body = rest[len(TOOL_CALL_OPEN.strip()) :].lstrip()
         try:
             call, end = decoder.raw_decode(body)
         except ValueError:
-            return None
+            # A last block cut off (by max_tokens) after whole ones: those are the calls.
+            return calls or None
         tail = body[end:].lstrip()
         if not tail.startswith(TOOL_CALL_CLOSE.strip()):
-            return None
+            return calls if calls and not tail else None
         rest = tail[len(TOOL_CALL_CLOSE.strip()) :].strip()
         if not isinstance(call, dict) or call.get("name") not in names:
             return None

@@ -299,6 +299,7 @@ def test_a_session_holds_a_tool_call_as_a_resent_history_shows_it(
             extra_headers=headers,
         )
         message = reply.choices[0].message
+        assert message.tool_calls, (reply.choices[0].finish_reason, message.content)
         result = {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "18C"}
         history = [*first, message.model_dump(exclude_none=True), result] if resend else [result]
         answer = client.chat.completions.create(

@@ -107,6 +107,13 @@ def test_malformed_calls_come_back_as_text(body: str) -> None:
     assert _read(["ok ", body]) == ("ok " + body, [])
 
 
+def test_whole_calls_before_a_cut_off_one_are_read() -> None:
+    whole = '<tool_call>\n{"name": "get_weather", "arguments": {}}\n</tool_call>'
+    for cut in ('\n<tool_call>\n{"name": "get_weath', "\n<tool_ca"):
+        text, calls = _read([whole, cut])
+        assert text == "" and len(calls) == 1
+
+
 def test_history_shows_calls_and_results_in_the_tool_format() -> None:
     args = '{"city": "Paris"}'
     messages = [
