@@ -51,9 +51,12 @@ MAX_LOGIT_BIAS = 1024
 # Fields that change the answer and that Sanctum does not implement, with the values
 # that leave the answer as it is (a request may send those). Any other value: 400.
 REFUSED: dict[str, tuple[Any, ...]] = {
-    # OpenAI: tools and structured output (issue 14, items 1 and 2).
+    # OpenAI: tools and structured output. Chat declares them (and honours them), so
+    # these entries only refuse them where they have no meaning: on /v1/completions.
+    # Legacy ``functions`` is refused everywhere: ``tools`` replaced it.
     "tools": (None, []),
     "functions": (None, []),
+    "function_call": (None, "none"),
     "tool_choice": (None, "none"),
     "response_format": (None, {"type": "text"}),
     # OpenAI: features with no meaning for this model or this server.
@@ -90,12 +93,37 @@ class TextPart(BaseModel):
     text: Text
 
 
+class FunctionCall(BaseModel):
+    name: Text = Field(min_length=1, max_length=64)
+    arguments: Text = Field(description="the arguments, as a JSON object in a string")
+
+
+class ToolCall(BaseModel):
+    """A call the assistant made, as it comes back in the history."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: Text = Field(max_length=200)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
     name: Text | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant: the calls it made
+    tool_call_id: Text | None = Field(default=None, max_length=200)  # tool: which call
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message holds tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -107,6 +135,57 @@ class ChatMessage(BaseModel):
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+FunctionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: FunctionName
+    description: Text | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema of the arguments (an object)"
+    )
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    name: FunctionName
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: Text = Field(min_length=1, max_length=64)
+    description: Text | None = None
+    schema_: dict[str, Any] | bool = Field(default=True, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``text``, ``json_object`` (any JSON object) or ``json_schema`` (a value valid
+    against the schema): the answer is constrained as it is decoded."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs a json_schema object")
+        return self
 
 
 class _Sampling(BaseModel):
@@ -189,6 +268,10 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool | None = None
     top_logprobs: TopLogprobs | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     sanctum: dict[str, Any] | None = Field(
         default=None, description="Sanctum options (retrieval), sent with extra_body"
     )
@@ -206,7 +289,14 @@ class ChatCompletionRequest(_Sampling):
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def content_chars(self) -> int:
-        return sum(len(m.text()) for m in self.messages)
+        calls = sum(
+            len(c.function.name) + len(c.function.arguments)
+            for m in self.messages
+            for c in m.tool_calls or ()
+        )
+        tools = sum(len(t.model_dump_json()) for t in self.tools or ())
+        schema = self.response_format.model_dump_json() if self.response_format else ""
+        return sum(len(m.text()) for m in self.messages) + calls + tools + len(schema)
 
 
 class CompletionRequest(_Sampling):

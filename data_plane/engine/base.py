@@ -19,6 +19,19 @@ class EngineError(Exception):
     """Base for engine errors (messages hold counts and ids, never content)."""
 
 
+class UnsupportedSchema(EngineError):
+    """A JSON schema (of ``response_format`` or a tool) uses what constrained decoding
+    can't enforce. The message names the JSON Schema keyword, never a value."""
+
+    def __init__(self, keyword: str, why: str = "is not supported") -> None:
+        super().__init__(
+            f"JSON Schema keyword {keyword!r} {why}"
+            if keyword
+            else "the schema can't be turned into a grammar"
+        )
+        self.keyword = keyword
+
+
 class ContextOverflow(EngineError):
     """The prompt does not fit the context."""
 
@@ -58,6 +71,15 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """What a generation's tokens must spell: a llama.cpp GBNF grammar (``root`` is its
+    start rule). Built from a JSON schema or a tool list by :mod:`.structured`."""
+
+    gbnf: str
+    root: str = "root"
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How one generation picks its tokens (each default leaves its sampler out)."""
 
@@ -75,6 +97,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None: none; k: the chosen token's and the k likeliest
+    constraint: Constraint | None = None  # structured output: only what it allows
 
     def penalised(self) -> bool:
         return (
@@ -154,6 +177,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def text_tokens(self, prompt: str) -> list[int]:
         """The prompt of a plain completion (text only, BOS added if the model wants it)."""
+
+    def prepare_constraint(self, constraint: Constraint) -> None:
+        """Compile ``constraint`` for this model's vocabulary now, so a grammar that
+        can't be used is refused (UnsupportedSchema) before the generation queues.
+        Blocking: callers run it off the event loop."""
+        raise UnsupportedSchema("response_format", "needs an engine with constrained decoding")
 
     @abc.abstractmethod
     async def open_sequence(self, client: str = "") -> Sequence:

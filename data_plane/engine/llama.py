@@ -10,9 +10,10 @@ prompts (round robin, at most ``prefill_chunk`` tokens while others decode or wa
 a slot, so a long prompt does not stall them), into one ``llama_batch`` and one
 ``llama_decode``;
 each session then samples from its own logits with its own sampler chain (see
-``_sampler``: bias and penalties, then greedy at temperature 0, otherwise the cuts,
-temperature and a seeded draw), and, only if it asked for them, reads the
-log-probabilities of its own logits row. Flash attention is on
+``_sampler``: the grammar of a constrained generation first (structured output:
+:mod:`data_plane.engine.grammar`), then bias and penalties, then greedy at temperature
+0, otherwise the cuts, temperature and a seeded draw), and, only if it asked for them,
+reads the log-probabilities of its own logits row. Flash attention is on
 by default: its CPU kernel walks each query's own keys in order and skips masked cells,
 so a session's logits do not depend on which other sessions share the batch (greedy
 output is the same alone or batched).
@@ -50,8 +51,8 @@ import ctypes
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,7 @@ import numpy as np
 from data_plane.engine.base import (
     ClientBusy,
     ClientCaps,
+    Constraint,
     ContextOverflow,
     Engine,
     EngineBusy,
@@ -72,9 +74,11 @@ from data_plane.engine.base import (
     StopMatcher,
     TextDecoder,
     TokenLogprob,
+    UnsupportedSchema,
 )
 from data_plane.engine.base import Sequence as BaseSequence
 from data_plane.engine.chat_template import CHATML, ChatTemplate
+from data_plane.engine.grammar import GrammarFilter
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +95,10 @@ class _Logprobs(list[TokenLogprob]):
     come: a token that ends inside a UTF-8 character brings no text of its own)."""
 
 
+def _no_grammar_text(record: logging.LogRecord) -> bool:
+    return "grammar" not in record.getMessage().lower()
+
+
 def _init_backend() -> None:
     """Initialise llama.cpp once per process and keep its own logging quiet."""
     global _backend_ready
@@ -101,6 +109,9 @@ def _init_backend() -> None:
         # (not through our formatter) when this logger's level lets them through. Below
         # ERROR they are load-time chatter, and at debug level they could hold token text.
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        # A grammar that fails to parse is reported at ERROR level with the grammar's
+        # text, which holds a client's schema: those records never pass.
+        logging.getLogger("llama-cpp-python").addFilter(_no_grammar_text)
         llama.llama_backend_init()
         _backend_ready = True
 
@@ -125,6 +136,7 @@ class EngineConfig:
     client_max_running: int | None = None
     client_max_queued: int = 16
     client_max_parked_bytes: int = 256 << 20
+    grammar_cache: int = 64  # parsed grammars kept for reuse (each session gets a copy)
 
 
 @dataclass(eq=False)
@@ -300,6 +312,9 @@ class LlamaEngine(Engine):
         self._bos = llama.llama_vocab_bos(self._vocab)
         self._add_bos = bool(llama.llama_vocab_get_add_bos(self._vocab))
         self._pieces: dict[int, bytes] = {}
+        # Parsed grammars by GBNF text, least recently used first; copied per session.
+        self._grammars: OrderedDict[Constraint, Any] = OrderedDict()
+        self._grammars_lock = threading.Lock()
         self._template = ChatTemplate(
             config.chat_template or self._gguf_chat_template() or CHATML,
             bos_token=self._piece(self._bos, special=True).decode("utf-8", "replace"),
@@ -377,13 +392,7 @@ class LlamaEngine(Engine):
         return piece
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        # Prompt workers tokenize on their own threads: each call holds the vocabulary
-        # in use, and ``aclose`` frees the model only once no call holds it.
-        with self._vocab_users:
-            if self._closed:  # the vocabulary went with the model
-                raise EngineError("the model was unloaded")
-            self._tokenizing += 1
-        try:
+        with self._using_vocab():
             data = text.encode("utf-8")
             cap = len(data) + 8
             arr = (llama.llama_token * cap)()
@@ -393,6 +402,18 @@ class LlamaEngine(Engine):
                 arr = (llama.llama_token * cap)()
                 n = llama.llama_tokenize(self._vocab, data, len(data), arr, cap, False, special)
             return list(arr[:n])
+
+    @contextlib.contextmanager
+    def _using_vocab(self) -> Iterator[None]:
+        # Prompt workers tokenize (and parse grammars) on their own threads: each call
+        # holds the vocabulary in use, and ``aclose`` frees the model only once no call
+        # holds it.
+        with self._vocab_users:
+            if self._closed:  # the vocabulary went with the model
+                raise EngineError("the model was unloaded")
+            self._tokenizing += 1
+        try:
+            yield
         finally:
             with self._vocab_users:
                 self._tokenizing -= 1
@@ -871,8 +892,7 @@ class LlamaEngine(Engine):
         def add(sampler: Any) -> None:
             llama.llama_sampler_chain_add(chain, sampler)
 
-        for constraint in self._constraints(params):
-            add(constraint)
+        self._add_constraint(chain, params)  # first: it filters what the rest sees
         if params.logit_bias:
             biases = (llama.llama_logit_bias * len(params.logit_bias))()
             for entry, (token, bias) in zip(biases, params.logit_bias, strict=True):
@@ -908,11 +928,42 @@ class LlamaEngine(Engine):
         add(llama.llama_sampler_init_dist(seed))
         return chain
 
-    def _constraints(self, params: SamplingParams) -> list[Any]:
-        """Samplers that constrain which tokens may come next (a grammar from
-        ``response_format`` or a forced tool call), at the front of the chain: the
-        rest of the chain only ever sees tokens they allow. None yet."""
-        return []
+    # --- constrained decoding ----------------------------------------------------------
+
+    def prepare_constraint(self, constraint: Constraint) -> None:
+        with self._using_vocab(), self._grammars_lock:
+            self._parsed(constraint)
+
+    def _parsed(self, constraint: Constraint) -> Any:
+        """The parsed grammar of ``constraint``, from the cache or parsed now (the
+        least recently used one goes past the cache's size); under ``_grammars_lock``.
+        Each session samples with a copy of its own."""
+        parsed = self._grammars.get(constraint)
+        if parsed is None:
+            parsed = llama.llama_sampler_init_grammar(
+                self._vocab, constraint.gbnf.encode(), constraint.root.encode()
+            )
+            if not parsed:
+                raise UnsupportedSchema("")
+            self._grammars[constraint] = parsed
+            while len(self._grammars) > max(1, self.config.grammar_cache):
+                _, old = self._grammars.popitem(last=False)
+                llama.llama_sampler_free(old)
+        self._grammars.move_to_end(constraint)
+        return parsed
+
+    def _add_constraint(self, chain: Any, params: SamplingParams) -> None:
+        if params.constraint is None:
+            return
+        with self._grammars_lock:
+            # Checked when the request came (prepare_constraint): it parses again if
+            # it was pushed out of the cache since.
+            grammar = llama.llama_sampler_clone(self._parsed(params.constraint))
+        # Greedy: the filter's exact shortcut holds while the greedy choice follows the
+        # logits as the model gave them (no bias or penalty reshapes them after it).
+        exact = params.temperature <= 0 and not params.logit_bias and not params.penalised()
+        gate = GrammarFilter(grammar, greedy=exact)
+        llama.llama_sampler_chain_add(chain, gate.sampler)
 
     def _token_logprob(self, index: int, token: int, top: int) -> TokenLogprob:
         """The model's log-probability of ``token`` and of the ``top`` likeliest tokens at
@@ -1092,6 +1143,10 @@ class LlamaEngine(Engine):
         # No call into the model after this: new tokenize calls are refused, and those
         # under way on prompt workers finish first.
         await asyncio.to_thread(self._stop_tokenizing)
+        with self._grammars_lock:
+            for parsed in self._grammars.values():
+                llama.llama_sampler_free(parsed)
+            self._grammars.clear()
         llama.llama_batch_free(self._batch)
         llama.llama_free(self._ctx)
         llama.llama_model_free(self._model)

@@ -178,6 +178,26 @@ class _TurnResponse(StreamingResponse):
                 await self._service.finish(self._turn)
 
 
+def _tool_call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Streamed calls in OpenAI's shape: per call, its id, type and name (arguments
+    empty), then its arguments; the client joins them by ``index``."""
+    out: list[dict[str, Any]] = []
+    for i, call in enumerate(calls):
+        head = {**call, "index": i, "function": {**call["function"], "arguments": ""}}
+        out.append({"delta": {"tool_calls": [head]}})
+        args = {"index": i, "function": {"arguments": call["function"]["arguments"]}}
+        out.append({"delta": {"tool_calls": [args]}})
+    return out
+
+
+def _message(turn: Turn) -> dict[str, Any]:
+    """The assistant's message of a whole (not streamed) chat answer."""
+    content = "".join(turn.content)
+    if not turn.tool_calls:
+        return {"role": "assistant", "content": content}
+    return {"role": "assistant", "content": content.strip() or None, "tool_calls": turn.tool_calls}
+
+
 def _streamed(
     service: InferenceService,
     turn: Turn,
@@ -193,8 +213,12 @@ def _streamed(
             if first:
                 yield _sse(chunk(first))
             try:
-                async for text in turn.chunks():
-                    yield _sse(chunk(delta(text)))
+                async for piece in turn.deltas():
+                    if isinstance(piece, str):
+                        yield _sse(chunk(delta(piece)))
+                    else:
+                        for part in _tool_call_deltas(piece):
+                            yield _sse(chunk(part))
             except ApiError as exc:
                 # The generation was ended under the stream (shutdown, teardown): say so
                 # in OpenAI's error shape, as the stream's last event.
@@ -204,7 +228,7 @@ def _streamed(
                 return
             finished = True
             await service.finish(turn)  # one-shot: its usage record is durable first
-            last = chunk(final(turn.result.finish_reason))
+            last = chunk(final(turn.finish_reason))
             last["sanctum"] = _sanctum(turn)
             yield _sse(last)
             if include_usage:
@@ -255,7 +279,7 @@ async def chat_completions(
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
         )
     try:
-        async for _ in turn.chunks():
+        async for _ in turn.deltas():
             pass
     finally:
         await service.finish(turn)
@@ -266,9 +290,9 @@ async def chat_completions(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(turn.text)},
+                    "message": _message(turn),
                     "logprobs": logprobs.chat(),
-                    "finish_reason": turn.result.finish_reason,
+                    "finish_reason": turn.finish_reason,
                 }
             ],
             "usage": _usage(turn),
