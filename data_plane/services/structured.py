@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_plane.api.schemas import ChatCompletionRequest, ChatMessage
 from data_plane.engine.base import Constraint, UnsupportedSchema
 from data_plane.engine.structured import (
     TOOL_CALL_CLOSE,
@@ -43,6 +42,7 @@ from data_plane.engine.structured import (
     tool_call_constraint,
 )
 from data_plane.errors import BadRequest
+from data_plane.protocol import ChatCompletionRequest, ChatMessage
 
 Messages = list[dict[str, str]]
 

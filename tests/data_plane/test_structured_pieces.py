@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from data_plane.api.schemas import ChatMessage
 from data_plane.engine.base import UnsupportedSchema
 from data_plane.engine.structured import json_schema_constraint, tool_call_constraint
 from data_plane.errors import BadRequest
+from data_plane.protocol import ChatMessage
 from data_plane.services.structured import ToolCallReader, chat_messages, render_reply
 
 
