@@ -23,10 +23,10 @@ from data_plane.fair_queue import FairExecutor
 from data_plane.outbox import UsageOutbox
 from data_plane.rag import Retrieval
 from data_plane.rate_limits import RateLimiter
-from data_plane.services.usage import UsageService
 from data_plane.sessions import SessionStore
 from data_plane.settings import Settings
 from data_plane.tls import ManagementTLS
+from data_plane.usage import UsageRecorder
 from shared.config import ClientSpec, ConfigBundle, ModelSpec
 from shared.keys import NODE, KeyFileError, ensure_key_pair, load_private_key
 from shared.management import CERTIFICATE_INVALID
@@ -143,7 +143,7 @@ class Runtime:
         )
         self.node_key = node_signing_key(settings)
         self.tls = ManagementTLS(settings.tls_path, settings.node_id)
-        self.usage = UsageService(
+        self.usage = UsageRecorder(
             settings.node_id, self.node_key, UsageOutbox(settings.outbox_dir, settings.outbox)
         )
         self.engines = EnginePool(settings)

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, ValidationError
 
 from data_plane.api.deps import ControlPlaneSigned, KnowledgeBasesDep
-from data_plane.api.schemas import Text
+from data_plane.protocol import Text
 from data_plane.services.knowledge_bases import IngestFile
 from shared import management
 

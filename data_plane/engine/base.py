@@ -19,6 +19,19 @@ class EngineError(Exception):
     """Base for engine errors (messages hold counts and ids, never content)."""
 
 
+class UnsupportedSchema(EngineError):
+    """A JSON schema (of ``response_format`` or a tool) uses what constrained decoding
+    can't enforce. The message names the JSON Schema keyword, never a value."""
+
+    def __init__(self, keyword: str, why: str = "is not supported") -> None:
+        super().__init__(
+            f"JSON Schema keyword {keyword!r} {why}"
+            if keyword
+            else "the schema can't be turned into a grammar"
+        )
+        self.keyword = keyword
+
+
 class ContextOverflow(EngineError):
     """The prompt does not fit the context."""
 
@@ -58,12 +71,50 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """What a generation's tokens must spell: a llama.cpp GBNF grammar (``root`` is its
+    start rule). Built from a JSON schema or a tool list by :mod:`.structured`."""
+
+    gbnf: str
+    root: str = "root"
+
+
+@dataclass(frozen=True)
 class SamplingParams:
+    """How one generation picks its tokens (each default leaves its sampler out)."""
+
     max_tokens: int
-    temperature: float = 1.0
+    temperature: float = 1.0  # 0: greedy
     top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0  # llama.cpp's multiplicative penalty; 1: off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64  # tokens the penalties look back on; -1: the whole context
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias); -100 or less bans it
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: none; k: the chosen token's and the k likeliest
+    constraint: Constraint | None = None  # structured output: only what it allows
+
+    def penalised(self) -> bool:
+        return (
+            self.repeat_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        ) and self.penalty_last_n != 0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token and the model's log-probabilities at its step (content: it
+    lives in RAM with the answer, never in a log)."""
+
+    piece: bytes  # the token's text, as bytes (may be part of a UTF-8 character)
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()  # the likeliest tokens, likeliest first
 
 
 @dataclass(frozen=True)
@@ -88,6 +139,9 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None  # "stop" or "length"
+    # With ``SamplingParams.logprobs``: one entry per token whose text the reader has been
+    # given so far (tokens cut off with a stop string are not in it).
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -107,6 +161,7 @@ class Engine(abc.ABC):
 
     info: ModelInfo
     default_caps: ClientCaps  # for a client whose config sets no caps of its own
+    vocab_size: int  # token ids run from 0 to vocab_size - 1 (logit_bias is checked on it)
 
     @abc.abstractmethod
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
@@ -122,6 +177,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def text_tokens(self, prompt: str) -> list[int]:
         """The prompt of a plain completion (text only, BOS added if the model wants it)."""
+
+    def prepare_constraint(self, constraint: Constraint) -> None:
+        """Compile ``constraint`` for this model's vocabulary now, so a grammar that
+        can't be used is refused (UnsupportedSchema) before the generation queues.
+        Blocking: callers run it off the event loop."""
+        raise UnsupportedSchema("response_format", "needs an engine with constrained decoding")
 
     @abc.abstractmethod
     async def open_sequence(self, client: str = "") -> Sequence:

@@ -9,8 +9,11 @@ Every step puts the next token of every decoding session, then chunks of pending
 prompts (round robin, at most ``prefill_chunk`` tokens while others decode or wait for
 a slot, so a long prompt does not stall them), into one ``llama_batch`` and one
 ``llama_decode``;
-each session then samples from its own logits with its own sampler chain (greedy at
-temperature 0; otherwise temperature, top_p, and a seeded draw). Flash attention is on
+each session then samples from its own logits with its own sampler chain (see
+``_sampler``: the grammar of a constrained generation first (structured output:
+:mod:`data_plane.engine.grammar`), then bias and penalties, then greedy at temperature
+0, otherwise the cuts, temperature and a seeded draw), and, only if it asked for them,
+reads the log-probabilities of its own logits row. Flash attention is on
 by default: its CPU kernel walks each query's own keys in order and skips masked cells,
 so a session's logits do not depend on which other sessions share the batch (greedy
 output is the same alone or batched).
@@ -48,16 +51,18 @@ import ctypes
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp as llama
+import numpy as np
 
 from data_plane.engine.base import (
     ClientBusy,
     ClientCaps,
+    Constraint,
     ContextOverflow,
     Engine,
     EngineBusy,
@@ -68,9 +73,12 @@ from data_plane.engine.base import (
     SamplingParams,
     StopMatcher,
     TextDecoder,
+    TokenLogprob,
+    UnsupportedSchema,
 )
 from data_plane.engine.base import Sequence as BaseSequence
 from data_plane.engine.chat_template import CHATML, ChatTemplate
+from data_plane.engine.grammar import GrammarFilter
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +86,17 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 _DONE = object()  # the generation ended normally
 _STOPPED = object()  # the scheduler let go of the generation (settles ``stopped``)
+# A logit bias at or below this bans the token (OpenAI: "-100 should result in a ban").
+BAN_BIAS = -100.0
+
+
+class _Logprobs(list[TokenLogprob]):
+    """Queue item: log-probabilities of tokens whose text comes next in the queue (or has
+    come: a token that ends inside a UTF-8 character brings no text of its own)."""
+
+
+def _no_grammar_text(record: logging.LogRecord) -> bool:
+    return "grammar" not in record.getMessage().lower()
 
 
 def _init_backend() -> None:
@@ -90,6 +109,9 @@ def _init_backend() -> None:
         # (not through our formatter) when this logger's level lets them through. Below
         # ERROR they are load-time chatter, and at debug level they could hold token text.
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        # A grammar that fails to parse is reported at ERROR level with the grammar's
+        # text, which holds a client's schema: those records never pass.
+        logging.getLogger("llama-cpp-python").addFilter(_no_grammar_text)
         llama.llama_backend_init()
         _backend_ready = True
 
@@ -114,6 +136,7 @@ class EngineConfig:
     client_max_running: int | None = None
     client_max_queued: int = 16
     client_max_parked_bytes: int = 256 << 20
+    grammar_cache: int = 64  # parsed grammars kept for reuse (each session gets a copy)
 
 
 @dataclass(eq=False)
@@ -154,6 +177,11 @@ class _Work:
     slice_start: int = 0  # completion tokens when it (last) got its slot
     decoder: TextDecoder = field(default_factory=TextDecoder)
     stop: StopMatcher = field(init=False)
+    # With logprobs: entries not yet handed out, each with the number of characters
+    # of text decoded up to its token's end; handed out once the reader has that text.
+    held_logprobs: deque[tuple[int, TokenLogprob]] = field(default_factory=deque)
+    chars_decoded: int = 0
+    chars_sent: int = 0
 
     def __post_init__(self) -> None:
         self.stop = StopMatcher(self.params.stop)
@@ -186,6 +214,15 @@ class _TokenStream(AsyncGenerator[str, None]):
             self._cancel()
             raise
         self._held = None
+        while isinstance(item, _Logprobs):
+            # Entries go to the result as their text comes out: a reader that has the
+            # text of a chunk finds its tokens' entries in ``result.logprobs``.
+            self._work.result.logprobs.extend(item)
+            try:
+                item = await queue.get()
+            except BaseException:
+                self._cancel()
+                raise
         if item is _DONE:
             self._ended = True
             raise StopAsyncIteration
@@ -197,6 +234,8 @@ class _TokenStream(AsyncGenerator[str, None]):
             more = queue.get_nowait()
             if isinstance(more, str):
                 parts.append(more)
+            elif isinstance(more, _Logprobs):
+                self._work.result.logprobs.extend(more)
             else:
                 self._held = more
                 break
@@ -235,6 +274,7 @@ class LlamaEngine(Engine):
         if not self._model:
             raise EngineError(f"llama.cpp could not load model {config.info.name}")
         self._vocab = llama.llama_model_get_vocab(self._model)
+        self.vocab_size = llama.llama_vocab_n_tokens(self._vocab)
         self.n_slots = config.max_sequences
         # Every decoding slot puts one token in a step, and a prompt needs room beside
         # them: the batch holds at least one token more than there are slots.
@@ -272,6 +312,9 @@ class LlamaEngine(Engine):
         self._bos = llama.llama_vocab_bos(self._vocab)
         self._add_bos = bool(llama.llama_vocab_get_add_bos(self._vocab))
         self._pieces: dict[int, bytes] = {}
+        # Parsed grammars by GBNF text, least recently used first; copied per session.
+        self._grammars: OrderedDict[Constraint, Any] = OrderedDict()
+        self._grammars_lock = threading.Lock()
         self._template = ChatTemplate(
             config.chat_template or self._gguf_chat_template() or CHATML,
             bos_token=self._piece(self._bos, special=True).decode("utf-8", "replace"),
@@ -349,13 +392,7 @@ class LlamaEngine(Engine):
         return piece
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        # Prompt workers tokenize on their own threads: each call holds the vocabulary
-        # in use, and ``aclose`` frees the model only once no call holds it.
-        with self._vocab_users:
-            if self._closed:  # the vocabulary went with the model
-                raise EngineError("the model was unloaded")
-            self._tokenizing += 1
-        try:
+        with self._using_vocab():
             data = text.encode("utf-8")
             cap = len(data) + 8
             arr = (llama.llama_token * cap)()
@@ -365,6 +402,18 @@ class LlamaEngine(Engine):
                 arr = (llama.llama_token * cap)()
                 n = llama.llama_tokenize(self._vocab, data, len(data), arr, cap, False, special)
             return list(arr[:n])
+
+    @contextlib.contextmanager
+    def _using_vocab(self) -> Iterator[None]:
+        # Prompt workers tokenize (and parse grammars) on their own threads: each call
+        # holds the vocabulary in use, and ``aclose`` frees the model only once no call
+        # holds it.
+        with self._vocab_users:
+            if self._closed:  # the vocabulary went with the model
+                raise EngineError("the model was unloaded")
+            self._tokenizing += 1
+        try:
+            yield
         finally:
             with self._vocab_users:
                 self._tokenizing -= 1
@@ -829,17 +878,108 @@ class LlamaEngine(Engine):
         self._active.append(work)
 
     def _sampler(self, params: SamplingParams) -> Any:
+        """The generation's own sampler chain, in llama-server's order.
+
+        Constraints first (they decide which tokens may come at all), then the logit
+        bias, then the penalties over the tokens generated so far; at temperature 0 the
+        likeliest token that is left; otherwise top_k, typical_p, top_p, min_p cut the
+        candidates, temperature shapes what is left, and a seeded draw picks one. A
+        sampler whose parameter has its neutral value is left out of the chain, so a
+        request that sets none costs what it did before.
+        """
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+
+        def add(sampler: Any) -> None:
+            llama.llama_sampler_chain_add(chain, sampler)
+
+        self._add_constraint(chain, params)  # first: it filters what the rest sees
+        if params.logit_bias:
+            biases = (llama.llama_logit_bias * len(params.logit_bias))()
+            for entry, (token, bias) in zip(biases, params.logit_bias, strict=True):
+                entry.token = token
+                entry.bias = float("-inf") if bias <= BAN_BIAS else bias
+            add(llama.llama_sampler_init_logit_bias(self.vocab_size, len(biases), biases))
+        if params.penalised():
+            last_n = self.n_ctx_seq if params.penalty_last_n < 0 else params.penalty_last_n
+            # The binding names a first argument (n_vocab) that this build reads as well:
+            # checked against the library (the window is the second argument).
+            add(
+                llama.llama_sampler_init_penalties(
+                    self.vocab_size,
+                    last_n,
+                    params.repeat_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                )
+            )
         if params.temperature <= 0:
-            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
+            add(llama.llama_sampler_init_greedy())
             return chain
-        # OpenAI's order: temperature shapes the distribution, top_p cuts its tail.
-        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_temp(params.temperature))
+        if params.top_k > 0:
+            add(llama.llama_sampler_init_top_k(params.top_k))
+        if params.typical_p < 1.0:
+            add(llama.llama_sampler_init_typical(params.typical_p, 1))
         if params.top_p < 1.0:
-            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_p(params.top_p, 1))
+            add(llama.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            add(llama.llama_sampler_init_min_p(params.min_p, 1))
+        add(llama.llama_sampler_init_temp(params.temperature))
         seed = llama.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
-        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed))
+        add(llama.llama_sampler_init_dist(seed))
         return chain
+
+    # --- constrained decoding ----------------------------------------------------------
+
+    def prepare_constraint(self, constraint: Constraint) -> None:
+        with self._using_vocab(), self._grammars_lock:
+            self._parsed(constraint)
+
+    def _parsed(self, constraint: Constraint) -> Any:
+        """The parsed grammar of ``constraint``, from the cache or parsed now (the
+        least recently used one goes past the cache's size); under ``_grammars_lock``.
+        Each session samples with a copy of its own."""
+        parsed = self._grammars.get(constraint)
+        if parsed is None:
+            parsed = llama.llama_sampler_init_grammar(
+                self._vocab, constraint.gbnf.encode(), constraint.root.encode()
+            )
+            if not parsed:
+                raise UnsupportedSchema("")
+            self._grammars[constraint] = parsed
+            while len(self._grammars) > max(1, self.config.grammar_cache):
+                _, old = self._grammars.popitem(last=False)
+                llama.llama_sampler_free(old)
+        self._grammars.move_to_end(constraint)
+        return parsed
+
+    def _add_constraint(self, chain: Any, params: SamplingParams) -> None:
+        if params.constraint is None:
+            return
+        with self._grammars_lock:
+            # Checked when the request came (prepare_constraint): it parses again if
+            # it was pushed out of the cache since.
+            grammar = llama.llama_sampler_clone(self._parsed(params.constraint))
+        # Greedy: the filter's exact shortcut holds while the greedy choice follows the
+        # logits as the model gave them (no bias or penalty reshapes them after it).
+        exact = params.temperature <= 0 and not params.logit_bias and not params.penalised()
+        gate = GrammarFilter(grammar, greedy=exact)
+        llama.llama_sampler_chain_add(chain, gate.sampler)
+
+    def _token_logprob(self, index: int, token: int, top: int) -> TokenLogprob:
+        """The model's log-probability of ``token`` and of the ``top`` likeliest tokens at
+        batch row ``index``: a log-softmax of the row's raw logits, before any sampler
+        (bias, penalties, temperature, cuts), as OpenAI reports them."""
+        row = np.ctypeslib.as_array(
+            llama.llama_get_logits_ith(self._ctx, index), shape=(self.vocab_size,)
+        )
+        peak = float(row.max())
+        norm = peak + float(np.log(np.exp(row - peak, dtype=np.float64).sum()))
+        best: tuple[tuple[bytes, float], ...] = ()
+        if top > 0:
+            ids = np.argpartition(row, -top)[-top:]
+            ids = ids[np.argsort(-row[ids], kind="stable")]
+            best = tuple((self._text_piece(int(i)), float(row[i]) - norm) for i in ids)
+        return TokenLogprob(self._text_piece(token), float(row[token]) - norm, best)
 
     def _step(self) -> None:
         batch = self._batch
@@ -907,16 +1047,20 @@ class LlamaEngine(Engine):
             raise EngineError(f"llama_decode returned {rc}")
         for work, index in sample_at:
             token = llama.llama_sampler_sample(work.sampler, self._ctx, index)
-            self._on_token(work, token)
+            self._on_token(work, token, index)
 
-    def _on_token(self, work: _Work, token: int) -> None:
+    def _on_token(self, work: _Work, token: int, index: int) -> None:
         if llama.llama_vocab_is_eog(self._vocab, token):
             self._finish(work, "stop")
             return
         work.result.completion_tokens += 1
-        text = work.stop.feed(work.decoder.feed(self._text_piece(token)))
-        if text:
-            self._outbox.append((work, text))
+        decoded = work.decoder.feed(self._text_piece(token))
+        if work.params.logprobs is not None:
+            work.chars_decoded += len(decoded)
+            entry = self._token_logprob(index, token, work.params.logprobs)
+            work.held_logprobs.append((work.chars_decoded, entry))
+        text = work.stop.feed(decoded)
+        self._send(work, text)
         if work.stop.stopped:
             self._finish(work, "stop")
         elif work.result.completion_tokens >= work.params.max_tokens:
@@ -925,6 +1069,19 @@ class LlamaEngine(Engine):
             self._finish(work, "length")  # no KV cell left for the next token
         else:
             work.next_token = token
+
+    def _send(self, work: _Work, text: str) -> None:
+        """Queue ``text`` for the reader, after the log-probabilities of the tokens whose
+        text it completes."""
+        if work.params.logprobs is not None:
+            work.chars_sent += len(text)
+            ready = _Logprobs()
+            while work.held_logprobs and work.held_logprobs[0][0] <= work.chars_sent:
+                ready.append(work.held_logprobs.popleft()[1])
+            if ready:
+                self._outbox.append((work, ready))
+        if text:
+            self._outbox.append((work, text))
 
     def _finish(self, work: _Work, reason: str | None, error: EngineError | None = None) -> None:
         """End a generation: ``reason`` "stop" or "length", or None when it was cut off
@@ -955,8 +1112,8 @@ class LlamaEngine(Engine):
             self._outbox.append((work, error or EngineError("generation cancelled")))
         else:
             tail = work.stop.feed(work.decoder.flush()) + work.stop.flush()
-            if tail:
-                self._outbox.append((work, tail))
+            self._send(work, tail)
+            work.held_logprobs.clear()  # tokens of a stop string: not in the answer
             work.result.finish_reason = reason
             self._outbox.append((work, _DONE))
         self._outbox.append((work, _STOPPED))
@@ -986,6 +1143,10 @@ class LlamaEngine(Engine):
         # No call into the model after this: new tokenize calls are refused, and those
         # under way on prompt workers finish first.
         await asyncio.to_thread(self._stop_tokenizing)
+        with self._grammars_lock:
+            for parsed in self._grammars.values():
+                llama.llama_sampler_free(parsed)
+            self._grammars.clear()
         llama.llama_batch_free(self._batch)
         llama.llama_free(self._ctx)
         llama.llama_model_free(self._model)

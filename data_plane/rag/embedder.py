@@ -199,6 +199,56 @@ class Embedder:
             out[picked] = await self._run(client, self.encode_sync, [texts[i] for i in picked])
         return out
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids of the embedder's own tokenizer run from 0 to this, less one."""
+        return len(self.tokenizer)
+
+    def encode_tokens_sync(
+        self, inputs: Sequence[Sequence[int]], *, threads: int | None = None
+    ) -> np.ndarray:
+        """Embed inputs given as token ids of the embedder's own tokenizer (without its
+        special tokens, as ``count_tokens_sync`` counts them): the model sees exactly
+        what it sees for the text those tokens came from, so the vectors are the same."""
+        import torch
+
+        self.set_threads(threads or self.threads)
+        if not inputs:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        tokenizer = self.tokenizer
+        # A BERT-style model (all-MiniLM-L6-v2 is one) reads [CLS] tokens [SEP].
+        rows = [[tokenizer.cls_token_id, *ids, tokenizer.sep_token_id] for ids in inputs]
+        width = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        features = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "token_type_ids": torch.zeros_like(input_ids),
+        }
+        with torch.inference_mode():
+            vectors = self.model(features)["sentence_embedding"]
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        return np.asarray(vectors.cpu().numpy(), dtype=np.float32)
+
+    async def embed_tokens(
+        self, inputs: Sequence[Sequence[int]], *, client: str = NODE_WORK
+    ) -> np.ndarray:
+        """Many token arrays' vectors, batched as :meth:`embed` batches texts."""
+        if not inputs:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        sizes = [len(ids) for ids in inputs]
+        order = sorted(range(len(inputs)), key=lambda i: sizes[i])
+        out = np.empty((len(inputs), self.dimensions), dtype=np.float32)
+        for picked in _batches(order, sizes, self.batch_size, self.batch_tokens):
+            out[picked] = await self._run(
+                client, self.encode_tokens_sync, [inputs[i] for i in picked]
+            )
+        return out
+
     def count_tokens_sync(self, texts: Sequence[str]) -> list[int]:
         if not texts:
             return []

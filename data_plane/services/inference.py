@@ -16,6 +16,7 @@ back when it ends.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -23,15 +24,16 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_plane.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
 from data_plane.engine.base import (
     ClientBusy,
+    Constraint,
     ContextOverflow,
     Engine,
     EngineBusy,
     EngineError,
     Generation,
     SamplingParams,
+    UnsupportedSchema,
 )
 from data_plane.engine.chat_template import ChatTemplateError
 from data_plane.errors import (
@@ -42,8 +44,18 @@ from data_plane.errors import (
     TooManyRequests,
     Unavailable,
 )
+from data_plane.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
 from data_plane.rate_limits import Reservation
 from data_plane.runtime import Runtime
+from data_plane.services.structured import (
+    ToolCallReader,
+    ToolPlan,
+    chat_messages,
+    constraint_for,
+    render_reply,
+    tool_plan,
+    with_tools,
+)
 from data_plane.sessions import Session
 from shared.config import ClientSpec, ModelSpec
 
@@ -74,6 +86,41 @@ class Turn:
     ended: dict[str, Any] | None = None  # end hooks' output for a one-shot session
     reservation: Reservation | None = None  # what it took of the rate limits and quotas
     finished: bool = False
+    tools: ToolCallReader | None = None  # a chat with tools: reads its calls
+    content: list[str] = field(default_factory=list)  # the text given out (not calls)
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        return self.tools.calls if self.tools is not None else []
+
+    @property
+    def finish_reason(self) -> str | None:
+        # A generation cut off after whole calls keeps "length": the client sees it.
+        reason = self.result.finish_reason
+        return "tool_calls" if self.tool_calls and reason == "stop" else reason
+
+    async def deltas(self) -> AsyncIterator[str | list[dict[str, Any]]]:
+        """The answer as it streams: its text, then, if it called tools, the list of
+        its calls (OpenAI's shape) once at the end."""
+        async for chunk in self.chunks():
+            text = chunk if self.tools is None else self.tools.feed(chunk)
+            if text:
+                self.content.append(text)
+                yield text
+        if self.tools is not None:
+            tail = self.tools.finish()
+            if tail:
+                self.content.append(tail)
+                yield tail
+            if self.tools.calls:
+                yield self.tools.calls
+
+    def reply(self) -> str:
+        """The assistant's turn as the transcript keeps it (calls in the tool format)."""
+        if not self.tool_calls:
+            return "".join(self.text)
+        calls = [(c["function"]["name"], c["function"]["arguments"]) for c in self.tool_calls]
+        return render_reply("".join(self.content).strip(), calls)
 
     async def chunks(self) -> AsyncIterator[str]:
         """The answer's text; Unavailable (503) if the engine ends the generation under
@@ -181,12 +228,31 @@ class InferenceService:
             raise BadRequest(
                 f"max_tokens {limit} exceeds this client's limit of {cap}", param="max_tokens"
             )
+        biases = req.biases()
+        if biases:
+            _, engine = self.model_for(client, req.model)
+            if any(not 0 <= token < engine.vocab_size for token, _ in biases):
+                # Which id is not said: ids a client sends are not echoed.
+                raise BadRequest(
+                    "logit_bias holds a token id outside the model's vocabulary "
+                    f"(0 to {engine.vocab_size - 1})",
+                    param="logit_bias",
+                )
         return SamplingParams(
             max_tokens=limit or cap,
             temperature=req.temperature,
             top_p=req.top_p,
+            top_k=req.top_k,
+            min_p=req.min_p,
+            typical_p=req.typical_p,
+            repeat_penalty=req.repeat_penalty,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            penalty_last_n=req.repeat_last_n,
+            logit_bias=biases,
             seed=req.seed,
             stop=req.stops(),
+            logprobs=req.top_logprobs_wanted(),
         )
 
     # --- turns ---------------------------------------------------------------------------
@@ -197,16 +263,30 @@ class InferenceService:
         self._check_messages(len(req.messages))
         self._check_size(req, req.content_chars(), "messages")
         params = self._params(client, req, req.token_limit())
+        plan = tool_plan(req)
+        if plan is not None or req.response_format is not None:
+            _, engine = self.model_for(client, req.model)
+            # Converting a schema and parsing its grammar are heavy: off the event loop.
+            constraint = await self.runtime.prompt_work.run(
+                client.id, _constraint, engine, req, plan
+            )
+            params = dataclasses.replace(params, constraint=constraint)
         session = await self._session(client, req.model, session_id)
-        return await self._start(
-            client, session, params, lambda: self._chat_prompt(client, session, req)
+        turn = await self._start(
+            client, session, params, lambda: self._chat_prompt(client, session, req, plan)
         )
+        if plan is not None:
+            turn.tools = ToolCallReader(plan.names())
+        return turn
 
     async def start_completion(
         self, client: ClientSpec, req: CompletionRequest, session_id: str | None
     ) -> Turn:
         text = req.prompt_text()
         self._check_size(req, len(text), "prompt")
+        if req.echo and req.logprobs is not None:
+            # OpenAI's answer would score the prompt's tokens too; this server does not.
+            raise BadRequest("logprobs with echo is not supported by this server", param="echo")
         params = self._params(client, req, req.token_limit())
         session = await self._session(client, req.model, session_id)
 
@@ -217,9 +297,13 @@ class InferenceService:
         return await self._start(client, session, params, prompt)
 
     async def _chat_prompt(
-        self, client: ClientSpec, session: Session, req: ChatCompletionRequest
+        self,
+        client: ClientSpec,
+        session: Session,
+        req: ChatCompletionRequest,
+        plan: ToolPlan | None = None,
     ) -> tuple[list[int], Messages, dict[str, Any]]:
-        sent = [{"role": m.role, "content": m.text()} for m in req.messages]
+        sent = chat_messages(req.messages)
         # A client that resends the whole conversation (as stateless OpenAI tools do)
         # adds only what follows the transcript; otherwise everything sent is new.
         held = session.transcript
@@ -232,6 +316,7 @@ class InferenceService:
         for assemble in self.context_assemblers:
             messages, more = await assemble(client, session, req, messages, session.engine)
             extra.update(more)
+        messages = with_tools(messages, plan)
         try:
             tokens = await self.runtime.prompt_work.run(
                 client.id, session.engine.chat_tokens, messages
@@ -321,7 +406,7 @@ class InferenceService:
         session.completion_tokens += result.completion_tokens
         if turn.new_messages is not None and result.finish_reason is not None:
             session.transcript += turn.new_messages
-            session.transcript.append({"role": "assistant", "content": "".join(turn.text)})
+            session.transcript.append({"role": "assistant", "content": turn.reply()})
         session.last_used = time.monotonic()
         session.busy.release()
         logger.info(
@@ -334,3 +419,17 @@ class InferenceService:
         )
         if session.one_shot and not session.closed:
             _, turn.ended = await self.runtime.sessions.end(session, "one_shot")
+
+
+def _constraint(
+    engine: Engine, req: ChatCompletionRequest, plan: ToolPlan | None
+) -> Constraint | None:
+    """The grammar of a chat's answer, compiled for ``engine`` (None: a free answer)."""
+    constraint = constraint_for(req, plan)
+    if constraint is not None:
+        try:
+            engine.prepare_constraint(constraint)
+        except UnsupportedSchema as exc:
+            param = "tools" if plan is not None else "response_format"
+            raise BadRequest(str(exc), param=param, code="unsupported_schema") from None
+    return constraint

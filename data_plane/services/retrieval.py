@@ -21,7 +21,6 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from data_plane.api.schemas import ChatCompletionRequest
 from data_plane.engine.base import Engine
 from data_plane.engine.chat_template import ChatTemplateError
 from data_plane.errors import (
@@ -35,6 +34,7 @@ from data_plane.errors import (
     Unavailable,
     Unprocessable,
 )
+from data_plane.protocol import ChatCompletionRequest
 from data_plane.rag import Retrieval
 from data_plane.rag.memory import EXTRAS_KEY, SessionDocuments
 from data_plane.rag.parsing import DocumentRejected
@@ -91,9 +91,14 @@ class RetrievalService:
         return None
 
     async def embed(
-        self, client: ClientSpec, model: str, inputs: list[str], dimensions: int | None = None
+        self,
+        client: ClientSpec,
+        model: str,
+        inputs: list[str] | list[list[int]],
+        dimensions: int | None = None,
     ) -> tuple[Any, int]:
-        """Vectors of ``inputs`` for this client; returns them and the tokens they held."""
+        """Vectors of ``inputs`` (texts, or token arrays of the embedder's tokenizer) for
+        this client; returns them and the tokens they held."""
         if not client.embeddings:
             raise Forbidden(
                 "this key may not use embeddings", param="model", code="embeddings_not_allowed"
@@ -119,18 +124,34 @@ class RetrievalService:
                 param="input",
                 code="too_many_inputs",
             )
-        chars = sum(len(text) for text in inputs)
-        if chars > self.runtime.settings.limits.max_prompt_chars:
-            raise BadRequest(
-                f"input holds {chars} characters; at most "
-                f"{self.runtime.settings.limits.max_prompt_chars} in a request",
-                param="input",
-                code="request_too_large",
-            )
-        for i, text in enumerate(inputs):
-            if not text.strip():
-                raise BadRequest(f"input[{i}] is empty", param="input")
-        counts = await embedder.count_tokens(inputs, client=client.id)
+        texts = [x for x in inputs if isinstance(x, str)]
+        arrays = [x for x in inputs if isinstance(x, list)]
+        if texts:
+            chars = sum(len(text) for text in texts)
+            if chars > self.runtime.settings.limits.max_prompt_chars:
+                raise BadRequest(
+                    f"input holds {chars} characters; at most "
+                    f"{self.runtime.settings.limits.max_prompt_chars} in a request",
+                    param="input",
+                    code="request_too_large",
+                )
+            for i, text in enumerate(texts):
+                if not text.strip():
+                    raise BadRequest(f"input[{i}] is empty", param="input")
+            counts = await embedder.count_tokens(texts, client=client.id)
+        else:
+            vocab = embedder.vocab_size
+            for i, ids in enumerate(arrays):
+                if not ids:
+                    raise BadRequest(f"input[{i}] is empty", param="input")
+                if any(not 0 <= t < vocab for t in ids):
+                    # Which id is not said: a client's tokens are its content.
+                    raise BadRequest(
+                        f"input[{i}] holds a token id outside {embedder.name}'s vocabulary "
+                        f"(0 to {vocab - 1}); token arrays must come from its own tokenizer",
+                        param="input",
+                    )
+            counts = [len(ids) for ids in arrays]
         for i, n in enumerate(counts):
             if n > embedder.max_tokens:
                 raise BadRequest(
@@ -147,7 +168,10 @@ class RetrievalService:
                 code="request_too_large",
             )
         started = time.monotonic()
-        vectors = await embedder.embed(inputs, client=client.id, tokens=counts)
+        if texts:
+            vectors = await embedder.embed(texts, client=client.id, tokens=counts)
+        else:
+            vectors = await embedder.embed_tokens(arrays, client=client.id)
         logger.info(
             "embeddings client=%s inputs=%d tokens=%d seconds=%.3f",
             client.id,

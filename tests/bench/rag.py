@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data_plane.api.schemas import ChatCompletionRequest
+from data_plane.protocol import ChatCompletionRequest
 from data_plane.rag.chunking import Chunk
 from data_plane.rag.parsing import parse_document
 from data_plane.rag.store import DocumentRecord, document_id

@@ -10,8 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from data_plane.api.deps import LimitedClientDep, RetrievalDep
-from data_plane.api.schemas import EmbeddingRequest
-from data_plane.errors import BadRequest
+from data_plane.protocol import EmbeddingRequest
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -20,11 +19,9 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 async def create_embeddings(
     body: EmbeddingRequest, client: LimitedClientDep, service: RetrievalDep
 ) -> JSONResponse:
-    """Vectors of a string or a list of strings (normalised; cosine = dot product)."""
-    texts = body.texts()
-    if texts is None:
-        raise BadRequest("token arrays are not supported; send text", param="input")
-    vectors, tokens = await service.embed(client, body.model, texts, body.dimensions)
+    """Vectors of a string, a list of strings, or token arrays of the embedding model's
+    tokenizer (normalised; cosine = dot product)."""
+    vectors, tokens = await service.embed(client, body.model, body.inputs(), body.dimensions)
     data: list[dict[str, Any]] = []
     for i, vector in enumerate(vectors):
         embedding: str | list[float]

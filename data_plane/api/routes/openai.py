@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,8 +19,9 @@ from data_plane.api.deps import (
     RetrievalDep,
     SessionHeader,
 )
-from data_plane.api.schemas import ChatCompletionRequest, CompletionRequest
+from data_plane.engine.base import TokenLogprob
 from data_plane.errors import ApiError
+from data_plane.protocol import ChatCompletionRequest, CompletionRequest
 from data_plane.services.inference import InferenceService, Turn
 from shared.config import ModelSpec
 
@@ -90,6 +92,62 @@ def _context_size(service: InferenceService, spec: ModelSpec) -> int:
     return engine.info.context_size if engine is not None else spec.context_size
 
 
+class _Logprobs:
+    """A turn's token log-probabilities, handed out as its text is: each call takes the
+    entries of the tokens whose text was read since the last, in OpenAI's shapes."""
+
+    def __init__(self, turn: Turn, wanted: bool, offset: int = 0) -> None:
+        self._turn = turn
+        self.wanted = wanted
+        self._seen = 0
+        self._offset = offset  # legacy text_offset: characters before the next token
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def _take(self) -> list[TokenLogprob]:
+        entries = self._turn.result.logprobs[self._seen :]
+        self._seen += len(entries)
+        return entries
+
+    def chat(self) -> dict[str, Any] | None:
+        """``choices[].logprobs`` of a chat answer or chunk."""
+        if not self.wanted:
+            return None
+        return {
+            "content": [
+                {
+                    **_token(e.piece, e.logprob),
+                    "top_logprobs": [_token(piece, lp) for piece, lp in e.top],
+                }
+                for e in self._take()
+            ],
+            "refusal": None,
+        }
+
+    def legacy(self) -> dict[str, Any] | None:
+        """``choices[].logprobs`` of a (legacy) completion or chunk."""
+        if not self.wanted:
+            return None
+        out: dict[str, list[Any]] = {
+            "tokens": [],
+            "token_logprobs": [],
+            "top_logprobs": [],
+            "text_offset": [],
+        }
+        for e in self._take():
+            out["tokens"].append(e.piece.decode("utf-8", "replace"))
+            out["token_logprobs"].append(e.logprob)
+            out["top_logprobs"].append(
+                {piece.decode("utf-8", "replace"): lp for piece, lp in e.top}
+            )
+            out["text_offset"].append(self._offset)
+            self._offset += len(self._decoder.decode(e.piece))
+        return out
+
+
+def _token(piece: bytes, logprob: float) -> dict[str, Any]:
+    return {"token": piece.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(piece)}
+
+
 def _sse(payload: dict[str, Any] | str) -> str:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {data}\n\n"
@@ -120,6 +178,26 @@ class _TurnResponse(StreamingResponse):
                 await self._service.finish(self._turn)
 
 
+def _tool_call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Streamed calls in OpenAI's shape: per call, its id, type and name (arguments
+    empty), then its arguments; the client joins them by ``index``."""
+    out: list[dict[str, Any]] = []
+    for i, call in enumerate(calls):
+        head = {**call, "index": i, "function": {**call["function"], "arguments": ""}}
+        out.append({"delta": {"tool_calls": [head]}})
+        args = {"index": i, "function": {"arguments": call["function"]["arguments"]}}
+        out.append({"delta": {"tool_calls": [args]}})
+    return out
+
+
+def _message(turn: Turn) -> dict[str, Any]:
+    """The assistant's message of a whole (not streamed) chat answer."""
+    content = "".join(turn.content)
+    if not turn.tool_calls:
+        return {"role": "assistant", "content": content}
+    return {"role": "assistant", "content": content.strip() or None, "tool_calls": turn.tool_calls}
+
+
 def _streamed(
     service: InferenceService,
     turn: Turn,
@@ -135,8 +213,12 @@ def _streamed(
             if first:
                 yield _sse(chunk(first))
             try:
-                async for text in turn.chunks():
-                    yield _sse(chunk(delta(text)))
+                async for piece in turn.deltas():
+                    if isinstance(piece, str):
+                        yield _sse(chunk(delta(piece)))
+                    else:
+                        for part in _tool_call_deltas(piece):
+                            yield _sse(chunk(part))
             except ApiError as exc:
                 # The generation was ended under the stream (shutdown, teardown): say so
                 # in OpenAI's error shape, as the stream's last event.
@@ -146,7 +228,7 @@ def _streamed(
                 return
             finished = True
             await service.finish(turn)  # one-shot: its usage record is durable first
-            last = chunk(final(turn.result.finish_reason))
+            last = chunk(final(turn.finish_reason))
             last["sanctum"] = _sanctum(turn)
             yield _sse(last)
             if include_usage:
@@ -170,6 +252,7 @@ async def chat_completions(
     session_id: SessionHeader = None,
 ) -> JSONResponse | StreamingResponse:
     turn = await service.start_chat(client, body, session_id)
+    logprobs = _Logprobs(turn, body.top_logprobs_wanted() is not None)
     common = {
         "id": f"chatcmpl-{turn.id}",
         "created": turn.created,
@@ -190,13 +273,13 @@ async def chat_completions(
             delta=lambda text: (
                 {"delta": {"role": "assistant", "content": ""}}
                 if text == ""
-                else {"delta": {"content": text}}
+                else {"delta": {"content": text}, "logprobs": logprobs.chat()}
             ),
             final=lambda reason: {"delta": {}, "finish_reason": reason},
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
         )
     try:
-        async for _ in turn.chunks():
+        async for _ in turn.deltas():
             pass
     finally:
         await service.finish(turn)
@@ -207,9 +290,9 @@ async def chat_completions(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(turn.text)},
-                    "logprobs": None,
-                    "finish_reason": turn.result.finish_reason,
+                    "message": _message(turn),
+                    "logprobs": logprobs.chat(),
+                    "finish_reason": turn.finish_reason,
                 }
             ],
             "usage": _usage(turn),
@@ -228,6 +311,7 @@ async def completions(
 ) -> JSONResponse | StreamingResponse:
     turn = await service.start_completion(client, body, session_id)
     prefix = body.prompt_text() if body.echo else ""
+    logprobs = _Logprobs(turn, body.top_logprobs_wanted() is not None, len(prefix))
     common = {"id": f"cmpl-{turn.id}", "created": turn.created, "model": body.model}
     if body.stream:
         return _streamed(
@@ -241,7 +325,9 @@ async def completions(
                 else [],
             },
             delta=lambda text: (
-                ({"text": prefix} if prefix else {}) if text == "" else {"text": text}
+                ({"text": prefix} if prefix else {})
+                if text == ""
+                else {"text": text, "logprobs": logprobs.legacy()}
             ),
             final=lambda reason: {"text": "", "finish_reason": reason},
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
@@ -259,7 +345,7 @@ async def completions(
                 {
                     "index": 0,
                     "text": prefix + "".join(turn.text),
-                    "logprobs": None,
+                    "logprobs": logprobs.legacy(),
                     "finish_reason": turn.result.finish_reason,
                 }
             ],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from data_plane.api.deps import LimitedClientDep, RuntimeDep
-from data_plane.api.schemas import Receipt
+from data_plane.protocol import Receipt
 
 router = APIRouter(prefix="/v1/receipts", tags=["receipts"])
 

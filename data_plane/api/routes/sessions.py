@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from data_plane.api.deps import ClientDep, InferenceDep, LimitedClientDep, RetrievalDep, RuntimeDep
-from data_plane.api.schemas import SessionCreate, SessionDocumentCreate, SessionInfo
+from data_plane.protocol import SessionCreate, SessionDocumentCreate, SessionInfo
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 

@@ -1,6 +1,6 @@
 """Usage records: signed when a session ends, stored before the end is answered.
 
-The session store calls :meth:`UsageService.on_session_end` for every session that ends
+The session store calls :meth:`UsageRecorder.on_session_end` for every session that ends
 (teardown, expiry, a one-shot call, shutdown or an unpinned model). It turns the
 session's usage summary into the shared :class:`~shared.usage.UsageRecord` (ids, model,
 times, counts: never content), signs it with the node's key, and returns only once the
@@ -48,7 +48,7 @@ def usage_record(summary: UsageSummary, node_id: str) -> UsageRecord:
     )
 
 
-class UsageService:
+class UsageRecorder:
     """Makes, signs and stores usage records; finds a client's record again."""
 
     def __init__(self, node_id: str, key: Ed25519PrivateKey, outbox: UsageOutbox) -> None:

@@ -1,0 +1,1 @@
+"""The client API's use cases: each service takes the protocol's models and the runtime."""
