@@ -29,6 +29,7 @@ from typing import Any
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from shared.keys import write_atomically
+from shared.listeners import is_loopback
 from shared.pki import (
     CONTROL_PLANE_NAME,
     CertificateError,
@@ -44,7 +45,6 @@ logger = logging.getLogger(__name__)
 KEY_FILE = "management.key"
 CERT_FILE = "management.crt"
 CA_FILE = "management-ca.crt"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class ManagementTLS:
@@ -118,7 +118,7 @@ class ManagementTLS:
 
 def require_tls(environment: str, host: str, tls: ManagementTLS) -> None:
     """Production refuses a plaintext management listener on a non-loopback address."""
-    if environment == "production" and not tls.enrolled and host not in LOOPBACK_HOSTS:
+    if environment == "production" and not tls.enrolled and not is_loopback(host):
         raise CertificateError(
             f"production refuses a plaintext management listener on {host}: enrol this "
             f"host first (sanctum enrol), which writes {tls.cert_path}"

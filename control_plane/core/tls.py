@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import ipaddress
 import logging
 import ssl
 import threading
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 from django.conf import settings
 
+from shared.listeners import is_loopback
 from shared.pki import (
     CLIENT,
     CONTROL_PLANE_NAME,
@@ -130,15 +130,6 @@ def reset() -> None:
         _context = None
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class _TargetTransport(httpx.HTTPTransport):
     """Checks the server certificate against ``name`` whatever host the URL holds."""
 
@@ -149,7 +140,7 @@ class _TargetTransport(httpx.HTTPTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme == "https":
             request.extensions = {**request.extensions, "sni_hostname": self._name}
-        elif settings.SANCTUM.production and not _loopback(request.url.host):
+        elif settings.SANCTUM.production and not is_loopback(request.url.host):
             raise PlaintextRefused(
                 f"production refuses plain HTTP to {request.url.host}: give the target an "
                 "https:// management URL (it serves mutual TLS once enrolled)",

@@ -21,7 +21,6 @@ network in clear. Renewals need no action here: they arrive in signed releases.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from shared.keys import KeyFileError, write_atomically
+from shared.listeners import is_loopback
 from shared.pki import (
     CertificateError,
     EnrolmentToken,
@@ -90,13 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _local(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urlsplit(url).hostname or "")
 
 
 def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
