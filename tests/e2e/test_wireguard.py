@@ -1019,10 +1019,13 @@ class Capture:
 
 def test_no_link_carries_client_content(world: World) -> None:
     """A chat with a unique marker, captured on every link it crosses and on the
-    management links: the marker is on none of them. As a control, the same capture on
-    the node's backbone interface (where WireGuard has decrypted it) does find it."""
+    management links: the marker is on none of them, nor on the client's tunnel inside
+    the gateway (TLS there). As a control, the same capture on the node's backbone
+    interface (where WireGuard has decrypted it, plain HTTP from nginx) does find it."""
     links = {
         "clients' network": (world.lab.namespace_named("wan"), "br0"),
+        # Inside the gateway, where WireGuard has decrypted the client's packets: TLS.
+        "client tunnel inside the gateway": (world.gw, world.gw_iface),
         "gateway to node (underlay)": (world.gw, "back0"),
         "management to gateway": (world.mgmt, "gw0"),
         "management to node": (world.mgmt, "node0"),
