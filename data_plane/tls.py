@@ -137,7 +137,15 @@ class ControlPlaneOnly(H11Protocol):
         names = {value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"}
         if CONTROL_PLANE_NAME not in names:
             logger.warning("management connection refused: client is not the control plane")
-            transport.close()
+            self._refused = True
+            # abort, not close: a request sent in the same read as the handshake's end
+            # must never reach the parser (close would still hand it over).
+            transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if getattr(self, "_refused", False):
+            return
+        super().data_received(data)
 
 
 def uvicorn_tls(tls: ManagementTLS) -> dict[str, Any]:

@@ -84,6 +84,20 @@ class AddressPool(ChangeLoggedModel):
         return [f"{gateway_address(n)}/{n.prefixlen}" for n in self.networks()]
 
 
+def overlapping_pool(cidr: str, *, exclude: int | None = None) -> AddressPool | None:
+    """A pool (other than ``exclude``) whose networks overlap ``cidr``, if any."""
+    if not cidr:
+        return None
+    network = ipaddress.ip_network(cidr, strict=False)
+    pools = (
+        AddressPool.objects.all() if exclude is None else AddressPool.objects.exclude(pk=exclude)
+    )
+    for pool in pools:
+        if any(n.version == network.version and n.overlaps(network) for n in pool.networks()):
+            return pool
+    return None
+
+
 class Gateway(RolloutTarget):
     """A WireGuard gateway: where clients connect, its key, and its agent's address.
 

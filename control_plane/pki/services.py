@@ -198,6 +198,14 @@ def enrol(token_text: str, csr: str, ingress_csr: str | None = None) -> Enrolmen
             raise EnrolmentRefused(400, "invalid_csr", "use one key per purpose")
         token.used_at = now
         token.save()
+        # Every other token for this target is void now: one enrolment per token made,
+        # and a token stolen earlier can't re-key the target later.
+        voided = EnrolmentToken.objects.filter(
+            kind=token.kind, target_name=token.target_name, used_at__isnull=True
+        ).exclude(pk=token.pk)
+        for other in voided:
+            other.expires_at = min(other.expires_at, now)
+            other.save()
         issued = {
             purpose: _record(
                 _ca_for(purpose),

@@ -39,6 +39,7 @@ class Firewall:
             "SANCTUM_GW_WG_PORT": str(config.interface.listen_port),
             # What nginx serves on the tunnel: TLS, and plain HTTP only when turned on.
             "SANCTUM_GW_TUNNEL_PORTS": ",".join(str(p) for p in tunnel_ports(config)),
+            "SANCTUM_GW_BACKBONE_IF": config.backbone.name if config.backbone else "",
         }
 
     async def reload(self, config: GatewayConfig) -> None:

@@ -33,6 +33,9 @@
 #   SANCTUM_GW_WG_PORT                     WireGuard UDP port          (default 51820)
 #   SANCTUM_GW_TUNNEL_PORTS                nginx's ports on the tunnel, comma-separated
 #                                          (default SANCTUM_GW_HTTP_PORT, else 80)
+#   SANCTUM_GW_BACKBONE_IF                 the backbone's interface, if the gateway is
+#                                          on it: replies to the gateway's own
+#                                          connections only (nodes never call it)
 set -euo pipefail
 
 PUBLIC_IF=${SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE:-eth0}
@@ -40,12 +43,13 @@ WG_IF=${SANCTUM_GW_WG_INTERFACE:-wg0}
 WG_PORT=${SANCTUM_GW_WG_PORT:-51820}
 TUNNEL_PORTS=${SANCTUM_GW_TUNNEL_PORTS:-${SANCTUM_GW_HTTP_PORT:-80}}
 IFS=, read -r -a NGINX_PORTS <<<"$TUNNEL_PORTS"
-CHAINS=(SANCTUM-INPUT SANCTUM-PUBLIC SANCTUM-TUNNEL SANCTUM-FORWARD)
+BACKBONE_IF=${SANCTUM_GW_BACKBONE_IF:-}
+CHAINS=(SANCTUM-INPUT SANCTUM-PUBLIC SANCTUM-TUNNEL SANCTUM-BACKBONE SANCTUM-FORWARD)
 
 die() { printf 'gateway-firewall: %s\n' "$*" >&2; exit 2; }
 check_settings() {
   local name
-  for name in "$PUBLIC_IF" "$WG_IF"; do
+  for name in "$PUBLIC_IF" "$WG_IF" ${BACKBONE_IF:+"$BACKBONE_IF"}; do
     [[ $name =~ ^[A-Za-z0-9_=+.-]{1,15}$ ]] || die "not an interface name: $name"
   done
   [[ $PUBLIC_IF != "$WG_IF" ]] || die "public and WireGuard interface are the same"
@@ -68,6 +72,11 @@ rules() {
   cat <<EOF
 -A SANCTUM-INPUT -i $PUBLIC_IF -j SANCTUM-PUBLIC
 -A SANCTUM-INPUT -i $WG_IF -j SANCTUM-TUNNEL
+EOF
+  if [[ -n $BACKBONE_IF ]]; then
+    printf -- '-A SANCTUM-INPUT -i %s -j SANCTUM-BACKBONE\n' "$BACKBONE_IF"
+  fi
+  cat <<EOF
 -A SANCTUM-PUBLIC -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 -A SANCTUM-PUBLIC -m conntrack --ctstate INVALID -j DROP
 -A SANCTUM-PUBLIC -p udp -m udp --dport $WG_PORT -j ACCEPT
@@ -89,10 +98,17 @@ EOF
   done
   cat <<EOF
 -A SANCTUM-TUNNEL -j DROP
+-A SANCTUM-BACKBONE -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A SANCTUM-BACKBONE -j DROP
 -A SANCTUM-FORWARD -i $PUBLIC_IF -j DROP
 -A SANCTUM-FORWARD -o $PUBLIC_IF -j DROP
 -A SANCTUM-FORWARD -i $WG_IF -j DROP
 -A SANCTUM-FORWARD -o $WG_IF -j DROP
+EOF
+  if [[ -n $BACKBONE_IF ]]; then
+    printf -- '-A SANCTUM-FORWARD -%s %s -j DROP\n' i "$BACKBONE_IF" o "$BACKBONE_IF"
+  fi
+  cat <<EOF
 COMMIT
 EOF
 }

@@ -990,6 +990,10 @@ def test_nginx_reaches_the_node_over_the_backbone_only(world: World) -> None:
     for ns, address in ((world.mgmt, NODE_API), (world.gw, (NODE_UNDERLAY, NODE_API[1]))):
         with pytest.raises(TimeoutError):
             ns.run(tcp_exchange, address, b"GET /v1/models HTTP/1.0\r\n\r\n")
+    # The backbone reaches the API port and nothing else on the node: a port where
+    # nothing listens gets no reset back over the backbone, only silence.
+    with pytest.raises(TimeoutError):
+        world.gw.run(tcp_exchange, (NODE_BACKBONE, 22), b"SSH-2.0-probe\r\n")
     drops = world.node.sh("iptables", "-S", "SANCTUM-NODE").stdout
     iface = world.node_backbone_iface
     assert f"-A SANCTUM-NODE -i {iface} -p tcp -m tcp --dport {NODE_API[1]} -j RETURN" in drops

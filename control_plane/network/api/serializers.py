@@ -26,6 +26,7 @@ from control_plane.network.models import (
     GatewayState,
     GatewayUpstream,
     Peer,
+    overlapping_pool,
 )
 
 
@@ -56,12 +57,19 @@ class AddressPoolSerializer(serializers.ModelSerializer):
             in_use = instance.peers.exists() or instance.backbone_members.exists()
             if purpose_changes and in_use:
                 raise serializers.ValidationError({"purpose": "The pool is in use."})
-        if self.instance is not None and self.instance.peers.exists():
-            for field in ("ipv4_cidr", "ipv6_cidr"):
-                if field in attrs and attrs[field] != getattr(self.instance, field):
-                    raise serializers.ValidationError(
-                        {field: "Peers hold addresses of this network: it can't change."}
-                    )
+            if in_use:
+                for field in ("ipv4_cidr", "ipv6_cidr"):
+                    if field in attrs and attrs[field] != getattr(instance, field):
+                        raise serializers.ValidationError(
+                            {field: "Addresses of this network are in use: it can't change."}
+                        )
+        for field in ("ipv4_cidr", "ipv6_cidr"):
+            cidr = attrs.get(field, getattr(instance, field, ""))
+            other = overlapping_pool(cidr, exclude=instance.pk if instance else None)
+            if other is not None:
+                # Two pools over the same addresses would route one's traffic to the
+                # other's holder (a backbone node answering for a client's tunnel).
+                raise serializers.ValidationError({field: f"It overlaps pool {other.name}."})
         return attrs
 
 

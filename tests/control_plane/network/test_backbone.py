@@ -151,3 +151,17 @@ def test_the_api_joins_members_and_keeps_tunnel_and_backbone_pools_apart(admin_a
     )
     assert changed.status_code == 400 and "purpose" in changed.json()
     assert admin_api.delete(f"/api/address-pools/{pool_id}/").status_code == 409
+
+
+def test_pools_never_overlap_and_a_used_backbone_keeps_its_network(admin_api):
+    backbone_pool("10.90.0.0/24")
+    for cidr in ("10.90.0.128/25", "10.0.0.0/8"):
+        body = {"name": f"p{cidr[:6]}", "purpose": "tunnel", "ipv4_cidr": cidr}
+        refused = admin_api.post("/api/address-pools/", body, format="json")
+        assert refused.status_code == 400 and "overlaps pool backbone" in str(refused.json())
+    pool = AddressPool.objects.get(name="backbone")
+    join_backbone(pool, node=NodeFactory(name="n1"), public_key=key(), endpoint="10.0.0.5:51821")
+    moved = admin_api.patch(
+        f"/api/address-pools/{pool.pk}/", {"ipv4_cidr": "10.91.0.0/24"}, format="json"
+    )
+    assert moved.status_code == 400 and "in use" in str(moved.json())

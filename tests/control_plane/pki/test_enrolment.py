@@ -214,3 +214,14 @@ def test_a_peers_download_comes_with_the_ingress_ca_and_its_pin(admin_api, db) -
     assert "API https://10.77.0.1/v1" in body["config"]
     ca = admin_api.get(f"/api/peers/{body['id']}/ca/")
     assert ca.status_code == 200 and ca.content.decode() == ingress_ca().certificate_pem
+
+
+def test_enrolling_voids_the_targets_other_tokens(admin_api, wsgi, tmp_path: Path) -> None:
+    """A token made earlier (and stolen meanwhile) can't re-key the target later."""
+    NodeFactory(name="node-7")
+    earlier = _token(admin_api, "node", "node-7")
+    used = _token(admin_api, "node", "node-7")
+    enrol(URL, used, "node", "node-7", tmp_path / "tls", transport=wsgi)
+    with pytest.raises(EnrolError, match="expired"):
+        enrol(URL, earlier, "node", "node-7", tmp_path / "thief", transport=wsgi)
+    assert IssuedCertificate.objects.count() == 1
