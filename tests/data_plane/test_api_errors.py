@@ -126,6 +126,7 @@ def test_malformed_json_is_400(node: Node, tenants: Tenants) -> None:
         ({"stop": ["a", ""]}, "stop"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+        ({"tools": [{"type": "function"}]}, "tools.0.function"),
     ],
 )
 def test_out_of_range_parameters_are_422(
@@ -146,7 +147,8 @@ def test_validation_error_does_not_echo_content(node: Node, tenants: Tenants) ->
 
 
 @pytest.mark.parametrize(
-    ("change", "param"), [({"n": 2}, "n"), ({"tools": [{"type": "function"}]}, "tools")]
+    ("change", "param"),
+    [({"n": 2}, "n"), ({"functions": [{"name": "f", "parameters": {}}]}, "functions")],
 )
 def test_unsupported_features_are_400(
     node: Node, tenants: Tenants, change: dict, param: str
