@@ -206,7 +206,9 @@ class _Sampling(BaseModel):
     repeat_last_n: int = Field(default=64, ge=-1, le=1_000_000)
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
-    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    # Values are checked below, not by the type: a per-entry error would name its key,
+    # and the key is a string the client sent (errors never repeat those).
+    logit_bias: dict[str, Any] | None = None
     stop: Text | list[Text] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     stream: bool = False
@@ -225,17 +227,23 @@ class _Sampling(BaseModel):
 
     @field_validator("logit_bias")
     @classmethod
-    def _token_ids(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+    def _token_ids(cls, bias: dict[str, Any] | None) -> dict[str, float] | None:
         # Whether each id is in the model's vocabulary: the inference service (it knows
         # the model).
         if bias is None:
             return None
         if len(bias) > MAX_LOGIT_BIAS:
             raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
-        for key in bias:
+        checked = {}
+        for key, value in bias.items():
             if not key.strip().isdigit():
                 raise ValueError("keys must be token ids (whole numbers from 0)")
-        return bias
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError("values must be numbers")
+            if not -100.0 <= value <= 100.0:
+                raise ValueError("values must be from -100 to 100")
+            checked[key] = float(value)
+        return checked
 
     def stops(self) -> tuple[str, ...]:
         return tuple(self.stop or ())

@@ -46,9 +46,13 @@ def _openapi(routers: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _names(document: Any) -> Iterator[str]:
-    """Every field and parameter name the API defines: an error may name those."""
+    """Every field and parameter name the API defines, and every value of its enums
+    (a role, a tool choice): an error may name those."""
     if isinstance(document, dict):
         yield from document.get("properties", {})
+        yield from (str(v) for v in document.get("enum", ()))
+        if isinstance(document.get("const"), str):
+            yield document["const"]
         if "in" in document and "name" in document:
             yield document["name"]
         for value in document.values():
