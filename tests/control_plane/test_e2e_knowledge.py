@@ -131,7 +131,11 @@ def test_sanctum_kb_loads_through_the_control_plane_and_leaves_no_text_there(
         client = api.get("/clients/acme/").json()
         return status["rollout"] == "in_sync" and client["knowledge_bases"] == ["handbook"]
 
-    assert wait_until(in_sync, timeout=120), api.get(f"/nodes/{node_id}/").json()
+    def rollout() -> tuple[object, object]:
+        node_now = api.get(f"/nodes/{node_id}/").json()
+        return node_now["rollout"], node_now["state"]
+
+    assert wait_until(in_sync, timeout=120), rollout()
 
     from openai import OpenAI
 
