@@ -1000,12 +1000,16 @@ def test_nginx_reaches_the_node_over_the_backbone_only(world: World) -> None:
 
 
 class Capture:
-    """tcpdump on one interface of a namespace, whole packets, to a file."""
+    """tcpdump on one interface of a namespace, whole packets, to a file. Immediate
+    mode: each packet is written as it comes, so none is still held in the kernel's
+    buffer when the capture stops (a short chat fits in one buffer timeout)."""
 
     def __init__(self, ns: Namespace, iface: str, path: Path) -> None:
         self.path = path
         self.process = subprocess.Popen(
-            ns.exec_argv("tcpdump", "-i", iface, "-s", "0", "-U", "-n", "-w", str(path)),
+            ns.exec_argv(
+                "tcpdump", "--immediate-mode", "-i", iface, "-s", "0", "-U", "-n", "-w", str(path)
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
