@@ -64,6 +64,8 @@ def _names(document: Any) -> Iterator[str]:
 
 CLIENT_OPENAPI, MANAGEMENT_OPENAPI = _openapi(CLIENT_ROUTERS), _openapi(MANAGEMENT_ROUTERS)
 KNOWN |= {*_names(CLIENT_OPENAPI), *_names(MANAGEMENT_OPENAPI)}
+# ...and the error envelope's own words.
+VOCABULARY = KNOWN | {"message", "invalid_request_error", "invalid_parameter", "error"}
 client_api = schemathesis.openapi.from_dict(CLIENT_OPENAPI)
 management_api = schemathesis.openapi.from_dict(MANAGEMENT_OPENAPI)
 FUZZ = settings(
@@ -115,7 +117,9 @@ def assert_no_echo(case: Any, sent: dict[str, Any], response: httpx.Response) ->
     ]
     text = response.text
     for s in carried:
-        if len(s.strip()) >= 6 and s not in KNOWN:
+        # A sent string inside the API's own words ("messag" of "message") says nothing
+        # the API does not say anyway: only the rest would be an echo.
+        if len(s.strip()) >= 6 and not any(s in word for word in VOCABULARY):
             assert s not in text, f"{case.method} {case.path}: the error repeats a sent string"
             assert json.dumps(s)[1:-1] not in text, "the error repeats a sent string (escaped)"
 
