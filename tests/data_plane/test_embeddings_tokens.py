@@ -77,8 +77,9 @@ def test_bad_token_arrays_are_400(embed_node: Node, embedder_tenant: Tenant) -> 
 def test_langchain_embeddings_send_token_arrays(embed_node: Node, embedder_tenant: Tenant) -> None:
     """LangChain's ``OpenAIEmbeddings`` sends token arrays by default; without tiktoken's
     files (nothing is downloaded here) it uses the embedding model's own tokenizer."""
-    langchain_openai = pytest.importorskip("langchain_openai")
-    embeddings = langchain_openai.OpenAIEmbeddings(
+    from langchain_openai import OpenAIEmbeddings  # a dev extra: installed by the set-up
+
+    embeddings = OpenAIEmbeddings(
         model=EMBEDDING_MODEL,
         base_url=f"{embed_node.api}/v1",
         api_key=embedder_tenant.key,
