@@ -11,18 +11,16 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
 
 from control_plane.core.errors import Conflict
 from control_plane.fleet.models import Node
 from control_plane.network.allocation import PoolExhausted, allocate
 from control_plane.network.choices import PoolPurpose
 from control_plane.network.models import AddressPool, BackboneMember, Gateway, GatewayUpstream
+from control_plane.network.services import with_pool_lock
 from shared.backbone import BackboneInterface, BackbonePeer
 
 log = logging.getLogger(__name__)
-
-_ATTEMPTS = 3
 
 
 def check_member(
@@ -59,34 +57,30 @@ def join_backbone(
     endpoint or a bad key, and ``Conflict`` (409) when the pool is full.
     """
     check_member(pool, node=node, gateway=gateway, endpoint=endpoint)
-    for attempt in range(_ATTEMPTS):
+
+    def create(locked: AddressPool) -> BackboneMember:
+        used = BackboneMember.objects.filter(pool=locked).values_list("address", flat=True)
         try:
-            with transaction.atomic():
-                locked = AddressPool.objects.select_for_update().get(pk=pool.pk)
-                used = BackboneMember.objects.filter(pool=locked).values_list("address", flat=True)
-                try:
-                    address = allocate(locked.ipv4_network, used)
-                except PoolExhausted as exc:
-                    raise Conflict(f"{exc}: no backbone address left", "pool_exhausted") from None
-                member = BackboneMember(
-                    pool=locked,
-                    node=node,
-                    gateway=gateway,
-                    public_key=public_key.strip(),
-                    address=str(address),
-                    endpoint=endpoint,
-                    listen_port=listen_port,
-                    interface_name=interface_name,
-                )
-                member.full_clean()
-                member.save()
-        except IntegrityError:
-            if attempt == _ATTEMPTS - 1:
-                raise Conflict("the address was taken meanwhile; try again", "busy") from None
-            continue
-        log.info("backbone member %s joined at %s", member.name, member.address)
+            address = allocate(locked.ipv4_network, used)
+        except PoolExhausted as exc:
+            raise Conflict(f"{exc}: no backbone address left", "pool_exhausted") from None
+        member = BackboneMember(
+            pool=locked,
+            node=node,
+            gateway=gateway,
+            public_key=public_key.strip(),
+            address=str(address),
+            endpoint=endpoint,
+            listen_port=listen_port,
+            interface_name=interface_name,
+        )
+        member.full_clean()
+        member.save()
         return member
-    raise AssertionError("unreachable")
+
+    member = with_pool_lock(pool.pk, create)
+    log.info("backbone member %s joined at %s", member.name, member.address)
+    return member
 
 
 def _interface(member: BackboneMember, peers: list[BackbonePeer]) -> BackboneInterface:

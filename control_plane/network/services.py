@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -26,6 +28,7 @@ from control_plane.network.validators import validate_wireguard_key
 from shared.wireguard import generate_key_pair, generate_preshared_key, render_client_config
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The unique constraints catch what the lock could not (a database without row locks).
 _ALLOCATION_ATTEMPTS = 3
@@ -45,6 +48,20 @@ class ProvisionedPeer:
 def _check_expiry(expires_at: datetime | None) -> None:
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": "Choose a time in the future."})
+
+
+def with_pool_lock(pool_id: int, create: Callable[[AddressPool], T]) -> T:
+    """``create(pool)`` in a transaction holding the pool's row lock, which serialises
+    allocations from one pool; the unique constraints on (pool, address) stand behind
+    it, and a race they catch (a database without row locks) is tried again."""
+    for attempt in range(_ALLOCATION_ATTEMPTS):
+        try:
+            with transaction.atomic():
+                return create(AddressPool.objects.select_for_update().get(pk=pool_id))
+        except IntegrityError:
+            if attempt == _ALLOCATION_ATTEMPTS - 1:
+                raise Conflict("the address was taken meanwhile; try again", "busy") from None
+    raise AssertionError("unreachable")
 
 
 def _allocate_addresses(pool: AddressPool) -> tuple[str, str | None]:
@@ -89,42 +106,36 @@ def provision_peer(
             raise ValidationError({"public_key": "That is the gateway's own public key."})
     else:
         private_key, public_key = generate_key_pair()
-    for attempt in range(_ALLOCATION_ATTEMPTS):
-        try:
-            with transaction.atomic():
-                # The pool's row lock serialises allocations from one pool; the unique
-                # constraints on (pool, address) stand behind it.
-                pool = AddressPool.objects.select_for_update().get(pk=gateway.pool_id)
-                if Peer.objects.filter(gateway=gateway, public_key=public_key).exists():
-                    raise Conflict(
-                        f"this public key already has a peer on gateway {gateway.name}",
-                        "duplicate_public_key",
-                    )
-                address_v4, address_v6 = _allocate_addresses(pool)
-                peer = Peer(
-                    client=client,
-                    gateway=gateway,
-                    pool=pool,
-                    name=name,
-                    public_key=public_key,
-                    preshared_key=generate_preshared_key(),
-                    key_generated=private_key is not None,
-                    address_v4=address_v4,
-                    address_v6=address_v6,
-                    expires_at=expires_at,
-                )
-                peer.save()
-        except IntegrityError:
-            if attempt == _ALLOCATION_ATTEMPTS - 1:
-                raise Conflict("the address was taken meanwhile; try again", "busy") from None
-            continue
-        log.info("peer %s provisioned on gateway %s", peer.pk, gateway.name)
-        return ProvisionedPeer(
-            peer=peer,
-            config=client_config(peer, private_key=private_key),
-            private_key_included=private_key is not None,
+
+    def create(pool: AddressPool) -> Peer:
+        if Peer.objects.filter(gateway=gateway, public_key=public_key).exists():
+            raise Conflict(
+                f"this public key already has a peer on gateway {gateway.name}",
+                "duplicate_public_key",
+            )
+        address_v4, address_v6 = _allocate_addresses(pool)
+        peer = Peer(
+            client=client,
+            gateway=gateway,
+            pool=pool,
+            name=name,
+            public_key=public_key,
+            preshared_key=generate_preshared_key(),
+            key_generated=private_key is not None,
+            address_v4=address_v4,
+            address_v6=address_v6,
+            expires_at=expires_at,
         )
-    raise AssertionError("unreachable")
+        peer.save()
+        return peer
+
+    peer = with_pool_lock(gateway.pool_id, create)
+    log.info("peer %s provisioned on gateway %s", peer.pk, gateway.name)
+    return ProvisionedPeer(
+        peer=peer,
+        config=client_config(peer, private_key=private_key),
+        private_key_included=private_key is not None,
+    )
 
 
 def client_config(peer: Peer, *, private_key: str | None = None) -> str:
