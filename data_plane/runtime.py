@@ -197,7 +197,9 @@ class Runtime:
     async def apply_config(self, token: str) -> ConfigBundle:
         """Verify, load what the bundle pins, then switch; the old config serves until then."""
         async with self._apply_lock:
-            bundle = self.config.check(token)
+            # Checking hashes each pinned file it has not seen: gigabytes for a real
+            # model, so on a worker thread, never on the loop every stream is served from.
+            bundle = await asyncio.to_thread(self.config.check, token)
             if bundle.tls is not None:
                 try:
                     self.tls.check(bundle.tls)
