@@ -12,13 +12,11 @@ it holds, of the client that opened them.
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 
 ROUTE_LENGTH = 12  # hex characters: 48 bits, no two nodes of a fleet share one
-SESSION_ID = re.compile(rf"^sess_(?P<route>[0-9a-f]{{{ROUTE_LENGTH}}})_[0-9a-f]{{32}}$")
-SESSION_ROUTE = rf"^sess_(?<route>[0-9a-f]{{{ROUTE_LENGTH}}})_"
-"""The same prefix in PCRE, as nginx's ``map`` takes it."""
+ROUTE_TAG = f"[0-9a-f]{{{ROUTE_LENGTH}}}"
+"""A route tag as a regular expression (Python's and nginx's PCRE alike)."""
 
 
 def route_tag(node: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from data_plane.gateway.commands import CommandFailed, run
 from data_plane.gateway.settings import GatewaySettings
 from shared.gateway import GatewayConfig
-from shared.routing import SESSION_ROUTE, route_tag
+from shared.routing import ROUTE_TAG, route_tag
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def render(
         "TEMP_DIR": str(paths.temp_dir),
         "MAX_BODY": paths.max_body,
         "ALLOW_MAP": _entry_lines(allow),
-        "SESSION_ROUTE": SESSION_ROUTE,
+        "ROUTE_TAG": ROUTE_TAG,
         "ROUTE_MAP": _entry_lines(routing.route_map),
         "UPSTREAMS": "\n".join(routing.upstreams),
         "UPSTREAM_TRIES": str(routing.tries),

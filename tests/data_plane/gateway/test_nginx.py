@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import re
 import socket
 import ssl
 import threading
@@ -86,9 +87,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _named_session(self) -> bool:
+        """A call on a session named in the path: answered if this node holds it."""
+        match = re.match(r"^/v1/(?:sessions|receipts)/(sess_[0-9a-f_]+)", self.path)
+        if match is None:
+            return False
+        if match.group(1) in self.server.sessions:
+            self._json(200, {"node": self.server.name})
+        else:
+            self._json(404, {"error": {"message": "no such session", "code": "not_found"}})
+        return True
+
+    def do_DELETE(self) -> None:
+        assert self._named_session()
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
+        if self._named_session():
+            return
         node = self.server
         session = self.headers.get("X-Sanctum-Session")
         if session is None:
@@ -100,6 +117,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"node": node.name, "received": length}, X_Sanctum_Session=session)
 
     def do_GET(self) -> None:
+        if self._named_session():
+            return
         if self.path == "/v1/big":
             data = b"y" * BIG
             self.send_response(200)
@@ -300,6 +319,24 @@ def test_each_peer_reaches_only_its_pools_nodes(kit: Kit, three_nodes: list[Fake
         r = shared.post("/v1/chat/completions", json={}, headers={"X-Sanctum-Session": alone[0][0]})
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert len(three_nodes[2].sessions) == 4
+
+
+def test_calls_naming_a_session_in_the_path_reach_its_node(kit: Kit, nodes: list[FakeNode]) -> None:
+    """Its metadata, its documents, its receipt and its teardown name the session in the
+    path, not the header: they go to the node that holds it all the same."""
+    start_nginx(kit, gateway_config(pooled(nodes), kit.http_port, pools={PEER: "shared"}))
+    with peer_client(kit.http_port) as client:
+        opened = open_sessions(client, 6)
+        assert {node for _, node in opened} == {"a", "b"}
+        for session, node in opened:
+            for method, path in (
+                ("GET", f"/v1/sessions/{session}"),
+                ("POST", f"/v1/sessions/{session}/documents"),
+                ("GET", f"/v1/receipts/{session}"),
+                ("DELETE", f"/v1/sessions/{session}"),
+            ):
+                r = client.request(method, path)
+                assert r.status_code == 200 and r.json()["node"] == node, (method, path)
 
 
 def test_a_draining_node_keeps_its_sessions_and_gets_no_new_ones(
