@@ -187,6 +187,8 @@ SPECTACULAR_SETTINGS = {
         "HashStatusEnum": "control_plane.registry.choices.HashStatus",
         "PeerStatusEnum": "control_plane.network.choices.PeerStatus",
         "CopyStatusEnum": "control_plane.knowledge.choices.CopyStatus",
+        "PoolKindEnum": "control_plane.fleet.choices.PoolKind",
+        "TargetKindEnum": "control_plane.pki.choices.TargetKind",
     },
 }
 

@@ -303,6 +303,11 @@ class ConfigStore(ReleaseStore[ConfigBundle]):
         self.files = ModelFileCheck()
         super().__init__(state_dir, "config", node_id, trust, open_bundle, self.files.check_bundle)
 
+    def summary(self) -> dict[str, object]:
+        """The release's summary and the pool the node serves (its clients are in it)."""
+        pool = self.current.pool if self.current else None
+        return {**super().summary(), "pool": pool.model_dump() if pool else None}
+
     def authenticate(self, key: str, now_ts: float) -> str | None:
         """The client id owning ``key``, or None (unknown, malformed, expired)."""
         bundle = self.usable(datetime.fromtimestamp(now_ts, UTC))

@@ -147,7 +147,7 @@ class Runtime:
             settings.node_id, self.node_key, UsageOutbox(settings.outbox_dir, settings.outbox)
         )
         self.engines = EnginePool(settings)
-        self.sessions = SessionStore(max_open=settings.sessions.max_open)
+        self.sessions = SessionStore(settings.node_id, max_open=settings.sessions.max_open)
         self.sessions.add_end_hook(self.usage.on_session_end)
         self.retrieval = Retrieval(settings) if settings.retrieval.enabled else None
         limits = settings.limits

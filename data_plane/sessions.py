@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pydantic import BaseModel
 from data_plane.engine.base import Engine, Sequence
 from data_plane.errors import Conflict, NotFound, TooManyRequests
 from shared.config import ModelSpec
+from shared.routing import new_session_id
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ EndHook = Callable[[Session, UsageSummary], Awaitable[dict[str, Any] | None]]
 class SessionStore:
     """Every open session of this node, by id."""
 
-    def __init__(self, max_open: int = 1024) -> None:
+    def __init__(self, node: str, max_open: int = 1024) -> None:
+        self.node = node
         self.max_open = max_open
         self._sessions: dict[str, Session] = {}
         self._end_hooks: list[EndHook] = []
@@ -137,7 +138,7 @@ class SessionStore:
                 )
             seq = await engine.open_sequence(client_id)
             session = Session(
-                id=f"sess_{secrets.token_hex(16)}",
+                id=new_session_id(self.node),
                 client_id=client_id,
                 model=model,
                 engine=engine,

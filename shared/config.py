@@ -15,7 +15,14 @@ import secrets
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from shared import envelope
 from shared.backbone import BackboneInterface
@@ -96,11 +103,22 @@ class ClientSpec(_Contract):
     limits: ClientLimits = ClientLimits()
 
 
+class PoolSpec(_Contract):
+    """The node pool this node belongs to. A dedicated pool serves one client: its
+    bundle holds that client and no other, and a node refuses one that holds more."""
+
+    name: Name
+    dedicated: bool = False
+
+
 class ConfigBundle(Release):
     """Version ``version`` of one node's config (``shared.release``: versions only go up,
     it expires, and it carries the keys the node trusts)."""
 
     node: Name
+    pool: PoolSpec | None = Field(
+        default=None, description="its pool: the clients and models here are placed on it"
+    )
     models: tuple[ModelSpec, ...] = ()
     clients: tuple[ClientSpec, ...] = ()
     backbone: BackboneInterface | None = Field(
@@ -122,6 +140,15 @@ class ConfigBundle(Release):
         if len(ids) != len(set(ids)):
             raise ValueError("client ids must be unique")
         return clients
+
+    @model_validator(mode="after")
+    def _dedicated_to_one(self) -> ConfigBundle:
+        if self.pool is not None and self.pool.dedicated and len(self.clients) > 1:
+            raise ValueError(
+                f"pool {self.pool.name} is dedicated: its nodes serve one client, "
+                f"and this bundle holds {len(self.clients)}"
+            )
+        return self
 
     @property
     def target(self) -> str:

@@ -242,6 +242,9 @@ class GatewayPeer(_Contract):
     )
     addresses: tuple[HostNetwork, ...] = Field(min_length=1, max_length=4)
     enabled: bool = True
+    pool: Name | None = Field(
+        default=None, description="its client's node pool: the upstreams it is routed to"
+    )
 
 
 class Upstream(_Contract):
@@ -250,6 +253,10 @@ class Upstream(_Contract):
     node: Name
     host: UpstreamHost
     port: int = Field(ge=1, le=65535)
+    pool: Name | None = Field(default=None, description="the node's pool")
+    draining: bool = Field(
+        default=False, description="no new sessions; the sessions it holds still reach it"
+    )
 
     @property
     def address(self) -> str:
@@ -385,6 +392,7 @@ def make_peer(
     preshared_key: str | None,
     gateway: str,
     gateway_public_key: str,
+    pool: str | None = None,
 ) -> GatewayPeer:
     """A peer for the config, its PSK sealed to the gateway (and left out if disabled)."""
     sealed = None
@@ -402,6 +410,7 @@ def make_peer(
         preshared_key=sealed,
         addresses=tuple(addresses),
         enabled=enabled,
+        pool=pool,
     )
 
 

@@ -21,6 +21,7 @@ from control_plane.clients.models import ApiKey, Client
 from control_plane.clients.querysets import ApiKeyQuerySet, ClientQuerySet, KeyCounts
 from control_plane.clients.services import IssuedKey, issue_api_key, revoke_api_key, rotate_api_key
 from control_plane.core.errors import Conflict
+from control_plane.fleet.placement import sharing_with
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -77,18 +78,35 @@ class ClientAdmin(admin.ModelAdmin):
         "slug",
         "name",
         "is_active",
+        "pool",
         "usable_keys",
         "allowed_models",
         "max_sessions",
         "created_at",
     )
-    list_filter = ("is_active", "embeddings", "created_at")
+    list_filter = ("is_active", "pool", "embeddings", "created_at")
+    list_select_related = ("pool",)
     search_fields = ("slug", "name", "description")
-    readonly_fields = ("created_at", "updated_at", "usage", "knowledge_base_names")
+    readonly_fields = (
+        "created_at",
+        "updated_at",
+        "usage",
+        "knowledge_base_names",
+        "shares_hardware_with",
+    )
     inlines = (ApiKeyInline,)
     actions = ("issue_key",)
     fieldsets = (
         (None, {"fields": ("slug", "name", "description", "is_active")}),
+        (
+            "Placement",
+            {
+                "description": "Only the nodes of its pool hold its keys and run its "
+                "sessions. A dedicated pool serves this client alone; on a shared pool, "
+                "its sessions are batched beside those of the clients listed here.",
+                "fields": ("pool", "shares_hardware_with"),
+            },
+        ),
         (
             "What it may use",
             {
@@ -103,9 +121,9 @@ class ClientAdmin(admin.ModelAdmin):
         (
             "Rates and quotas",
             {
-                "description": "The client's in all: each enabled node enforces an equal "
-                "share; a change here (or a node added or removed) is released to the "
-                "nodes when it is saved.",
+                "description": "The client's in all: each enabled node of its pool "
+                "enforces an equal share; a change here (or a node added or removed) is "
+                "released to the nodes when it is saved.",
                 "fields": (
                     "requests_per_minute",
                     "tokens_per_minute",
@@ -152,6 +170,14 @@ class ClientAdmin(admin.ModelAdmin):
             quota = "no quota" if use.quota is None else f"of {use.quota:,}"
             parts.append(f"this {use.period}: {use.tokens:,} {quota}")
         return "; ".join(parts)
+
+    @admin.display(description="shares hardware with")
+    def shares_hardware_with(self, obj: Client) -> str:
+        if obj.pk is None:
+            return "-"
+        if obj.pool.dedicated:
+            return "no one: its pool is dedicated to it"
+        return ", ".join(sharing_with(obj)) or "no one yet (its pool is shared)"
 
     @admin.display(description="knowledge bases")
     def knowledge_base_names(self, obj: Client) -> str:

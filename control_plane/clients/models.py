@@ -10,6 +10,7 @@ from control_plane.changes.models import ChangeLoggedModel
 from control_plane.clients.choices import ApiKeyStatus
 from control_plane.clients.querysets import ApiKeyQuerySet, ClientQuerySet
 from control_plane.clients.validators import bundle_name_validator
+from control_plane.fleet.models import NodePool, default_pool_id
 
 # The most the config contract takes for a count (``shared.config.Count``).
 MAX_TOKENS = 10**15
@@ -34,6 +35,14 @@ class Client(ChangeLoggedModel):
     description = models.TextField(blank=True)
     is_active = models.BooleanField(
         "active", default=True, help_text="Inactive clients are left out of the config."
+    )
+    pool = models.ForeignKey(
+        NodePool,
+        on_delete=models.PROTECT,
+        related_name="clients",
+        default=default_pool_id,
+        verbose_name="node pool",
+        help_text="The nodes that serve it: only this pool's nodes hold its keys.",
     )
     embeddings = models.BooleanField(default=False, help_text="May call /v1/embeddings.")
     max_sessions = models.PositiveIntegerField(
@@ -97,6 +106,7 @@ class Client(ChangeLoggedModel):
         "name",
         "description",
         "is_active",
+        "pool",
         "embeddings",
         "max_sessions",
         "max_tokens_per_request",
@@ -111,6 +121,12 @@ class Client(ChangeLoggedModel):
 
     def __str__(self) -> str:
         return self.slug
+
+    def clean(self) -> None:
+        from control_plane.fleet.placement import check_client_placement
+
+        if self.pool_id is not None:
+            check_client_placement(self.pool, self)
 
     def limit_shares(self, nodes: int) -> list[dict[str, int | None]]:
         """Each of ``nodes`` nodes' share of the rates and quotas: they add up to the

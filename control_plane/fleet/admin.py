@@ -6,7 +6,11 @@ The rollout columns, the "Roll out now" action and the read-only releases come f
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from control_plane.core.admin import (
     RELEASE_LIST_DISPLAY,
@@ -15,8 +19,87 @@ from control_plane.core.admin import (
     TargetStateInline,
 )
 from control_plane.core.models import RELEASE_FIELDS
-from control_plane.fleet.models import ConfigRelease, Node, NodeState
+from control_plane.fleet.models import ConfigRelease, Node, NodePool, NodeState
+from control_plane.fleet.placement import node_load, pool_capacity
 from control_plane.fleet.rollout import NODES
+
+
+class NodeInline(admin.TabularInline):
+    model = Node
+    fields = ("name", "enabled", "draining", "load")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a node joins a pool from its own page
+
+    @admin.display(description="slots busy / slots, waiting, open sessions (last health)")
+    def load(self, obj: Node) -> str:
+        load = node_load(obj)
+        return (
+            f"{load['slots_busy']}/{load['slots']}, {load['waiting']} waiting, "
+            f"{load['sessions_open']} sessions ({load['health'] or 'not checked'})"
+        )
+
+
+@admin.register(NodePool)
+class NodePoolAdmin(admin.ModelAdmin):
+    """Pools at a glance: who shares hardware, and whether a pool needs another node."""
+
+    list_display = ("name", "kind", "node_count", "client_names", "capacity_summary")
+    list_filter = ("kind",)
+    search_fields = ("name", "description", "clients__slug", "nodes__name")
+    readonly_fields = (
+        "client_names",
+        "model_names",
+        "capacity_summary",
+        "created_at",
+        "updated_at",
+    )
+    fields = (
+        "name",
+        "kind",
+        "description",
+        "client_names",
+        "model_names",
+        "capacity_summary",
+        "created_at",
+        "updated_at",
+    )
+    inlines = (NodeInline,)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[NodePool]:
+        return (
+            super().get_queryset(request).prefetch_related("nodes__state", "clients", "model_pins")
+        )
+
+    @admin.display(description="nodes")
+    def node_count(self, obj: NodePool) -> int:
+        return len(obj.nodes.all())
+
+    @admin.display(description="clients (sharing its hardware)")
+    def client_names(self, obj: NodePool) -> str:
+        return ", ".join(c.slug for c in obj.clients.all()) or "none"
+
+    @admin.display(description="models")
+    def model_names(self, obj: NodePool) -> str:
+        pins = obj.model_pins.all()
+        return ", ".join(f"{p.name}@{p.version}" for p in pins if p.enabled) or "none"
+
+    @admin.display(description="capacity (serving nodes, from their last health)")
+    def capacity_summary(self, obj: NodePool) -> str:
+        if obj.pk is None:
+            return "-"
+        c = pool_capacity(obj)
+        if not c["serving_nodes"]:
+            return "no node serving: its clients get 503"
+        use = "" if c["utilisation"] is None else f" ({c['utilisation']:.0%} busy)"
+        return (
+            f"{c['serving_nodes']} nodes, {c['slots_busy']}/{c['slots']} slots busy{use}, "
+            f"{c['waiting']} waiting, {c['sessions_open']} open sessions"
+        )
 
 
 class NodeStateInline(TargetStateInline):
@@ -28,8 +111,10 @@ class NodeAdmin(RolloutTargetAdmin):
     rollout_kind = NODES
     list_display = (
         "name",
+        "pool",
         "management_url",
         "enabled",
+        "draining",
         "rollout",
         "applied_version",
         "latest_version",
@@ -37,7 +122,8 @@ class NodeAdmin(RolloutTargetAdmin):
         "health_checked_at",
         "last_error",
     )
-    list_filter = ("enabled", "state__health_status")
+    list_filter = ("pool", "enabled", "draining", "state__health_status")
+    list_select_related = ("pool",)
     search_fields = ("name", "management_url", "description")
     readonly_fields = ("key_id", "created_at", "updated_at")
     fields = (
@@ -45,6 +131,8 @@ class NodeAdmin(RolloutTargetAdmin):
         "management_url",
         "public_key",
         "key_id",
+        "pool",
+        "draining",
         "enabled",
         "description",
         "created_at",

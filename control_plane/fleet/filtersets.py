@@ -7,10 +7,11 @@ from control_plane.fleet.models import ConfigRelease, Node
 
 class NodeFilterSet(django_filters.FilterSet):
     health_status = django_filters.CharFilter(field_name="state__health_status")
+    pool = django_filters.CharFilter(field_name="pool__name")
 
     class Meta:
         model = Node
-        fields = {"name": ["exact"], "enabled": ["exact"]}
+        fields = {"name": ["exact"], "enabled": ["exact"], "draining": ["exact"]}
 
 
 class ConfigReleaseFilterSet(django_filters.FilterSet):

@@ -5,8 +5,10 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from control_plane.changes.models import ChangeLoggedModel
 from control_plane.clients.validators import bundle_name_validator
 from control_plane.core.models import Release, RolloutTarget, TargetState
+from control_plane.fleet.choices import PoolKind
 from control_plane.fleet.querysets import ConfigReleaseQuerySet, NodeQuerySet
 from shared.keys import KeyFileError, key_id, public_key_from_pem
 
@@ -16,6 +18,71 @@ def validate_public_key_pem(value: str) -> None:
         public_key_from_pem(value.strip(), source="the public key")
     except KeyFileError as exc:
         raise ValidationError(f"Paste the node's Ed25519 public key as PEM ({exc}).") from None
+
+
+DEFAULT_POOL = "default"
+
+
+class NodePool(ChangeLoggedModel):
+    """Nodes that serve the same clients and models: where a client is placed.
+
+    A node belongs to one pool, a client is placed on one pool, and a model pin on the
+    pools whose nodes load it; a node's config holds only what is placed on its pool.
+    A *dedicated* pool serves exactly one client, so no other tenant's session ever
+    runs on its nodes; a *shared* pool batches the sessions of its clients side by side,
+    each in its own KV cells (docs/security.md says what that does and does not
+    promise). Pool ``default`` (shared) is where nodes and clients go unless placed.
+    """
+
+    name = models.CharField(
+        max_length=128,
+        unique=True,
+        validators=[bundle_name_validator],
+        help_text="The pool's name; gateways and node configs know it by this.",
+    )
+    kind = models.CharField(max_length=16, choices=PoolKind.choices, default=PoolKind.SHARED)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    change_logged_fields = ("name", "kind", "description")
+
+    class Meta:
+        ordering = ("name",)
+        verbose_name = "node pool"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def dedicated(self) -> bool:
+        return self.kind == PoolKind.DEDICATED
+
+    def clean(self) -> None:
+        if self.pk and self.dedicated:
+            placed = self.clients.count()
+            if placed > 1:
+                raise ValidationError(
+                    {
+                        "kind": f"{placed} clients are placed on this pool; a dedicated pool "
+                        "serves one. Move the others first."
+                    }
+                )
+
+
+def default_pool_id() -> int:
+    """The pool nodes and clients join unless placed, made when first needed.
+
+    Made without ``save()``: it is the field default (called by migrations too, before
+    the tables a change would release to exist), not an admin's change.
+    """
+    pool = NodePool(
+        name=DEFAULT_POOL,
+        kind=PoolKind.SHARED,
+        description="Where nodes and clients go unless placed.",
+    )
+    NodePool.objects.bulk_create([pool], ignore_conflicts=True)
+    return NodePool.objects.values_list("pk", flat=True).get(name=DEFAULT_POOL)
 
 
 class Node(RolloutTarget):
@@ -36,6 +103,18 @@ class Node(RolloutTarget):
         "management URL", help_text="Base URL of the node's management listener."
     )
     public_key = models.TextField("node public key (PEM)", validators=[validate_public_key_pem])
+    pool = models.ForeignKey(
+        NodePool,
+        on_delete=models.PROTECT,
+        related_name="nodes",
+        default=default_pool_id,
+        help_text="It serves the clients and models placed on this pool.",
+    )
+    draining = models.BooleanField(
+        default=False,
+        help_text="Draining: gateways send it no new sessions; its open sessions go on "
+        "until they end. Disable it once it holds none.",
+    )
     enabled = models.BooleanField(default=True, help_text="Disabled nodes get no rollouts.")
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -43,7 +122,15 @@ class Node(RolloutTarget):
 
     objects = NodeQuerySet.as_manager()
 
-    change_logged_fields = ("name", "management_url", "public_key", "enabled", "description")
+    change_logged_fields = (
+        "name",
+        "management_url",
+        "public_key",
+        "pool",
+        "draining",
+        "enabled",
+        "description",
+    )
 
     class Meta:
         ordering = ("name",)

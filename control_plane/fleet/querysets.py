@@ -11,7 +11,9 @@ if TYPE_CHECKING:
 
 
 class NodeQuerySet(RolloutTargetQuerySet["Node"]):
-    pass
+    def serving(self) -> NodeQuerySet:
+        """Nodes that take new sessions: enabled and not draining."""
+        return self.filter(enabled=True, draining=False)
 
 
 class ConfigReleaseQuerySet(ReleaseQuerySet["ConfigRelease"]):

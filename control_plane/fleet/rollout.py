@@ -17,24 +17,40 @@ from control_plane.network.backbone import node_backbone
 from control_plane.pki.choices import TargetKind
 from control_plane.pki.services import tls_material
 from control_plane.registry.models import ModelPin
-from shared.config import ApiKeySpec, ClientLimits, ClientSpec, ConfigBundle, ModelSpec, sign_bundle
+from shared.config import (
+    ApiKeySpec,
+    ClientLimits,
+    ClientSpec,
+    ConfigBundle,
+    ModelSpec,
+    PoolSpec,
+    sign_bundle,
+)
 from shared.trust import CONFIG
 
 
 def build_bundle(node: Node, version: int, stamp: ReleaseStamp | None = None) -> ConfigBundle:
     """The config ``node`` should hold, from the database as it is now.
 
-    Models: every enabled pin whose file hash is verified. Clients: every active one,
-    with its usable keys (revoked and expired ones are left out), the pinned models it
-    may use, and this node's share of its rates and quotas: every enabled node serves
-    every client, so each enforces its part (``Client.limit_shares``; docs/security.md).
+    Only what is placed on the node's pool: models, every enabled pin on the pool whose
+    file hash is verified; clients, every active one placed on the pool, with its usable
+    keys (revoked and expired ones are left out), the pool's models it may use, and this
+    node's share of its rates and quotas: the pool's enabled nodes serve its clients, so
+    each enforces its part (``Client.limit_shares``; docs/security.md). A client placed
+    elsewhere is not in the bundle at all: the node does not know its keys.
     TLS: once the node has enrolled, its management certificate, renewed when due.
     """
     stamp = stamp or ReleaseStamp.now()
     issued_at = stamp.issued_at
-    serving = list(Node.objects.enabled().order_by("name").values_list("name", flat=True))
+    pool = node.pool
+    serving = list(
+        Node.objects.enabled().filter(pool=pool).order_by("name").values_list("name", flat=True)
+    )
     share_of = serving.index(node.name) if node.name in serving else 0
-    pins = list(ModelPin.objects.servable().prefetch_related("clients").order_by("name"))
+    placed = Client.objects.active().filter(pool=pool).order_by("slug")
+    pins = list(
+        ModelPin.objects.servable().filter(pools=pool).prefetch_related("clients").order_by("name")
+    )
     models = tuple(
         ModelSpec(
             name=pin.name,
@@ -51,7 +67,7 @@ def build_bundle(node: Node, version: int, stamp: ReleaseStamp | None = None) ->
         for client in pin.clients.all():
             allowed.setdefault(client.pk, []).append(pin.name)
     keys: dict[int, list[ApiKey]] = {}
-    for api_key in ApiKey.objects.usable(issued_at).order_by("prefix"):
+    for api_key in ApiKey.objects.usable(issued_at).filter(client__pool=pool).order_by("prefix"):
         keys.setdefault(api_key.client_id, []).append(api_key)
     clients = tuple(
         ClientSpec(
@@ -75,13 +91,14 @@ def build_bundle(node: Node, version: int, stamp: ReleaseStamp | None = None) ->
                 **client.limit_shares(len(serving))[share_of],
             ),
         )
-        for client in Client.objects.active().order_by("slug")
+        for client in placed
     )
     return ConfigBundle(
         version=version,
         **stamp.fields(),
         tls=tls_material(TargetKind.NODE, node.name),
         node=node.name,
+        pool=PoolSpec(name=pool.name, dedicated=pool.dedicated),
         models=models,
         clients=clients,
         backbone=node_backbone(node),
@@ -95,6 +112,7 @@ class NodeRollout(RolloutKind[Node, ConfigRelease, NodeState]):
     target_model = Node
     release_model = ConfigRelease
     state_model = NodeState
+    target_related = ("pool",)
 
     def build(self, target: Node, version: int, stamp: ReleaseStamp) -> ConfigBundle:
         return build_bundle(target, version, stamp)

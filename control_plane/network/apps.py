@@ -13,7 +13,7 @@ class NetworkConfig(AppConfig):
         from control_plane.clients.models import Client
         from control_plane.core.rollout import register
         from control_plane.core.signals import release_on_change
-        from control_plane.fleet.models import Node
+        from control_plane.fleet.models import Node, NodePool
         from control_plane.network.models import (
             AddressPool,
             BackboneMember,
@@ -25,7 +25,16 @@ class NetworkConfig(AppConfig):
 
         register(GATEWAYS)
         # What a gateway config is built from (network.rollout.build_gateway_config): a
-        # disabled peer or client, a changed upstream reaches every gateway on commit.
+        # disabled peer or client, a changed upstream, a client moved to another pool, a
+        # node drained reach every gateway on commit.
         release_on_change(
-            GATEWAYS.name, Client, Peer, Gateway, GatewayUpstream, AddressPool, Node, BackboneMember
+            GATEWAYS.name,
+            Client,
+            Peer,
+            Gateway,
+            GatewayUpstream,
+            AddressPool,
+            Node,
+            NodePool,
+            BackboneMember,
         )

@@ -37,8 +37,10 @@ def build_gateway_config(
 
     Every peer of the gateway is listed; those not active (disabled, expired, or of an
     inactive client) travel disabled and without their PSK. Enabled peers' PSKs are
-    sealed to the gateway's WireGuard key. Upstreams: the enabled nodes it fronts; once
-    the gateway is on the backbone, only those that are too, at their backbone address.
+    sealed to the gateway's WireGuard key; each names its client's node pool, which is
+    where the gateway routes it. Upstreams: the enabled nodes it fronts, with their pool
+    and whether they drain; once the gateway is on the backbone, only those that are
+    too, at their backbone address.
     Once it has enrolled: its management and ingress certificates, renewed when due.
     """
     stamp = stamp or ReleaseStamp.now()
@@ -57,15 +59,24 @@ def build_gateway_config(
             preshared_key=peer.preshared_key,
             gateway=gateway.name,
             gateway_public_key=gateway.public_key,
+            pool=peer.client.pool.name,
         )
-        for peer in gateway.peers.select_related("client").order_by("pk")
+        for peer in gateway.peers.select_related("client__pool").order_by("pk")
     ]
     backbone = gateway_backbone(gateway)
     upstreams = []
-    for u in gateway.upstreams.select_related("node").order_by("node__name"):
+    for u in gateway.upstreams.select_related("node__pool").order_by("node__name"):
         host = upstream_host(u, backbone)
         if u.node.enabled and host is not None:
-            upstreams.append(Upstream(node=u.node.name, host=host, port=u.port))
+            upstreams.append(
+                Upstream(
+                    node=u.node.name,
+                    host=host,
+                    port=u.port,
+                    pool=u.node.pool.name,
+                    draining=u.node.draining,
+                )
+            )
     return GatewayConfig.create(
         version=version,
         **stamp.fields(),

@@ -36,12 +36,12 @@ class ModelPinAdmin(admin.ModelAdmin):
     )
     list_filter = ("hash_status", "enabled", "name")
     search_fields = ("name", "version", "sha256", "path")
-    filter_horizontal = ("clients",)
+    filter_horizontal = ("clients", "pools")
     actions = ("verify_hash",)
     fieldsets = (
         (None, {"fields": ("name", "version", "path", "enabled")}),
         ("File", {"fields": ("sha256", "hash_status", "hash_error", "hash_checked_at")}),
-        ("Serving", {"fields": ("context_size", "chat_template", "clients")}),
+        ("Serving", {"fields": ("context_size", "chat_template", "clients", "pools")}),
         ("Record", {"fields": ("created_at", "updated_at")}),
     )
     _always_read_only = (

@@ -9,6 +9,7 @@ from django.db.models import Q
 from control_plane.changes.models import ChangeLoggedModel
 from control_plane.clients.models import Client
 from control_plane.clients.validators import bundle_name_validator, model_version_validator
+from control_plane.fleet.models import NodePool
 from control_plane.registry.choices import HashStatus
 from control_plane.registry.querysets import ModelPinQuerySet
 
@@ -39,6 +40,13 @@ class ModelPin(ChangeLoggedModel):
         blank=True, help_text="Jinja chat template; blank uses the GGUF's own."
     )
     clients = models.ManyToManyField(Client, blank=True, related_name="model_pins")
+    pools = models.ManyToManyField(
+        NodePool,
+        blank=True,
+        related_name="model_pins",
+        verbose_name="node pools",
+        help_text="The pools whose nodes load it.",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -56,6 +64,7 @@ class ModelPin(ChangeLoggedModel):
         "context_size",
         "chat_template",
         "clients",
+        "pools",
         "enabled",
     )
 

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from control_plane.changes.choices import ChangeAction
 from control_plane.clients.models import Client
+from control_plane.fleet.models import NodePool, default_pool_id
 from control_plane.registry.choices import HashStatus
 from control_plane.registry.models import ModelPin
 from shared.config import file_sha256
@@ -27,14 +28,16 @@ def pin_model(
     context_size: int = 2048,
     chat_template: str = "",
     clients: Iterable[Client] | None = None,
+    pools: Iterable[NodePool] | None = None,
     supersede: bool = False,
 ) -> ModelPin:
     """Pin ``name`` to ``version`` of the GGUF file at ``path``; the hash task follows.
 
     A name has one enabled pin. If it has one already, this refuses (a field error on
     ``version``) unless ``supersede`` says to disable the old pin; the new pin then
-    inherits the old one's clients when ``clients`` is not given. Nodes serve the new
-    pin after its hash is verified and the next rollout.
+    inherits the old one's clients and pools when those are not given. Without pools,
+    it is placed on its clients' pools (none: the default pool). Nodes serve the new pin
+    after its hash is verified and the next rollout.
     """
     if not os.path.isabs(path):
         raise ValidationError({"path": "Give an absolute path to the GGUF file."})
@@ -50,8 +53,10 @@ def pin_model(
                 }
             )
         inherited: list[Client] = []
+        inherited_pools: list[NodePool] = []
         if current is not None:
             inherited = list(current.clients.all())
+            inherited_pools = list(current.pools.all())
             current.enabled = False
             current.save()
         pin = ModelPin(
@@ -61,11 +66,26 @@ def pin_model(
             context_size=context_size,
             chat_template=chat_template,
         )
-        pin.full_clean(exclude=["clients"])
+        pin.full_clean(exclude=["clients", "pools"])
         pin.save()
-        pin.clients.set(list(clients) if clients is not None else inherited)
+        users = list(clients) if clients is not None else inherited
+        pin.clients.set(users)
+        pin.pools.set(_placement(pools, inherited_pools, users))
         transaction.on_commit(lambda: request_pin_verification(pin))
     return pin
+
+
+def _placement(
+    pools: Iterable[NodePool] | None, inherited: list[NodePool], clients: list[Client]
+) -> list[NodePool] | list[int]:
+    """Where a new pin goes: the pools given, else the superseded pin's, else those of
+    the clients that may use it, else the default pool."""
+    if pools is not None:
+        return list(pools)
+    if inherited:
+        return inherited
+    placed = sorted({c.pool_id for c in clients if c.pool_id is not None})
+    return placed or [default_pool_id()]
 
 
 def request_pin_verification(pin: ModelPin) -> None:

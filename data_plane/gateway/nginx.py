@@ -19,6 +19,7 @@ from pathlib import Path
 from data_plane.gateway.commands import CommandFailed, run
 from data_plane.gateway.settings import GatewaySettings
 from shared.gateway import GatewayConfig
+from shared.routing import SESSION_ROUTE, route_tag
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,61 @@ def listen_hosts(config: GatewayConfig | None, listen_host: str | None) -> list[
     return list(config.interface.hosts())
 
 
+@dataclass(frozen=True)
+class Routes:
+    """The upstream blocks and maps that send each peer to its pool's nodes.
+
+    Pools are numbered from 1 (0 is "not a peer" in the allow-map); each gets an
+    upstream ``sanctum_pool_<n>`` of its serving nodes (draining ones left out), balanced
+    by least connections. Each node gets an upstream ``sanctum_node_<i>`` of its own, and
+    the route map sends a session whose id carries the node's tag there, but only when
+    the node is in the peer's own pool.
+    """
+
+    pools: dict[str | None, int]
+    upstreams: list[str]
+    route_map: list[str]
+    tries: int
+
+
+def routes(config: GatewayConfig | None) -> Routes:
+    upstreams = list(config.upstreams) if config else []
+    peers = config.enabled_peers() if config else []
+    keys = {u.pool for u in upstreams} | {p.pool for p in peers}
+    pools = {key: n for n, key in enumerate(sorted(keys, key=lambda k: k or ""), 1)}
+    blocks: list[str] = []
+    tries = 1
+    for key, number in pools.items():
+        serving = [u for u in upstreams if u.pool == key and not u.draining]
+        tries = max(tries, len(serving))
+        servers = [
+            f"server {u.address} max_fails=1 fail_timeout=10s;  # {u.node}" for u in serving
+        ] or [
+            # nginx wants a server in every upstream; with none to serve this pool, this
+            # one is marked down, so its peers get the "unreachable" error, never a node.
+            "server 127.0.0.1:9 down;  # no node serves this pool here"
+        ]
+        blocks.append(
+            _upstream(
+                f"sanctum_pool_{number}",
+                f"pool {key or '(all nodes)'}",
+                ["least_conn;", *servers],
+                32,
+            )
+        )
+    route_map = []
+    for index, u in enumerate(upstreams, 1):
+        name = f"sanctum_node_{index}"
+        blocks.append(_upstream(name, f"node {u.node}", [f"server {u.address};"], 8))
+        route_map.append(f'"{pools[u.pool]}:{route_tag(u.node)}" {name};  # {u.node}')
+    return Routes(pools, blocks, route_map, tries)
+
+
+def _upstream(name: str, comment: str, lines: list[str], keepalive: int) -> str:
+    body = _entry_lines([*lines, f"keepalive {keepalive};"], "        ")
+    return f"    upstream {name} {{  # {comment}\n{body}\n    }}"
+
+
 def render(
     template: str,
     config: GatewayConfig | None,
@@ -124,19 +180,16 @@ def render(
     With ``ingress`` (the gateway has enrolled), nginx serves TLS on the tunnel
     addresses; plain HTTP only when the config turns it on (``plain_http``). A config
     that allows neither leaves one plain listener that answers every connection 444.
+    Each peer is routed to the nodes of its client's pool (:func:`routes`).
     """
-    allow = list(config.allow) if config else []
-    upstreams = list(config.upstreams) if config else []
     http_port = config.http_port if config else paths.http_port
     hosts = listen_hosts(config, paths.listen_host)
-    if upstreams:
-        servers = [
-            f"server {u.address} max_fails=1 fail_timeout=10s;  # {u.node}" for u in upstreams
-        ]
-    else:
-        # nginx wants a server in every upstream; with none configured this one is marked
-        # down, so a peer gets the "data plane unreachable" error, never a connection.
-        servers = ["server 127.0.0.1:9 down;  # no data-plane node configured"]
+    routing = routes(config)
+    allow = [
+        f"{address} {routing.pools[peer.pool]};"
+        for peer in (config.enabled_peers() if config else [])
+        for address in peer.addresses
+    ]
     listen: list[str] = []
     tls_lines = ["# no ingress certificate: TLS is off"]
     if config is not None and ingress is not None:
@@ -154,9 +207,11 @@ def render(
         "LOG_DIR": str(paths.log_dir),
         "TEMP_DIR": str(paths.temp_dir),
         "MAX_BODY": paths.max_body,
-        "ALLOW_MAP": _entry_lines([f"{a} 1;" for a in allow]),
-        "UPSTREAM_SERVERS": _entry_lines(servers),
-        "UPSTREAM_TRIES": str(max(1, len(upstreams))),
+        "ALLOW_MAP": _entry_lines(allow),
+        "SESSION_ROUTE": SESSION_ROUTE,
+        "ROUTE_MAP": _entry_lines(routing.route_map),
+        "UPSTREAMS": "\n".join(routing.upstreams),
+        "UPSTREAM_TRIES": str(routing.tries),
         "LISTEN": _entry_lines(listen),
         "TLS": _entry_lines(tls_lines),
     }

@@ -9,7 +9,7 @@ import factory
 from factory.django import DjangoModelFactory
 
 from control_plane.clients.models import ApiKey, Client
-from control_plane.fleet.models import Node
+from control_plane.fleet.models import Node, NodePool, default_pool_id
 from control_plane.registry.choices import HashStatus
 from control_plane.registry.models import ModelPin
 from shared.config import file_sha256, new_api_key
@@ -65,6 +65,12 @@ class ModelPinFactory(DjangoModelFactory):
     def clients(self, create: bool, extracted: list[Client] | None, **kwargs: object) -> None:
         if create and extracted:
             self.clients.set(extracted)
+
+    @factory.post_generation
+    def pools(self, create: bool, extracted: list[NodePool] | None, **kwargs: object) -> None:
+        """Placed on ``pools`` (default: the default pool, where nodes and clients go)."""
+        if create:
+            self.pools.set(extracted if extracted is not None else [default_pool_id()])
 
 
 class NodeFactory(DjangoModelFactory):

@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.config import ModelSpec, sign_bundle
+from shared import envelope
+from shared.config import ModelSpec, PoolSpec, sign_bundle
 from shared.keys import generate_private_key
 from shared.management import CONFIG_PATH, HEALTH_PATH, JOSE
 from shared.models import DEFAULT_MODEL_NAME
@@ -163,6 +164,29 @@ def test_bundle_for_another_node_is_refused(
     token = sign_bundle(node.bundle([model_spec], [], node="node-2"), node.cp_key)
     refused(node, token, 409, "wrong_target")
     assert serving(node, key)
+
+
+def test_a_node_serves_only_the_clients_placed_on_its_pool(
+    running: tuple[Node, str], model_spec: ModelSpec
+) -> None:
+    """A client placed elsewhere is not in the bundle: the node does not know its key,
+    even when a request reaches it directly. A dedicated pool's bundle holds one client,
+    and the node refuses one that holds more, signed or not."""
+    node, elsewhere = running
+    solo = make_tenant("solo", (DEFAULT_MODEL_NAME,))
+    pool = PoolSpec(name="solo-pool", dedicated=True)
+    placed = node.put_config(sign_bundle(node.bundle([model_spec], [solo], pool=pool), node.cp_key))
+    assert placed.status_code == 200, placed.text
+    assert health(node)["pool"] == {"name": "solo-pool", "dedicated": True}
+    assert serving(node, solo.key)
+    r = httpx.get(f"{node.api}/v1/models", headers={"Authorization": f"Bearer {elsewhere}"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+    document = node.bundle([model_spec], [solo], pool=pool).document()
+    document["clients"].append(make_tenant("intruder", ()).spec.model_dump(mode="json"))
+    refused(node, envelope.sign(document, node.cp_key, envelope.TYP_CONFIG), 400, "invalid_config")
+    assert health(node)["config_version"] == placed.json()["version"]
+    assert serving(node, solo.key)
 
 
 def test_garbage_is_refused(running: tuple[Node, str]) -> None:

@@ -8,6 +8,8 @@ from rest_framework.validators import UniqueValidator
 from control_plane.clients.choices import ApiKeyStatus
 from control_plane.clients.models import ApiKey, Client
 from control_plane.clients.validators import bundle_name_validator
+from control_plane.fleet.models import NodePool
+from control_plane.fleet.placement import check_client_placement, sharing_with
 
 
 class ClientSerializer(serializers.ModelSerializer):
@@ -21,6 +23,16 @@ class ClientSerializer(serializers.ModelSerializer):
         help_text="The client id nodes, receipts and auditors use.",
     )
     models = serializers.SerializerMethodField(help_text="Names of the models it may use.")
+    pool = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=NodePool.objects.all(),
+        required=False,
+        help_text="The node pool that serves it (default: the pool named default).",
+    )
+    shares_hardware_with = serializers.SerializerMethodField(
+        help_text="Other clients placed on the same pool: their sessions may run on the "
+        "same nodes, batched beside this one's."
+    )
     knowledge_bases = serializers.SerializerMethodField(
         help_text="Names of its knowledge bases (made and loaded under /api/knowledge-bases/)."
     )
@@ -32,6 +44,8 @@ class ClientSerializer(serializers.ModelSerializer):
             "name",
             "description",
             "is_active",
+            "pool",
+            "shares_hardware_with",
             "embeddings",
             "knowledge_bases",
             "max_sessions",
@@ -54,6 +68,15 @@ class ClientSerializer(serializers.ModelSerializer):
             # Receipts and nodes know the client by this id: it never changes.
             raise serializers.ValidationError("A client's id can't change.")
         return value
+
+    def validate(self, attrs: dict) -> dict:
+        pool = attrs.get("pool")
+        if pool is not None:
+            check_client_placement(pool, self.instance or Client())
+        return attrs
+
+    def get_shares_hardware_with(self, obj: Client) -> list[str]:
+        return sharing_with(obj)
 
     def get_knowledge_bases(self, obj: Client) -> list[str]:
         return sorted(kb.name for kb in obj.knowledge_bases.all())

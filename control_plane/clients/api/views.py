@@ -26,7 +26,9 @@ from control_plane.fleet.models import Node
 
 
 class ClientViewSet(viewsets.ModelViewSet):
-    queryset = Client.objects.prefetch_related("model_pins", "knowledge_bases")
+    queryset = Client.objects.select_related("pool").prefetch_related(
+        "model_pins", "knowledge_bases"
+    )
     serializer_class = ClientSerializer
     filterset_class = ClientFilterSet
     search_fields = ("slug", "name")
@@ -46,7 +48,7 @@ class ClientViewSet(viewsets.ModelViewSet):
                     "client": client.slug,
                     "requests_per_minute": client.requests_per_minute,
                     "tokens_per_minute": client.tokens_per_minute,
-                    "nodes": Node.objects.enabled().count(),
+                    "nodes": Node.objects.enabled().filter(pool=client.pool_id).count(),
                     "quotas": quota_use(client),
                 }
             ).data

@@ -3,6 +3,8 @@ it carries key hashes, and nodes get it by push, not by download."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
 from control_plane.core.api.serializers import (
@@ -12,7 +14,50 @@ from control_plane.core.api.serializers import (
     refuse_disabled,
 )
 from control_plane.core.models import RELEASE_FIELDS, rollout_state
-from control_plane.fleet.models import ConfigRelease, Node, NodeState
+from control_plane.fleet.models import ConfigRelease, Node, NodePool, NodeState
+from control_plane.fleet.placement import pool_capacity
+
+
+class NodePoolSerializer(serializers.ModelSerializer):
+    nodes: serializers.SlugRelatedField[Node] = serializers.SlugRelatedField(
+        slug_field="name", many=True, read_only=True
+    )
+    clients: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="slug", many=True, read_only=True
+    )
+    models = serializers.SerializerMethodField(help_text="Enabled model pins placed on it.")
+    capacity = serializers.SerializerMethodField(
+        help_text="Its nodes' slots and load, from their last health reports."
+    )
+
+    class Meta:
+        model = NodePool
+        fields = (
+            "id",
+            "name",
+            "kind",
+            "description",
+            "nodes",
+            "clients",
+            "models",
+            "capacity",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields = ("created_at", "updated_at")
+
+    def validate(self, attrs: dict) -> dict:
+        pool = self.instance
+        if pool is not None and "kind" in attrs:
+            candidate = NodePool(pk=pool.pk, name=pool.name, kind=attrs["kind"])
+            candidate.clean()
+        return attrs
+
+    def get_models(self, obj: NodePool) -> list[str]:
+        return sorted({f"{p.name}@{p.version}" for p in obj.model_pins.all() if p.enabled})
+
+    def get_capacity(self, obj: NodePool) -> dict:
+        return pool_capacity(obj)
 
 
 class NodeStateSerializer(TargetStateSerializer):
@@ -22,6 +67,12 @@ class NodeStateSerializer(TargetStateSerializer):
 
 class NodeSerializer(TargetStateFieldMixin, serializers.ModelSerializer):
     state_serializer_class = NodeStateSerializer
+    pool = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=NodePool.objects.all(),
+        required=False,
+        help_text="Its node pool (default: the pool named default).",
+    )
     key_id = serializers.CharField(source="public_key_id", read_only=True)
     state = serializers.SerializerMethodField()
     latest_release = serializers.SerializerMethodField()
@@ -35,6 +86,8 @@ class NodeSerializer(TargetStateFieldMixin, serializers.ModelSerializer):
             "management_url",
             "public_key",
             "key_id",
+            "pool",
+            "draining",
             "enabled",
             "description",
             "rollout",

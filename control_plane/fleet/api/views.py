@@ -11,16 +11,27 @@ from rest_framework.response import Response
 from control_plane.core.api.views import ReleaseViewSet, RolloutActionMixin
 from control_plane.fleet.api.serializers import (
     ConfigReleaseSerializer,
+    NodePoolSerializer,
     NodeSerializer,
     RolloutRequestSerializer,
 )
 from control_plane.fleet.filtersets import ConfigReleaseFilterSet, NodeFilterSet
-from control_plane.fleet.models import ConfigRelease, Node
+from control_plane.fleet.models import ConfigRelease, Node, NodePool
 from control_plane.fleet.rollout import NODES
 
 
+class NodePoolViewSet(viewsets.ModelViewSet):
+    """Node pools: where clients and model pins are placed, and their capacity."""
+
+    queryset = NodePool.objects.prefetch_related("nodes__state", "clients", "model_pins")
+    serializer_class = NodePoolSerializer
+    search_fields = ("name", "description")
+    ordering_fields = ("name", "created_at")
+    filterset_fields = ("kind",)
+
+
 class NodeViewSet(RolloutActionMixin, viewsets.ModelViewSet):
-    queryset = Node.objects.select_related("state")
+    queryset = Node.objects.select_related("state", "pool")
     serializer_class = NodeSerializer
     filterset_class = NodeFilterSet
     search_fields = ("name", "management_url")

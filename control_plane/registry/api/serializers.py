@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from control_plane.clients.models import Client
+from control_plane.fleet.models import NodePool
 from control_plane.registry.models import ModelPin
 
 IMMUTABLE = ("name", "version", "path")
@@ -15,6 +16,14 @@ IMMUTABLE = ("name", "version", "path")
 class ModelPinSerializer(serializers.ModelSerializer):
     clients = serializers.SlugRelatedField(
         slug_field="slug", queryset=Client.objects.all(), many=True, required=False
+    )
+    pools = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=NodePool.objects.all(),
+        many=True,
+        required=False,
+        help_text="The node pools whose nodes load it (default: the superseded pin's, else "
+        "its clients' pools, else the default pool).",
     )
     supersede = serializers.BooleanField(
         write_only=True,
@@ -37,6 +46,7 @@ class ModelPinSerializer(serializers.ModelSerializer):
             "context_size",
             "chat_template",
             "clients",
+            "pools",
             "enabled",
             "supersede",
             "created_at",

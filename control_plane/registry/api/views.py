@@ -19,7 +19,7 @@ from control_plane.registry.services import pin_model, request_pin_verification
 class ModelPinViewSet(viewsets.ModelViewSet):
     """Pins. Creating one queues the hash of its file; ``verify`` re-checks it."""
 
-    queryset = ModelPin.objects.prefetch_related("clients")
+    queryset = ModelPin.objects.prefetch_related("clients", "pools")
     serializer_class = ModelPinSerializer
     filterset_class = ModelPinFilterSet
     search_fields = ("name", "version", "sha256")
@@ -35,6 +35,7 @@ class ModelPinViewSet(viewsets.ModelViewSet):
             context_size=data.get("context_size", 2048),
             chat_template=data.get("chat_template", ""),
             clients=data.get("clients"),
+            pools=data.get("pools"),
             supersede=data.get("supersede", False),
         )
         # Without a broker the hash was computed on commit, after pin_model returned.

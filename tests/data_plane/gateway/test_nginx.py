@@ -9,8 +9,8 @@ and an OpenAI-shaped error when no node answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-import itertools
 import json
 import socket
 import ssl
@@ -27,6 +27,7 @@ from cryptography import x509
 from data_plane.gateway.nginx import Nginx, TemplateError, render
 from shared.gateway import GatewayConfig, Upstream, WireGuardInterface, make_peer
 from shared.pki import SERVER, CertificateAuthority, TlsMaterial, certificate_pem, ensure_tls_key
+from shared.routing import new_session_id
 from shared.wireguard import generate_key_pair, generate_preshared_key
 from tests.conftest import free_port, release_fields
 from tests.data_plane.gateway.conftest import NEEDS_NGINX, Kit
@@ -46,12 +47,26 @@ class FakeNode(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.name = name
         self.sessions: set[str] = set()
-        self.counter = itertools.count(1)
         self.release_stream = threading.Event()
+
+        self.connections: set[socket.socket] = set()
 
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        conn, address = super().get_request()
+        self.connections.add(conn)
+        return conn, address
+
+    def kill(self) -> None:
+        """Gone as a killed process is: no listener, every connection cut."""
+        self.shutdown()
+        self.server_close()
+        for conn in self.connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -77,7 +92,7 @@ class _Handler(BaseHTTPRequestHandler):
         node = self.server
         session = self.headers.get("X-Sanctum-Session")
         if session is None:
-            session = f"sess_{node.name}_{next(node.counter)}"
+            session = new_session_id(node.name)
             node.sessions.add(session)
         elif session not in node.sessions:
             self._json(404, {"error": {"message": "no such session", "code": "not_found"}})
@@ -125,9 +140,11 @@ def gateway_config(
     plain_http: bool = True,
     https_port: int = 443,
     tls: TlsMaterial | None = None,
+    pools: dict[str, str | None] | None = None,
 ) -> GatewayConfig:
+    """A config with one peer per tunnel address of ``pools`` (address -> its pool;
+    default: ``PEER`` in no pool, as configs were before pools)."""
     _, gw_public = generate_key_pair()
-    _, peer_public = generate_key_pair()
     return GatewayConfig.create(
         version=1,
         **release_fields(),
@@ -139,15 +156,17 @@ def gateway_config(
         tls=tls,
         peers=[
             make_peer(
-                id="peer-1",
-                client="acme",
-                public_key=peer_public,
-                addresses=(PEER,),
+                id=f"peer-{n}",
+                client=f"client-{n}",
+                public_key=generate_key_pair()[1],
+                addresses=(address,),
                 enabled=True,
                 preshared_key=generate_preshared_key(),
                 gateway="gw-test",
                 gateway_public_key=gw_public,
+                pool=pool,
             )
+            for n, (address, pool) in enumerate((pools or {PEER: None}).items(), 1)
         ],
         upstreams=upstreams,
     )
@@ -165,8 +184,8 @@ def start_nginx(kit: Kit, config: GatewayConfig) -> Nginx:
     return nginx
 
 
-def peer_client(port: int) -> httpx.Client:
-    transport = httpx.HTTPTransport(local_address=PEER)
+def peer_client(port: int, address: str = PEER) -> httpx.Client:
+    transport = httpx.HTTPTransport(local_address=address)
     return httpx.Client(base_url=f"http://127.0.0.1:{port}", transport=transport, timeout=30)
 
 
@@ -222,6 +241,103 @@ def test_sessions_stick_to_the_node_that_holds_them(kit: Kit, nodes: list[FakeNo
         # A session nobody holds gets the node's own 404, not nginx's page.
         r = client.post("/v1/chat/completions", json={}, headers={"X-Sanctum-Session": "sess_x"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+OTHER_PEER = "127.0.0.3"  # a peer of another client, on another pool
+
+
+@pytest.fixture
+def three_nodes(nodes: list[FakeNode]) -> Iterator[list[FakeNode]]:
+    """Nodes a and b (pool "shared") and c (pool "dedicated")."""
+    c = FakeNode("c")
+    threading.Thread(target=c.serve_forever, daemon=True).start()
+    yield [*nodes, c]
+    c.release_stream.set()
+    c.shutdown()
+    c.server_close()
+
+
+def pooled(nodes: list[FakeNode], draining: frozenset[str] = frozenset()) -> list[Upstream]:
+    return [
+        Upstream(
+            node=n.name,
+            host="127.0.0.1",
+            port=n.port,
+            pool="dedicated" if n.name == "c" else "shared",
+            draining=n.name in draining,
+        )
+        for n in nodes
+    ]
+
+
+def open_sessions(client: httpx.Client, count: int) -> list[tuple[str, str]]:
+    """``count`` new sessions: (id, the node that holds it)."""
+    opened = []
+    for _ in range(count):
+        r = client.post("/v1/sessions", json={})
+        assert r.status_code == 200, r.text
+        opened.append((r.headers["X-Sanctum-Session"], r.json()["node"]))
+    return opened
+
+
+def test_each_peer_reaches_only_its_pools_nodes(kit: Kit, three_nodes: list[FakeNode]) -> None:
+    config = gateway_config(
+        pooled(three_nodes), kit.http_port, pools={PEER: "shared", OTHER_PEER: "dedicated"}
+    )
+    start_nginx(kit, config)
+    with peer_client(kit.http_port) as shared, peer_client(kit.http_port, OTHER_PEER) as solo:
+        spread = open_sessions(shared, 6)
+        assert {node for _, node in spread} == {"a", "b"}  # spread, and never c
+        alone = open_sessions(solo, 4)
+        assert {node for _, node in alone} == {"c"}
+        # A session continues on its node...
+        for session, node in spread + alone:
+            client = solo if node == "c" else shared
+            r = client.post("/v1/chat/completions", json={}, headers={"X-Sanctum-Session": session})
+            assert r.status_code == 200 and r.json()["node"] == node
+        # ...and naming another pool's session leads nowhere near that pool's node: the
+        # route map knows c only for c's pool, so the call goes to the peer's own pool.
+        r = shared.post("/v1/chat/completions", json={}, headers={"X-Sanctum-Session": alone[0][0]})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert len(three_nodes[2].sessions) == 4
+
+
+def test_a_draining_node_keeps_its_sessions_and_gets_no_new_ones(
+    kit: Kit, nodes: list[FakeNode]
+) -> None:
+    nginx = start_nginx(kit, gateway_config(pooled(nodes), kit.http_port, pools={PEER: "shared"}))
+    with peer_client(kit.http_port) as client:
+        held = [(s, n) for s, n in open_sessions(client, 4) if n == "a"]
+        assert held
+        drained = gateway_config(
+            pooled(nodes, draining=frozenset({"a"})), kit.http_port, pools={PEER: "shared"}
+        )
+        asyncio.run(nginx.install(nginx.render(drained)))
+        time.sleep(0.5)  # the old workers stop accepting
+        assert {node for _, node in open_sessions(client, 4)} == {"b"}
+        for session, _ in held:
+            r = client.post("/v1/chat/completions", json={}, headers={"X-Sanctum-Session": session})
+            assert r.status_code == 200 and r.json()["node"] == "a"
+
+
+def test_a_dead_nodes_sessions_get_404_and_new_calls_go_to_the_live_one(
+    kit: Kit, nodes: list[FakeNode]
+) -> None:
+    start_nginx(kit, gateway_config(pooled(nodes), kit.http_port, pools={PEER: "shared"}))
+    a = nodes[0]
+    with peer_client(kit.http_port) as client:
+        lost = [s for s, n in open_sessions(client, 4) if n == "a"]
+        assert lost
+        a.kill()
+        # No one-shot call fails: the first to meet the dead node is passed to b.
+        for _ in range(6):
+            r = client.post("/v1/chat/completions", json={})
+            assert r.status_code == 200 and r.json()["node"] == "b"
+        for session in lost:
+            r = client.post("/v1/chat/completions", json={}, headers={"X-Sanctum-Session": session})
+            assert r.status_code == 404, r.text
+            error = r.json()["error"]
+            assert error["code"] == "not_found" and "node that held it is gone" in error["message"]
 
 
 def test_events_stream_through_unbuffered(kit: Kit, nodes: list[FakeNode]) -> None:

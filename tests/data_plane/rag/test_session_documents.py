@@ -61,7 +61,7 @@ def test_ending_a_session_closes_its_documents(embedder: Embedder, chunker: Chun
     spec = ModelSpec(name="m", version="1", sha256="0" * 64, path="/m.gguf", context_size=512)
 
     async def scenario() -> Any:
-        store = SessionStore()
+        store = SessionStore("node-test")
         session = await store.open(
             client_id="c",
             model=spec,
