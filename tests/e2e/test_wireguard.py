@@ -30,7 +30,6 @@ SDK through the tunnel and nginx.
 
 from __future__ import annotations
 
-import os
 import signal
 import ssl
 import subprocess
@@ -68,9 +67,12 @@ from tests.data_plane.engine_prompts import COUNTING
 from tests.e2e.netns import Lab, Namespace, lab
 from tests.e2e.world import (
     PARIS,
+    WORLD_MARKS,
+    Build,
     Peer,
     ask,
     cp_request,
+    create_backbone_pool,
     ingress_serial,
     provision_peer,
     refused,
@@ -85,15 +87,7 @@ from tests.e2e.world import (
     wg_up,
 )
 
-pytestmark = [
-    pytest.mark.e2e_wireguard,
-    pytest.mark.e2e,
-    pytest.mark.model,
-    # Skipped only off CI and not root. In CI (root, tools installed by make) it runs.
-    pytest.mark.skipif(
-        os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root (namespaces)"
-    ),
-]
+pytestmark = WORLD_MARKS
 
 GATEWAY = "gw-e2e"
 GW_PUBLIC = "192.0.2.1"
@@ -240,16 +234,10 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
     api = access.api
 
     # --- the compute node: registered, on the backbone, then the real data plane -------
-    backbone_pool = api(
-        "POST",
-        "/address-pools/",
-        json={"name": "backbone", "purpose": "backbone", "ipv4_cidr": BACKBONE},
-    )
-    assert backbone_pool.status_code == 201, backbone_pool.text
+    build = Build(access, the_lab, processes)
+    create_backbone_pool(build, BACKBONE)
     node_site = set_up_node(
-        access,
-        the_lab,
-        processes,
+        build,
         node,
         name="node-1",
         home=tmp / "node",
@@ -303,9 +291,7 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
 
     # --- the gateway: boot provisioning, registration, enrolment, the agent, backbone --
     gateway = set_up_gateway(
-        access,
-        the_lab,
-        processes,
+        build,
         gw,
         name=GATEWAY,
         state=tmp / "gateway",
@@ -331,8 +317,7 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
         ((cli1, "alice", None), (cli2, "bob", (bob_private, bob_public))), 1
     ):
         peer = provision_peer(
-            api,
-            the_lab,
+            build,
             tmp,
             ns,
             client=client,

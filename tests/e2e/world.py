@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from cryptography import x509
 from openai import DefaultHttpxClient, OpenAI
 
@@ -44,6 +45,16 @@ from tests.conftest import REPO, free_port, wait_until
 from tests.control_plane.processes import ControlPlane, Process
 from tests.e2e.netns import Lab, Namespace
 
+# The marks of a test module that builds a world: skipped only off CI and not root. In
+# CI (root, tools installed by make) it runs.
+WORLD_MARKS = [
+    pytest.mark.e2e_wireguard,
+    pytest.mark.e2e,
+    pytest.mark.model,
+    pytest.mark.skipif(
+        os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root (namespaces)"
+    ),
+]
 TOOLS = ("ip", "wg", "wg-quick", "wireguard-go", "nginx", "iptables-restore", "redis-server")
 PARIS = "What is the capital city of France? Answer in one sentence."
 USERSPACE = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
@@ -168,6 +179,30 @@ def start_control_plane(
     return ControlPlaneAccess(mgmt, cp_url, token, cp_public_key)
 
 
+@dataclass
+class Build:
+    """What each step of building a world uses: the control plane (as an operator), the
+    lab (namespaces, WireGuard interface names) and the world's processes, by name."""
+
+    access: ControlPlaneAccess
+    lab: Lab
+    processes: dict[str, Process]
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self.access.api(method, path, **kwargs)
+
+    def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to ``path``; it must be created (201). Returns the answer."""
+        made = self.api("POST", path, json=dict(body))
+        assert made.status_code == 201, made.text
+        return dict(made.json())
+
+
+def create_backbone_pool(build: Build, cidr: str) -> None:
+    """The backbone's address pool, named ``backbone``: nodes and gateways join it."""
+    build.create("/address-pools/", {"name": "backbone", "purpose": "backbone", "ipv4_cidr": cidr})
+
+
 def enrol(
     mgmt: Namespace,
     cp_api: Callable[..., httpx.Response],
@@ -254,9 +289,7 @@ class NodeSite:
 
 
 def set_up_node(
-    access: ControlPlaneAccess,
-    the_lab: Lab,
-    processes: dict[str, Process],
+    build: Build,
     ns: Namespace,
     *,
     name: str,
@@ -273,36 +306,34 @@ def set_up_node(
     ``underlay`` is where the backbone's WireGuard packets reach the node; ``register``
     adds fields to POST /api/nodes/; ``env`` adds to the node's environment.
     """
-    api = access.api
+    access = build.access
     node_key = write_key_pair(home / "keys", NODE)
-    body = {
-        "name": name,
-        "management_url": f"https://{management[0]}:{management[1]}",
-        "public_key": node_key.with_suffix(".pub").read_text(),
-        **(register or {}),
-    }
-    registered = api("POST", "/nodes/", json=body)
-    assert registered.status_code == 201, registered.text
+    registered = build.create(
+        "/nodes/",
+        {
+            "name": name,
+            "management_url": f"https://{management[0]}:{management[1]}",
+            "public_key": node_key.with_suffix(".pub").read_text(),
+            **(register or {}),
+        },
+    )
     bb_key = home / "backbone.key"
-    bb_public = make_wireguard_key(bb_key)
-    bb_iface = the_lab.wg_name(f"n{name[-1]}")
-    joined = api(
-        "POST",
+    bb_iface = build.lab.wg_name(f"n{name[-1]}")
+    joined = build.create(
         "/backbone-members/",
-        json={
+        {
             "pool": "backbone",
             "node": name,
-            "public_key": bb_public,
+            "public_key": make_wireguard_key(bb_key),
             "endpoint": f"{underlay}:{BACKBONE_PORT}",
             "interface_name": bb_iface,
         },
     )
-    assert joined.status_code == 201, joined.text
-    address = joined.json()["address"]
+    address = joined["address"]
     interface_up(ns, bb_iface, BACKBONE_PORT, bb_key, f"{address}/24")
     firewall = {"SANCTUM_DP_LISTEN__API_PORT": str(api_port), "SANCTUM_NODE_BACKBONE_IF": bb_iface}
     ns.sh(str(REPO / "infra/scripts/node-firewall.sh"), "apply", env={**os.environ, **firewall})
-    enrol(access.mgmt, api, access.url, "node", name, home / "tls")
+    enrol(access.mgmt, access.api, access.url, "node", name, home / "tls")
     node_env = process_env()
     node_env.update(
         SANCTUM_DP_DATA_DIR=str(home),
@@ -317,9 +348,9 @@ def set_up_node(
         **env,
     )
     site = NodeSite(
-        registered.json()["id"], name, ns, home, bb_iface, address, (address, api_port), node_env
+        registered["id"], name, ns, home, bb_iface, address, (address, api_port), node_env
     )
-    start_node(processes, site)
+    start_node(build.processes, site)
     return site
 
 
@@ -347,9 +378,7 @@ class GatewaySite:
 
 
 def set_up_gateway(
-    access: ControlPlaneAccess,
-    the_lab: Lab,
-    processes: dict[str, Process],
+    build: Build,
     ns: Namespace,
     *,
     name: str,
@@ -366,7 +395,7 @@ def set_up_gateway(
     pool's first address, as the agent would set it), its address pool, registration
     with ``upstreams``, enrolment, the agent, and its backbone interface. Nothing is
     rolled out: the agent holds no config yet."""
-    api = access.api
+    access = build.access
     state.mkdir()
     tunnel_network = ipaddress.ip_network(pool["ipv4_cidr"])
     tunnel = next(tunnel_network.hosts())
@@ -397,12 +426,10 @@ def set_up_gateway(
         SANCTUM_GW_LISTEN__PORT=str(agent[1]),
         SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE="eth0",
     )
-    made = api("POST", "/address-pools/", json=dict(pool))
-    assert made.status_code == 201, made.text
-    gateway = api(
-        "POST",
+    build.create("/address-pools/", pool)
+    gateway = build.create(
         "/gateways/",
-        json={
+        {
             "name": name,
             "public_endpoint": f"{public[0]}:{public[1]}",
             "public_key": gw_public,
@@ -414,35 +441,32 @@ def set_up_gateway(
             "upstreams": upstreams,
         },
     )
-    assert gateway.status_code == 201, gateway.text
     # Enrolment: its management and ingress keys are made on the gateway; the control
     # plane issues the certificates (the ingress one for its name and tunnel addresses).
-    enrol(access.mgmt, api, access.url, "gateway", name, state / "tls")
+    enrol(access.mgmt, access.api, access.url, "gateway", name, state / "tls")
     agent_argv = [sys.executable, "-m", "data_plane.gateway", "serve"]
-    start(processes, ns, f"agent {name}", agent_argv, agent_env, "SANCTUM_GW_READY", timeout=60)
+    agent_name = f"agent {name}"
+    start(build.processes, ns, agent_name, agent_argv, agent_env, "SANCTUM_GW_READY", 60)
     # The gateway joins the backbone; the nodes' next config lets it in.
-    joined = api(
-        "POST",
+    joined = build.create(
         "/backbone-members/",
-        json={
+        {
             "pool": "backbone",
             "gateway": name,
             "public_key": bb_public,
             "interface_name": backbone_iface,
         },
     )
-    assert joined.status_code == 201, joined.text
-    address = joined.json()["address"]
-    interface_up(ns, backbone_iface, BACKBONE_PORT, bb_key, f"{address}/24")
+    interface_up(ns, backbone_iface, BACKBONE_PORT, bb_key, f"{joined['address']}/24")
     return GatewaySite(
-        id=gateway.json()["id"],
+        id=gateway["id"],
         name=name,
         ns=ns,
         state=state,
         iface=iface,
         backbone_iface=backbone_iface,
-        backbone_address=address,
-        api_base=gateway.json()["api_base"],
+        backbone_address=joined["address"],
+        api_base=gateway["api_base"],
         signing_key=signing_key,
     )
 
@@ -480,8 +504,7 @@ def roll_out_gateways(api: Api, gateways: Mapping[str, int], timeout: float = 12
 
 
 def provision_peer(
-    api: Api,
-    the_lab: Lab,
+    build: Build,
     tmp: Path,
     ns: Namespace,
     *,
@@ -499,23 +522,22 @@ def provision_peer(
     body = {"client": client, "gateway": gateway, "name": f"{client}'s laptop"}
     if own:
         body["public_key"] = own[1]
-    provisioned = api("POST", "/peers/", json=body)
-    assert provisioned.status_code == 201, provisioned.text
-    iface = the_lab.wg_name(iface_suffix)
+    provisioned = build.create("/peers/", body)
+    iface = build.lab.wg_name(iface_suffix)
     conf = tmp / f"{iface}.conf"
     # The file the control plane returned, byte for byte.
-    conf.write_text(provisioned.json()["config"])
+    conf.write_text(provisioned["config"])
     conf.chmod(0o600)
     ca = tmp / f"{iface}-ingress-ca.pem"  # came with the download: trust for TLS
-    ca.write_text(provisioned.json()["ingress_ca"])
+    ca.write_text(provisioned["ingress_ca"])
     return Peer(
-        id=provisioned.json()["id"],
+        id=provisioned["id"],
         ns=ns,
         iface=iface,
         api_key=api_key,
         own_private_key=own[0] if own else None,
         conf=conf,
-        config_text=provisioned.json()["config"],
+        config_text=provisioned["config"],
         ca=ca,
         api_base=api_base,
     )
