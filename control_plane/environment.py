@@ -3,7 +3,9 @@
 Nested sections use ``__`` (``SANCTUM_CP_LISTEN__PORT=8100``). Two conventional names are
 read without the prefix: ``DATABASE_URL`` (dj-database-url; SQLite under the data
 directory when unset) and ``REDIS_URL`` (the Celery broker; tasks run in-process when
-unset). ``control_plane.settings`` turns this object into Django settings.
+unset). A ``SANCTUM_CP_*`` variable that is not a setting is refused at start, naming the
+closest one (``shared.settings``). ``control_plane.settings`` turns this object into
+Django settings.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.keyring import KEYRING_DIR
+from shared.settings import StrictEnvSettings
 from shared.trust import TRUST_FILE
 
 # Django's deploy check wants at least 50 characters and 5 distinct ones.
@@ -178,12 +181,17 @@ def _split_list(value: object) -> object:
     return value
 
 
-class ControlPlaneSettings(BaseSettings):
+class ControlPlaneSettings(StrictEnvSettings):
     """Everything the control plane needs from its environment. Holds no client content."""
 
     model_config = SettingsConfigDict(
         env_prefix="SANCTUM_CP_", env_nested_delimiter="__", extra="ignore"
     )
+
+    # SANCTUM_CP_* names that control-plane.env holds for another reader: none so far
+    # (`sanctum keys` reads SANCTUM_CP_KEYRING, a setting). The SANCTUM_CP_* lines that
+    # commands print (SANCTUM_CP_READY, SANCTUM_CP_TRUST_KEYS, ...) are output, not input.
+    read_elsewhere: ClassVar[frozenset[str]] = frozenset()
 
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Path("var/control-plane")

@@ -15,15 +15,12 @@ from django.core.exceptions import ImproperlyConfigured
 from pydantic import ValidationError
 
 from control_plane.environment import ControlPlaneSettings
+from shared.settings import settings_problems
 
 try:
     CP = ControlPlaneSettings()
 except ValidationError as exc:
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-        for err in exc.errors(include_input=False, include_url=False)
-    )
-    raise ImproperlyConfigured(f"control plane environment: {problems}") from None
+    raise ImproperlyConfigured(f"control plane environment: {settings_problems(exc)}") from None
 
 CP.data_dir.mkdir(parents=True, exist_ok=True)
 

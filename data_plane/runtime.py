@@ -23,7 +23,7 @@ from data_plane.fair_queue import FairExecutor
 from data_plane.outbox import UsageOutbox
 from data_plane.rag import Retrieval
 from data_plane.rate_limits import RateLimiter
-from data_plane.sessions import SessionStore
+from data_plane.sessions import Session, SessionStore
 from data_plane.settings import Settings
 from data_plane.tls import ManagementTLS
 from data_plane.usage import UsageRecorder
@@ -197,7 +197,9 @@ class Runtime:
     async def apply_config(self, token: str) -> ConfigBundle:
         """Verify, load what the bundle pins, then switch; the old config serves until then."""
         async with self._apply_lock:
-            bundle = self.config.check(token)
+            # Checking hashes each pinned file it has not seen: gigabytes for a real
+            # model, so on a worker thread, never on the loop every stream is served from.
+            bundle = await asyncio.to_thread(self.config.check, token)
             if bundle.tls is not None:
                 try:
                     self.tls.check(bundle.tls)
@@ -216,6 +218,12 @@ class Runtime:
             self.tls.install(bundle.tls)
             for engine in self.engines.retired(bundle):
                 await self._retire(engine)
+            placed = {c.id for c in bundle.clients}
+            unplaced = [s for s in self.sessions.open_sessions() if s.client_id not in placed]
+            if unplaced:
+                # A client moved to another pool (or disabled): its keys are gone from
+                # this node, and so is what its sessions held here.
+                await self._end_sessions(unplaced)
             return bundle
 
     async def _retire(self, engine: Engine) -> None:
@@ -226,7 +234,10 @@ class Runtime:
         end, each with its usage record stored.
         """
         await engine.aclose()
-        sessions = self.sessions.by_engine(engine)
+        await self._end_sessions(self.sessions.by_engine(engine))
+
+    async def _end_sessions(self, sessions: list[Session]) -> None:
+        """End ``sessions`` once their turns in flight are accounted (or after a grace)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(RETIRE_GRACE_SECONDS):
                 for session in sessions:

@@ -27,7 +27,7 @@ from data_plane.settings import Settings
 from data_plane.tls import require_tls, uvicorn_tls
 from shared.keys import KeyFileError
 from shared.pki import CertificateError
-from shared.usage import validation_summary
+from shared.settings import settings_problems
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def main() -> None:
         settings = Settings()
     except ValidationError as exc:
         # Names the setting and the rule; settings hold paths and ids, never content.
-        print(f"error: invalid settings: {validation_summary(exc)}", file=sys.stderr)
+        print(f"error: invalid settings: {settings_problems(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log_level)
     try:

@@ -1,19 +1,21 @@
 """Typed settings for a data-plane node, read from ``SANCTUM_DP_*`` environment variables.
 
-Nested sections use ``__``: ``SANCTUM_DP_ENGINE__THREADS=4``.
+Nested sections use ``__``: ``SANCTUM_DP_ENGINE__THREADS=4``. A ``SANCTUM_DP_*`` variable
+that is not a setting is refused at start, naming the closest one (``shared.settings``).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from shared.config import Name
 from shared.listeners import is_loopback
+from shared.settings import StrictEnvSettings
 from shared.trust import TRUST_FILE
 
 
@@ -249,10 +251,14 @@ class RetrievalSettings(BaseModel):
         return self
 
 
-class Settings(BaseSettings):
+class Settings(StrictEnvSettings):
     """A node's settings. Nothing here is client content."""
 
     model_config = SettingsConfigDict(env_prefix="SANCTUM_DP_", env_nested_delimiter="__")
+
+    # SANCTUM_DP_* names that data-plane.env holds for another reader: none so far
+    # (infra/scripts/node-firewall.sh reads SANCTUM_DP_LISTEN__API_PORT, a setting).
+    read_elsewhere: ClassVar[frozenset[str]] = frozenset()
 
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Path("var/data-plane")

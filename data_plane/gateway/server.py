@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from data_plane.gateway.agent import GatewayAgent
 from data_plane.gateway.app import create_app
 from data_plane.gateway.settings import GatewaySettings
 from data_plane.logs import configure_logging
 from data_plane.tls import require_tls, uvicorn_tls
+from shared.settings import settings_problems
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +87,12 @@ async def render_nginx(settings: GatewaySettings) -> None:
 
 
 def main(command: str) -> None:
-    settings = GatewaySettings()
+    try:
+        settings = GatewaySettings()
+    except ValidationError as exc:
+        # Names the setting and the rule, never a value.
+        print(f"error: invalid settings: {settings_problems(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
     configure_logging(settings.log_level)
     if command == "render-nginx":
         asyncio.run(render_nginx(settings))

@@ -1,6 +1,8 @@
 """Typed settings for the gateway agent, read from ``SANCTUM_GW_*`` environment variables.
 
 Nested sections use ``__``: ``SANCTUM_GW_NGINX__CONFIG=/var/lib/sanctum-gateway/nginx.conf``.
+A ``SANCTUM_GW_*`` variable that is neither a setting nor one the gateway's scripts read
+(``read_elsewhere``) is refused at start, naming the closest one (``shared.settings``).
 Everything here is a local fact about this machine (paths, interface names, where to
 listen); what the gateway serves comes only from the signed config.
 """
@@ -8,11 +10,12 @@ listen); what the gateway serves comes only from the signed config.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from shared.settings import StrictEnvSettings
 from shared.trust import TRUST_FILE
 
 # The repository's infra/ folder: the agent is deployed from a checkout (see
@@ -70,10 +73,23 @@ class FirewallSettings(BaseModel):
     public_interface: str = "eth0"
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(StrictEnvSettings):
     """A gateway agent's settings. Nothing here is a secret except the key file's path."""
 
     model_config = SettingsConfigDict(env_prefix="SANCTUM_GW_", env_nested_delimiter="__")
+
+    # Read from the same gateway.env by the boot units' scripts, not by the agent (which
+    # hands the firewall script its own values from the signed config):
+    # infra/scripts/wireguard-interface.sh and gateway-firewall.sh.
+    read_elsewhere: ClassVar[frozenset[str]] = frozenset(
+        {
+            "SANCTUM_GW_WG_INTERFACE",
+            "SANCTUM_GW_WG_PORT",
+            "SANCTUM_GW_WG_ADDRESSES",
+            "SANCTUM_GW_TUNNEL_PORTS",
+            "SANCTUM_GW_BACKBONE_IF",
+        }
+    )
 
     environment: Literal["development", "production"] = "development"
     name: str = "gateway-1"

@@ -2,13 +2,18 @@
 # Provision a Sanctum gateway on a fresh Debian machine. Safe to run again: every step
 # checks first and leaves what is already in place.
 #
-#   sudo infra/scripts/gateway-provision.sh
+#   sudo infra/scripts/gateway-provision.sh [--yes]
 #
 # It installs the packages, makes the directories, generates the gateway's WireGuard
 # key pair (the private key never leaves this machine), writes /etc/sanctum/gateway.env
 # from the example if there is none, turns forwarding off, installs the systemd units
 # and starts them: firewall first, then the WireGuard interface, nginx and the agent.
 # At the end it prints what to register in the control plane (docs/network.md).
+#
+# Before the firewall goes on for the first time it checks (lib/gateway-preflight.sh)
+# that the public interface named in gateway.env exists, and refuses otherwise; and,
+# run over SSH that came in on an interface the firewall closes (the public one, say),
+# it says so and asks before going on. --yes answers that question with yes.
 #
 # Expects the Sanctum checkout (with its .venv, see scripts/setup.sh) at SANCTUM_HOME
 # (default: the checkout this script is in). No secret is read from or written to the
@@ -27,6 +32,16 @@ UNITS=(sanctum-gateway-firewall.service sanctum-gateway-wireguard.service
 
 log() { printf '[gateway-provision] %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
+
+# shellcheck source=infra/scripts/lib/gateway-preflight.sh
+. "${BASH_SOURCE[0]%/*}/lib/gateway-preflight.sh"
+
+ASSUME_YES=0
+case "${1:-}" in
+  --yes) ASSUME_YES=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--yes]" >&2; exit 2 ;;
+esac
 
 [[ $(id -u) -eq 0 ]] || die "run as root"
 [[ -x $SANCTUM_HOME/.venv/bin/python ]] || die "no $SANCTUM_HOME/.venv (run scripts/setup.sh python)"
@@ -93,6 +108,18 @@ signing_key() {
   SIGNING_PUBLIC_KEY=$(<"${key%.key}.pub")
 }
 
+# Nothing has turned the firewall on yet: check it guards a real interface and will not
+# lock out the session this runs in. A firewall already on was checked when it went on.
+preflight() {
+  require_interface "${SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE:-eth0}" \
+    SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE "$ENV_FILE" || exit 1
+  if ! systemctl is-active --quiet sanctum-gateway-firewall.service; then
+    ssh_stays_open "$ASSUME_YES" "${SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE:-eth0}" \
+      "${SANCTUM_GW_WG_PORT:-51820}" "${SANCTUM_GW_WG_INTERFACE:-wg0}" \
+      "${SANCTUM_GW_BACKBONE_IF:-}" || exit 1
+  fi
+}
+
 control_plane_key() {
   local keys=${SANCTUM_GW_TRUST_KEYS:-$ETC/gateway/control-plane-keys.json}
   if [[ ! -s $keys ]]; then
@@ -132,6 +159,7 @@ units() {
 packages
 directories
 environment_file
+preflight
 wireguard_key
 signing_key
 kernel_settings
@@ -146,7 +174,7 @@ fi
 cat <<EOF
 
 Sanctum gateway provisioned (agent: $agent).
-Register it in the control plane (admin: Network > Gateways, or POST /api/network/gateways/):
+Register it in the control plane (admin: Network > Gateways, or POST /api/gateways/):
   name                 ${SANCTUM_GW_NAME:-gateway-1}
   WireGuard public key $WG_PUBLIC_KEY
   signing key (PEM)

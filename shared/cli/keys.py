@@ -27,9 +27,22 @@ TARGET_ROLES = ("node", "gateway")
 def register(subparsers: argparse._SubParsersAction) -> None:
     keys = subparsers.add_parser("keys", help="key pairs of nodes and gateways; the keyring")
     sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    gen = sub.add_parser("generate", help="write ROLE.key (0600) and ROLE.pub")
+    gen = sub.add_parser(
+        "generate",
+        help="make this node's or gateway's own pair: ROLE.key (0600) and ROLE.pub",
+        description="Make the key pair of the machine this runs on, a data-plane node or a "
+        "gateway: ROLE.key (0600, never leaves it) and ROLE.pub (register it in the control "
+        "plane). The role is required, so a node never gets another role's private key. The "
+        "control plane's own keys are made on its host only, with `sanctum keys init`.",
+    )
     gen.add_argument("--out", type=Path, required=True, help="directory for the key files")
-    gen.add_argument("--role", choices=TARGET_ROLES, required=True, help="whose pair it is")
+    gen.add_argument(
+        "--role",
+        choices=TARGET_ROLES,
+        required=True,
+        help="node: signs its usage records and health answers (SANCTUM_DP_NODE_PRIVATE_KEY); "
+        "gateway: signs its health answers (SANCTUM_GW_SIGNING_KEY)",
+    )
     gen.add_argument("--force", action="store_true", help="replace existing key files")
     gen.set_defaults(func=generate)
 
@@ -41,7 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         required=not os.environ.get("SANCTUM_CP_KEYRING"),
         help="the control plane's keyring directory (default: $SANCTUM_CP_KEYRING)",
     )
-    init = sub.add_parser("init", parents=[ring], help="make the keyring: a key per purpose")
+    init = sub.add_parser(
+        "init",
+        parents=[ring],
+        help="make the control plane's keyring, on its host only: a key per purpose",
+    )
     init.add_argument(
         "--adopt",
         type=Path,

@@ -83,3 +83,14 @@ def test_production_refuses_to_start_without_its_ca(tmp_path):
     )
 
     assert "SANCTUM_CP_TLS__CA_DIR is required" in result.stderr
+
+
+def test_a_misspelt_variable_is_refused_naming_the_setting_meant(tmp_path):
+    result = _manage(tmp_path, "check", SANCTUM_CP_LEDGER__ORIGN="cp.example.com/receipts")
+
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert (
+        "SANCTUM_CP_LEDGER__ORIGN is not a setting; did you mean SANCTUM_CP_LEDGER__ORIGIN?"
+        in result.stderr
+    )

@@ -173,11 +173,22 @@ def test_a_node_serves_only_the_clients_placed_on_its_pool(
     even when a request reaches it directly. A dedicated pool's bundle holds one client,
     and the node refuses one that holds more, signed or not."""
     node, elsewhere = running
+    opened = httpx.post(
+        f"{node.api}/v1/sessions",
+        json={"model": DEFAULT_MODEL_NAME},
+        headers={"Authorization": f"Bearer {elsewhere}"},
+    )
+    assert opened.status_code == 201 and health(node)["sessions_open"] == 1
     solo = make_tenant("solo", (DEFAULT_MODEL_NAME,))
     pool = PoolSpec(name="solo-pool", dedicated=True)
     placed = node.put_config(sign_bundle(node.bundle([model_spec], [solo], pool=pool), node.cp_key))
     assert placed.status_code == 200, placed.text
     assert health(node)["pool"] == {"name": "solo-pool", "dedicated": True}
+    # The client that is no longer placed here: its session ended with the new config,
+    # leaving its receipt.
+    assert health(node)["sessions_open"] == 0
+    ended = [node.open_record(r["jws"]) for r in node.usage()]
+    assert (opened.json()["id"], "shutdown") in [(r.session_id, r.ended_by) for r in ended]
     assert serving(node, solo.key)
     r = httpx.get(f"{node.api}/v1/models", headers={"Authorization": f"Bearer {elsewhere}"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"

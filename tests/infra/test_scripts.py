@@ -189,3 +189,67 @@ def test_firewall_loads_ipv6_rules_where_the_host_has_ipv6() -> None:
         rules = ns.sh("ip6tables", "-S").stdout
         assert "-A SANCTUM-PUBLIC -p udp -m udp --dport 51999 -j ACCEPT" in rules
         assert rules.count("-A INPUT -j SANCTUM-INPUT") == 1
+
+
+# --- gateway-provision.sh's checks before the firewall goes on (lib/gateway-preflight.sh) ---
+# They run here in the test's own network namespace: `lo` stands in for the public
+# interface, and SSH_CONNECTION names an address on it as sshd would.
+
+PREFLIGHT = INFRA / "scripts" / "lib" / "gateway-preflight.sh"
+
+
+def _preflight(call: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k != "SSH_CONNECTION"}
+    return subprocess.run(
+        ["bash", "-c", f'set -euo pipefail; . "$0"; {call}', str(PREFLIGHT)],
+        env={**base, **env},
+        stdin=subprocess.DEVNULL,  # not a terminal: nobody there to say yes
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_provisioning_refuses_a_public_interface_that_does_not_exist() -> None:
+    check = "require_interface {} SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE /etc/sanctum/gateway.env"
+    missing = _preflight(check.format("nosuch0"))
+    assert missing.returncode == 1
+    assert (
+        "the public interface 'nosuch0' (SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE in "
+        "/etc/sanctum/gateway.env) does not exist on this machine" in missing.stderr
+    )
+    assert re.search(r"whose interfaces are: [^.]*\blo\b", missing.stderr)
+    assert "the firewall was left as it was" in missing.stderr
+    assert _preflight(check.format("lo")).returncode == 0
+
+
+def test_provisioning_over_ssh_on_the_public_interface_asks_before_the_firewall() -> None:
+    on_lo = "192.0.2.9 40022 127.0.0.1 22"
+    refused = _preflight("ssh_stays_open 0 lo 51820 wg0 ''", SSH_CONNECTION=on_lo)
+    assert refused.returncode == 1
+    assert "WARNING: this SSH session came in on lo, the public interface" in refused.stderr
+    assert "takes only UDP 51820" in refused.stderr
+    assert "the firewall was not turned on" in refused.stderr
+
+    told = _preflight("ssh_stays_open 1 lo 51820 wg0 ''", SSH_CONNECTION=on_lo)
+    assert told.returncode == 0
+    assert "WARNING" in told.stderr and "going on (--yes)" in told.stderr
+
+    # The tunnel interface is closed to SSH as well.
+    tunnel = _preflight("ssh_stays_open 0 eth9 51820 lo ''", SSH_CONNECTION=on_lo)
+    assert tunnel.returncode == 1 and "on lo, which the firewall closes to SSH" in tunnel.stderr
+
+
+def test_provisioning_over_the_management_link_or_locally_goes_ahead() -> None:
+    # SSH on an interface the firewall leaves alone, and no SSH at all: not a word.
+    for env in ({"SSH_CONNECTION": "192.0.2.9 40022 127.0.0.1 22"}, {}):
+        quiet = _preflight("ssh_stays_open 0 eth9 51820 wg0 ''", **env)
+        assert (quiet.returncode, quiet.stderr) == (0, "")
+
+
+def test_provisioning_over_ssh_it_cannot_place_asks_too() -> None:
+    unknown = _preflight(
+        "ssh_stays_open 0 eth9 51820 wg0 ''", SSH_CONNECTION="192.0.2.9 40022 203.0.113.77 22"
+    )
+    assert unknown.returncode == 1
+    assert "on an interface this script cannot identify" in unknown.stderr

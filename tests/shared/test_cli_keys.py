@@ -38,6 +38,16 @@ def test_generate_writes_a_nodes_pair_private_key_0600(tmp_path: Path) -> None:
     assert keys("generate", "--role", "control-plane", "--out", str(out)).returncode == 2
 
 
+def test_generate_without_a_role_makes_no_key_at_all(tmp_path: Path) -> None:
+    out = tmp_path / "keys"
+    result = keys("generate", "--out", str(out))
+    assert result.returncode == 2
+    assert "the following arguments are required: --role" in result.stderr
+    assert not out.exists()
+    shown = " ".join(keys("generate", "--help").stdout.split())
+    assert "{node,gateway}" in shown and "sanctum keys init" in shown
+
+
 def test_the_keyring_commands_rotate_and_publish(tmp_path: Path) -> None:
     ring = str(tmp_path / "ring")
     assert keys("init", "--keyring", ring).returncode == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.test import Client as BrowserClient
 from pydantic import ValidationError as ContractError
 
 from control_plane.core.choices import HealthStatus
@@ -188,3 +189,42 @@ def test_a_pool_in_use_is_not_deleted(admin_api, pools):
 
     assert admin_api.delete(f"/api/node-pools/{pools['shared'].pk}/").status_code == 409
     assert admin_api.delete(f"/api/node-pools/{pools['solo'].pk}/").status_code == 204
+
+
+def test_the_admin_shows_who_shares_hardware_and_each_pools_capacity(admin_user, pools):
+    browser = BrowserClient()
+    browser.force_login(admin_user)
+    bank = ClientFactory(slug="bank", pool=pools["solo"])
+    clinic = ClientFactory(slug="clinic", pool=pools["shared"])
+    ClientFactory(slug="lab", pool=pools["shared"])
+    node = NodeFactory(name="n-a", pool=pools["shared"])
+    NodeState.objects.create(
+        node=node,
+        health_status=HealthStatus.OK,
+        health={"engines": [{"slots": 8, "slots_busy": 2, "waiting": 0}], "sessions_open": 3},
+    )
+
+    shared_page = browser.get(f"/admin/clients/client/{clinic.pk}/change/").content.decode()
+    solo_page = browser.get(f"/admin/clients/client/{bank.pk}/change/").content.decode()
+    pools_page = browser.get("/admin/fleet/nodepool/").content.decode()
+    pool_page = browser.get(f"/admin/fleet/nodepool/{pools['shared'].pk}/change/")
+
+    assert "Shares hardware with" in shared_page and ">lab<" in shared_page
+    assert "its pool is dedicated to it" in solo_page
+    assert "1 nodes, 2/8 slots busy (25% busy), 0 waiting, 3 open sessions" in pools_page
+    assert "no node serving" in pools_page  # the dedicated pool has none yet
+    assert pool_page.status_code == 200 and "n-a" in pool_page.content.decode()
+    # A second client can't be placed on the dedicated pool from the console either.
+    refused = browser.post(
+        "/admin/clients/client/add/",
+        {
+            "slug": "other",
+            "name": "Other",
+            "pool": pools["solo"].pk,
+            "max_sessions": 8,
+            "max_tokens_per_request": 2048,
+            "api_keys-TOTAL_FORMS": 0,
+            "api_keys-INITIAL_FORMS": 0,
+        },
+    )
+    assert refused.status_code == 200 and "dedicated to client bank" in refused.content.decode()
