@@ -491,6 +491,8 @@ def test_a_draining_node_keeps_its_sessions_and_takes_no_new_ones(world: World) 
 def test_moving_a_client_to_another_pool_takes_effect_by_rollout_alone(world: World) -> None:
     serving = [*world.nodes, *(f"agent {name}" for name in world.gateways)]
     pids = {name: world.processes[name].proc.pid for name in serving}
+    left_open = open_session(world.peer("solo", "gw-a"))  # on node-1, one turn, not ended
+    chat(world.peer("solo", "gw-b"), left_open)
     before = latest_versions(world)
     moved = world.api("PATCH", "/clients/solo/", json={"pool": SHARED})
     assert moved.status_code == 200 and moved.json()["pool"] == SHARED, moved.text
@@ -498,6 +500,12 @@ def test_moving_a_client_to_another_pool_takes_effect_by_rollout_alone(world: Wo
 
     sessions = [one_shot(world.peer("solo", g)) for g in GATEWAY_NAMES for _ in range(3)]
     assert world.nodes_of(sessions) <= POOL_NODES[SHARED]
+    # The session it left open on node-1 ended when node-1 applied its new config: its
+    # turn is on a receipt from node-1, and continuing it finds nothing.
+    (ended,) = world.receipts([left_open])[left_open]
+    assert (ended["node"], ended["request_count"]) == ("node-1", 1), ended
+    with pytest.raises(openai.NotFoundError):
+        chat(world.peer("solo", "gw-a"), left_open)
     # The old node no longer takes the client at all.
     gw = world.gateways["gw-b"].ns
     models = gw.run(direct, world.nodes["node-1"], "GET", "/v1/models", world.keys["solo"])
