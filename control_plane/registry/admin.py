@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
 from control_plane.registry.models import ModelPin
-from control_plane.registry.services import request_pin_verification
+from control_plane.registry.services import request_pin_verification, roll_back_pin
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -28,23 +29,26 @@ class ModelPinAdmin(admin.ModelAdmin):
         "name",
         "version",
         "enabled",
+        "staged",
         "hash_status",
         "short_sha256",
         "context_size",
         "client_count",
         "hash_checked_at",
     )
-    list_filter = ("hash_status", "enabled", "name")
+    list_filter = ("hash_status", "enabled", "staged", "name")
     search_fields = ("name", "version", "sha256", "path")
     filter_horizontal = ("clients", "pools")
-    actions = ("verify_hash",)
+    actions = ("verify_hash", "roll_back")
     fieldsets = (
-        (None, {"fields": ("name", "version", "path", "enabled")}),
+        (None, {"fields": ("name", "version", "path", "enabled", "staged", "supersedes")}),
         ("File", {"fields": ("sha256", "hash_status", "hash_error", "hash_checked_at")}),
         ("Serving", {"fields": ("context_size", "chat_template", "clients", "pools")}),
         ("Record", {"fields": ("created_at", "updated_at")}),
     )
     _always_read_only = (
+        "staged",
+        "supersedes",
         "sha256",
         "hash_status",
         "hash_error",
@@ -85,3 +89,13 @@ class ModelPinAdmin(admin.ModelAdmin):
             f"Hash check queued for {len(pins)} pin(s); the status column shows the result.",
             messages.SUCCESS,
         )
+
+    @admin.action(description="Roll back to the pin it replaced", permissions=["change"])
+    def roll_back(self, request: HttpRequest, queryset: QuerySet[ModelPin]) -> None:
+        for pin in queryset:
+            try:
+                previous = roll_back_pin(pin)
+            except ValidationError as exc:
+                self.message_user(request, f"{pin}: {' '.join(exc.messages)}", messages.ERROR)
+            else:
+                self.message_user(request, f"{previous} serves again.", messages.SUCCESS)

@@ -19,7 +19,9 @@ class ModelPin(ChangeLoggedModel):
 
     The hash is computed from the file by a task when the pin is made (and again by
     "verify"), never typed in. A name has at most one enabled pin: moving to a new
-    version is an explicit new pin that supersedes the old one. ``clients`` may use it.
+    version is an explicit new pin that supersedes the old one, staged until its hash is
+    verified (the old one serves until then), and rolled back to it in one action.
+    ``clients`` may use it; the nodes of ``pools`` load it.
     """
 
     name = models.CharField(max_length=128, validators=[bundle_name_validator])
@@ -48,6 +50,21 @@ class ModelPin(ChangeLoggedModel):
         help_text="The pools whose nodes load it.",
     )
     enabled = models.BooleanField(default=True)
+    staged = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="Waiting to replace the pin it supersedes: it goes live (and that one "
+        "retires) when its file's hash is verified.",
+    )
+    supersedes = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+        help_text="The pin this one replaced (or is staged to replace): rollback returns to it.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -66,6 +83,8 @@ class ModelPin(ChangeLoggedModel):
         "clients",
         "pools",
         "enabled",
+        "staged",
+        "supersedes",
     )
 
     class Meta:

@@ -34,8 +34,12 @@ def pin_model(
     """Pin ``name`` to ``version`` of the GGUF file at ``path``; the hash task follows.
 
     A name has one enabled pin. If it has one already, this refuses (a field error on
-    ``version``) unless ``supersede`` says to disable the old pin; the new pin then
-    inherits the old one's clients and pools when those are not given. Without pools,
+    ``version``) unless ``supersede`` says to replace it: the new pin is then *staged*
+    (not enabled) and inherits the old one's clients and pools when those are not given;
+    the old pin serves until the new file's hash is verified, and then the two swap in
+    one transaction (:func:`verify_model_pin`). So no rollout ever ships the model
+    without a pin while the new file is hashed, and a file that fails leaves the old
+    pin serving. :func:`roll_back_pin` returns to the old one. Without pools,
     it is placed on its clients' pools (none: the default pool). Nodes serve the new pin
     after its hash is verified and the next rollout.
     """
@@ -57,14 +61,15 @@ def pin_model(
         if current is not None:
             inherited = list(current.clients.all())
             inherited_pools = list(current.pools.all())
-            current.enabled = False
-            current.save()
         pin = ModelPin(
             name=name,
             version=version,
             path=path,
             context_size=context_size,
             chat_template=chat_template,
+            enabled=current is None,
+            staged=current is not None,
+            supersedes=current,
         )
         pin.full_clean(exclude=["clients", "pools"])
         pin.save()
@@ -101,6 +106,7 @@ def verify_model_pin(pin: ModelPin) -> ModelPin:
     A file that can't be read leaves the pin ``failed``; one whose hash differs from the
     pinned one leaves it ``mismatch`` (the pinned hash is kept, so nodes keep refusing
     the changed file). Either way the reason is recorded and the pin drops out of bundles.
+    A staged pin whose hash is verified takes over from the pin it supersedes.
     """
     try:
         digest: str | None = file_sha256(pin.path)
@@ -122,5 +128,50 @@ def verify_model_pin(pin: ModelPin) -> ModelPin:
             )
         locked.set_change_action(ChangeAction.VERIFY_HASH)
         locked.save()
+        if locked.staged and locked.hash_status == HashStatus.VERIFIED:
+            _go_live(locked)
     log.info("model pin %s hash %s", locked.pk, locked.hash_status)
     return locked
+
+
+def _go_live(staged: ModelPin) -> None:
+    """Enable ``staged`` and retire the pin of its name that serves now, in the caller's
+    transaction, so every release built sees one or the other and never neither. If
+    another pin of the name went live meanwhile (a newer staged one, a rollback), this
+    one stays staged: going live would silently undo that."""
+    enabled = ModelPin.objects.select_for_update().filter(name=staged.name, enabled=True)
+    current = enabled.exclude(pk=staged.pk).first()
+    if current is not None and current.pk != staged.supersedes_id:
+        log.info("model pin %s stays staged: pin %s went live meanwhile", staged.pk, current.pk)
+        return
+    if current is not None:
+        current.enabled = False
+        current.save()
+    staged.enabled, staged.staged = True, False
+    staged.save()
+
+
+def roll_back_pin(pin: ModelPin) -> ModelPin:
+    """Return to the pin ``pin`` replaced: it serves again and ``pin`` is disabled, in
+    one transaction (rolled out by itself). Raises ``ValidationError`` when there is
+    nothing to return to."""
+    with transaction.atomic():
+        locked = ModelPin.objects.select_for_update().get(pk=pin.pk)
+        if not locked.enabled or locked.supersedes_id is None:
+            raise ValidationError(
+                {"supersedes": "Only a serving pin that replaced another can roll back."}
+            )
+        previous = ModelPin.objects.select_for_update().get(pk=locked.supersedes_id)
+        if previous.hash_status != HashStatus.VERIFIED or not os.path.isfile(previous.path):
+            raise ValidationError(
+                {
+                    "supersedes": f"{previous} can't serve again: its file is not verified "
+                    "or no longer there. Verify it, or pin a new version."
+                }
+            )
+        locked.enabled = False
+        locked.save()
+        previous.enabled, previous.staged = True, False
+        previous.save()
+    log.info("model pin %s rolled back to %s", locked.pk, previous.pk)
+    return previous

@@ -29,7 +29,8 @@ class ModelPinSerializer(serializers.ModelSerializer):
         write_only=True,
         required=False,
         default=False,
-        help_text="On create: disable the model's current pin and take its place.",
+        help_text="On create: replace the model's current pin. The new pin is staged and "
+        "takes its place when its file's hash is verified (the current one serves until then).",
     )
 
     class Meta:
@@ -48,11 +49,15 @@ class ModelPinSerializer(serializers.ModelSerializer):
             "clients",
             "pools",
             "enabled",
+            "staged",
+            "supersedes",
             "supersede",
             "created_at",
             "updated_at",
         )
         read_only_fields = (
+            "staged",
+            "supersedes",
             "sha256",
             "hash_status",
             "hash_error",

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from control_plane.registry.api.serializers import ModelPinSerializer
 from control_plane.registry.filtersets import ModelPinFilterSet
 from control_plane.registry.models import ModelPin
-from control_plane.registry.services import pin_model, request_pin_verification
+from control_plane.registry.services import pin_model, request_pin_verification, roll_back_pin
 
 
 class ModelPinViewSet(viewsets.ModelViewSet):
@@ -24,7 +24,10 @@ class ModelPinViewSet(viewsets.ModelViewSet):
     filterset_class = ModelPinFilterSet
     search_fields = ("name", "version", "sha256")
     ordering_fields = ("name", "version", "created_at")
-    action_permissions = {"verify": ["registry.change_modelpin"]}
+    action_permissions = {
+        "verify": ["registry.change_modelpin"],
+        "rollback": ["registry.change_modelpin"],
+    }
 
     def perform_create(self, serializer: Any) -> None:
         data = serializer.validated_data
@@ -52,3 +55,11 @@ class ModelPinViewSet(viewsets.ModelViewSet):
         request_pin_verification(pin)
         pin.refresh_from_db()
         return Response(self.get_serializer(pin).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={200: ModelPinSerializer})
+    @action(detail=True, methods=["post"])
+    def rollback(self, request: Request, pk: str | None = None) -> Response:
+        """Serve the pin this one replaced again, and disable this one (rolled out by
+        itself). Answers with the pin that serves now."""
+        previous = roll_back_pin(self.get_object())
+        return Response(self.get_serializer(previous).data)

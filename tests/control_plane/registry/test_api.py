@@ -67,3 +67,27 @@ def test_verify_needs_change_permission(admin_api, auditor_api, on_commit):
     assert denied.status_code == 403
     assert accepted.status_code == 202
     assert ModelPin.objects.get(pk=pin.pk).sha256 == file_sha256(pin.path)
+
+
+def test_upgrading_and_rolling_back_through_the_api(admin_api, auditor_api, on_commit):
+    def pin(version: str, **extra: object) -> dict:
+        path = model_file(f"upgraded-{version}")
+        body = {"name": "upgraded", "version": version, "path": str(path), **extra}
+        with on_commit():
+            made = admin_api.post("/api/model-pins/", body, format="json")
+        assert made.status_code == 201, made.json()
+        return admin_api.get(f"/api/model-pins/{made.json()['id']}/").json()
+
+    first = pin("v1")
+    second = pin("v2", supersede=True)
+    assert second["enabled"] and not second["staged"] and second["supersedes"] == first["id"]
+
+    assert auditor_api.post(f"/api/model-pins/{second['id']}/rollback/").status_code == 403
+    back = admin_api.post(f"/api/model-pins/{second['id']}/rollback/")
+    assert back.status_code == 200 and (back.json()["id"], back.json()["enabled"]) == (
+        first["id"],
+        True,
+    )
+    again = admin_api.post(f"/api/model-pins/{first['id']}/rollback/")
+    assert again.status_code == 400 and "supersedes" in again.json()
+    assert [p.version for p in ModelPin.objects.servable().filter(name="upgraded")] == ["v1"]
