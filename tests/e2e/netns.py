@@ -116,6 +116,22 @@ class Lab:
         a.ip("link", "set", a_if, "up")
         b.ip("link", "set", b_if, "up")
 
+    def bridge(self, ns: Namespace, name: str = "br0", address: str | None = None) -> None:
+        """A bridge inside ``ns`` (a switch the namespaces plugged into it share)."""
+        ns.ip("link", "add", name, "type", "bridge")
+        ns.ip("link", "set", name, "up")
+        if address is not None:
+            ns.ip("address", "add", address, "dev", name)
+
+    def plug(
+        self, hub: Namespace, bridge: str, port: str, ns: Namespace, iface: str, address: str
+    ) -> None:
+        """Plug ``ns`` into ``bridge`` of ``hub``: a veth whose ``port`` end joins the
+        bridge and whose ``iface`` end in ``ns`` gets ``address`` (CIDR)."""
+        self.link(hub, port, ns, iface)
+        hub.ip("link", "set", port, "master", bridge)
+        ns.ip("address", "add", address, "dev", iface)
+
     def cleanup(self) -> list[str]:
         """Kill what runs in the namespaces, delete them, drop the UAPI sockets."""
         problems = []

@@ -30,17 +30,12 @@ SDK through the tunnel and nginx.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import signal
-import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -48,11 +43,9 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from openai import DefaultHttpxClient, OpenAI
 
 from shared.keyring import KEYRING_DIR, Keyring
-from shared.keys import NODE, load_public_key, write_key_pair
+from shared.keys import load_public_key, write_key_pair
 from shared.models import DEFAULT_MODEL_NAME, DEFAULT_MODEL_VERSION, bundled_gguf_path
 from shared.pki import (
     CLIENT,
@@ -68,22 +61,33 @@ from shared.signed_request import SignedRequestAuth, open_answer
 from shared.trust import MANAGEMENT
 from shared.wireguard import generate_key_pair
 from tests.canary import files_containing, new_marker, texts_containing
-from tests.conftest import REPO, free_port, wait_until
+from tests.conftest import wait_until
 from tests.control_plane.processes import ControlPlane, Process
 from tests.data_plane.engine_prompts import COUNTING
 from tests.e2e.netns import Lab, Namespace, lab
+from tests.e2e.world import (
+    PARIS,
+    WORLD_MARKS,
+    Build,
+    Peer,
+    ask,
+    cp_request,
+    create_backbone_pool,
+    ingress_serial,
+    provision_peer,
+    refused,
+    require_tools,
+    roll_out_gateways,
+    roll_out_nodes,
+    set_up_gateway,
+    set_up_node,
+    start_control_plane,
+    tcp_exchange,
+    tls_exchange,
+    wg_up,
+)
 
-TOOLS = ("ip", "wg", "wg-quick", "wireguard-go", "nginx", "iptables-restore", "redis-server")
-
-pytestmark = [
-    pytest.mark.e2e_wireguard,
-    pytest.mark.e2e,
-    pytest.mark.model,
-    # Skipped only off CI and not root. In CI (root, tools installed by make) it runs.
-    pytest.mark.skipif(
-        os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root (namespaces)"
-    ),
-]
+pytestmark = WORLD_MARKS
 
 GATEWAY = "gw-e2e"
 GW_PUBLIC = "192.0.2.1"
@@ -93,47 +97,10 @@ NODE_UNDERLAY = "10.200.0.2"  # back0: what the backbone's WireGuard packets tra
 BACKBONE = "10.90.0.0/24"
 NODE_BACKBONE = "10.90.0.2"  # the first member to join gets the pool's first free address
 GW_BACKBONE = "10.90.0.3"
-BACKBONE_PORT = 51821
 NODE_API = (NODE_BACKBONE, 8000)
 NODE_MGMT = ("10.202.0.1", 8001)
 AGENT = ("10.201.0.1", 8003)
 API_BASE = f"https://{TUNNEL_GW}/v1"  # TLS inside the tunnel, the ingress CA's
-PARIS = "What is the capital city of France? Answer in one sentence."
-USERSPACE = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
-
-
-@dataclass
-class Peer:
-    """A client's peer: its namespace and the config file the control plane returned."""
-
-    id: int  # the control plane's peer id (``peer-<id>`` in the gateway config)
-    ns: Namespace
-    iface: str
-    api_key: str
-    own_private_key: str | None  # set when the client brought its own key pair
-    conf: Path
-    config_text: str
-    ca: Path  # the ingress CA, from the provisioning answer
-
-    @property
-    def config_id(self) -> str:
-        return f"peer-{self.id}"
-
-    def tls(self) -> ssl.SSLContext:
-        """Trust for the gateway's TLS: the ingress CA that came with the download."""
-        return ssl.create_default_context(cafile=self.ca)
-
-    def http(self, timeout: float = 120) -> httpx.Client:
-        return httpx.Client(verify=self.tls(), timeout=timeout)
-
-    def openai(self, timeout: float = 120) -> OpenAI:
-        return OpenAI(
-            base_url=API_BASE,
-            api_key=self.api_key,
-            max_retries=0,
-            timeout=timeout,
-            http_client=DefaultHttpxClient(verify=self.tls(), timeout=timeout),
-        )
 
 
 @dataclass
@@ -163,17 +130,7 @@ class World:
 
     def roll_out_gateway(self) -> int:
         """Roll out through the API; wait until the worker's push has been applied."""
-        response = self.api("POST", "/gateway-releases/", json={"gateways": [GATEWAY]})
-        assert response.status_code == 202, response.text
-        version = int(response.json()[0]["version"])
-
-        def applied() -> bool:
-            state = self.api("GET", f"/gateways/{self.gateway_id}/").json()["state"] or {}
-            return (state.get("applied_version") or 0) >= version
-
-        releases = "/gateway-releases/"
-        assert wait_until(applied, timeout=120), json.dumps(self.api("GET", releases).json())
-        return version
+        return roll_out_gateways(self.api, {GATEWAY: self.gateway_id})
 
     def agent_health(self) -> dict[str, Any]:
         """The agent's health, asked as the control plane asks (a request signed by its
@@ -217,162 +174,9 @@ class World:
         return texts
 
 
-def cp_request(
-    mgmt: Namespace, cp_url: str, token: str, method: str, path: str, **kwargs: Any
-) -> httpx.Response:
-    """The control plane's REST API, called from the management namespace."""
-    return mgmt.run(
-        httpx.request,
-        method,
-        f"{cp_url}{path}",
-        headers={"Authorization": f"Token {token}"},
-        timeout=120,
-        **kwargs,
-    )
-
-
-def start(
-    world_processes: dict[str, Process],
-    ns: Namespace,
-    name: str,
-    argv: list[str],
-    env: dict[str, str],
-    ready: str,
-    timeout: float,
-) -> str:
-    """Start ``argv`` in ``ns``; return the output line that says it is ready."""
-    process = Process(name, ns.exec_argv(*argv), env)
-    world_processes[name] = process
-    return process.wait_for(ready, timeout=timeout).strip()
-
-
-def enrol(
-    mgmt: Namespace,
-    cp_api: Callable[..., httpx.Response],
-    cp_url: str,
-    kind: str,
-    name: str,
-    directory: Path,
-) -> None:
-    """An admin makes a one-time token; ``sanctum enrol`` makes the keys and sends CSRs.
-
-    The CLI runs in the management namespace only because the test's control plane
-    listens on loopback there; it writes into the target's own directory (one file
-    system), and no private key crosses the API.
-    """
-    made = cp_api("POST", "/enrolment-tokens/", json={"kind": kind, "target_name": name})
-    assert made.status_code == 201, made.text
-    result = mgmt.sh(
-        sys.executable,
-        "-m",
-        "shared.cli",
-        "enrol",
-        kind,
-        "--url",
-        cp_url.removesuffix("/api"),
-        "--name",
-        name,
-        "--dir",
-        str(directory),
-        env={**os.environ, "PYTHONPATH": str(REPO), "SANCTUM_ENROL_TOKEN": made.json()["token"]},
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert (directory / "management.key").stat().st_mode & 0o077 == 0
-
-
-def make_wireguard_key(path: Path) -> str:
-    """What ``wg genkey > path`` does on the machine; returns the public key."""
-    private, public = generate_key_pair()
-    path.write_text(private + "\n")
-    path.chmod(0o600)
-    return public
-
-
-def interface_up(ns: Namespace, iface: str, port: int, key: Path, address: str) -> None:
-    """A backbone interface at boot: the same script, with the backbone's settings."""
-    ns.sh(
-        str(REPO / "infra/scripts/wireguard-interface.sh"),
-        "up",
-        env={
-            **os.environ,
-            "SANCTUM_WG_INTERFACE": iface,
-            "SANCTUM_WG_PORT": str(port),
-            "SANCTUM_WG_PRIVATE_KEY": str(key),
-            "SANCTUM_WG_ADDRESSES": address,
-        },
-    )
-
-
-def tcp_exchange(address: tuple[str, int], payload: bytes, timeout: float = 3) -> bytes:
-    """Connect, send, read to EOF. Raises TimeoutError when nothing answers at all."""
-    with socket.create_connection(address, timeout=timeout) as s:
-        s.sendall(payload)
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-        return data
-
-
-def tls_exchange(address: tuple[str, int], payload: bytes, ca: Path, timeout: float = 10) -> bytes:
-    """``tcp_exchange`` over TLS, verifying the gateway's certificate with ``ca``."""
-    context = ssl.create_default_context(cafile=ca)
-    with (
-        socket.create_connection(address, timeout=timeout) as raw,
-        context.wrap_socket(raw, server_hostname=address[0]) as s,
-    ):
-        s.sendall(payload)
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-        return data
-
-
-def refused(address: tuple[str, int]) -> bool:
-    """Whether a connection to ``address`` is refused (a reset: nothing listens)."""
-    try:
-        tcp_exchange(address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    except ConnectionRefusedError:
-        return True
-    return False
-
-
-def ingress_serial(peer: Peer) -> str:
-    """The serial of the certificate nginx presents to ``peer`` on a new connection."""
-    with (
-        socket.create_connection((TUNNEL_GW, 443), timeout=10) as raw,
-        peer.tls().wrap_socket(raw, server_hostname=TUNNEL_GW) as s,
-    ):
-        der = s.getpeercert(binary_form=True)
-    assert der is not None
-    return format(x509.load_der_x509_certificate(der).serial_number, "x")
-
-
-def wg_up(peer: Peer) -> None:
-    """Bring the peer's tunnel up from its config file, as a client would."""
-    peer.ns.sh("wg-quick", "up", str(peer.conf), env={**os.environ, **USERSPACE})
-    if peer.own_private_key is not None:
-        # The file has no private key (it never left the client): the client adds it.
-        key_file = peer.conf.with_suffix(".key")
-        key_file.write_text(peer.own_private_key + "\n")
-        key_file.chmod(0o600)
-        peer.ns.sh("wg", "set", peer.iface, "private-key", str(key_file))
-
-
-def ask(peer: Peer, prompt: str = PARIS, max_tokens: int = 16) -> str:
-    reply = peer.openai().chat.completions.create(
-        model=DEFAULT_MODEL_NAME,
-        max_tokens=max_tokens,
-        temperature=0,
-        messages=[{"role": "user", "content": prompt}],
-    )
-    return reply.choices[0].message.content or ""
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    assert not missing, f"install {missing} (make setup-system)"
+    require_tools()
     tmp = tmp_path_factory.mktemp("wg")
     cp = ControlPlane(
         tmp / "cp",
@@ -401,17 +205,14 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
     cli1 = the_lab.namespace("cli1")
     cli2 = the_lab.namespace("cli2")
     intruder = the_lab.namespace("int")
-    wan.ip("link", "add", "br0", "type", "bridge")
-    wan.ip("link", "set", "br0", "up")
+    the_lab.bridge(wan)
     for ns, port, address in (
         (gw, "p-gw", f"{GW_PUBLIC}/24"),
         (cli1, "p-cli1", "192.0.2.11/24"),
         (cli2, "p-cli2", "192.0.2.12/24"),
         (intruder, "p-int", "192.0.2.66/24"),
     ):
-        the_lab.link(wan, port, ns, "eth0")
-        wan.ip("link", "set", port, "master", "br0")
-        ns.ip("address", "add", address, "dev", "eth0")
+        the_lab.plug(wan, "br0", port, ns, "eth0", address)
     the_lab.link(gw, "back0", node, "back0")
     gw.ip("address", "add", "10.200.0.1/30", "dev", "back0")
     node.ip("address", "add", f"{NODE_UNDERLAY}/30", "dev", "back0")
@@ -428,149 +229,23 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
     mgmt.ip("route", "add", BACKBONE, "via", NODE_MGMT[0])
 
     # --- the control plane, in the management namespace --------------------------------
-    redis_port = free_port()
-    cp.env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-    cp.manage("migrate", "-v0")
-    token = cp.manage("create_operator", "ops", "--role", "admin", "--token")["SANCTUM_API_TOKEN"]
-    cp_public_key = Path(cp.manage("keys")["SANCTUM_CP_TRUST_KEYS"])  # the published key set
+    access = start_control_plane(cp, mgmt, processes, tmp)
     gw_signing = write_key_pair(tmp / "gateway-keys", "gateway")  # signs its health answers
-    start(
-        processes,
-        mgmt,
-        "redis-server",
-        [
-            "redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp),
-        ],
-        dict(os.environ),
-        "Ready to accept connections",
-        timeout=30,
-    )
-    cp_port = free_port()
-    ready = start(
-        processes,
-        mgmt,
-        "gunicorn",
-        [
-            sys.executable,
-            "-m",
-            "control_plane",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(cp_port),
-            "--workers",
-            "2",
-        ],
-        cp.env,
-        "SANCTUM_CP_READY",
-        timeout=90,
-    )
-    cp_url = dict(p.split("=", 1) for p in ready.split()[1:])["api"].rstrip("/")
-    start(
-        processes,
-        mgmt,
-        "celery worker",
-        [sys.executable, "-m", "control_plane", "worker", "--concurrency", "1"],
-        cp.env,
-        " ready.",
-        timeout=90,
-    )
-    start(
-        processes,
-        mgmt,
-        "celery beat",
-        [sys.executable, "-m", "control_plane", "beat"],
-        cp.env,
-        "beat: Starting",
-        timeout=90,
-    )
+    api = access.api
 
     # --- the compute node: registered, on the backbone, then the real data plane -------
-    node_key = write_key_pair(tmp / "node-keys", NODE)
-
-    def cp_api(method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return cp_request(mgmt, cp_url, token, method, path, **kwargs)
-
-    registered = cp_api(
-        "POST",
-        "/nodes/",
-        json={
-            "name": "node-1",
-            "management_url": f"https://{NODE_MGMT[0]}:{NODE_MGMT[1]}",
-            "public_key": node_key.with_suffix(".pub").read_text(),
-        },
-    )
-    assert registered.status_code == 201, registered.text
-    node_id = registered.json()["id"]
-    backbone_pool = cp_api(
-        "POST",
-        "/address-pools/",
-        json={"name": "backbone", "purpose": "backbone", "ipv4_cidr": BACKBONE},
-    )
-    assert backbone_pool.status_code == 201, backbone_pool.text
-    node_bb_key = tmp / "node-backbone.key"
-    node_bb_public = make_wireguard_key(node_bb_key)
-    node_bb_iface = the_lab.wg_name("nb")
-    joined = cp_api(
-        "POST",
-        "/backbone-members/",
-        json={
-            "pool": "backbone",
-            "node": "node-1",
-            "public_key": node_bb_public,
-            "endpoint": f"{NODE_UNDERLAY}:{BACKBONE_PORT}",
-            "interface_name": node_bb_iface,
-        },
-    )
-    assert joined.status_code == 201, joined.text
-    assert joined.json()["address"] == NODE_BACKBONE
-    interface_up(node, node_bb_iface, BACKBONE_PORT, node_bb_key, f"{NODE_BACKBONE}/24")
-    node.sh(
-        str(REPO / "infra/scripts/node-firewall.sh"),
-        "apply",
-        env={
-            **os.environ,
-            "SANCTUM_DP_LISTEN__API_PORT": str(NODE_API[1]),
-            "SANCTUM_NODE_BACKBONE_IF": node_bb_iface,
-        },
-    )
-    enrol(mgmt, cp_api, cp_url, "node", "node-1", tmp / "node" / "tls")
-    node_env = {k: v for k, v in os.environ.items() if not k.startswith(("SANCTUM_", "DJANGO_"))}
-    node_env.update(
-        PYTHONPATH=str(REPO),
-        PYTHONUNBUFFERED="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        SANCTUM_DP_DATA_DIR=str(tmp / "node"),
-        SANCTUM_DP_NODE_ID="node-1",
-        SANCTUM_DP_TRUST_KEYS=str(cp_public_key),
-        SANCTUM_DP_NODE_PRIVATE_KEY=str(node_key),
-        SANCTUM_DP_LISTEN__API_HOST=NODE_API[0],
-        SANCTUM_DP_LISTEN__API_PORT=str(NODE_API[1]),
-        SANCTUM_DP_LISTEN__MANAGEMENT_HOST=NODE_MGMT[0],
-        SANCTUM_DP_LISTEN__MANAGEMENT_PORT=str(NODE_MGMT[1]),
-        SANCTUM_DP_BACKBONE__PRIVATE_KEY=str(node_bb_key),
-    )
-    start(
-        processes,
+    build = Build(access, the_lab, processes)
+    create_backbone_pool(build, BACKBONE)
+    node_site = set_up_node(
+        build,
         node,
-        "node",
-        [sys.executable, "-m", "data_plane", "serve"],
-        node_env,
-        "SANCTUM_DP_READY",
-        timeout=180,
+        name="node-1",
+        home=tmp / "node",
+        underlay=NODE_UNDERLAY,
+        management=NODE_MGMT,
+        api_port=NODE_API[1],
     )
+    assert node_site.api == NODE_API
 
     world = World(
         lab=the_lab,
@@ -582,13 +257,12 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
         gw_iface=the_lab.wg_name("gw"),
         gateway_id=0,
         cp=cp,
-        cp_url=cp_url,
-        token=token,
-        cp_public_key=cp_public_key,
+        cp_url=access.url,
+        token=access.token,
+        cp_public_key=access.public_key,
         gw_signing=gw_signing,
         processes=processes,
     )
-    api = world.api
 
     # --- clients, keys, the model and the node, through the REST API -------------------
     keys = {}
@@ -613,133 +287,47 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
         lambda: api("GET", f"/model-pins/{pin}/").json()["hash_status"] == "verified",
         timeout=180,
     )
-    assert api("POST", "/releases/", json={"nodes": ["node-1"]}).status_code == 202
-    assert wait_until(
-        lambda: api("GET", f"/nodes/{node_id}/").json()["rollout"] == "in_sync", timeout=300
-    ), api("GET", f"/nodes/{node_id}/").json()
+    roll_out_nodes(api, {"node-1": node_site.id})
 
-    # --- the gateway: boot provisioning, then registration in the control plane --------
-    gw_state = tmp / "gateway"
-    gw_state.mkdir()
-    gw_private, gw_public = generate_key_pair()  # what gateway-provision.sh's `wg genkey` does
-    gw_key = gw_state / "wireguard.key"
-    gw_key.write_text(gw_private + "\n")
-    gw_key.chmod(0o600)
-    gw.sh(
-        str(REPO / "infra/scripts/wireguard-interface.sh"),
-        "up",
-        env={
-            **os.environ,
-            "SANCTUM_GW_WG_INTERFACE": world.gw_iface,
-            "SANCTUM_GW_WG_PORT": str(WG_PORT),
-            "SANCTUM_GW_WIREGUARD__PRIVATE_KEY": str(gw_key),
-            "SANCTUM_GW_WG_ADDRESSES": f"{TUNNEL_GW}/24",
-        },
-    )
-    gw_bb_key = gw_state / "backbone.key"
-    gw_bb_public = make_wireguard_key(gw_bb_key)
-    agent_env = {k: v for k, v in node_env.items() if not k.startswith("SANCTUM_DP_")}
-    agent_env.update(
-        SANCTUM_GW_NAME=GATEWAY,
-        SANCTUM_GW_STATE_DIR=str(gw_state),
-        SANCTUM_GW_TRUST_KEYS=str(cp_public_key),
-        SANCTUM_GW_SIGNING_KEY=str(gw_signing),
-        SANCTUM_GW_WIREGUARD__PRIVATE_KEY=str(gw_key),
-        SANCTUM_GW_WIREGUARD__BACKBONE_PRIVATE_KEY=str(gw_bb_key),
-        SANCTUM_GW_LISTEN__HOST=AGENT[0],
-        SANCTUM_GW_LISTEN__PORT=str(AGENT[1]),
-        SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE="eth0",
-    )
-    pool = api(
-        "POST",
-        "/address-pools/",
-        json={
-            "name": "e2e-pool",
-            "ipv4_cidr": "10.77.0.0/24",
-            "ipv6_cidr": "fd77::/64",
-        },
-    )
-    assert pool.status_code == 201, pool.text
-    gateway = api(
-        "POST",
-        "/gateways/",
-        json={
-            "name": GATEWAY,
-            "public_endpoint": f"{GW_PUBLIC}:{WG_PORT}",
-            "public_key": gw_public,
-            "management_url": f"https://{AGENT[0]}:{AGENT[1]}",
-            "signing_key": gw_signing.with_suffix(".pub").read_text(),
-            "pool": "e2e-pool",
-            "interface_name": world.gw_iface,
-            "listen_port": WG_PORT,
-            "upstreams": [{"node": "node-1", "host": NODE_API[0], "port": NODE_API[1]}],
-        },
-    )
-    assert gateway.status_code == 201, gateway.text
-    world.gateway_id = gateway.json()["id"]
-    assert gateway.json()["api_base"] == API_BASE
-    # Enrolment: its management and ingress keys are made on the gateway; the control
-    # plane issues the certificates (the ingress one for its name and tunnel addresses).
-    enrol(mgmt, cp_api, cp_url, "gateway", GATEWAY, gw_state / "tls")
-    start(
-        processes,
+    # --- the gateway: boot provisioning, registration, enrolment, the agent, backbone --
+    gateway = set_up_gateway(
+        build,
         gw,
-        "agent",
-        [sys.executable, "-m", "data_plane.gateway", "serve"],
-        agent_env,
-        "SANCTUM_GW_READY",
-        timeout=60,
+        name=GATEWAY,
+        state=tmp / "gateway",
+        signing_key=gw_signing,
+        iface=world.gw_iface,
+        public=(GW_PUBLIC, WG_PORT),
+        pool={"name": "e2e-pool", "ipv4_cidr": "10.77.0.0/24", "ipv6_cidr": "fd77::/64"},
+        agent=AGENT,
+        upstreams=[{"node": "node-1", "host": NODE_API[0], "port": NODE_API[1]}],
+        backbone_iface=the_lab.wg_name("gb"),
     )
-    # The gateway joins the backbone; the node's next config lets it in.
-    world.gw_backbone_iface = the_lab.wg_name("gb")
-    joined = api(
-        "POST",
-        "/backbone-members/",
-        json={
-            "pool": "backbone",
-            "gateway": GATEWAY,
-            "public_key": gw_bb_public,
-            "interface_name": world.gw_backbone_iface,
-        },
-    )
-    assert joined.status_code == 201, joined.text
-    assert joined.json()["address"] == GW_BACKBONE
-    world.node_backbone_iface = node_bb_iface
-    interface_up(gw, world.gw_backbone_iface, BACKBONE_PORT, gw_bb_key, f"{GW_BACKBONE}/24")
-    assert api("POST", "/releases/", json={"nodes": ["node-1"]}).status_code == 202
-    assert wait_until(
-        lambda: api("GET", f"/nodes/{node_id}/").json()["rollout"] == "in_sync", timeout=120
-    ), api("GET", f"/nodes/{node_id}/").json()
+    world.gateway_id = gateway.id
+    assert gateway.api_base == API_BASE
+    assert gateway.backbone_address == GW_BACKBONE
+    world.gw_backbone_iface = gateway.backbone_iface
+    world.node_backbone_iface = node_site.backbone_iface
+    # The node's next config lets the gateway in.
+    roll_out_nodes(api, {"node-1": node_site.id}, timeout=120)
 
     # --- two peers: alice's key pair made by the control plane, bob brings his own ------
     bob_private, bob_public = generate_key_pair()
     for n, (ns, client, own) in enumerate(
         ((cli1, "alice", None), (cli2, "bob", (bob_private, bob_public))), 1
     ):
-        body = {"client": client, "gateway": GATEWAY, "name": f"{client}'s laptop"}
-        if own:
-            body["public_key"] = own[1]
-        provisioned = api("POST", "/peers/", json=body)
-        assert provisioned.status_code == 201, provisioned.text
-        iface = the_lab.wg_name(f"c{n}")
-        conf = tmp / f"{iface}.conf"
-        # The file the control plane returned, byte for byte.
-        conf.write_text(provisioned.json()["config"])
-        conf.chmod(0o600)
-        ca = tmp / f"{iface}-ingress-ca.pem"  # came with the download: trust for TLS
-        ca.write_text(provisioned.json()["ingress_ca"])
-        world.peers.append(
-            Peer(
-                id=provisioned.json()["id"],
-                ns=ns,
-                iface=iface,
-                api_key=keys[client],
-                own_private_key=own[0] if own else None,
-                conf=conf,
-                config_text=provisioned.json()["config"],
-                ca=ca,
-            )
+        peer = provision_peer(
+            build,
+            tmp,
+            ns,
+            client=client,
+            gateway=GATEWAY,
+            api_key=keys[client],
+            api_base=API_BASE,
+            iface_suffix=f"c{n}",
+            own=own,
         )
+        world.peers.append(peer)
 
     # Before any config the gateway has no firewall yet, and nginx listens on loopback
     # only: the public address refuses the connection (a reset, nothing more). After the
@@ -749,9 +337,6 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
     for peer in world.peers:
         wg_up(peer)
     return world
-
-
-# --- the tests ---------------------------------------------------------------------------
 
 
 def test_client_gets_a_completion_through_the_tunnel_and_nginx(world: World) -> None:
