@@ -56,7 +56,7 @@ from tests.bench import write_section
 from tests.bench._node import MODEL, first_token, median, quantile
 from tests.conftest import REPO, Node, bundled_model_spec, make_tenant, new_node, release_fields
 from tests.e2e.netns import Lab, Namespace, lab
-from tests.e2e.test_wireguard import interface_up, make_wireguard_key
+from tests.e2e.world import interface_up, make_wireguard_key
 
 ROUNDS = 40
 WARMUP = 3
