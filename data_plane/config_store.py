@@ -301,7 +301,19 @@ class ConfigStore(ReleaseStore[ConfigBundle]):
         from shared.config import open_bundle
 
         self.files = ModelFileCheck()
+        # Clients the config being applied no longer places here: their keys stop
+        # working before that config lets its new clients in (Runtime.apply_config).
+        self.leaving: frozenset[str] = frozenset()
         super().__init__(state_dir, "config", node_id, trust, open_bundle, self.files.check_bundle)
+
+    def places(self, client_id: str) -> bool:
+        """Whether the config in force names ``client_id`` (placed on this node's pool)."""
+        current = self.current
+        return current is not None and any(c.id == client_id for c in current.clients)
+
+    def admits(self, client_id: str) -> bool:
+        """Whether ``client_id`` may start work here now: placed, and not leaving."""
+        return client_id not in self.leaving and self.places(client_id)
 
     def summary(self) -> dict[str, object]:
         """The release's summary and the pool the node serves (its clients are in it)."""
@@ -309,7 +321,11 @@ class ConfigStore(ReleaseStore[ConfigBundle]):
         return {**super().summary(), "pool": pool.model_dump() if pool else None}
 
     def authenticate(self, key: str, now_ts: float) -> str | None:
-        """The client id owning ``key``, or None (unknown, malformed, expired)."""
+        """The client id owning ``key``, or None (unknown, malformed, expired, leaving)."""
+        client_id = self._owner(key, now_ts)
+        return None if client_id in self.leaving else client_id
+
+    def _owner(self, key: str, now_ts: float) -> str | None:
         bundle = self.usable(datetime.fromtimestamp(now_ts, UTC))
         prefix = api_key_prefix(key)
         if bundle is None or prefix is None:

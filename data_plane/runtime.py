@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Collection
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -148,6 +149,7 @@ class Runtime:
         )
         self.engines = EnginePool(settings)
         self.sessions = SessionStore(settings.node_id, max_open=settings.sessions.max_open)
+        self.sessions.admits = self.config.admits
         self.sessions.add_end_hook(self.usage.on_session_end)
         self.retrieval = Retrieval(settings) if settings.retrieval.enabled else None
         limits = settings.limits
@@ -214,17 +216,40 @@ class Runtime:
                 raise ConfigRejected(
                     422, "model_unavailable", "a pinned model failed to load on this node"
                 ) from None
-            self.config.commit(token, bundle)
+            placed = {c.id for c in bundle.clients}
+            held = self.config.current.clients if self.config.current else ()
+            try:
+                # A client this config no longer places here (moved to another pool,
+                # disabled): its key stops working and its sessions end *before* the
+                # config lets anyone new in, so on a dedicated pool changing hands no
+                # turn of the client leaving runs beside one of the client arriving.
+                self.config.leaving = frozenset(c.id for c in held) - placed
+                await self._end_sessions(self._sessions_of(self.config.leaving))
+                self.config.commit(token, bundle)
+            finally:
+                self.config.leaving = frozenset()
             self.tls.install(bundle.tls)
             for engine in self.engines.retired(bundle):
                 await self._retire(engine)
-            placed = {c.id for c in bundle.clients}
-            unplaced = [s for s in self.sessions.open_sessions() if s.client_id not in placed]
-            if unplaced:
-                # A client moved to another pool (or disabled): its keys are gone from
-                # this node, and so is what its sessions held here.
-                await self._end_sessions(unplaced)
+            await self._drop_unplaced(placed)
             return bundle
+
+    def _sessions_of(self, clients: Collection[str]) -> list[Session]:
+        return [s for s in self.sessions.open_sessions() if s.client_id in clients]
+
+    async def _drop_unplaced(self, placed: set[str]) -> None:
+        """What clients no longer placed here left: a session opened in the instant
+        before their key stopped working, their knowledge bases (load them again on
+        their new pool's nodes: docs/rag.md)."""
+        await self._end_sessions(
+            [s for s in self.sessions.open_sessions() if s.client_id not in placed]
+        )
+        if self.retrieval is None:
+            return
+        for kb in await self.retrieval.store.knowledge_bases():
+            if kb.client_id not in placed:
+                await self.retrieval.store.delete_knowledge_base(kb.client_id, kb.name)
+                logger.info("knowledge base dropped: client %s is not placed here", kb.client_id)
 
     async def _retire(self, engine: Engine) -> None:
         """Unload a model the new bundle no longer pins, and end its sessions.

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from data_plane.engine.base import Engine, Sequence
-from data_plane.errors import Conflict, NotFound, TooManyRequests
+from data_plane.errors import Conflict, NotFound, TooManyRequests, Unauthorized
 from shared.config import ModelSpec
 from shared.routing import new_session_id
 
@@ -99,6 +99,9 @@ class SessionStore:
     def __init__(self, node: str, max_open: int = 1024) -> None:
         self.node = node
         self.max_open = max_open
+        # Whether a client may open a session now (the runtime's config decides; a
+        # request authenticated just before its client's placement ended is refused).
+        self.admits: Callable[[str], bool] = lambda client_id: True
         self._sessions: dict[str, Session] = {}
         self._end_hooks: list[EndHook] = []
         self._lock = asyncio.Lock()
@@ -123,6 +126,8 @@ class SessionStore:
         one_shot: bool = False,
     ) -> Session:
         async with self._lock:
+            if not self.admits(client_id):
+                raise Unauthorized("invalid, expired or revoked API key")
             if self.count(client_id) >= max_sessions:
                 raise TooManyRequests(
                     f"client has {max_sessions} open sessions, its limit; "

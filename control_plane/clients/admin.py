@@ -19,7 +19,13 @@ from control_plane.audit.services import quota_use
 from control_plane.clients.choices import ApiKeyStatus
 from control_plane.clients.models import ApiKey, Client
 from control_plane.clients.querysets import ApiKeyQuerySet, ClientQuerySet, KeyCounts
-from control_plane.clients.services import IssuedKey, issue_api_key, revoke_api_key, rotate_api_key
+from control_plane.clients.services import (
+    IssuedKey,
+    issue_api_key,
+    revoke_api_key,
+    rotate_api_key,
+    save_client,
+)
 from control_plane.core.errors import Conflict
 from control_plane.fleet.placement import sharing_with
 
@@ -152,6 +158,9 @@ class ClientAdmin(admin.ModelAdmin):
         # From Client's manager, so a ClientQuerySet (django-stubs types it as a plain one).
         clients = cast(ClientQuerySet, super().get_queryset(request))
         return clients.with_key_counts().prefetch_related("model_pins")
+
+    def save_model(self, request: HttpRequest, obj: Client, form: Any, change: bool) -> None:
+        save_client(obj)  # under its pool's lock: a dedicated pool takes one client
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         # Receipts and nodes know the client by its id: it never changes once made.

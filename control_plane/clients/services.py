@@ -17,6 +17,9 @@ from django.utils import timezone
 from control_plane.changes.choices import ChangeAction
 from control_plane.clients.models import ApiKey, Client
 from control_plane.core.errors import Conflict
+from control_plane.fleet.models import NodePool
+from control_plane.fleet.placement import check_client_placement
+from control_plane.knowledge.models import DocumentCopy
 from shared.config import new_api_key
 
 # A fresh prefix colliding is a 1-in-57^8 event; try again rather than fail.
@@ -86,3 +89,25 @@ def revoke_api_key(api_key: ApiKey, *, reason: str = "") -> ApiKey:
             locked.set_change_action(ChangeAction.REVOKE_KEY)
             locked.save()
     return locked
+
+
+def save_client(client: Client) -> Client:
+    """Save ``client`` on its node pool, under the pool's row lock, so a dedicated pool
+    takes exactly one client however many are placed on it at once (``ValidationError``
+    for the second).
+
+    A node keeps no data of a client its config does not list: one that moved to another
+    pool, or was disabled, loses its knowledge bases' copies on the nodes that no longer
+    serve it when they apply that config, and the catalog forgets those copies here. The
+    documents stay in the catalog: load them again for the nodes that serve it now
+    (docs/rag.md).
+    """
+    with transaction.atomic():
+        pool = NodePool.objects.select_for_update().get(pk=client.pool.pk)
+        check_client_placement(pool, client)
+        client.save()
+        copies = DocumentCopy.objects.filter(document__knowledge_base__client=client)
+        if client.is_active:
+            copies = copies.exclude(node__pool=client.pool_id)
+        copies.delete()
+    return client

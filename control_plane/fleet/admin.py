@@ -20,7 +20,7 @@ from control_plane.core.admin import (
 )
 from control_plane.core.models import RELEASE_FIELDS
 from control_plane.fleet.models import ConfigRelease, Node, NodePool, NodeState
-from control_plane.fleet.placement import node_load, pool_capacity
+from control_plane.fleet.placement import node_load, pool_capacity, save_pool
 from control_plane.fleet.rollout import NODES
 
 
@@ -34,6 +34,9 @@ class NodeInline(admin.TabularInline):
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # a node joins a pool from its own page
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Node]:
+        return super().get_queryset(request).select_related("state")
 
     @admin.display(description="slots busy / slots, waiting, open sessions (last health)")
     def load(self, obj: Node) -> str:
@@ -69,6 +72,9 @@ class NodePoolAdmin(admin.ModelAdmin):
         "updated_at",
     )
     inlines = (NodeInline,)
+
+    def save_model(self, request: HttpRequest, obj: NodePool, form: Any, change: bool) -> None:
+        save_pool(obj)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[NodePool]:
         return (

@@ -59,6 +59,15 @@ class NodePool(ChangeLoggedModel):
         return self.kind == PoolKind.DEDICATED
 
     def clean(self) -> None:
+        if self.pk:
+            stored = NodePool.objects.filter(pk=self.pk).values_list("name", flat=True).first()
+            if stored == DEFAULT_POOL and self.name != DEFAULT_POOL:
+                raise ValidationError(
+                    {
+                        "name": f"Pool {DEFAULT_POOL} keeps its name: nodes and clients that are "
+                        "not placed go to it."
+                    }
+                )
         if self.pk and self.dedicated:
             placed = self.clients.count()
             if placed > 1:

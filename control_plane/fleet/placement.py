@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
+from django.db import transaction
 
 from control_plane.core.choices import HealthStatus
 from control_plane.fleet.models import Node, NodePool
@@ -30,11 +31,21 @@ def check_client_placement(pool: NodePool, client: Client) -> None:
         )
 
 
+def save_pool(pool: NodePool) -> NodePool:
+    """Save ``pool`` under its row lock (placing a client takes the same lock), so it
+    can't turn dedicated while a second client is being placed on it."""
+    with transaction.atomic():
+        if pool.pk:
+            NodePool.objects.select_for_update().get(pk=pool.pk)
+        pool.clean()
+        pool.save()
+    return pool
+
+
 def sharing_with(client: Client) -> list[str]:
     """The other clients whose sessions may run on the same hardware as ``client``'s."""
-    return list(
-        client.pool.clients.exclude(pk=client.pk).order_by("slug").values_list("slug", flat=True)
-    )
+    # From the pool's clients as loaded (the API prefetches them for a whole page).
+    return sorted(c.slug for c in client.pool.clients.all() if c.pk != client.pk)
 
 
 def node_load(node: Node) -> dict[str, Any]:
@@ -64,7 +75,9 @@ def node_load(node: Node) -> dict[str, Any]:
 def pool_capacity(pool: NodePool) -> dict[str, Any]:
     """The pool at a glance: its nodes' loads and their sums over the nodes that take new
     sessions (enabled, not draining, healthy at the last poll)."""
-    nodes = [node_load(n) for n in pool.nodes.select_related("state").order_by("name")]
+    # From the pool's nodes as loaded (the API and the admin prefetch them with their
+    # state), sorted here so a prefetched list needs no query of its own.
+    nodes = [node_load(n) for n in sorted(pool.nodes.all(), key=lambda n: n.name)]
     serving = [
         n for n in nodes if n["enabled"] and not n["draining"] and n["health"] == HealthStatus.OK
     ]

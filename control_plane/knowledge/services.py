@@ -132,9 +132,9 @@ class Report:
 
 
 def serving_nodes(client: Client) -> list[Node]:
-    """The nodes that serve ``client``: today every enabled node serves every client
-    (as ``build_bundle`` does); placement on pools will narrow this here, in one place."""
-    return list(Node.objects.enabled().order_by("name"))
+    """The nodes that serve ``client``: the enabled nodes of its pool (as ``build_bundle``
+    places it). Its documents go to these and to no other node."""
+    return list(Node.objects.enabled().filter(pool=client.pool_id).order_by("name"))
 
 
 # --- Talking to a node ---------------------------------------------------------------------

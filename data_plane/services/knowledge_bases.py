@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from data_plane.errors import NotFound, Unavailable
+from data_plane.errors import Conflict, NotFound, Unavailable
 from data_plane.fair_queue import NODE_WORK
 from data_plane.rag import Retrieval
 from data_plane.rag.chunking import Chunk
@@ -90,7 +90,14 @@ class KnowledgeBaseService:
     async def ingest(
         self, client_id: str, knowledge_base: str, files: list[IngestFile]
     ) -> list[Outcome]:
-        """Load ``files`` into ``client_id``'s knowledge base ``knowledge_base``."""
+        """Load ``files`` into ``client_id``'s knowledge base ``knowledge_base``; only for
+        a client placed on this node's pool (409 otherwise: its data has no place here)."""
+        if not self.runtime.config.places(client_id):
+            raise Conflict(
+                f"client {client_id} is not placed on this node's pool",
+                param="client_id",
+                code="client_not_placed",
+            )
         retrieval = self.retrieval
         started = time.monotonic()
         outcomes: dict[int, Outcome] = {}

@@ -7,8 +7,9 @@ from rest_framework.validators import UniqueValidator
 
 from control_plane.clients.choices import ApiKeyStatus
 from control_plane.clients.models import ApiKey, Client
+from control_plane.clients.services import save_client
 from control_plane.clients.validators import bundle_name_validator
-from control_plane.fleet.models import NodePool
+from control_plane.fleet.models import NodePool, default_pool_id
 from control_plane.fleet.placement import check_client_placement, sharing_with
 
 
@@ -70,10 +71,20 @@ class ClientSerializer(serializers.ModelSerializer):
         return value
 
     def validate(self, attrs: dict) -> dict:
-        pool = attrs.get("pool")
-        if pool is not None:
-            check_client_placement(pool, self.instance or Client())
+        pool = attrs.get("pool") or (
+            self.instance.pool if self.instance else NodePool.objects.get(pk=default_pool_id())
+        )
+        check_client_placement(pool, self.instance or Client(pool=pool))
+        attrs["pool"] = pool
         return attrs
+
+    def create(self, validated_data: dict) -> Client:
+        return save_client(Client(**validated_data))
+
+    def update(self, instance: Client, validated_data: dict) -> Client:
+        for name, value in validated_data.items():
+            setattr(instance, name, value)
+        return save_client(instance)
 
     def get_shares_hardware_with(self, obj: Client) -> list[str]:
         return sharing_with(obj)

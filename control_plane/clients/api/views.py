@@ -27,7 +27,7 @@ from control_plane.fleet.models import Node
 
 class ClientViewSet(viewsets.ModelViewSet):
     queryset = Client.objects.select_related("pool").prefetch_related(
-        "model_pins", "knowledge_bases"
+        "model_pins", "knowledge_bases", "pool__clients"
     )
     serializer_class = ClientSerializer
     filterset_class = ClientFilterSet

@@ -32,6 +32,14 @@ class Migration(migrations.Migration):
             field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.PROTECT, related_name='clients', to='fleet.nodepool', verbose_name='node pool'),
         ),
         migrations.RunPython(place_on_default, migrations.RunPython.noop),
+        # Not null first with no default (a callable default would be called here, on
+        # the live model, against the tables as they are at this migration), then the
+        # default, which is Python-side only and touches no row.
+        migrations.AlterField(
+            model_name='client',
+            name='pool',
+            field=models.ForeignKey(help_text="The nodes that serve it: only this pool's nodes hold its keys.", on_delete=django.db.models.deletion.PROTECT, related_name='clients', to='fleet.nodepool', verbose_name='node pool'),
+        ),
         migrations.AlterField(
             model_name='client',
             name='pool',

@@ -15,7 +15,7 @@ from control_plane.core.api.serializers import (
 )
 from control_plane.core.models import RELEASE_FIELDS, rollout_state
 from control_plane.fleet.models import ConfigRelease, Node, NodePool, NodeState
-from control_plane.fleet.placement import pool_capacity
+from control_plane.fleet.placement import pool_capacity, save_pool
 
 
 class NodePoolSerializer(serializers.ModelSerializer):
@@ -48,10 +48,16 @@ class NodePoolSerializer(serializers.ModelSerializer):
 
     def validate(self, attrs: dict) -> dict:
         pool = self.instance
-        if pool is not None and "kind" in attrs:
-            candidate = NodePool(pk=pool.pk, name=pool.name, kind=attrs["kind"])
-            candidate.clean()
+        if pool is not None:
+            NodePool(
+                pk=pool.pk, name=attrs.get("name", pool.name), kind=attrs.get("kind", pool.kind)
+            ).clean()
         return attrs
+
+    def update(self, instance: NodePool, validated_data: dict) -> NodePool:
+        for name, value in validated_data.items():
+            setattr(instance, name, value)
+        return save_pool(instance)
 
     def get_models(self, obj: NodePool) -> list[str]:
         return sorted({f"{p.name}@{p.version}" for p in obj.model_pins.all() if p.enabled})

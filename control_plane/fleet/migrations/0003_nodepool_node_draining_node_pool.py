@@ -56,6 +56,14 @@ class Migration(migrations.Migration):
             field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.PROTECT, related_name='nodes', to='fleet.nodepool'),
         ),
         migrations.RunPython(place_on_default, migrations.RunPython.noop),
+        # Not null first with no default (a callable default would be called here, on
+        # the live model, against the tables as they are at this migration), then the
+        # default, which is Python-side only and touches no row.
+        migrations.AlterField(
+            model_name='node',
+            name='pool',
+            field=models.ForeignKey(help_text='It serves the clients and models placed on this pool.', on_delete=django.db.models.deletion.PROTECT, related_name='nodes', to='fleet.nodepool'),
+        ),
         migrations.AlterField(
             model_name='node',
             name='pool',
