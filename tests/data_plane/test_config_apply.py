@@ -25,7 +25,7 @@ from shared.models import DEFAULT_MODEL_NAME
 from shared.signed_request import SignedRequestAuth, SignedRequestError, authorization, open_answer
 from shared.trust import MANAGEMENT
 from shared.usage import USAGE_PATH
-from tests.conftest import Node, make_tenant, wait_until
+from tests.conftest import Node, ingest, make_tenant, wait_until
 
 pytestmark = pytest.mark.model
 
@@ -364,3 +364,27 @@ def test_a_node_that_lost_its_trust_set_trusts_nothing_until_reset(
     node.start()
     assert node.put_config(token).status_code == 200
     assert serving(node, tenant.key)
+
+
+def test_a_node_keeps_no_knowledge_base_of_a_client_it_no_longer_serves(
+    fresh_node: Node, model_spec: ModelSpec
+) -> None:
+    node = fresh_node
+    node.start()
+    acme = make_tenant("acme", (DEFAULT_MODEL_NAME,), knowledge_bases=("handbook",))
+    other = make_tenant("other", (DEFAULT_MODEL_NAME,))
+    node.push([model_spec], [acme, other])
+    ingest(node, "acme", "handbook", {"leave.md": b"# Leave\n\nThirty days a year."})
+    assert [kb["client"] for kb in health(node)["knowledge_bases"]] == ["acme"]
+
+    # Documents of a client not placed on this node have no place here.
+    document = {"name": "x.md", "content": base64.b64encode(b"# X\n\nY.").decode()}
+    with node.management_client() as m:
+        r = m.post(
+            "/internal/knowledge-bases/stranger/kb/documents", json={"documents": [document]}
+        )
+    assert r.status_code == 409 and r.json()["error"]["code"] == "client_not_placed"
+
+    # acme moves to another pool: this node's next config no longer lists it.
+    node.push([model_spec], [other])
+    assert health(node)["knowledge_bases"] == []

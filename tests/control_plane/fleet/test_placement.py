@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import pytest
 from django.test import Client as BrowserClient
+from django.utils import timezone
 from pydantic import ValidationError as ContractError
 
+from control_plane.clients.services import save_client
 from control_plane.core.choices import HealthStatus
 from control_plane.fleet.choices import PoolKind
-from control_plane.fleet.models import DEFAULT_POOL, NodePool, NodeState
+from control_plane.fleet.models import DEFAULT_POOL, NodePool, NodeState, default_pool_id
 from control_plane.fleet.rollout import build_bundle
+from control_plane.knowledge.choices import CopyStatus
+from control_plane.knowledge.models import DocumentCopy, KnowledgeBase, KnowledgeDocument
+from control_plane.knowledge.services import serving_nodes
 from control_plane.network.models import GatewayUpstream
 from control_plane.network.rollout import build_gateway_config
 from control_plane.network.services import provision_peer
@@ -228,3 +233,44 @@ def test_the_admin_shows_who_shares_hardware_and_each_pools_capacity(admin_user,
         },
     )
     assert refused.status_code == 200 and "dedicated to client bank" in refused.content.decode()
+
+
+def test_knowledge_bases_follow_placement(pools):
+    """Documents go to the client's pool only; moving or disabling the client forgets
+    the copies on the nodes that no longer serve it (those nodes drop them)."""
+    bank = ClientFactory(slug="bank", pool=pools["shared"])
+    n1, n2 = (
+        NodeFactory(name="n1", pool=pools["shared"]),
+        NodeFactory(name="n2", pool=pools["solo"]),
+    )
+    assert serving_nodes(bank) == [n1]
+    kb = KnowledgeBase.objects.create(client=bank, name="handbook")
+    document = KnowledgeDocument.objects.create(
+        knowledge_base=kb, name="a.md", bytes=1, sha256="0" * 64, loaded_at=timezone.now()
+    )
+    DocumentCopy.objects.create(document=document, node=n1, status=CopyStatus.LOADED)
+
+    bank.pool = pools["solo"]
+    save_client(bank)
+    assert serving_nodes(bank) == [n2]
+    assert not DocumentCopy.objects.exists()
+
+    DocumentCopy.objects.create(document=document, node=n2, status=CopyStatus.LOADED)
+    bank.is_active = False
+    save_client(bank)
+    assert not DocumentCopy.objects.exists()
+
+
+def test_placements_wait_for_the_pools_lock_and_the_default_pool_keeps_its_name(admin_api):
+    default = NodePool.objects.get(pk=default_pool_id())
+    renamed = admin_api.patch(f"/api/node-pools/{default.pk}/", {"name": "x"}, format="json")
+    assert renamed.status_code == 400 and "name" in renamed.json()
+
+    # Made without a pool, a client lands on the default pool: a dedicated one takes
+    # no second client that way either.
+    NodePool.objects.filter(pk=default.pk).update(kind=PoolKind.DEDICATED)
+    assert (
+        admin_api.post("/api/clients/", {"id": "a", "name": "A"}, format="json").status_code == 201
+    )
+    second = admin_api.post("/api/clients/", {"id": "b", "name": "B"}, format="json")
+    assert second.status_code == 400 and "dedicated to client a" in str(second.json())
