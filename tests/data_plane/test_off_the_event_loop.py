@@ -9,7 +9,9 @@ opened: here another client's whole chat is answered while it is still shut.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,20 @@ def _bundle(settings: Settings, model_spec: ModelSpec, version: int, *tenants: T
     return sign_bundle(bundle, ring.signer(CONFIG))
 
 
+@contextlib.asynccontextmanager
+async def _running(settings: Settings, token: str, gate: threading.Event) -> AsyncIterator[Runtime]:
+    """A started runtime serving the config ``token``; the gate is opened at the end, so
+    nothing the test holds back outlives it."""
+    runtime = Runtime(settings)
+    await runtime.start()
+    try:
+        await runtime.apply_config(token)
+        yield runtime
+    finally:
+        gate.set()
+        await runtime.stop()
+
+
 def _post(c: httpx.AsyncClient, tenant: Tenant, content: str, route: str = "chat") -> Any:
     headers = {"Authorization": f"Bearer {tenant.key}"}
     if route == "chat":
@@ -78,10 +94,9 @@ def test_another_client_is_answered_while_a_prompt_is_being_built(
     gate, entered = threading.Event(), threading.Event()
 
     async def main() -> tuple[int, bool, int]:
-        runtime = Runtime(settings)
-        await runtime.start()
-        try:
-            await runtime.apply_config(_bundle(settings, model_spec, 1, slow, fast))
+        async with _running(
+            settings, _bundle(settings, model_spec, 1, slow, fast), gate
+        ) as runtime:
             (engine,) = runtime.engines.loaded()
             real_chat, real_text = engine.chat_tokens, engine.text_tokens
 
@@ -105,9 +120,6 @@ def test_another_client_is_answered_while_a_prompt_is_being_built(
                 gate.set()
                 first = await gated
             return other.status_code, still_waiting, first.status_code
-        finally:
-            gate.set()
-            await runtime.stop()
 
     other, still_waiting, first = asyncio.run(main())
     assert other == 200
@@ -124,10 +136,9 @@ def test_clients_are_answered_while_a_new_config_hashes_its_model_files(
     gate, entered = threading.Event(), threading.Event()
 
     async def main() -> tuple[int, bool, int]:
-        runtime = Runtime(settings)
-        await runtime.start()
-        try:
-            await runtime.apply_config(_bundle(settings, model_spec, 1, slow, fast))
+        async with _running(
+            settings, _bundle(settings, model_spec, 1, slow, fast), gate
+        ) as runtime:
             files = runtime.config.files
             real_sha256 = files.sha256
 
@@ -148,9 +159,6 @@ def test_clients_are_answered_while_a_new_config_hashes_its_model_files(
             gate.set()
             applied = await applying
             return other.status_code, still_hashing, applied.version
-        finally:
-            gate.set()
-            await runtime.stop()
 
     answered, still_hashing, version = asyncio.run(main())
     assert answered == 200
