@@ -85,6 +85,7 @@ class Streamed:
     status: int
     first: float  # seconds from sending to its first text (NaN if refused)
     end: float  # seconds from sending to its last byte
+    headers: float  # seconds from sending to the answer's status line and headers
     prompt_tokens: int
     completion_tokens: int
     session: str | None  # the session it ran in (the answer's X-Sanctum-Session)
@@ -93,7 +94,7 @@ class Streamed:
 async def stream_chat(
     client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> Streamed:
-    """Stream a chat and time it: to its first text and to its end."""
+    """Stream a chat and time it: to its headers, to its first text and to its end."""
     sent = time.perf_counter()
     first = 0.0
     usage: dict[str, int] = {}
@@ -101,11 +102,12 @@ async def stream_chat(
     async with client.stream(
         "POST", "/chat/completions", json=streamed, headers=headers
     ) as response:
+        headers_at = time.perf_counter() - sent
         session = response.headers.get("x-sanctum-session")
         if response.status_code != 200:
             await response.aread()
             elapsed = time.perf_counter() - sent
-            return Streamed(response.status_code, float("nan"), elapsed, 0, 0, session)
+            return Streamed(response.status_code, float("nan"), elapsed, headers_at, 0, 0, session)
         async for line in response.aiter_lines():
             if not line.startswith("data: {"):
                 continue
@@ -119,6 +121,7 @@ async def stream_chat(
         200,
         (first or end) - sent,
         end - sent,
+        headers_at,
         usage.get("prompt_tokens", 0),
         usage.get("completion_tokens", 0),
         session,
