@@ -11,6 +11,7 @@ import datetime as _dt
 import os
 import platform
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,59 @@ def machine() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_ticks() -> int:
+    """CPU time the whole machine spent busy (stolen by the host included), in ticks."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return user + nice + system + irq + softirq + steal
+
+
+def _tree_ticks(roots: set[int]) -> int:
+    """CPU time of ``roots`` and every process below them (threads included), in ticks."""
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ... utime stime: comm may hold spaces, so split after ')'.
+        fields = stat.rsplit(")", 1)[-1].split()
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = int(fields[11]) + int(fields[12])
+    ours = set(roots)
+    grew = True
+    while grew:
+        below = {pid for pid, parent in parents.items() if parent in ours} - ours
+        ours |= below
+        grew = bool(below)
+    return sum(times.get(pid, 0) for pid in ours)
+
+
+class OtherLoad:
+    """How much of the machine other processes took while a benchmark ran: the machine's
+    busy time less this process's tree and ``roots`` (daemons such as nginx, which leave
+    the tree), as a share of every core's time. On a shared machine a share above a few
+    percent means the numbers were disturbed."""
+
+    def __init__(self, roots: set[int] | None = None) -> None:
+        self.roots = {os.getpid(), *(roots or set())}
+        self._wall = time.monotonic()
+        self._busy = _busy_ticks()
+        self._ours = _tree_ticks(self.roots)
+
+    def share(self) -> float:
+        """Since this object was made."""
+        wall = time.monotonic() - self._wall
+        others = (_busy_ticks() - self._busy) - (_tree_ticks(self.roots) - self._ours)
+        return max(0.0, others / _TICKS) / (wall * (os.cpu_count() or 1))
 
 
 def write_section(name: str, body: str) -> None:
