@@ -550,8 +550,13 @@ def _report(timings: Timings, load: Rounds[dict[str, LoadRound]], elapsed: float
     ttft, (ttft_low, ttft_high) = median(pooled["ttft"]), median_interval(pooled["ttft"])
     headers_high = median_interval(pooled["headers"])[1]
     round_trip_high = median_interval(pooled["round_trip"])[1]
-    shown = ttft < 0.005 and max(headers_high, round_trip_high) < 0.005
-    verdict = "under" if shown else "**not** shown to be under"
+    own_parts = max(headers_high, round_trip_high) < 0.005
+    if ttft_high < 0.005:
+        verdict = "under the 5 ms the issue asks for, the whole interval"
+    elif ttft < 0.005 and own_parts:
+        verdict = "the median is under the 5 ms the issue asks for, the interval's upper end not"
+    else:
+        verdict = "**not** shown to be under the 5 ms the issue asks for"
     swing = median(
         [
             quantile(xs, 0.9) - median(xs)
@@ -630,14 +635,13 @@ session's chat (routed by the route map, like the chat), timed right after it.
 {_added_table(timings)}
 
 Routing adds **{ttft * 1000:+.1f} ms** to the first token over all {len(pooled["ttft"])} routed
-requests (95% interval {ttft_low * 1000:+.1f} to {ttft_high * 1000:+.1f} ms): {verdict} the
-5 ms the issue asks for. This interval is wider than the other two because the node's own
-time to the first token (its prefill and first decode step, on one thread) swings from
-one request to the next: its p90 is {swing * 1000:.0f} ms above its median straight to a
-node, kept alive. The parts of the way that routing touches, measured without that
-swing, add at most {headers_high * 1000:+.1f} ms (to the answer's headers) and
-{round_trip_high * 1000:+.1f} ms (round trip), upper ends of their 95% intervals over
-every routed request.
+requests (95% interval {ttft_low * 1000:+.1f} to {ttft_high * 1000:+.1f} ms): {verdict}.
+This interval is wider than the other two because the node's own time to the first
+token (its prefill and first decode step, on one thread) swings from one request to the
+next: its p90 is {swing * 1000:.0f} ms above its median straight to a node, kept alive. The
+parts of the way that routing touches, measured without that swing, add at most
+{headers_high * 1000:+.1f} ms (to the answer's headers) and {round_trip_high * 1000:+.1f} ms
+(round trip), upper ends of their 95% intervals over every routed request.
 
 ### Aggregate throughput: a pool of two nodes against one
 
