@@ -57,7 +57,7 @@ def _tokens(r: httpx.Response) -> int:
 
 async def _refused(response_status: int, headers: httpx.Headers | None) -> None:
     if response_status == 429:
-        wait = float((headers or {}).get("retry-after", "1"))
+        wait = float(headers.get("retry-after", "1") if headers is not None else "1")
         await asyncio.sleep(min(wait, 10))
 
 
