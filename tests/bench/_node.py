@@ -26,11 +26,18 @@ MODEL = DEFAULT_MODEL_NAME
 
 
 @contextlib.contextmanager
-def running_node(
-    tenants: list[Tenant], node_id: str = "node-1", pool: PoolSpec | None = None, **env: str
+def running_node(tenants: list[Tenant], **env: str) -> Iterator[Node]:
+    """``python -m data_plane serve`` with the bundled model and ``tenants``."""
+    with placed_node(tenants, "node-1", None, **env) as node:
+        yield node
+
+
+@contextlib.contextmanager
+def placed_node(
+    tenants: list[Tenant], node_id: str, pool: PoolSpec | None, **env: str
 ) -> Iterator[Node]:
-    """``python -m data_plane serve`` named ``node_id``, in ``pool``, with the bundled
-    model and ``tenants`` (its bundle names the node, as a node takes no other)."""
+    """A node named ``node_id``, in ``pool``, with the bundled model and ``tenants`` (its
+    bundle names the node, as a node takes no other)."""
     with tempfile.TemporaryDirectory() as tmp:
         node = new_node(
             Path(tmp), SANCTUM_DP_LOG_LEVEL="WARNING", SANCTUM_DP_NODE_ID=node_id, **env
