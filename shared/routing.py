@@ -12,11 +12,13 @@ it holds, of the client that opened them.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 
 ROUTE_LENGTH = 12  # hex characters: 48 bits, no two nodes of a fleet share one
 ROUTE_TAG = f"[0-9a-f]{{{ROUTE_LENGTH}}}"
 """A route tag as a regular expression (Python's and nginx's PCRE alike)."""
+SESSION_ID = re.compile(rf"^sess_(?P<route>{ROUTE_TAG})_[0-9a-f]{{32}}$")
 
 
 def route_tag(node: str) -> str:

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import subprocess
 import tempfile
 import time
@@ -64,7 +63,7 @@ import httpx
 from data_plane.gateway.nginx import RenderPaths, render
 from shared.config import PoolSpec
 from shared.gateway import GatewayConfig, Upstream, WireGuardInterface, make_peer
-from shared.routing import ROUTE_TAG, route_tag
+from shared.routing import SESSION_ID, route_tag
 from shared.wireguard import generate_key_pair, generate_preshared_key
 from tests.bench import OtherLoad, write_section
 from tests.bench._node import (
@@ -168,9 +167,6 @@ def _nginx(root: Path, nodes: list[Node]) -> Iterator[str]:
 
 def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
-
-
-SESSION_ID = re.compile(rf"^sess_(?P<route>{ROUTE_TAG})_[0-9a-f]{{32}}$")
 
 
 def _node_of(session: str | None, tags: dict[str, str]) -> str:
