@@ -165,7 +165,9 @@ def routes(config: GatewayConfig | None) -> Routes:
 
 
 def _upstream(name: str, comment: str, lines: list[str], keepalive: int) -> str:
-    body = _entry_lines([*lines, f"keepalive {keepalive};"], "        ")
+    # A shared zone: every worker balances with the same connection counts and marks a
+    # failed node for all (without it each worker keeps its own, and picks alone).
+    body = _entry_lines([f"zone {name} 64k;", *lines, f"keepalive {keepalive};"], "        ")
     return f"    upstream {name} {{  # {comment}\n{body}\n    }}"
 
 
