@@ -11,9 +11,7 @@ if TYPE_CHECKING:
 
 
 class NodeQuerySet(RolloutTargetQuerySet["Node"]):
-    def serving(self) -> NodeQuerySet:
-        """Nodes that take new sessions: enabled and not draining."""
-        return self.filter(enabled=True, draining=False)
+    pass
 
 
 class ConfigReleaseQuerySet(ReleaseQuerySet["ConfigRelease"]):
