@@ -56,7 +56,7 @@ def engine_config(spec: ModelSpec, settings: Settings) -> EngineConfig:
         ),
         chat_template=spec.chat_template,
         threads=es.threads,
-        n_gpu_layers=es.n_gpu_layers,
+        n_gpu_layers=es.n_gpu_layers if spec.gpu_layers is None else spec.gpu_layers,
         max_sequences=es.max_sequences,
         batch_size=es.batch_size,
         prefill_chunk=es.prefill_chunk,

@@ -53,6 +53,12 @@ class ModelSpec(_Contract):
     chat_template: str | None = Field(
         default=None, description="Jinja chat template; the GGUF's own when null"
     )
+    gpu_layers: int | None = Field(
+        default=None,
+        ge=-1,
+        le=100_000,
+        description="layers offloaded to the GPU (-1: all); the node's setting when null",
+    )
 
 
 class ApiKeySpec(_Contract):

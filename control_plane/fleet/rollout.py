@@ -59,6 +59,7 @@ def build_bundle(node: Node, version: int, stamp: ReleaseStamp | None = None) ->
             path=pin.path,
             context_size=pin.context_size,
             chat_template=pin.chat_template or None,
+            gpu_layers=pin.gpu_layers,
         )
         for pin in pins
     )

@@ -43,7 +43,10 @@ class ModelPinAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "version", "path", "enabled", "staged", "supersedes")}),
         ("File", {"fields": ("sha256", "hash_status", "hash_error", "hash_checked_at")}),
-        ("Serving", {"fields": ("context_size", "chat_template", "clients", "pools")}),
+        (
+            "Serving",
+            {"fields": ("context_size", "gpu_layers", "chat_template", "clients", "pools")},
+        ),
         ("Record", {"fields": ("created_at", "updated_at")}),
     )
     _always_read_only = (

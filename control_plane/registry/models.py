@@ -41,6 +41,14 @@ class ModelPin(ChangeLoggedModel):
     chat_template = models.TextField(
         blank=True, help_text="Jinja chat template; blank uses the GGUF's own."
     )
+    gpu_layers = models.IntegerField(
+        "GPU layers",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(-1), MaxValueValidator(100_000)],
+        help_text="Layers offloaded to the GPU (-1: all, 0: none); blank takes the node's "
+        "SANCTUM_DP_ENGINE__N_GPU_LAYERS.",
+    )
     clients = models.ManyToManyField(Client, blank=True, related_name="model_pins")
     pools = models.ManyToManyField(
         NodePool,
@@ -80,6 +88,7 @@ class ModelPin(ChangeLoggedModel):
         "hash_status",
         "context_size",
         "chat_template",
+        "gpu_layers",
         "clients",
         "pools",
         "enabled",

@@ -46,6 +46,7 @@ class ModelPinSerializer(serializers.ModelSerializer):
             "hash_checked_at",
             "context_size",
             "chat_template",
+            "gpu_layers",
             "clients",
             "pools",
             "enabled",

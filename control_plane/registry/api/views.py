@@ -37,6 +37,7 @@ class ModelPinViewSet(viewsets.ModelViewSet):
             path=data["path"],
             context_size=data.get("context_size", 2048),
             chat_template=data.get("chat_template", ""),
+            gpu_layers=data.get("gpu_layers"),
             clients=data.get("clients"),
             pools=data.get("pools"),
             supersede=data.get("supersede", False),

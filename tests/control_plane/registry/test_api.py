@@ -6,7 +6,7 @@ import pytest
 
 from control_plane.registry.models import ModelPin
 from shared.config import file_sha256
-from tests.control_plane.factories import ClientFactory, ModelPinFactory, model_file
+from tests.control_plane.factories import ClientFactory, ModelPinFactory, NodeFactory, model_file
 
 pytestmark = pytest.mark.django_db
 
@@ -91,3 +91,32 @@ def test_upgrading_and_rolling_back_through_the_api(admin_api, auditor_api, on_c
     again = admin_api.post(f"/api/model-pins/{first['id']}/rollback/")
     assert again.status_code == 400 and "supersedes" in again.json()
     assert [p.version for p in ModelPin.objects.servable().filter(name="upgraded")] == ["v1"]
+
+
+def test_gpu_layers_are_set_per_pin_and_reach_the_node_s_engine(admin_api, on_commit):
+    from control_plane.fleet.rollout import build_bundle
+    from data_plane.runtime import engine_config
+    from data_plane.settings import Settings
+
+    path = model_file("gpu-model")
+    with on_commit():
+        created = admin_api.post(
+            "/api/model-pins/",
+            {"name": "gpu-model", "version": "q4", "path": str(path), "gpu_layers": -1},
+            format="json",
+        )
+    assert created.status_code == 201, created.json()
+    assert created.json()["gpu_layers"] == -1
+    bad = admin_api.patch(
+        f"/api/model-pins/{created.json()['id']}/", {"gpu_layers": -2}, format="json"
+    )
+    assert bad.status_code == 400 and "gpu_layers" in bad.json()
+
+    node = NodeFactory()
+    (spec,) = build_bundle(node, 1).models
+    node_default = Settings(engine={"n_gpu_layers": 0})
+    assert engine_config(spec, node_default).n_gpu_layers == -1
+
+    admin_api.patch(f"/api/model-pins/{created.json()['id']}/", {"gpu_layers": None}, format="json")
+    (spec,) = build_bundle(node, 2).models
+    assert engine_config(spec, Settings(engine={"n_gpu_layers": 12})).n_gpu_layers == 12
