@@ -181,6 +181,17 @@ def _split_list(value: object) -> object:
     return value
 
 
+class AuthSettings(BaseModel):
+    """Operators' REST API tokens (docs/operations.md, "Operator tokens")."""
+
+    token_ttl_seconds: int = Field(
+        default=30 * 86_400,
+        ge=60,
+        le=366 * 86_400,
+        description="an operator API token expires this long after it is issued",
+    )
+
+
 class ControlPlaneSettings(StrictEnvSettings):
     """Everything the control plane needs from its environment. Holds no client content."""
 
@@ -219,6 +230,7 @@ class ControlPlaneSettings(StrictEnvSettings):
     rollout: RolloutSettings = RolloutSettings()
     ledger: LedgerSettings = LedgerSettings()
     knowledge: KnowledgeSettings = KnowledgeSettings()
+    auth: AuthSettings = AuthSettings()
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "SANCTUM_CP_DATABASE_URL")
     )

@@ -21,7 +21,7 @@ ALL = ("add", "change", "delete", "view")
 
 THIRD_PARTY_ROLES: dict[str, dict[str, tuple[str, ...]]] = {
     "auth": {"admin": ALL},
-    "authtoken": {"admin": ALL},
+    "knox": {"admin": ALL},
 }
 
 

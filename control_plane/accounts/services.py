@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 
 from control_plane.accounts.choices import Role
 from control_plane.accounts.roles import permissions_for
@@ -81,12 +81,16 @@ def create_operator(
 
 
 def issue_api_token(user: User, *, rotate: bool = False) -> str:
-    """The user's REST API token (``Authorization: Token ...``); ``rotate`` replaces it."""
+    """A new REST API token for ``user`` (``Authorization: Token ...``), returned once.
+
+    Only its digest is stored, with an expiry (``SANCTUM_CP_AUTH__TOKEN_TTL_SECONDS``), so
+    a token can't be shown again: issue another. ``rotate`` voids the user's others.
+    """
     with transaction.atomic():
         if rotate:
-            Token.objects.filter(user=user).delete()
-        token, _ = Token.objects.get_or_create(user=user)
-    return token.key
+            AuthToken.objects.filter(user=user).delete()
+        _, token = AuthToken.objects.create(user=user)
+    return token
 
 
 # --- Bootstrapping an installation (``sanctum up``) ---------------------------------------
@@ -155,7 +159,7 @@ def bootstrap_demo(
         auditor = create_operator(
             auditor_username, Role.AUDITOR, reset_password=reset_admin_password
         )
-        auditor_token = issue_api_token(auditor.user)
+        auditor_token = issue_api_token(auditor.user, rotate=reset_admin_password)
     with change_context(source=ChangeSource.COMMAND, user=admin.user):
         client = Client.objects.filter(slug=client_slug).first()
         if client is None:
@@ -218,5 +222,5 @@ def bootstrap_demo(
         releases=releases,
         auditor=auditor,
         auditor_token=auditor_token,
-        admin_token=issue_api_token(admin.user),
+        admin_token=issue_api_token(admin.user, rotate=reset_admin_password),
     )

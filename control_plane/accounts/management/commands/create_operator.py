@@ -1,7 +1,8 @@
 """``python -m control_plane create_operator NAME --role admin|auditor``.
 
 Prints ``SANCTUM_OPERATOR_PASSWORD=...`` when it set a password (new user or
-``--reset-password``) and, with ``--token``, ``SANCTUM_API_TOKEN=...`` for the REST API.
+``--reset-password``) and, with ``--token``, ``SANCTUM_API_TOKEN=...`` for the REST API
+(a new token each time; ``--rotate-tokens`` voids the operator's others).
 """
 
 from typing import Any
@@ -20,7 +21,15 @@ class Command(BaseCommand):
         parser.add_argument("--role", choices=Role.values, required=True)
         parser.add_argument("--email", default="")
         parser.add_argument("--reset-password", action="store_true")
-        parser.add_argument("--token", action="store_true", help="also print an API token")
+        parser.add_argument(
+            "--token",
+            action="store_true",
+            help="also print a new API token (shown once; it expires after "
+            "SANCTUM_CP_AUTH__TOKEN_TTL_SECONDS)",
+        )
+        parser.add_argument(
+            "--rotate-tokens", action="store_true", help="with --token: void the others"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         creds = create_operator(
@@ -33,4 +42,6 @@ class Command(BaseCommand):
         if creds.password:
             self.stdout.write(f"SANCTUM_OPERATOR_PASSWORD={creds.password}")
         if options["token"]:
-            self.stdout.write(f"SANCTUM_API_TOKEN={issue_api_token(creds.user)}")
+            self.stdout.write(
+                f"SANCTUM_API_TOKEN={issue_api_token(creds.user, rotate=options['rotate_tokens'])}"
+            )
