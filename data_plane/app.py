@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from data_plane.api import knowledge_bases, management
-from data_plane.api.routes import embeddings, openai, receipts, sessions, usage
+from data_plane.api.routes import embeddings, health, openai, receipts, sessions, usage
 from data_plane.errors import ApiError, PayloadTooLarge, TooManyRequests
 from data_plane.fair_queue import QueueFull
 from data_plane.rate_limits import RateLimited
@@ -98,7 +98,7 @@ class BodySizeLimit:
         await JSONResponse(err.body(), status_code=err.status)(scope, receive, send)
 
 
-def _install_common(app: FastAPI, max_body_bytes: int) -> None:
+def _install_common(app: FastAPI, max_body_bytes: int, listener: str) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
@@ -166,14 +166,13 @@ def _install_common(app: FastAPI, max_body_bytes: int) -> None:
             # it. (A rate-limit refusal already carries the state it was refused at.)
             for name, value in limited().items():
                 response.headers.setdefault(name, value)
-        route = request.scope.get("route")
+        route = getattr(request.scope.get("route"), "path", None)
+        seconds = time.monotonic() - started
+        # The route template: no ids, no query string (an unmatched path is "-").
         logger.info(
-            "%s %s %d %.1fms",
-            request.method,
-            getattr(route, "path", "-"),  # the route template: no ids, no query string
-            response.status_code,
-            (time.monotonic() - started) * 1000,
+            "%s %s %d %.1fms", request.method, route or "-", response.status_code, seconds * 1000
         )
+        request.app.state.runtime.metrics.request(listener, route, response.status_code, seconds)
         return response
 
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)  # outermost
@@ -194,7 +193,14 @@ def _lifespan(runtime: Runtime, owned: bool) -> Callable[[FastAPI], Any]:
 
 
 # What each listener serves (the fuzz tests read their OpenAPI documents from these).
-CLIENT_ROUTERS = (openai.router, embeddings.router, sessions.router, receipts.router, usage.router)
+CLIENT_ROUTERS = (
+    openai.router,
+    embeddings.router,
+    sessions.router,
+    receipts.router,
+    usage.router,
+    health.router,
+)
 MANAGEMENT_ROUTERS = (management.router, knowledge_bases.router)
 
 
@@ -216,7 +222,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.inference.context_assemblers.append(app.state.retrieval.assemble)
     for router in CLIENT_ROUTERS:
         app.include_router(router)
-    _install_common(app, runtime.settings.max_body_bytes)
+    _install_common(app, runtime.settings.max_body_bytes, "api")
     return app
 
 
@@ -235,5 +241,5 @@ def create_management_app(runtime: Runtime) -> FastAPI:
     app.state.knowledge_bases = KnowledgeBaseService(runtime)
     for router in MANAGEMENT_ROUTERS:
         app.include_router(router)
-    _install_common(app, runtime.settings.max_management_body_bytes)
+    _install_common(app, runtime.settings.max_management_body_bytes, "management")
     return app

@@ -21,6 +21,7 @@ from data_plane.config_store import ConfigRejected, ConfigStore, TrustStore
 from data_plane.engine.base import ClientCaps, Engine, EngineError, ModelInfo
 from data_plane.engine.llama import EngineConfig, LlamaEngine
 from data_plane.fair_queue import FairExecutor
+from data_plane.metrics import EngineState, NodeMetrics, NodeState
 from data_plane.outbox import UsageOutbox
 from data_plane.rag import Retrieval
 from data_plane.rate_limits import RateLimiter
@@ -161,6 +162,8 @@ class Runtime:
             max_total=limits.prompt_queue,
         )
         self.rate_limits = RateLimiter(settings.data_dir / "state" / "usage-counters.json")
+        self.metrics = NodeMetrics(per_client=settings.metrics.per_client)
+        self.metrics.watch(self._metrics_state)
         self.started_at = time.time()
         self._apply_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -233,6 +236,54 @@ class Runtime:
                 await self._retire(engine)
             await self._drop_unplaced(placed)
             return bundle
+
+    def not_ready(self) -> str | None:
+        """Why the node does not serve clients now (``no_config``, ``config_unusable``:
+        untrusted or expired, ``models_loading``), or None: it does."""
+        if self.config.current is None:
+            return "no_config"
+        bundle = self.config.usable()
+        if bundle is None or self.config.problems():
+            return "config_unusable"
+        if any(self.engines.get(spec) is None for spec in bundle.models):
+            return "models_loading"
+        return None
+
+    def _metrics_state(self) -> NodeState:
+        release = self.config.current
+        engines = []
+        for engine in self.engines.loaded():
+            stats, info = engine.stats(), engine.info
+            engines.append(
+                EngineState(
+                    name=info.name,
+                    version=info.version,
+                    sha256=info.sha256,
+                    slots=stats.slots,
+                    slots_busy=stats.slots_busy,
+                    running=sum(stats.running.values()),
+                    waiting=sum(stats.waiting.values()),
+                    parked_sequences=stats.parked_sequences,
+                    parked_bytes=stats.parked_bytes,
+                )
+            )
+        retrieval = self.retrieval
+        queues = {"prompt_builder": sum(self.prompt_work.waiting().values())}
+        if retrieval is not None:
+            queues["embedder"] = sum(retrieval.embedder.waiting().values())
+            queues["document_parser"] = sum(retrieval.parser.waiting().values()) + sum(
+                retrieval.ingest_parser.waiting().values()
+            )
+        return NodeState(
+            node=self.settings.node_id,
+            ready=self.not_ready() is None,
+            config_version=release.version if release else None,
+            config_expires_at=release.expires_at.timestamp() if release else None,
+            sessions_open=len(self.sessions),
+            outbox_pending=self.usage.outbox.pending_count,
+            queues=queues,
+            engines=engines,
+        )
 
     def _sessions_of(self, clients: Collection[str]) -> list[Session]:
         return [s for s in self.sessions.open_sessions() if s.client_id in clients]

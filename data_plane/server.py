@@ -26,6 +26,7 @@ from data_plane.runtime import Runtime
 from data_plane.settings import Settings
 from data_plane.tls import require_tls, uvicorn_tls
 from shared.keys import KeyFileError
+from shared.metrics import MetricsTokenError, read_token, scrape_app
 from shared.pki import CertificateError
 from shared.settings import settings_problems
 
@@ -68,6 +69,8 @@ async def serve(settings: Settings) -> None:
     runtime = Runtime(settings)
     listen = settings.listen
     require_tls(settings.environment, listen.management_host, runtime.tls)
+    if settings.metrics.token_file is not None:
+        require_tls(settings.environment, settings.metrics.host, runtime.tls)
     await runtime.start()
     api = _server(create_app(runtime=runtime), listen.api_host, listen.api_port)
     mgmt = _server(
@@ -76,21 +79,36 @@ async def serve(settings: Settings) -> None:
         listen.management_port,
         **uvicorn_tls(runtime.tls),
     )
+    servers = [api, mgmt]
+    metrics = settings.metrics
+    if metrics.token_file is not None:
+        # The scrape endpoint: on the management side, a listener of its own (the
+        # management one admits the control plane only), TLS with the node's management
+        # certificate once enrolled (no client certificate asked), a bearer token always.
+        scrape = scrape_app(runtime.metrics.registry, read_token(metrics.token_file))
+        tls = uvicorn_tls(runtime.tls, client_certificate=False)
+        servers.append(_server(scrape, metrics.host, metrics.port, **tls))
     scheme = "https" if runtime.tls.enrolled else "http"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(api.serve()), asyncio.create_task(mgmt.serve())]
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
     try:
-        while not (api.started and mgmt.started):
+        while not all(server.started for server in servers):
             if any(t.done() for t in tasks):  # a listener failed to bind
                 break
             await asyncio.sleep(0.05)
-        if api.started and mgmt.started:
+        if all(server.started for server in servers):
+            scraped = (
+                f" metrics={scheme}://{metrics.host}:{_bound_port(servers[2])}/metrics"
+                if len(servers) > 2
+                else ""
+            )
             print(
                 f"SANCTUM_DP_READY api=http://{listen.api_host}:{_bound_port(api)} "
-                f"management={scheme}://{listen.management_host}:{_bound_port(mgmt)}",
+                f"management={scheme}://{listen.management_host}:{_bound_port(mgmt)}"
+                f"{scraped}",
                 flush=True,
             )
             logger.info("node ready node=%s", settings.node_id)
@@ -98,8 +116,8 @@ async def serve(settings: Settings) -> None:
             await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
     finally:
-        api.should_exit = True
-        mgmt.should_exit = True
+        for server in servers:
+            server.should_exit = True
         _, running = await asyncio.wait(tasks, timeout=GRACE_SECONDS)
         if running:
             # Streams still in flight after the grace period: unloading the models ends
@@ -111,7 +129,7 @@ async def serve(settings: Settings) -> None:
         await runtime.stop()
         logger.info("node stopped node=%s", settings.node_id)
     failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
-    if failed or not (api.started and mgmt.started):
+    if failed or not all(server.started for server in servers):
         raise SystemExit(1)
 
 
@@ -125,6 +143,6 @@ def main() -> None:
     configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))
-    except (KeyFileError, CertificateError) as exc:
+    except (KeyFileError, CertificateError, MetricsTokenError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

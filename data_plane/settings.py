@@ -15,6 +15,7 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.config import Name
 from shared.listeners import is_loopback
+from shared.metrics import MetricsSettings
 from shared.settings import StrictEnvSettings
 from shared.trust import TRUST_FILE
 
@@ -26,6 +27,16 @@ class ListenSettings(BaseModel):
     api_port: int = Field(default=8000, ge=0, le=65535)
     management_host: str = "127.0.0.1"
     management_port: int = Field(default=8001, ge=0, le=65535)
+
+
+class NodeMetricsSettings(MetricsSettings):
+    """``SANCTUM_DP_METRICS__*``: the Prometheus scrape listener (shared.metrics)."""
+
+    per_client: bool = Field(
+        default=False,
+        description="series by client id too (tokens, generations): one set per client, "
+        "so turn it on where the client count is small",
+    )
 
 
 class BackboneSettings(BaseModel):
@@ -290,6 +301,7 @@ class Settings(StrictEnvSettings):
     limits: LimitsSettings = LimitsSettings()
     outbox: OutboxSettings = OutboxSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
+    metrics: NodeMetricsSettings = NodeMetricsSettings()
 
     @model_validator(mode="after")
     def _production_needs_explicit_keys(self) -> Settings:

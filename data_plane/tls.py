@@ -57,6 +57,7 @@ class ManagementTLS:
         self.cert_path = directory / CERT_FILE
         self.ca_path = directory / CA_FILE
         self._context: ssl.SSLContext | None = None
+        self._scrape_context: ssl.SSLContext | None = None
 
     @property
     def enrolled(self) -> bool:
@@ -68,6 +69,13 @@ class ManagementTLS:
         if self._context is None:
             self._context = server_context(self.cert_path, self.key_path, self.ca_path)
         return self._context
+
+    def scrape_context(self) -> ssl.SSLContext:
+        """The metrics listener's context: the same certificate, no client certificate
+        asked (scrapers bring a bearer token instead; shared.metrics)."""
+        if self._scrape_context is None:
+            self._scrape_context = server_context(self.cert_path, self.key_path, None)
+        return self._scrape_context
 
     def certificate_summary(self) -> dict[str, Any] | None:
         """Serial and expiry of the certificate in use, for health (no key material)."""
@@ -107,6 +115,8 @@ class ManagementTLS:
             # New handshakes take the new chain; open connections keep theirs.
             self._context.load_cert_chain(self.cert_path, self.key_path)
             self._context.load_verify_locations(cafile=str(self.ca_path))
+        if self._scrape_context is not None:
+            self._scrape_context.load_cert_chain(self.cert_path, self.key_path)
         summary = self.certificate_summary() or {}
         logger.info(
             "management certificate installed serial=%s not_after=%s",
@@ -148,11 +158,16 @@ class ControlPlaneOnly(H11Protocol):
         super().data_received(data)
 
 
-def uvicorn_tls(tls: ManagementTLS) -> dict[str, Any]:
+def uvicorn_tls(tls: ManagementTLS, *, client_certificate: bool = True) -> dict[str, Any]:
     """``uvicorn.Config`` arguments for a management listener: TLS with the live context
-    and the control-plane check when enrolled; plain otherwise."""
+    and the control-plane check when enrolled; plain otherwise. Without
+    ``client_certificate`` (the metrics listener): TLS with the same certificate, open
+    to any client (the route asks for its own credential)."""
     if not tls.enrolled:
         return {}
+    if not client_certificate:
+        scrape = tls.scrape_context()
+        return {"ssl_context_factory": lambda config, default: scrape}
     context = tls.context()
     return {
         "http": ControlPlaneOnly,

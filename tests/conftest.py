@@ -123,6 +123,7 @@ class Node:
     keys: Path
     api: str = ""
     management: str = ""
+    metrics: str = ""  # the scrape URL, when SANCTUM_DP_METRICS__TOKEN_FILE is set
     proc: subprocess.Popen[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
     output: list[str] = field(default_factory=list)
@@ -170,6 +171,7 @@ class Node:
                 if line.startswith("SANCTUM_DP_READY"):
                     parts = dict(p.split("=", 1) for p in line.split()[1:])
                     self.api, self.management = parts["api"], parts["management"]
+                    self.metrics = parts.get("metrics", "")
                     ready.set()
             ready.set()
 

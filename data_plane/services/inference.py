@@ -44,6 +44,7 @@ from data_plane.errors import (
     TooManyRequests,
     Unavailable,
 )
+from data_plane.metrics import TurnTiming
 from data_plane.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
 from data_plane.rate_limits import Reservation
 from data_plane.runtime import Runtime
@@ -88,6 +89,7 @@ class Turn:
     finished: bool = False
     tools: ToolCallReader | None = None  # a chat with tools: reads its calls
     content: list[str] = field(default_factory=list)  # the text given out (not calls)
+    timing: TurnTiming | None = None  # its time to first token and between tokens
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
@@ -128,6 +130,8 @@ class Turn:
         try:
             async for chunk in self.stream:
                 self.text.append(chunk)
+                if self.timing is not None:
+                    self.timing.piece()
                 yield chunk
         except EngineError as exc:
             raise Unavailable(str(exc), code="generation_ended") from None
@@ -336,6 +340,8 @@ class InferenceService:
             raise Conflict(f"session {session.id} is answering another request")
         await session.busy.acquire()
         reservation: Reservation | None = None
+        # From here: the client's time to first token includes its prompt's building.
+        timing = self.runtime.metrics.turn(session.engine.info.name, client.id)
         try:
             result = Generation()
             engine = session.engine
@@ -379,6 +385,7 @@ class InferenceService:
             new_messages=new_messages,
             extra={"session_id": session.id, **extra},
             reservation=reservation,
+            timing=timing,
         )
         return turn
 
@@ -401,6 +408,8 @@ class InferenceService:
             self.runtime.rate_limits.settle(
                 turn.reservation, result.prompt_tokens + result.completion_tokens
             )
+        if turn.timing is not None:
+            turn.timing.done(result.prompt_tokens, result.completion_tokens)
         session.requests += 1
         session.prompt_tokens += result.prompt_tokens
         session.completion_tokens += result.completion_tokens
