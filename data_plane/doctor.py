@@ -283,7 +283,7 @@ def load_applied(settings: Settings) -> tuple[ConfigBundle | None, list[Finding]
             fail(
                 "config",
                 f"the saved config {saved} would be refused at start ({why})",
-                "let the control plane push a new release (Fleet > Nodes > roll out)",
+                "roll the node out again from the control plane (POST /api/nodes/ID/rollout/)",
             )
         ]
     bundle = loaded[1]
