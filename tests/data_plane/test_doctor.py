@@ -14,6 +14,7 @@ this machine's own swap does not decide a test.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import resource
@@ -33,13 +34,24 @@ from shared.models import DEFAULT_MODEL_NAME
 from shared.trust import TRUST_FILE
 from tests.conftest import child_env, make_tenant, new_node
 
-SANCTUM = Path(sys.executable).with_name("sanctum")
+# The command an operator types; the same entry point through -m without the script.
+_SCRIPT = Path(sys.executable).with_name("sanctum")
+SANCTUM = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "shared.cli"]
 SWAPS_HEADER = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
 SWAP_ON = SWAPS_HEADER + "/dev/sda2                               partition\t8388604\t\t0\t\t-2\n"
 # Not a unit on any machine: the core-dump check reads the doctor's own limit (set to 0
 # below, as the node's unit sets LimitCORE=0), not whatever this machine has installed.
 NO_UNIT = "sanctum-doctor-test-absent.service"
 ME = pwd.getpwuid(os.geteuid()).pw_name
+
+
+@functools.cache
+def mount_namespaces() -> bool:
+    """Whether this process may make a mount namespace (root, and allowed to here)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "--mount", "--propagation", "private", "true"]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
 
 
 @dataclass
@@ -74,8 +86,8 @@ class BuiltNode:
         """``sanctum doctor`` for this node, seeing ``swaps`` as /proc/swaps."""
         table = self.tmp / "swaps"
         table.write_text(swaps)
-        command = [str(SANCTUM), "doctor", "--user", ME, "--unit", NO_UNIT]
-        if os.geteuid() == 0 and shutil.which("unshare"):
+        command = [*SANCTUM, "doctor", "--user", ME, "--unit", NO_UNIT]
+        if mount_namespaces():
             command = [
                 "unshare",
                 "--mount",
