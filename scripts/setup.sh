@@ -84,7 +84,9 @@ python_env() {
   fi
   # A backend other than the one the installed llama-cpp-python was built for.
   [ "$was" = "$LLAMA_BACKEND" ] || rebuild=1
-  if [ "$rebuild" = 1 ] && [ "$LLAMA_BACKEND" = cuda ]; then check_nvcc; fi
+  # For CUDA, whatever pip compiles from here on (a rebuild, or a new pinned version)
+  # needs nvcc.
+  if [ "$LLAMA_BACKEND" = cuda ]; then check_nvcc; fi
   [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PY" -m venv "$VENV"; }
   log "Python environment: installing (llama-cpp-python compiles, about 5 minutes)"
   "$VENV/bin/pip" install -qq --disable-pip-version-check -U pip wheel setuptools
@@ -92,6 +94,7 @@ python_env() {
   # instructions some virtual CPUs advertise but trap on (an illegal-instruction crash
   # in llama_decode), and CI's machine need not be this one.
   export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON}"
+  if [ "$LLAMA_BACKEND" = cuda ]; then CMAKE_ARGS="$CMAKE_ARGS -DGGML_CUDA=on"; fi
   # torch first and pinned, so nothing later resolves a CUDA build.
   "$VENV/bin/pip" install -qq --disable-pip-version-check torch==2.13.0
   # Another backend: rebuild the pinned version from source before the project's
@@ -101,9 +104,6 @@ python_env() {
   # them.
   if [ "$rebuild" = 1 ]; then
     pin=$(llama_pin)
-    if [ "$LLAMA_BACKEND" = cuda ]; then
-      CMAKE_ARGS="$CMAKE_ARGS -DGGML_CUDA=on"
-    fi
     log "llama-cpp-python: rebuilding $pin for $LLAMA_BACKEND (CMAKE_ARGS=$CMAKE_ARGS)"
     rm -f "$built"
     "$VENV/bin/pip" install -qq --disable-pip-version-check --upgrade --force-reinstall \

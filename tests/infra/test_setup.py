@@ -95,10 +95,14 @@ def test_cuda_rebuilds_the_pinned_version_with_ggml_cuda_before_the_project(
     line = calls[rebuild[0]]
     assert "-DGGML_CUDA=on" in line and "-DGGML_NATIVE=OFF" in line
     assert line.endswith(f"--upgrade --force-reinstall --no-cache-dir --no-deps {PIN}")
+    # A new pinned version that the project's install compiles is a CUDA build too.
+    assert "-DGGML_CUDA=on" in calls[project[0]]
     # Unset later (a `make demo`), the CUDA build stays; cpu asked explicitly rebuilds.
     (root / ".venv" / ".sanctum-installed").unlink()
     assert _setup(root, env, None).returncode == 0
-    assert not any("--force-reinstall" in c for c in _calls(env))
+    calls = _calls(env)
+    assert not any("--force-reinstall" in c for c in calls)
+    assert all("-DGGML_CUDA=on" in c for c in calls if " -e .[" in c)
     (root / ".venv" / ".sanctum-installed").unlink()
     assert _setup(root, env, "cpu").returncode == 0
     back = [c for c in _calls(env) if "--force-reinstall" in c]
