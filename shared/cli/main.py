@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     "shared.cli.demo",
     "shared.cli.kb",
     "shared.cli.enrol",
+    "shared.cli.doctor",
     "shared.cli.verify",
 )
 

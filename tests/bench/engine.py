@@ -50,8 +50,12 @@ from tests.bench import write_section
 
 MAX_TOKENS = 96
 CLIENTS = 8
-ROUNDS = 3  # every system runs once per round, in turn; each reports its median round
+# every system runs once per round, in turn; each reports its median round
+# (scripts/gpu-check.sh runs one: SANCTUM_BENCH_ROUNDS=1)
+ROUNDS = int(os.environ.get("SANCTUM_BENCH_ROUNDS", "3"))
 THREADS = max(1, os.cpu_count() or 1)
+# Layers on the GPU, the same for every system: the node reads this variable itself.
+GPU_LAYERS = int(os.environ.get("SANCTUM_DP_ENGINE__N_GPU_LAYERS", "0"))
 PROMPTS = [
     "Once upon a time, in a small village by the sea, there lived an old fisherman who",
     "The history of the printing press begins in the fifteenth century, when",
@@ -178,6 +182,7 @@ def _direct_run(path: str) -> Run:
     llm = Llama(
         model_path=path,
         n_ctx=DEFAULT_CONTEXT_SIZE,
+        n_gpu_layers=GPU_LAYERS,
         n_threads=THREADS,
         n_threads_batch=THREADS,
         flash_attn=True,
@@ -242,6 +247,8 @@ def _llama_server(path: str) -> Iterator[str]:
             str(port),
             "--n_ctx",
             str(DEFAULT_CONTEXT_SIZE),
+            "--n_gpu_layers",
+            str(GPU_LAYERS),
             "--n_threads",
             str(THREADS),
             "--n_threads_batch",
@@ -390,7 +397,8 @@ def main() -> None:
     body = "\n".join(
         [
             f"{len(PROMPTS)} prompts, {MAX_TOKENS} completion tokens each at temperature 0, "
-            f"{THREADS} threads, context {DEFAULT_CONTEXT_SIZE} per sequence, bundled "
+            f"{THREADS} threads{f', {GPU_LAYERS} GPU layers' if GPU_LAYERS else ''}, "
+            f"context {DEFAULT_CONTEXT_SIZE} per sequence, bundled "
             f"{DEFAULT_MODEL_NAME} ({DEFAULT_MODEL_VERSION}). One client sends the prompts one "
             f"after another; {CLIENTS} clients send one each at once. The systems took "
             f"turns for {ROUNDS} rounds; each row is that system's median round by "

@@ -38,9 +38,12 @@ def long_text(sentences: int) -> str:
 
 
 def make_engine(spec: ModelSpec, **kwargs: Any) -> LlamaEngine:
-    info = engine_config(spec, Settings(engine={"context_size": CONTEXT})).info
+    # GPU layers as a node would offload them: SANCTUM_DP_ENGINE__N_GPU_LAYERS=-1 runs
+    # these tests with every layer on the GPU (scripts/gpu-check.sh); 0, the CPU, unset.
+    node = engine_config(spec, Settings(engine={"context_size": CONTEXT}))
+    kwargs.setdefault("n_gpu_layers", node.n_gpu_layers)
     return LlamaEngine(
-        EngineConfig(path=spec.path, info=info, threads=os.cpu_count() or 1, **kwargs)
+        EngineConfig(path=spec.path, info=node.info, threads=os.cpu_count() or 1, **kwargs)
     )
 
 

@@ -72,9 +72,13 @@ def test_rotate_logs_keeps_the_newest_generations(tmp_path: Path) -> None:
     assert bad.returncode == 2
 
 
+SYSTEMD = INFRA / "systemd"
+GPU_DROP_IN = SYSTEMD / "sanctum-data-plane.service.d" / "gpu.conf"
+
+
 @needs("systemd-analyze")
 def test_systemd_units_verify(tmp_path: Path) -> None:
-    units = sorted((INFRA / "systemd").iterdir())
+    units = sorted(p for p in SYSTEMD.iterdir() if p.is_file())
     names = {u.name for u in units}
     for wanted in (
         "sanctum-data-plane.service",
@@ -88,13 +92,73 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     for unit in units:
         text = unit.read_text().replace("/opt/sanctum/.venv", venv)
         (tmp_path / unit.name).write_text(text.replace("/opt/sanctum", str(REPO)))
+    # Drop-ins go where systemd looks for them: UNIT.d/ beside the unit, which verify
+    # reads with the unit (a directive it does not know is reported against the file).
+    drop_ins = sorted(SYSTEMD.glob("*.d/*.conf"))
+    assert GPU_DROP_IN in drop_ins
+    for drop_in in drop_ins:
+        assert (SYSTEMD / drop_in.parent.name.removesuffix(".d")).is_file(), drop_in
+        (tmp_path / drop_in.parent.name).mkdir(exist_ok=True)
+        shutil.copy(drop_in, tmp_path / drop_in.parent.name / drop_in.name)
+    copies = sorted(str(p) for p in tmp_path.iterdir() if p.is_file())
     result = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", *map(str, sorted(tmp_path.iterdir()))],
+        ["systemd-analyze", "verify", "--man=no", *copies],
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    assert ".conf:" not in result.stderr, result.stderr
+
+
+def _directives(path: Path) -> list[tuple[str, str]]:
+    """The (key, value) lines of a unit file's [Service] section, in order."""
+    found: list[tuple[str, str]] = []
+    section = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]":
+            key, _, value = line.partition("=")
+            found.append((key.strip(), value.strip()))
+    return found
+
+
+def test_the_gpu_drop_in_opens_the_nvidia_devices_and_nothing_else() -> None:
+    unit = dict(_directives(SYSTEMD / "sanctum-data-plane.service"))
+    gpu = _directives(GPU_DROP_IN)
+    merged = {**unit, **dict(gpu)}
+    # The GPU is reachable: the host's /dev, the NVIDIA device groups allowed.
+    assert merged["PrivateDevices"] == "false"
+    allowed = [value for key, value in gpu if key == "DeviceAllow"]
+    assert "char-nvidia-uvm rw" in allowed
+    assert {"char-nvidia-frontend rw", "char-nvidia rw"} <= set(allowed)
+    assert all(a.startswith(("char-nvidia", "/dev/nvidia")) for a in allowed), allowed
+    # Everything else stays closed: the device cgroup admits pseudo devices and those
+    # only; what PrivateDevices=true did besides (raw I/O calls, CAP_MKNOD and
+    # CAP_SYS_RAWIO) is still done.
+    assert merged["DevicePolicy"] == "closed"
+    assert merged["SystemCallFilter"] == "~@raw-io"
+    assert merged["CapabilityBoundingSet"] == "CAP_NET_ADMIN"
+    # The drop-in changes the device settings and no other line of the unit.
+    assert {key for key, _ in gpu} == {
+        "PrivateDevices",
+        "DevicePolicy",
+        "DeviceAllow",
+        "SystemCallFilter",
+    }
+    for key, value in {
+        "MemorySwapMax": "0",
+        "LimitCORE": "0",
+        "NoNewPrivileges": "true",
+        "ProtectSystem": "strict",
+        "ProtectKernelModules": "true",
+        "User": "sanctum-dp",
+    }.items():
+        assert merged[key] == value, key
 
 
 @pytest.mark.skipif(os.geteuid() != 0 and not IN_CI, reason="needs root (a network namespace)")
