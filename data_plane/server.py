@@ -10,19 +10,17 @@ open ends, its usage record stored.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Iterator
 from typing import Any
 
-import uvicorn
 from pydantic import ValidationError
 
 from data_plane.app import create_app, create_management_app
 from data_plane.logs import configure_logging
 from data_plane.runtime import Runtime
+from data_plane.serving import Server, bound_port, make_server
 from data_plane.settings import Settings
 from data_plane.tls import require_tls, uvicorn_tls
 from shared.keys import KeyFileError
@@ -35,34 +33,9 @@ logger = logging.getLogger(__name__)
 GRACE_SECONDS = 10
 
 
-class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signals to us: two servers share one process, and
-    each would otherwise take SIGTERM for itself and re-raise it once it stopped."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _server(app: Any, host: str, port: int, **tls: Any) -> uvicorn.Server:
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        lifespan="off",  # the runtime's life is managed here, once for both listeners
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        # A backstop only: serve() ends what is left after GRACE_SECONDS itself.
-        timeout_graceful_shutdown=GRACE_SECONDS + 20,
-        **tls,
-    )
-    return _Server(config)
-
-
-def _bound_port(server: uvicorn.Server) -> int:
-    sock = server.servers[0].sockets[0]
-    return int(sock.getsockname()[1])
+def _server(app: Any, host: str, port: int, **tls: Any) -> Server:
+    # A backstop only: serve() ends what is left after GRACE_SECONDS itself.
+    return make_server(app, host, port, timeout_graceful_shutdown=GRACE_SECONDS + 20, **tls)
 
 
 async def serve(settings: Settings) -> None:
@@ -101,13 +74,13 @@ async def serve(settings: Settings) -> None:
             await asyncio.sleep(0.05)
         if all(server.started for server in servers):
             scraped = (
-                f" metrics={scheme}://{metrics.host}:{_bound_port(servers[2])}/metrics"
+                f" metrics={scheme}://{metrics.host}:{bound_port(servers[2])}/metrics"
                 if len(servers) > 2
                 else ""
             )
             print(
-                f"SANCTUM_DP_READY api=http://{listen.api_host}:{_bound_port(api)} "
-                f"management={scheme}://{listen.management_host}:{_bound_port(mgmt)}"
+                f"SANCTUM_DP_READY api=http://{listen.api_host}:{bound_port(api)} "
+                f"management={scheme}://{listen.management_host}:{bound_port(mgmt)}"
                 f"{scraped}",
                 flush=True,
             )

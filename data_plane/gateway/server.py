@@ -1,4 +1,5 @@
-"""Run the gateway agent: apply the saved config, then serve the management listener.
+"""Run the gateway agent: apply the saved config, then serve the management listener
+(and the metrics listener when SANCTUM_GW_METRICS__TOKEN_FILE is set).
 
 Prints ``SANCTUM_GW_READY management=http://HOST:PORT`` once listening, for supervisors
 and tests to wait on. SIGINT/SIGTERM stop the listener; nginx and the WireGuard
@@ -12,14 +13,16 @@ import logging
 import signal
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 
 from data_plane.gateway.agent import GatewayAgent
 from data_plane.gateway.app import create_app
+from data_plane.gateway.metrics import GatewayMetrics
 from data_plane.gateway.settings import GatewaySettings
 from data_plane.logs import configure_logging
+from data_plane.serving import bound_port, make_server
 from data_plane.tls import require_tls, uvicorn_tls
+from shared.metrics import MetricsTokenError, read_token, scrape_app
 from shared.settings import settings_problems
 
 logger = logging.getLogger(__name__)
@@ -44,30 +47,49 @@ async def serve(settings: GatewaySettings) -> None:
     _check_install(settings)
     agent = GatewayAgent(settings)
     require_tls(settings.environment, settings.listen.host, agent.tls)
+    if settings.metrics.token_file is not None:
+        require_tls(settings.environment, settings.metrics.host, agent.tls)
     await agent.start()
-    watcher = asyncio.create_task(agent.watch_expiry(), name="config-expiry")
-    config = uvicorn.Config(
-        create_app(agent),
-        host=settings.listen.host,
-        port=settings.listen.port,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        **uvicorn_tls(agent.tls),
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started and not task.done():
+    background = [asyncio.create_task(agent.watch_expiry(), name="config-expiry")]
+    servers = [
+        make_server(
+            create_app(agent), settings.listen.host, settings.listen.port, **uvicorn_tls(agent.tls)
+        )
+    ]
+    metrics = settings.metrics
+    if metrics.token_file is not None:
+        # The scrape endpoint: a listener of its own on the management side (the agent's
+        # admits the control plane only), a bearer token always (shared.metrics).
+        gauges = GatewayMetrics(settings.nginx_log_dir)
+        scrape = scrape_app(gauges.registry, read_token(metrics.token_file))
+        tls = uvicorn_tls(agent.tls, client_certificate=False)
+        servers.append(make_server(scrape, metrics.host, metrics.port, **tls))
+        refresh = gauges.keep_fresh(agent, metrics.refresh_seconds)
+        background.append(asyncio.create_task(refresh, name="metrics"))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    while not all(s.started for s in servers) and not any(t.done() for t in tasks):
         await asyncio.sleep(0.05)
-    if server.started:
-        port = server.servers[0].sockets[0].getsockname()[1]
+    if all(s.started for s in servers):
         scheme = "https" if agent.tls.enrolled else "http"
-        print(f"SANCTUM_GW_READY management={scheme}://{settings.listen.host}:{port}", flush=True)
+        urls = [f"management={scheme}://{settings.listen.host}:{bound_port(servers[0])}"]
+        if len(servers) > 1:
+            urls.append(f"metrics={scheme}://{metrics.host}:{bound_port(servers[1])}/metrics")
+        print(f"SANCTUM_GW_READY {' '.join(urls)}", flush=True)
         logger.info("gateway agent ready gateway=%s", settings.name)
-    await task
-    watcher.cancel()
-    if not server.started:
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+    for s in servers:
+        s.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for job in background:
+        job.cancel()
+    failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
+    if failed or not all(s.started for s in servers):
         raise SystemExit(1)
 
 
@@ -97,6 +119,8 @@ def main(command: str) -> None:
     if command == "render-nginx":
         asyncio.run(render_nginx(settings))
         return
-    # uvicorn handles SIGINT/SIGTERM itself for a single server.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except MetricsTokenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.metrics import MetricsSettings
 from shared.settings import StrictEnvSettings
 from shared.trust import TRUST_FILE
 
@@ -73,6 +74,15 @@ class FirewallSettings(BaseModel):
     public_interface: str = "eth0"
 
 
+class GatewayMetricsSettings(MetricsSettings):
+    """``SANCTUM_GW_METRICS__*``: the Prometheus scrape listener (shared.metrics)."""
+
+    port: int = Field(default=9109, ge=0, le=65535)
+    refresh_seconds: float = Field(
+        default=5.0, gt=0, le=300, description="how often WireGuard and nginx are read"
+    )
+
+
 class GatewaySettings(StrictEnvSettings):
     """A gateway agent's settings. Nothing here is a secret except the key file's path."""
 
@@ -119,6 +129,7 @@ class GatewaySettings(StrictEnvSettings):
     nginx: NginxSettings = NginxSettings()
     wireguard: WireGuardSettings = WireGuardSettings()
     firewall: FirewallSettings = FirewallSettings()
+    metrics: GatewayMetricsSettings = GatewayMetricsSettings()
 
     @model_validator(mode="after")
     def _production_needs_explicit_paths(self) -> GatewaySettings:
