@@ -115,3 +115,29 @@ def test_verifying_a_pin_by_source_reads_nothing_and_keeps_it_declared(admin_api
 
     assert verified.status_code == 202
     assert (verified.json()["hash_status"], verified.json()["sha256"]) == ("declared", SHA)
+
+
+def test_a_pin_by_source_is_made_in_the_admin_and_its_file_is_fixed_there(
+    admin_user, on_commit
+):
+    from django.test import Client as BrowserClient
+
+    browser = BrowserClient()
+    browser.force_login(admin_user)
+    form = {"name": "llm", "version": "q4", "context_size": 2048, "enabled": "on"}
+
+    refused = browser.post(
+        "/admin/registry/modelpin/add/", {**form, "source": "ftp://x/m.gguf", "sha256": SHA}
+    )
+    assert refused.status_code == 200 and not ModelPin.objects.exists()  # the form again
+    with on_commit():
+        made = browser.post(
+            "/admin/registry/modelpin/add/",
+            {**form, "source": SOURCE, "sha256": SHA, "size": 10},
+        )
+
+    assert made.status_code == 302, made.content.decode()[-2000:]
+    pin = ModelPin.objects.get()
+    assert (pin.source, pin.sha256, pin.size, pin.hash_status) == (SOURCE, SHA, 10, "declared")
+    page = browser.get(f"/admin/registry/modelpin/{pin.pk}/change/").content.decode()
+    assert 'name="source"' not in page and 'name="sha256"' not in page  # read-only now
