@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.test import Client as BrowserClient
 
 from control_plane.fleet.rollout import build_bundle
 from control_plane.registry.choices import HashStatus
@@ -117,11 +118,7 @@ def test_verifying_a_pin_by_source_reads_nothing_and_keeps_it_declared(admin_api
     assert (verified.json()["hash_status"], verified.json()["sha256"]) == ("declared", SHA)
 
 
-def test_a_pin_by_source_is_made_in_the_admin_and_its_file_is_fixed_there(
-    admin_user, on_commit
-):
-    from django.test import Client as BrowserClient
-
+def test_a_pin_by_source_is_made_in_the_admin_and_its_file_is_fixed_there(admin_user, on_commit):
     browser = BrowserClient()
     browser.force_login(admin_user)
     form = {"name": "llm", "version": "q4", "context_size": 2048, "enabled": "on"}
