@@ -30,6 +30,7 @@ from typing import Generic, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
+from data_plane.model_files import ModelFetchFailed, ModelFileMismatch, ModelFiles
 from shared import management
 from shared.config import ConfigBundle, ModelSpec, api_key_matches, api_key_prefix, file_sha256
 from shared.envelope import EnvelopeError
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Release)
 NO_CONFIG = "no config applied"
+MODEL_HASH_MISMATCH = "model_hash_mismatch"
 
 
 class ConfigRejected(Exception):
@@ -263,21 +265,41 @@ class ReleaseStore(Generic[R]):
 
 
 class ModelFileCheck:
-    """sha256 of model files, remembered per (path, size, mtime) so a re-push is cheap."""
+    """sha256 of model files, remembered per (path, size, mtime) so a re-push is cheap.
 
-    def __init__(self) -> None:
+    A pin with a source has its file fetched first when it is missing
+    (:class:`~data_plane.model_files.ModelFiles`): the hash computed while it streamed
+    is remembered, so a multi-GB file is not read twice.
+    """
+
+    def __init__(self, files: ModelFiles) -> None:
+        self.files = files
         self._known: dict[tuple[str, int, int], str] = {}
 
-    def sha256(self, path: str) -> str:
+    @staticmethod
+    def _key(path: str) -> tuple[str, int, int]:
         st = os.stat(path)
-        key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+        return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+    def sha256(self, path: str) -> str:
+        key = self._key(path)
         if key not in self._known:
             self._known[key] = file_sha256(path)
         return self._known[key]
 
     def check(self, spec: ModelSpec) -> None:
+        """Refuse ``spec`` unless its file (fetched now if need be) hashes to its pin."""
+        path = self.files.path(spec)
         try:
-            actual = self.sha256(spec.path)
+            if self.files.ensure(spec):
+                self._known[self._key(path)] = spec.sha256
+        except ModelFileMismatch as exc:
+            raise ConfigRejected(422, MODEL_HASH_MISMATCH, str(exc)) from None
+        except ModelFetchFailed as exc:
+            # Worth a retry: the rollout pushes again after a 5xx.
+            raise ConfigRejected(503, "model_fetch_failed", str(exc)) from None
+        try:
+            actual = self.sha256(path)
         except OSError:
             raise ConfigRejected(
                 422, "model_unavailable", f"model {spec.name}: file not readable on this node"
@@ -285,7 +307,7 @@ class ModelFileCheck:
         if actual != spec.sha256:
             raise ConfigRejected(
                 422,
-                "model_hash_mismatch",
+                MODEL_HASH_MISMATCH,
                 f"model {spec.name}: file sha256 is {actual}, the pin says {spec.sha256}",
             )
 
@@ -297,10 +319,12 @@ class ModelFileCheck:
 class ConfigStore(ReleaseStore[ConfigBundle]):
     """A node's config bundle, and the lookups on it."""
 
-    def __init__(self, state_dir: Path, trust: TrustStore, node_id: str) -> None:
+    def __init__(
+        self, state_dir: Path, trust: TrustStore, node_id: str, models: ModelFiles
+    ) -> None:
         from shared.config import open_bundle
 
-        self.files = ModelFileCheck()
+        self.files = ModelFileCheck(models)
         # Clients the config being applied no longer places here: their keys stop
         # working before that config lets its new clients in (Runtime.apply_config).
         self.leaving: frozenset[str] = frozenset()

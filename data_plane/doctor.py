@@ -47,10 +47,11 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from data_plane.config_store import ConfigRejected, ModelFileCheck, ReleaseStore, TrustStore
+from data_plane.config_store import ReleaseStore, TrustStore
+from data_plane.model_files import model_file_path
 from data_plane.settings import Settings
 from shared.cli.doctor import SERVICE_USER, UNIT, add_arguments
-from shared.config import ConfigBundle, ModelSpec, open_bundle
+from shared.config import ConfigBundle, ModelSpec, file_sha256, open_bundle
 from shared.keys import KeyFileError
 from shared.settings import settings_problems
 
@@ -306,32 +307,53 @@ def load_applied(settings: Settings) -> tuple[ConfigBundle | None, list[Finding]
     return bundle, findings
 
 
-def check_models(bundle: ConfigBundle) -> list[Finding]:
-    files = ModelFileCheck()
+def check_models(bundle: ConfigBundle, models_dir: Path) -> list[Finding]:
+    """Each pinned file is where the node looks for it (the pin's path, or
+    ``models_dir/<sha256>.gguf`` for a pin by source) and hashes to the pin. Nothing is
+    fetched or removed here: a missing file of a pin by source is the node's to fetch."""
     findings = []
     for spec in bundle.models:
-        if not os.path.isfile(spec.path):
+        path = model_file_path(spec, models_dir)
+        if not os.path.isfile(path):
+            if spec.source is not None:
+                findings.append(
+                    warn(
+                        "model",
+                        f"{spec.name}: not fetched yet ({path})",
+                        "the node fetches it from the pin's source at its next config; "
+                        "check its health's model_fetches",
+                    )
+                )
+                continue
             findings.append(
                 fail(
                     "model",
-                    f"{spec.name}: no file at {spec.path}",
+                    f"{spec.name}: no file at {path}",
                     "put the pinned GGUF file there, readable by the node's user",
                 )
             )
             continue
         try:
-            files.check(spec)
-        except ConfigRejected as exc:
+            actual = file_sha256(path)
+        except OSError as exc:
+            findings.append(
+                fail("model", f"{spec.name}: can't read {path}: {exc.strerror}", _READABLE)
+            )
+            continue
+        if actual != spec.sha256:
             findings.append(
                 fail(
                     "model",
-                    exc.message,
+                    f"model {spec.name}: file sha256 is {actual}, the pin says {spec.sha256}",
                     "replace the file with the pinned one (the node refuses this config)",
                 )
             )
             continue
-        findings.append(ok("model", f"{spec.name}: {spec.path} matches its pin's sha256"))
+        findings.append(ok("model", f"{spec.name}: {path} matches its pin's sha256"))
     return findings
+
+
+_READABLE = "make it readable by the node's user"
 
 
 def _layers(n: int) -> str:
@@ -390,8 +412,11 @@ def check_memory(
 ) -> list[Finding]:
     sizes = {}
     for spec in models:
+        if spec.size is not None:  # a pin by source says its size
+            sizes[spec.name] = spec.size
+            continue
         try:
-            sizes[spec.name] = os.path.getsize(spec.path)
+            sizes[spec.name] = os.path.getsize(model_file_path(spec, settings.models_path))
         except OSError:
             continue  # reported by the model check
     try:
@@ -675,7 +700,7 @@ def diagnose(
     findings += config
     models = bundle.models if bundle is not None else ()
     if bundle is not None:
-        findings += check_models(bundle)
+        findings += check_models(bundle, settings.models_path)
     findings += check_gpu_layers(models, settings, can_offload, gpu)
     findings += check_memory(host, models, settings, gpu)
     findings += check_swap(host)

@@ -22,6 +22,7 @@ from data_plane.engine.base import ClientCaps, Engine, EngineError, ModelInfo
 from data_plane.engine.llama import EngineConfig, LlamaEngine
 from data_plane.fair_queue import FairExecutor
 from data_plane.metrics import EngineState, NodeMetrics, NodeState
+from data_plane.model_files import ModelFiles, model_file_path
 from data_plane.outbox import UsageOutbox
 from data_plane.rag import Retrieval
 from data_plane.rate_limits import RateLimiter
@@ -48,7 +49,7 @@ def engine_config(spec: ModelSpec, settings: Settings) -> EngineConfig:
     """How to load a pinned model: the pin's file, the node's engine settings."""
     es = settings.engine
     return EngineConfig(
-        path=spec.path,
+        path=model_file_path(spec, settings.models_path),
         info=ModelInfo(
             name=spec.name,
             version=spec.version,
@@ -134,7 +135,8 @@ class Runtime:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         state = settings.data_dir / "state"
         trust = TrustStore(settings.trust_keys_path, state / "trust.json")
-        self.config = ConfigStore(state, trust, settings.node_id)
+        self.model_files = ModelFiles(settings.models_path, settings.model_fetch_timeout_seconds)
+        self.config = ConfigStore(state, trust, settings.node_id, self.model_files)
         self.backbone = NodeBackbone(settings)
         # Every management call is a request signed for this node; ids seen survive a
         # restart, so a replay stays refused.
@@ -202,8 +204,9 @@ class Runtime:
     async def apply_config(self, token: str) -> ConfigBundle:
         """Verify, load what the bundle pins, then switch; the old config serves until then."""
         async with self._apply_lock:
-            # Checking hashes each pinned file it has not seen: gigabytes for a real
-            # model, so on a worker thread, never on the loop every stream is served from.
+            # Checking hashes each pinned file it has not seen, and fetches those pinned
+            # by source that are missing: gigabytes for a real model, so on a worker
+            # thread, never on the loop every stream is served from.
             bundle = await asyncio.to_thread(self.config.check, token)
             if bundle.tls is not None:
                 try:

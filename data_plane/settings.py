@@ -289,6 +289,16 @@ class Settings(StrictEnvSettings):
         "enrol` writes them (default: data_dir/tls); enrolled, the listener serves mutual "
         "TLS only",
     )
+    models_dir: Path | None = Field(
+        default=None,
+        description="where the node keeps model files fetched from the storage link, "
+        "as <sha256>.gguf (default: data_dir/models)",
+    )
+    model_fetch_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="fetching a model file: connecting, or waiting for its next bytes",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="client API bodies")
     max_management_body_bytes: int = Field(
         default=64 * 1_048_576, ge=1024, description="management bodies (documents to ingest)"
@@ -341,6 +351,10 @@ class Settings(StrictEnvSettings):
     @property
     def trust_keys_path(self) -> Path:
         return self.trust_keys or self.keys_dir / TRUST_FILE
+
+    @property
+    def models_path(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
 
     @property
     def outbox_dir(self) -> Path:

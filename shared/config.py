@@ -14,6 +14,7 @@ import re
 import secrets
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -42,13 +43,62 @@ class _Contract(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MAX_SOURCE_CHARS = 2048
+
+
+def artifact_source_problem(source: str) -> str | None:
+    """What is wrong with ``source`` as the place nodes fetch a model file from, or None.
+
+    It is an ``http``/``https`` URL on the storage link (a plain file server such as
+    nginx) or an absolute path the nodes can read (a mount on the storage link). A URL
+    carries no credentials, neither user info nor a query string (a presigned token):
+    sources are stored, logged in the change trail and signed into bundles.
+    """
+    if len(source) > MAX_SOURCE_CHARS:
+        return f"a source is at most {MAX_SOURCE_CHARS} characters"
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in source):
+        return "a source has no spaces or control characters"
+    if source.startswith("/"):
+        return None
+    try:
+        url = urlsplit(source)
+        url.port  # noqa: B018 (parsing it refuses a malformed port)
+    except ValueError:
+        return "a source URL must parse"
+    if url.scheme not in ("http", "https"):
+        return "a source is an http(s) URL or an absolute path"
+    if not url.hostname:
+        return "a source URL names a host"
+    if "@" in url.netloc:
+        return "a source URL carries no credentials (user:password@)"
+    if url.query or url.fragment:
+        return "a source URL has no query string or fragment (a token there is a credential)"
+    return None
+
+
 class ModelSpec(_Contract):
-    """A pinned GGUF model: the node loads ``path`` only if its sha256 is ``sha256``."""
+    """A pinned GGUF model: the node loads its file only if the file's sha256 is ``sha256``.
+
+    The file is named one of two ways. ``path``: a file the operator put at that path on
+    the node. ``source`` (with ``size``): the node keeps the file as
+    ``<models dir>/<sha256>.gguf`` and, when it is missing, fetches it from ``source``,
+    an artifact store on the storage link, and places it only if its sha256 and size are
+    the pin's (docs/operations.md, "Models on the storage link").
+    """
 
     name: Name
     version: ModelVersion
     sha256: Sha256Hex
-    path: str = Field(min_length=1, description="GGUF file path on the node")
+    path: str | None = Field(
+        default=None, min_length=1, description="GGUF file path on the node (no source)"
+    )
+    source: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SOURCE_CHARS,
+        description="where nodes fetch the file: an http(s) URL or an absolute path",
+    )
+    size: int | None = Field(default=None, ge=1, le=2**50, description="file size, bytes")
     context_size: int = Field(ge=128, le=1_048_576)
     chat_template: str | None = Field(
         default=None, description="Jinja chat template; the GGUF's own when null"
@@ -59,6 +109,18 @@ class ModelSpec(_Contract):
         le=100_000,
         description="layers offloaded to the GPU (-1: all); the node's setting when null",
     )
+
+    @model_validator(mode="after")
+    def _one_file(self) -> ModelSpec:
+        if (self.path is None) == (self.source is None):
+            raise ValueError("a model names its file by path or by source, exactly one")
+        if self.source is not None:
+            if self.size is None:
+                raise ValueError("a model fetched from a source needs its size")
+            problem = artifact_source_problem(self.source)
+            if problem is not None:
+                raise ValueError(problem)
+        return self
 
 
 class ApiKeySpec(_Contract):

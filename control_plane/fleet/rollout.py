@@ -33,7 +33,8 @@ def build_bundle(node: Node, version: int, stamp: ReleaseStamp | None = None) ->
     """The config ``node`` should hold, from the database as it is now.
 
     Only what is placed on the node's pool: models, every enabled pin on the pool whose
-    file hash is verified; clients, every active one placed on the pool, with its usable
+    file hash is verified (or declared: pinned by source, each node checks what it
+    fetches); clients, every active one placed on the pool, with its usable
     keys (revoked and expired ones are left out), the pool's models it may use, and this
     node's share of its rates and quotas: the pool's enabled nodes serve its clients, so
     each enforces its part (``Client.limit_shares``; docs/security.md). A client placed
@@ -56,7 +57,9 @@ def build_bundle(node: Node, version: int, stamp: ReleaseStamp | None = None) ->
             name=pin.name,
             version=pin.version,
             sha256=pin.sha256,
-            path=pin.path,
+            path=pin.path or None,
+            source=pin.source or None,
+            size=pin.size,
             context_size=pin.context_size,
             chat_template=pin.chat_template or None,
             gpu_layers=pin.gpu_layers,

@@ -37,12 +37,28 @@ class ModelPinAdmin(admin.ModelAdmin):
         "hash_checked_at",
     )
     list_filter = ("hash_status", "enabled", "staged", "name")
-    search_fields = ("name", "version", "sha256", "path")
+    search_fields = ("name", "version", "sha256", "path", "source")
     filter_horizontal = ("clients", "pools")
     actions = ("verify_hash", "roll_back")
     fieldsets = (
-        (None, {"fields": ("name", "version", "path", "enabled", "staged", "supersedes")}),
-        ("File", {"fields": ("sha256", "hash_status", "hash_error", "hash_checked_at")}),
+        (None, {"fields": ("name", "version", "enabled", "staged", "supersedes")}),
+        (
+            "File",
+            {
+                "description": "A path on the control plane and the nodes (its hash is "
+                "computed), or a source on the storage link that nodes fetch, with the "
+                "SHA-256 and size from the model's publisher (nodes check the file).",
+                "fields": (
+                    "path",
+                    "source",
+                    "sha256",
+                    "size",
+                    "hash_status",
+                    "hash_error",
+                    "hash_checked_at",
+                ),
+            },
+        ),
         (
             "Serving",
             {"fields": ("context_size", "gpu_layers", "chat_template", "clients", "pools")},
@@ -52,7 +68,6 @@ class ModelPinAdmin(admin.ModelAdmin):
     _always_read_only = (
         "staged",
         "supersedes",
-        "sha256",
         "hash_status",
         "hash_error",
         "hash_checked_at",
@@ -66,7 +81,7 @@ class ModelPinAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         if obj is not None:
             # A pin names one file at one version; a new version is a new pin.
-            return (*self._always_read_only, "name", "version", "path")
+            return (*self._always_read_only, "name", "version", "path", "source", "sha256", "size")
         return self._always_read_only
 
     @admin.display(description="SHA-256")
@@ -82,7 +97,10 @@ class ModelPinAdmin(admin.ModelAdmin):
         if not change:
             transaction.on_commit(lambda: request_pin_verification(obj))
 
-    @admin.action(description="Verify model hash (from the file)", permissions=["change"])
+    @admin.action(
+        description="Verify model hash (from the file; a pin by source: nodes verify)",
+        permissions=["change"],
+    )
     def verify_hash(self, request: HttpRequest, queryset: QuerySet[ModelPin]) -> None:
         pins = list(queryset)
         for pin in pins:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+from typing import Any
+
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -12,13 +17,21 @@ from control_plane.clients.validators import bundle_name_validator, model_versio
 from control_plane.fleet.models import NodePool
 from control_plane.registry.choices import HashStatus
 from control_plane.registry.querysets import ModelPinQuerySet
+from shared.config import MAX_SOURCE_CHARS, artifact_source_problem
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ModelPin(ChangeLoggedModel):
-    """``name`` served from ``path`` at ``version``, and only if the file hashes to ``sha256``.
+    """``name`` served at ``version`` from one GGUF file, and only if it hashes to ``sha256``.
 
-    The hash is computed from the file by a task when the pin is made (and again by
-    "verify"), never typed in. A name has at most one enabled pin: moving to a new
+    The file is named one of two ways. By ``path``: a file at that path on the control
+    plane and on every node; its hash is computed from the file by a task when the pin
+    is made (and again by "verify"), never typed in. By ``source``: where nodes fetch
+    it on the storage link (an http(s) URL or a path the nodes can read), with the
+    ``sha256`` and ``size`` the admin gives from the publisher's checksums; the control
+    plane never reads that file (the pin is ``declared`` and usable at once) and each
+    node places and loads it only if it matches. A name has at most one enabled pin: moving to a new
     version is an explicit new pin that supersedes the old one, staged until its hash is
     verified (the old one serves until then), and rolled back to it in one action.
     ``clients`` may use it; the nodes of ``pools`` load it.
@@ -27,9 +40,27 @@ class ModelPin(ChangeLoggedModel):
     name = models.CharField(max_length=128, validators=[bundle_name_validator])
     version = models.CharField(max_length=64, validators=[model_version_validator])
     path = models.CharField(
-        "GGUF path", max_length=1024, help_text="Path of the GGUF file on the nodes."
+        "GGUF path",
+        max_length=1024,
+        blank=True,
+        help_text="Path of the GGUF file on the control plane and the nodes (or give a source).",
     )
-    sha256 = models.CharField("SHA-256", max_length=64, blank=True, editable=False)
+    source = models.CharField(
+        max_length=MAX_SOURCE_CHARS,
+        blank=True,
+        help_text="Where nodes fetch the GGUF file on the storage link: an http(s) URL "
+        "(no credentials) or an absolute path they can read. Give its SHA-256 and size.",
+    )
+    size = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Size of the file in bytes (with a source)."
+    )
+    sha256 = models.CharField(
+        "SHA-256",
+        max_length=64,
+        blank=True,
+        help_text="With a source: the file's SHA-256 from the publisher (64 lowercase hex). "
+        "With a path: computed from the file.",
+    )
     hash_status = models.CharField(
         max_length=16, choices=HashStatus.choices, default=HashStatus.PENDING, editable=False
     )
@@ -84,6 +115,8 @@ class ModelPin(ChangeLoggedModel):
         "name",
         "version",
         "path",
+        "source",
+        "size",
         "sha256",
         "hash_status",
         "context_size",
@@ -101,6 +134,11 @@ class ModelPin(ChangeLoggedModel):
         verbose_name = "model pin"
         constraints = [
             models.UniqueConstraint(fields=["name", "version"], name="registry_pin_name_version"),
+            models.CheckConstraint(
+                condition=(Q(path="") & ~Q(source="")) | (~Q(path="") & Q(source="")),
+                name="registry_pin_path_or_source",
+                violation_error_message="Give the file's path or its source, not both.",
+            ),
             models.UniqueConstraint(
                 fields=["name"],
                 condition=Q(enabled=True),
@@ -114,3 +152,35 @@ class ModelPin(ChangeLoggedModel):
 
     def __str__(self) -> str:
         return f"{self.name}@{self.version}"
+
+    def clean(self) -> None:
+        """A pin names its file by path (hashed here) or by source (sha256 and size given)."""
+        super().clean()
+        if bool(self.path) == bool(self.source):
+            raise ValidationError(
+                {"path": "Give the GGUF file's path, or its source with sha256 and size."}
+            )
+        if self.path:
+            if not os.path.isabs(self.path):
+                raise ValidationError({"path": "Give an absolute path to the GGUF file."})
+            if self._state.adding and self.sha256:
+                raise ValidationError(
+                    {"sha256": "A pin by path has its hash computed from the file; leave it blank."}
+                )
+            return
+        errors: dict[str, str] = {}
+        problem = artifact_source_problem(self.source)
+        if problem is not None:
+            errors["source"] = problem[0].upper() + problem[1:] + "."
+        if not _SHA256.match(self.sha256):
+            errors["sha256"] = "Give the file's SHA-256: 64 lowercase hex characters."
+        if self.size is None or self.size <= 0:
+            errors["size"] = "Give the file's size in bytes."
+        if errors:
+            raise ValidationError(errors)
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self._state.adding and self.source:
+            # Nothing for the control plane to hash: usable at once, nodes verify.
+            self.hash_status = HashStatus.DECLARED
+        super().save(*args, **kwargs)

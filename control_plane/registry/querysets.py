@@ -8,6 +8,8 @@ from django.db import models
 
 from control_plane.registry.choices import HashStatus
 
+SERVABLE_HASH_STATUSES = (HashStatus.VERIFIED, HashStatus.DECLARED)
+
 if TYPE_CHECKING:
     from control_plane.registry.models import ModelPin
 
@@ -17,5 +19,6 @@ class ModelPinQuerySet(models.QuerySet["ModelPin"]):
         return self.filter(enabled=True)
 
     def servable(self) -> ModelPinQuerySet:
-        """Pins a bundle may carry: enabled, and their file's hash verified."""
-        return self.filter(enabled=True, hash_status=HashStatus.VERIFIED).exclude(sha256="")
+        """Pins a bundle may carry: enabled, and their file's hash verified here or
+        declared (pinned by source: nodes check the file they fetch)."""
+        return self.filter(enabled=True, hash_status__in=SERVABLE_HASH_STATUSES).exclude(sha256="")

@@ -1,4 +1,4 @@
-"""Model-pin use cases: pin a version, compute and verify its file's sha256."""
+"""Model-pin use cases: pin a version (by path or by source), verify its file's sha256."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from control_plane.clients.models import Client
 from control_plane.fleet.models import NodePool, default_pool_id
 from control_plane.registry.choices import HashStatus
 from control_plane.registry.models import ModelPin
+from control_plane.registry.querysets import SERVABLE_HASH_STATUSES
 from shared.config import file_sha256
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,10 @@ def pin_model(
     *,
     name: str,
     version: str,
-    path: str,
+    path: str = "",
+    source: str = "",
+    sha256: str = "",
+    size: int | None = None,
     context_size: int = 2048,
     chat_template: str = "",
     gpu_layers: int | None = None,
@@ -32,7 +36,12 @@ def pin_model(
     pools: Iterable[NodePool] | None = None,
     supersede: bool = False,
 ) -> ModelPin:
-    """Pin ``name`` to ``version`` of the GGUF file at ``path``; the hash task follows.
+    """Pin ``name`` to ``version`` of a GGUF file; the hash task follows.
+
+    The file is at ``path`` (on the control plane and the nodes: the task hashes it), or
+    nodes fetch it from ``source`` on the storage link and check it against ``sha256``
+    and ``size``, given from the publisher's checksums: the control plane never reads
+    it, and the pin is ``declared``, usable at once (``ModelPin.clean`` validates both).
 
     A name has one enabled pin. If it has one already, this refuses (a field error on
     ``version``) unless ``supersede`` says to replace it: the new pin is then *staged*
@@ -44,8 +53,6 @@ def pin_model(
     it is placed on its clients' pools (none: the default pool). Nodes serve the new pin
     after its hash is verified and the next rollout.
     """
-    if not os.path.isabs(path):
-        raise ValidationError({"path": "Give an absolute path to the GGUF file."})
     with transaction.atomic():
         if ModelPin.objects.filter(name=name, version=version).exists():
             raise ValidationError({"version": f"{name} is already pinned at {version}."})
@@ -66,6 +73,9 @@ def pin_model(
             name=name,
             version=version,
             path=path,
+            source=source,
+            sha256=sha256,
+            size=size,
             context_size=context_size,
             chat_template=chat_template,
             gpu_layers=gpu_layers,
@@ -105,23 +115,30 @@ def request_pin_verification(pin: ModelPin) -> None:
 def verify_model_pin(pin: ModelPin) -> ModelPin:
     """Hash the pin's file. The first hash is the pin; later ones must match it.
 
+    A pin by source is not read here (the control plane holds no copy): its declared
+    hash stands, and the nodes check the file they fetch against it.
+
     A file that can't be read leaves the pin ``failed``; one whose hash differs from the
     pinned one leaves it ``mismatch`` (the pinned hash is kept, so nodes keep refusing
     the changed file). Either way the reason is recorded and the pin drops out of bundles.
     A staged pin whose hash is verified takes over from the pin it supersedes.
     """
-    try:
-        digest: str | None = file_sha256(pin.path)
-        error = ""
-    except OSError as exc:
-        digest, error = None, f"can't read {pin.path}: {exc.strerror or type(exc).__name__}"
+    digest: str | None
+    if pin.source:
+        digest, error, verified = pin.sha256, "", HashStatus.DECLARED
+    else:
+        verified = HashStatus.VERIFIED
+        try:
+            digest, error = file_sha256(pin.path), ""
+        except OSError as exc:
+            digest, error = None, f"can't read {pin.path}: {exc.strerror or type(exc).__name__}"
     with transaction.atomic():
         locked = ModelPin.objects.select_for_update().get(pk=pin.pk)
         locked.hash_checked_at = timezone.now()
         if digest is None:
             locked.hash_status, locked.hash_error = HashStatus.FAILED, error
         elif not locked.sha256 or locked.sha256 == digest:
-            locked.sha256, locked.hash_status, locked.hash_error = digest, HashStatus.VERIFIED, ""
+            locked.sha256, locked.hash_status, locked.hash_error = digest, verified, ""
         else:
             locked.hash_status = HashStatus.MISMATCH
             locked.hash_error = (
@@ -130,7 +147,7 @@ def verify_model_pin(pin: ModelPin) -> ModelPin:
             )
         locked.set_change_action(ChangeAction.VERIFY_HASH)
         locked.save()
-        if locked.staged and locked.hash_status == HashStatus.VERIFIED:
+        if locked.staged and locked.hash_status == verified:
             _go_live(locked)
     log.info("model pin %s hash %s", locked.pk, locked.hash_status)
     return locked
@@ -164,7 +181,10 @@ def roll_back_pin(pin: ModelPin) -> ModelPin:
                 {"supersedes": "Only a serving pin that replaced another can roll back."}
             )
         previous = ModelPin.objects.select_for_update().get(pk=locked.supersedes_id)
-        if previous.hash_status != HashStatus.VERIFIED or not os.path.isfile(previous.path):
+        # A pin by source needs no file here: nodes still hold it, or fetch it again.
+        if previous.hash_status not in SERVABLE_HASH_STATUSES or (
+            previous.path and not os.path.isfile(previous.path)
+        ):
             raise ValidationError(
                 {
                     "supersedes": f"{previous} can't serve again: its file is not verified "

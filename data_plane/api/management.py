@@ -107,6 +107,8 @@ async def _health(runtime: Runtime, retrieval: RetrievalService) -> dict[str, An
             }
             for e in runtime.engines.loaded()
         ],
+        # Model files being fetched from the storage link: bytes done of size.
+        "model_fetches": runtime.model_files.fetches(),
         "sessions_open": len(runtime.sessions),
         # Totals only: which clients wait is nobody's business here.
         "engines": [_engine_health(e) for e in runtime.engines.loaded()],

@@ -12,6 +12,7 @@ from shared.config import (
     ApiKeySpec,
     ClientSpec,
     ConfigBundle,
+    ModelSpec,
     api_key_matches,
     api_key_prefix,
     new_api_key,
@@ -78,3 +79,26 @@ def test_a_release_has_an_aware_expiry_and_a_bounded_version() -> None:
     naive = {**release_fields(), "expires_at": datetime(2030, 1, 1)}
     with pytest.raises(ValidationError):
         ConfigBundle(version=1, **naive, node="n")
+
+
+_MODEL = {"name": "m", "version": "v1", "sha256": "ab" * 32, "context_size": 2048}
+
+
+def test_a_model_names_its_file_by_path_or_by_source_with_its_size() -> None:
+    by_path = ModelSpec.model_validate({**_MODEL, "path": "/models/m.gguf"})
+    by_source = ModelSpec.model_validate(
+        {**_MODEL, "source": "https://store.storage/m.gguf", "size": 10}
+    )
+
+    assert (by_path.source, by_path.size) == (None, None)  # a bundle from before sources
+    assert by_source.path is None
+    for bad in (
+        {},
+        {"path": "/m.gguf", "source": "/store/m.gguf", "size": 10},
+        {"source": "/store/m.gguf"},
+        {"source": "http://user:pw@store/m.gguf", "size": 10},
+        {"source": "file:///store/m.gguf", "size": 10},
+        {"source": "http://store/m.gguf", "size": 0},
+    ):
+        with pytest.raises(ValidationError):
+            ModelSpec.model_validate({**_MODEL, **bad})

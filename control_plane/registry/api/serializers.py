@@ -10,7 +10,7 @@ from control_plane.clients.models import Client
 from control_plane.fleet.models import NodePool
 from control_plane.registry.models import ModelPin
 
-IMMUTABLE = ("name", "version", "path")
+IMMUTABLE = ("name", "version", "path", "source", "sha256", "size")
 
 
 class ModelPinSerializer(serializers.ModelSerializer):
@@ -40,6 +40,8 @@ class ModelPinSerializer(serializers.ModelSerializer):
             "name",
             "version",
             "path",
+            "source",
+            "size",
             "sha256",
             "hash_status",
             "hash_error",
@@ -59,7 +61,6 @@ class ModelPinSerializer(serializers.ModelSerializer):
         read_only_fields = (
             "staged",
             "supersedes",
-            "sha256",
             "hash_status",
             "hash_error",
             "hash_checked_at",

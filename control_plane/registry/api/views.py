@@ -17,7 +17,8 @@ from control_plane.registry.services import pin_model, request_pin_verification,
 
 
 class ModelPinViewSet(viewsets.ModelViewSet):
-    """Pins. Creating one queues the hash of its file; ``verify`` re-checks it."""
+    """Pins. Creating one by path queues the hash of its file (``verify`` re-checks it);
+    one by source carries the sha256 and size given, and nodes check the file."""
 
     queryset = ModelPin.objects.prefetch_related("clients", "pools")
     serializer_class = ModelPinSerializer
@@ -34,7 +35,10 @@ class ModelPinViewSet(viewsets.ModelViewSet):
         serializer.instance = pin_model(
             name=data["name"],
             version=data["version"],
-            path=data["path"],
+            path=data.get("path", ""),
+            source=data.get("source", ""),
+            sha256=data.get("sha256", ""),
+            size=data.get("size"),
             context_size=data.get("context_size", 2048),
             chat_template=data.get("chat_template", ""),
             gpu_layers=data.get("gpu_layers"),
