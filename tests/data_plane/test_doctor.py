@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from data_plane.config_store import ConfigStore, TrustStore
+from data_plane.model_files import ModelFiles
 from shared.config import ModelSpec, sign_bundle
 from shared.keys import NODE
 from shared.models import DEFAULT_MODEL_NAME
@@ -131,9 +132,8 @@ def make_node(tmp_path: Path, model_spec: ModelSpec) -> Callable[..., BuiltNode]
         node = BuiltNode(data_dir=signer.data_dir, keys=signer.keys, tmp=tmp_path)
         # Applied as the node applies a pushed config: verified, then committed.
         state = node.data_dir / "state"
-        store = ConfigStore(
-            state, TrustStore(node.keys / TRUST_FILE, state / "trust.json"), "node-1"
-        )
+        trust = TrustStore(node.keys / TRUST_FILE, state / "trust.json")
+        store = ConfigStore(state, trust, "node-1", ModelFiles(node.data_dir / "models", 10))
         bundle = signer.bundle(
             [model_spec.model_copy(update=pin)], [make_tenant("alice", (DEFAULT_MODEL_NAME,))]
         )
@@ -224,3 +224,20 @@ def test_gpu_layers_pinned_without_gpu_offload_fail(make_node: Callable[..., Bui
     else:
         expected = "asks for all (-1) GPU layers; this llama.cpp has no GPU offload"
     assert report.has(f"FAIL  gpu layers: pin {DEFAULT_MODEL_NAME} {expected}"), report.text
+
+
+def test_a_pin_by_source_is_checked_where_the_node_keeps_it_and_never_fetched(
+    make_node: Callable[..., BuiltNode], model_spec: ModelSpec
+) -> None:
+    size = Path(model_spec.path).stat().st_size
+    # Applied as the node applies it: fetched (from a path source) into its models dir.
+    node = make_node(path=None, source=model_spec.path, size=size)
+    placed = node.data_dir / "models" / f"{model_spec.sha256}.gguf"
+    assert placed.is_file()
+    report = node.doctor()
+    assert report.has(f"ok    model: {DEFAULT_MODEL_NAME}: {placed} matches"), report.text
+
+    placed.unlink()
+    report = node.doctor()
+    assert report.has(f"warn  model: {DEFAULT_MODEL_NAME}: not fetched yet"), report.text
+    assert not placed.exists()  # the doctor fetches nothing
