@@ -181,6 +181,15 @@ def _split_list(value: object) -> object:
     return value
 
 
+class MetricsSettings(BaseModel):
+    """``GET /metrics`` for Prometheus (docs/operations.md, "Metrics and health")."""
+
+    token_file: Path | None = Field(
+        default=None,
+        description="file holding the scrapers' bearer token (0600); unset: /metrics is 404",
+    )
+
+
 class AuthSettings(BaseModel):
     """Operators' REST API tokens (docs/operations.md, "Operator tokens")."""
 
@@ -231,6 +240,7 @@ class ControlPlaneSettings(StrictEnvSettings):
     ledger: LedgerSettings = LedgerSettings()
     knowledge: KnowledgeSettings = KnowledgeSettings()
     auth: AuthSettings = AuthSettings()
+    metrics: MetricsSettings = MetricsSettings()
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "SANCTUM_CP_DATABASE_URL")
     )

@@ -168,6 +168,9 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + ([] if CP.production else ["rest_framework.renderers.BrowsableAPIRenderer"]),
 }
+# GET /metrics (control_plane.core.metrics): the scrapers' token, or None for no metrics.
+SANCTUM_METRICS_TOKEN_FILE = CP.metrics.token_file
+
 REST_KNOX = {
     "TOKEN_TTL": timedelta(seconds=CP.auth.token_ttl_seconds),
     # Recognisable in a leaked file or a secret scanner; knox keeps only its digest.

@@ -1,10 +1,12 @@
 """URLs: the admin console at /admin/, the REST API at /api/ (its OpenAPI schema at
-/api/schema/), and the auditors' page at /audit/."""
+/api/schema/), the auditors' page at /audit/, and Prometheus's /metrics."""
 
 from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
+
+from control_plane.core.metrics import metrics_view
 
 admin.site.site_header = "Sanctum control plane"
 admin.site.site_title = "Sanctum"
@@ -25,6 +27,7 @@ api_patterns: list[URLPattern | URLResolver] = [
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/", include((api_patterns, "api"))),
     path("audit/", include("control_plane.audit.urls")),

@@ -8,3 +8,9 @@ class AuditConfig(AppConfig):
     # Roles (see control_plane.accounts.roles): both read; nobody adds, changes or deletes
     # a receipt or a tree head (collection writes them, and only appends).
     sanctum_roles = {"admin": ("view",), "auditor": ("view",)}
+
+    def ready(self) -> None:
+        from control_plane.audit.metrics import LedgerCollector
+        from control_plane.core.metrics import register_collector
+
+        register_collector(LedgerCollector())
