@@ -32,9 +32,11 @@ from shared.config import file_sha256
 
 log = logging.getLogger(__name__)
 
-# A node counts toward a staged pin's readiness while its health was read (and said
-# "ok") within this many health polls; one that went quiet does not hold a pin back.
+# A node counts toward a staged pin's readiness while its latest health poll got an
+# "ok" answer no older than this many polls (at least STAGING_HEALTH_SECONDS): one that
+# is down (its poll failed) or went quiet (no poll read it) does not hold a pin back.
 STAGING_HEALTH_POLLS = 3
+STAGING_HEALTH_SECONDS = 120.0
 # What a node reports for a staged model it can switch to ("ready": file verified, no
 # room to load it beside the old one: it drains the old one first).
 STAGED_READY = ("loaded", "ready")
@@ -199,13 +201,19 @@ def staging_nodes(pin: ModelPin) -> list[Node]:
 def staging_report(pin: ModelPin) -> StagingReport:
     """Whether staged ``pin`` may go live: its file is verified, and every node of
     :func:`staging_nodes` that answered health ("ok") in the last
-    ``STAGING_HEALTH_POLLS`` polls reports it loaded or ready (or serves it already).
+    ``STAGING_HEALTH_POLLS`` polls (at least ``STAGING_HEALTH_SECONDS``) reports it
+    loaded or ready (or serves it already).
     A node that has not answered that recently is not counted, so a node that is down
     holds no upgrade back (it gets the new pin when it is back, through catch-up).
     No such node: the verification alone decides."""
     if pin.hash_status != HashStatus.VERIFIED or not pin.sha256:
         return StagingReport(waiting_on={"": "its file's hash is not verified"})
-    window = timedelta(seconds=STAGING_HEALTH_POLLS * settings.SANCTUM.rollout.health_poll_seconds)
+    window = timedelta(
+        seconds=max(
+            STAGING_HEALTH_SECONDS,
+            STAGING_HEALTH_POLLS * settings.SANCTUM.rollout.health_poll_seconds,
+        )
+    )
     cutoff = timezone.now() - window
     ready, waiting, not_counted = [], {}, {}
     for node in staging_nodes(pin):

@@ -121,7 +121,7 @@ def test_a_node_that_failed_to_prepare_it_holds_it_back_until_an_admin_forces_it
 
 def test_nodes_down_quiet_disabled_draining_or_elsewhere_do_not_hold_a_pin_back():
     """The rule: counted are enabled, non-draining nodes of a pool that has both pins,
-    whose health answered "ok" within the last three polls."""
+    whose latest health poll answered "ok", no older than two minutes."""
     other_pool = NodePool.objects.create(name="other")
     v1 = ModelPinFactory(name="llm")
     ready = NodeFactory(name="n-ready")
