@@ -143,6 +143,8 @@ def _engine_health(engine: Engine) -> dict[str, Any]:
     stats = engine.stats()
     return {
         "name": engine.info.name,
+        # A staged version is loaded beside the one that serves: the version tells them apart.
+        "version": engine.info.version,
         "slots": stats.slots,
         "slots_busy": stats.slots_busy,
         "running": sum(stats.running.values()),
