@@ -4,6 +4,21 @@
 usage outbox with the node's signing key, and the retrieval components (embedder,
 knowledge-base index). It is started before the listeners open and stopped after they
 close.
+
+Model versions change without a gap (docs/operations.md, "Upgrading a model"). A
+bundle's ``staged`` models are new versions of models it serves: each file is verified
+off the event loop and, if the node has room (``ENGINE__MAX_LOADED_MODELS``), loaded;
+health reports each as ``loaded``, ``ready`` (verified, no room to load it beside the
+old one) or ``failed``. Staged engines serve no one. When a bundle then serves the new
+version:
+
+- with its engine loaded (or room to load it), the switch is instant: the config in
+  force names the new engine, so new requests go to it; the old engine *drains* (no new
+  turn on its sessions; turns in flight finish, within ``SESSIONS__DRAIN_GRACE_SECONDS``;
+  its sessions end with their records) and unloads;
+- without room, the old engine drains and unloads first, then the new one loads, and
+  only then is the bundle committed. Meanwhile a request for that model gets 503
+  ``model_switching`` with ``Retry-After`` (the OpenAI SDK retries it by itself).
 """
 
 from __future__ import annotations
@@ -12,7 +27,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -39,10 +56,30 @@ from shared.trust import MANAGEMENT
 
 logger = logging.getLogger(__name__)
 
-# How long a retired model's turns in flight get to be accounted before their sessions end.
-RETIRE_GRACE_SECONDS = 30.0
 # How often changed quota counts are written to disk.
 COUNTERS_FLUSH_SECONDS = 2.0
+# What a request for a model that is switching versions is told to wait (Retry-After).
+SWITCH_RETRY_AFTER_SECONDS = 2
+
+StagedState = Literal["loaded", "ready", "failed"]
+
+
+@dataclass(frozen=True)
+class StagedModel:
+    """A new version staged to replace a served model, as the node has prepared it."""
+
+    spec: ModelSpec
+    state: StagedState
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "version": self.spec.version,
+            "sha256": self.spec.sha256,
+            "state": self.state,
+            "reason": self.reason,
+        }
 
 
 def engine_config(spec: ModelSpec, settings: Settings) -> EngineConfig:
@@ -72,19 +109,28 @@ def engine_config(spec: ModelSpec, settings: Settings) -> EngineConfig:
     )
 
 
+def _key(spec: ModelSpec) -> tuple[str, str]:
+    return (spec.name, spec.sha256)
+
+
 class EnginePool:
-    """One loaded engine per pinned model, keyed by the pin's name and file hash."""
+    """One loaded engine per pinned (or staged) model, keyed by name and file hash."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._engines: dict[tuple[str, str], Engine] = {}
         self._closed = False
+        self.max_loaded = settings.engine.max_loaded_models
 
     def get(self, spec: ModelSpec) -> Engine | None:
-        return self._engines.get((spec.name, spec.sha256))
+        return self._engines.get(_key(spec))
 
     def loaded(self) -> list[Engine]:
         return list(self._engines.values())
+
+    def has_room(self, more: int = 1) -> bool:
+        """Whether ``more`` engines fit beside those loaded (``MAX_LOADED_MODELS``)."""
+        return self.max_loaded is None or len(self._engines) + more <= self.max_loaded
 
     async def load(self, spec: ModelSpec) -> Engine:
         key = (spec.name, spec.sha256)
@@ -101,10 +147,10 @@ class EnginePool:
             logger.info("model loaded name=%s seconds=%.2f", spec.name, time.monotonic() - started)
         return self._engines[key]
 
-    def retired(self, bundle: ConfigBundle) -> list[Engine]:
-        """Engines whose pin is not in ``bundle`` any more (removed from the pool)."""
-        keep = {(m.name, m.sha256) for m in bundle.models}
-        gone = [k for k in self._engines if k not in keep]
+    def retired(self, keep: Iterable[ModelSpec]) -> list[Engine]:
+        """Take out the engines of models not in ``keep`` (unpinned, or an old version)."""
+        kept = {_key(m) for m in keep}
+        gone = [k for k in self._engines if k not in kept]
         return [self._engines.pop(k) for k in gone]
 
     async def aclose(self) -> None:
@@ -167,6 +213,12 @@ class Runtime:
         self.metrics = NodeMetrics(per_client=settings.metrics.per_client)
         self.metrics.watch(self._metrics_state)
         self.started_at = time.time()
+        # Staged models by name, as last prepared (reported in health).
+        self.staged: dict[str, StagedModel] = {}
+        # Engines on their way out: no new turn starts on them.
+        self._draining: set[Engine] = set()
+        # Models whose engine is swapped without room for both: requests wait (503).
+        self._switching: frozenset[str] = frozenset()
         self._apply_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -182,6 +234,7 @@ class Runtime:
                 logger.error("backbone not restored: %s", exc.message)
             for spec in saved[1].models:
                 await self.engines.load(spec)
+            await self._stage(saved[1].staged)
         self._tasks = [
             asyncio.create_task(self._sweep(), name="session-sweeper"),
             asyncio.create_task(self._compact(), name="outbox-compactor"),
@@ -213,15 +266,16 @@ class Runtime:
                     self.tls.check(bundle.tls)
                 except (CertificateError, KeyFileError) as exc:
                     raise ConfigRejected(422, CERTIFICATE_INVALID, str(exc)) from None
-            await self.backbone.apply(bundle, self.backbone.check(bundle))
-            try:
-                for spec in bundle.models:
-                    await self.engines.load(spec)
-            except Exception as exc:
-                logger.error("model load failed: %s", type(exc).__name__)
+            limit = self.engines.max_loaded
+            if limit is not None and len(bundle.models) > limit:
                 raise ConfigRejected(
-                    422, "model_unavailable", "a pinned model failed to load on this node"
-                ) from None
+                    422,
+                    "model_no_room",
+                    f"the config pins {len(bundle.models)} models; this node holds at most "
+                    f"{limit} (SANCTUM_DP_ENGINE__MAX_LOADED_MODELS)",
+                )
+            await self.backbone.apply(bundle, self.backbone.check(bundle))
+            await self._load_models(bundle)
             placed = {c.id for c in bundle.clients}
             held = self.config.current.clients if self.config.current else ()
             try:
@@ -235,9 +289,11 @@ class Runtime:
             finally:
                 self.config.leaving = frozenset()
             self.tls.install(bundle.tls)
-            for engine in self.engines.retired(bundle):
-                await self._retire(engine)
+            served = {m.name for m in bundle.models}
+            for engine in self.engines.retired((*bundle.models, *bundle.staged)):
+                await self._retire(engine, drain=engine.info.name in served)
             await self._drop_unplaced(placed)
+            await self._stage(bundle.staged)
             return bundle
 
     def not_ready(self) -> str | None:
@@ -288,6 +344,91 @@ class Runtime:
             engines=engines,
         )
 
+    async def _load_models(self, bundle: ConfigBundle) -> None:
+        """Load what ``bundle`` serves and is not loaded, before it is committed.
+
+        With room, beside the engines that serve now (they go once it is committed).
+        Without, the engines it no longer serves drain and unload first, their models
+        answering ``model_switching`` until the new ones are loaded; if one fails to
+        load, what served before is loaded again (best effort) and the bundle refused.
+        """
+        missing = [m for m in bundle.models if self.engines.get(m) is None]
+        if not missing:
+            return
+        names = frozenset(m.name for m in missing)
+        making_room = not self.engines.has_room(len(missing))
+        try:
+            if making_room:
+                self._switching = names
+                leaving = self.engines.retired(bundle.models)
+                logger.info(
+                    "no room to load beside: draining models=%d to load models=%d",
+                    len(leaving),
+                    len(missing),
+                )
+                for engine in leaving:
+                    await self._retire(engine, drain=True)
+            for spec in missing:
+                await self.engines.load(spec)
+        except Exception as exc:
+            logger.error("model load failed: %s", type(exc).__name__)
+            if making_room and self.config.current is not None:
+                await self._reload(self.config.current.models)
+            raise ConfigRejected(
+                422, "model_unavailable", "a pinned model failed to load on this node"
+            ) from None
+        finally:
+            self._switching = frozenset()
+
+    async def _reload(self, specs: Iterable[ModelSpec]) -> None:
+        """Load ``specs`` again after a switch that failed (what it can: logged if not)."""
+        for spec in specs:
+            try:
+                await self.engines.load(spec)
+            except Exception as exc:
+                logger.error("model reload failed name=%s: %s", spec.name, type(exc).__name__)
+
+    async def _stage(self, specs: Iterable[ModelSpec]) -> None:
+        """Prepare the new versions a bundle stages: verify each file off the event loop
+        (the same check a served model's file passes), then load it if there is room.
+        A staged model that fails is reported with its reason; the bundle stands."""
+        prepared: dict[str, StagedModel] = {}
+        for spec in specs:
+            try:
+                await asyncio.to_thread(self.config.files.check, spec)
+            except ConfigRejected as exc:
+                prepared[spec.name] = StagedModel(spec, "failed", exc.message)
+                continue
+            if self.engines.get(spec) is None and self.engines.has_room():
+                try:
+                    await self.engines.load(spec)
+                except Exception as exc:
+                    logger.error("staged model load failed: %s", type(exc).__name__)
+                    prepared[spec.name] = StagedModel(
+                        spec, "failed", "the model failed to load on this node"
+                    )
+                    continue
+            state: StagedState = "loaded" if self.engines.get(spec) is not None else "ready"
+            prepared[spec.name] = StagedModel(spec, state)
+            logger.info("model staged name=%s state=%s", spec.name, state)
+        self.staged = prepared
+
+    def serving(self) -> list[Engine]:
+        """The engines of the models the config in force serves (not staged ones)."""
+        current = self.config.current
+        if current is None:
+            return []
+        engines = (self.engines.get(m) for m in current.models)
+        return [e for e in engines if e is not None]
+
+    def switching(self, model: str) -> bool:
+        """Whether ``model`` is between versions (no room for both): retry shortly."""
+        return model in self._switching
+
+    def draining(self, engine: Engine) -> bool:
+        """Whether ``engine`` is on its way out: no new turn may start on it."""
+        return engine in self._draining
+
     def _sessions_of(self, clients: Collection[str]) -> list[Session]:
         return [s for s in self.sessions.open_sessions() if s.client_id in clients]
 
@@ -305,27 +446,42 @@ class Runtime:
                 await self.retrieval.store.delete_knowledge_base(kb.client_id, kb.name)
                 logger.info("knowledge base dropped: client %s is not placed here", kb.client_id)
 
-    async def _retire(self, engine: Engine) -> None:
-        """Unload a model the new bundle no longer pins, and end its sessions.
+    async def _retire(self, engine: Engine, *, drain: bool) -> None:
+        """Unload an engine the new bundle no longer serves, and end its sessions.
 
-        The engine closes first: generations still running end (each stream gets an error
-        event) and their turns are accounted as their handlers finish; then the sessions
-        end, each with its usage record stored.
+        ``drain`` (a version of a model that goes on being served): no new turn starts
+        on it, turns in flight finish (within the grace), then its sessions end, each
+        with its usage record stored, and it unloads. Otherwise (the model is unpinned)
+        the engine closes first: generations still running end (each stream gets an
+        error event) and are accounted as their handlers finish; then the sessions end.
         """
-        await engine.aclose()
-        await self._end_sessions(self.sessions.by_engine(engine))
+        if not drain:
+            await engine.aclose()
+            await self._end_sessions(self.sessions.by_engine(engine))
+            return
+        self._draining.add(engine)
+        try:
+            await self._end_sessions(self.sessions.by_engine(engine))
+            await engine.aclose()
+            # A session opened by a request that found the engine just before it began
+            # to drain: it ran nothing here, and ends too.
+            await self.sessions.end_all("shutdown", self.sessions.by_engine(engine))
+        finally:
+            self._draining.discard(engine)
 
     async def _end_sessions(self, sessions: list[Session]) -> None:
         """End ``sessions`` once their turns in flight are accounted (or after a grace)."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(RETIRE_GRACE_SECONDS):
+            async with asyncio.timeout(self.settings.sessions.drain_grace_seconds):
                 for session in sessions:
                     async with session.busy:  # its turn in flight has been accounted
                         pass
         await self.sessions.end_all("shutdown", sessions)
 
     def engine_for(self, spec: ModelSpec) -> Engine | None:
-        return self.engines.get(spec)
+        """The engine that serves ``spec`` now (None while it is loading or draining)."""
+        engine = self.engines.get(spec)
+        return None if engine is None or engine in self._draining else engine
 
     @staticmethod
     def caps_for(client: ClientSpec, engine: Engine) -> ClientCaps:

@@ -99,6 +99,14 @@ class EngineSettings(BaseModel):
     client_max_parked_bytes: int = Field(
         default=256 << 20, ge=0, description="RAM for one client's parked KV state"
     )
+    max_loaded_models: int | None = Field(
+        default=None,
+        ge=1,
+        description="models this node can hold loaded at once (default: no limit). A "
+        "new version is loaded beside the old one only while that keeps within it; "
+        "otherwise the old one drains and unloads before the new one loads "
+        "(docs/operations.md, upgrading a model)",
+    )
 
 
 class SessionSettings(BaseModel):
@@ -107,6 +115,12 @@ class SessionSettings(BaseModel):
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
     max_open: int = Field(
         default=1024, ge=1, description="sessions open on this node, all clients together"
+    )
+    drain_grace_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="when a model version retires (or a client leaves the node), how long "
+        "its turns in flight may run on before their sessions end anyway",
     )
 
 

@@ -188,6 +188,12 @@ class ConfigBundle(Release):
         default=None, description="its pool: the clients and models here are placed on it"
     )
     models: tuple[ModelSpec, ...] = ()
+    staged: tuple[ModelSpec, ...] = Field(
+        default=(),
+        description="new versions staged to replace a model of the same name in "
+        "``models``: the node verifies each file and loads it if it has room, reports "
+        "them in its health, and serves none of them",
+    )
     clients: tuple[ClientSpec, ...] = ()
     backbone: BackboneInterface | None = Field(
         default=None, description="the gateways that may reach this node's client API"
@@ -200,6 +206,19 @@ class ConfigBundle(Release):
         if len(names) != len(set(names)):
             raise ValueError("model names must be unique")
         return models
+
+    @model_validator(mode="after")
+    def _staged_replace_a_model(self) -> ConfigBundle:
+        names = [m.name for m in self.staged]
+        if len(names) != len(set(names)):
+            raise ValueError("staged model names must be unique")
+        for spec in self.staged:
+            serving = self.model(spec.name)
+            if serving is None:
+                raise ValueError(f"staged model {spec.name} replaces no model of the bundle")
+            if serving.sha256 == spec.sha256:
+                raise ValueError(f"staged model {spec.name} is the file that serves already")
+        return self
 
     @field_validator("clients")
     @classmethod
@@ -226,7 +245,9 @@ class ConfigBundle(Release):
         return next((m for m in self.models if m.name == name), None)
 
     def document(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        # Without staged models the field is left out: a node that predates staging
+        # (its contract forbids unknown fields) still takes the bundle.
+        return self.model_dump(mode="json", exclude={"staged"} if not self.staged else None)
 
 
 def sign_bundle(bundle: ConfigBundle, key: Signer) -> str:

@@ -7,7 +7,10 @@ with ``shared.config.sign_bundle``. Roll out with ``roll_out(NODES, nodes)``.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
+
+from django.db import transaction
 
 from control_plane.clients.models import ApiKey, Client
 from control_plane.core.rollout import ReleaseStamp, RolloutKind
@@ -17,6 +20,8 @@ from control_plane.network.backbone import node_backbone
 from control_plane.pki.choices import TargetKind
 from control_plane.pki.services import tls_material
 from control_plane.registry.models import ModelPin
+from control_plane.registry.querysets import SERVABLE_HASH_STATUSES
+from control_plane.registry.services import advance_staged_pins
 from shared.config import (
     ApiKeySpec,
     ClientLimits,
@@ -40,6 +45,9 @@ def build_bundle(node: Node, version: int, stamp: ReleaseStamp | None = None) ->
     each enforces its part (``Client.limit_shares``; docs/security.md). A client placed
     elsewhere is not in the bundle at all: the node does not know its keys.
     TLS: once the node has enrolled, its management certificate, renewed when due.
+    Staged: each verified staged pin on the pool that replaces a model the bundle
+    serves (the newest, if several wait), for the node to prepare
+    (``control_plane.registry.services``); it serves no one until it goes live.
     """
     stamp = stamp or ReleaseStamp.now()
     issued_at = stamp.issued_at
@@ -52,20 +60,16 @@ def build_bundle(node: Node, version: int, stamp: ReleaseStamp | None = None) ->
     pins = list(
         ModelPin.objects.servable().filter(pools=pool).prefetch_related("clients").order_by("name")
     )
-    models = tuple(
-        ModelSpec(
-            name=pin.name,
-            version=pin.version,
-            sha256=pin.sha256,
-            path=pin.path or None,
-            source=pin.source or None,
-            size=pin.size,
-            context_size=pin.context_size,
-            chat_template=pin.chat_template or None,
-            gpu_layers=pin.gpu_layers,
-        )
-        for pin in pins
-    )
+    models = tuple(_model_spec(pin) for pin in pins)
+    served = {m.name: m.sha256 for m in models}
+    staged: dict[str, ModelSpec] = {}
+    for pin in (
+        ModelPin.objects.filter(staged=True, hash_status__in=SERVABLE_HASH_STATUSES, pools=pool)
+        .exclude(sha256="")
+        .order_by("-created_at")
+    ):
+        if pin.name in served and pin.sha256 != served[pin.name]:
+            staged.setdefault(pin.name, _model_spec(pin))
     allowed: dict[int, list[str]] = {}
     for pin in pins:
         for client in pin.clients.all():
@@ -104,8 +108,23 @@ def build_bundle(node: Node, version: int, stamp: ReleaseStamp | None = None) ->
         node=node.name,
         pool=PoolSpec(name=pool.name, dedicated=pool.dedicated),
         models=models,
+        staged=tuple(staged[name] for name in sorted(staged)),
         clients=clients,
         backbone=node_backbone(node),
+    )
+
+
+def _model_spec(pin: ModelPin) -> ModelSpec:
+    return ModelSpec(
+        name=pin.name,
+        version=pin.version,
+        sha256=pin.sha256,
+        path=pin.path or None,
+        source=pin.source or None,
+        size=pin.size,
+        context_size=pin.context_size,
+        chat_template=pin.chat_template or None,
+        gpu_layers=pin.gpu_layers,
     )
 
 
@@ -126,6 +145,12 @@ class NodeRollout(RolloutKind[Node, ConfigRelease, NodeState]):
 
     def health_key(self, target: Node) -> str:
         return target.public_key
+
+    def read_health(self, target: Node, health: dict[str, Any]) -> None:
+        """A node's report may make a staged pin of its pool ready: once this report is
+        stored, such pins go live (and the swap rolls out by itself). So may a node
+        that stopped answering, or that is no longer counted."""
+        transaction.on_commit(partial(advance_staged_pins, [target.pool.pk]))
 
 
 NODES = NodeRollout()

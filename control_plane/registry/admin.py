@@ -11,7 +11,7 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
 from control_plane.registry.models import ModelPin
-from control_plane.registry.services import request_pin_verification, roll_back_pin
+from control_plane.registry.services import go_live_now, request_pin_verification, roll_back_pin
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -39,7 +39,7 @@ class ModelPinAdmin(admin.ModelAdmin):
     list_filter = ("hash_status", "enabled", "staged", "name")
     search_fields = ("name", "version", "sha256", "path", "source")
     filter_horizontal = ("clients", "pools")
-    actions = ("verify_hash", "roll_back")
+    actions = ("verify_hash", "roll_back", "go_live")
     fieldsets = (
         (None, {"fields": ("name", "version", "enabled", "staged", "supersedes")}),
         (
@@ -120,3 +120,16 @@ class ModelPinAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{pin}: {' '.join(exc.messages)}", messages.ERROR)
             else:
                 self.message_user(request, f"{previous} serves again.", messages.SUCCESS)
+
+    @admin.action(
+        description="Go live now, without waiting for the nodes to report it ready",
+        permissions=["change"],
+    )
+    def go_live(self, request: HttpRequest, queryset: QuerySet[ModelPin]) -> None:
+        for pin in queryset:
+            try:
+                live = go_live_now(pin)
+            except ValidationError as exc:
+                self.message_user(request, f"{pin}: {' '.join(exc.messages)}", messages.ERROR)
+            else:
+                self.message_user(request, f"{live} serves now.", messages.SUCCESS)

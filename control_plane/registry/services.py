@@ -1,24 +1,47 @@
-"""Model-pin use cases: pin a version (by path or by source), verify its file's sha256."""
+"""Model-pin use cases: pin a version (by path or by source), compute and verify its
+file's sha256, stage a new version on its nodes and let it go live when they are ready,
+roll back.
+
+Staging (docs/operations.md, "Upgrading a model"): a staged pin whose file is verified
+travels in the ``staged`` part of the bundles of the nodes that serve the pin it
+replaces; each node verifies the file, loads it if it has room, and says so in its
+health. The pin goes live (:func:`_go_live`: the two pins swap in one transaction)
+when every node that must prepare it reports it ready (:func:`staging_report`), or
+when an admin forces it (:func:`go_live_now`).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from control_plane.changes.choices import ChangeAction
 from control_plane.clients.models import Client
-from control_plane.fleet.models import NodePool, default_pool_id
+from control_plane.core.choices import HealthStatus
+from control_plane.fleet.models import Node, NodePool, NodeState, default_pool_id
 from control_plane.registry.choices import HashStatus
 from control_plane.registry.models import ModelPin
 from control_plane.registry.querysets import SERVABLE_HASH_STATUSES
 from shared.config import file_sha256
 
 log = logging.getLogger(__name__)
+
+# A node counts toward a staged pin's readiness while its latest health poll got an
+# "ok" answer no older than this many polls (at least STAGING_HEALTH_SECONDS): one that
+# is down (its poll failed) or went quiet (no poll read it) does not hold a pin back.
+STAGING_HEALTH_POLLS = 3
+STAGING_HEALTH_SECONDS = 120.0
+# What a node reports for a staged model it can switch to ("ready": file verified, no
+# room to load it beside the old one: it drains the old one first).
+STAGED_READY = ("loaded", "ready")
 
 
 def pin_model(
@@ -147,27 +170,159 @@ def verify_model_pin(pin: ModelPin) -> ModelPin:
             )
         locked.set_change_action(ChangeAction.VERIFY_HASH)
         locked.save()
-        if locked.staged and locked.hash_status == verified:
+        # A staged pin without nodes to prepare it goes live now; otherwise the bundle
+        # this save releases stages it on them, and their health reports move it on.
+        if locked.staged and locked.hash_status == verified and staging_report(locked).ready:
             _go_live(locked)
     log.info("model pin %s hash %s", locked.pk, locked.hash_status)
     return locked
 
 
-def _go_live(staged: ModelPin) -> None:
+@dataclass(frozen=True)
+class StagingReport:
+    """Where a staged pin stands on the nodes that must prepare it, by node name."""
+
+    ready_on: tuple[str, ...] = ()
+    waiting_on: dict[str, str] | None = None  # node: why it is not ready yet
+    not_counted: dict[str, str] | None = None  # node: why it does not hold the pin back
+
+    @property
+    def ready(self) -> bool:
+        return not self.waiting_on
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ready": self.ready,
+            "ready_on": list(self.ready_on),
+            "waiting_on": self.waiting_on or {},
+            "not_counted": self.not_counted or {},
+        }
+
+
+def staging_nodes(pin: ModelPin) -> list[Node]:
+    """The nodes that must prepare staged ``pin``: enabled, not draining, on a pool of
+    both ``pin`` and the pin of its name that serves now (the nodes whose bundles stage
+    it). A pool that gains the model only with ``pin`` has nothing to keep serving."""
+    current = ModelPin.objects.servable().filter(name=pin.name).exclude(pk=pin.pk).first()
+    if current is None:
+        return []
+    pools = set(pin.pools.values_list("pk", flat=True)) & set(
+        current.pools.values_list("pk", flat=True)
+    )
+    return list(
+        Node.objects.filter(enabled=True, draining=False, pool__in=pools)
+        .select_related("state")
+        .order_by("name")
+    )
+
+
+def staging_report(pin: ModelPin) -> StagingReport:
+    """Whether staged ``pin`` may go live: its file is verified, and every node of
+    :func:`staging_nodes` that answered health ("ok") in the last
+    ``STAGING_HEALTH_POLLS`` polls (at least ``STAGING_HEALTH_SECONDS``) reports it
+    loaded or ready (or serves it already).
+    A node that has not answered that recently is not counted, so a node that is down
+    holds no upgrade back (it gets the new pin when it is back, through catch-up).
+    No such node: the verification alone decides."""
+    if pin.hash_status not in SERVABLE_HASH_STATUSES or not pin.sha256:
+        return StagingReport(waiting_on={"": "its file's hash is not verified"})
+    window = timedelta(
+        seconds=max(
+            STAGING_HEALTH_SECONDS,
+            STAGING_HEALTH_POLLS * settings.SANCTUM.rollout.health_poll_seconds,
+        )
+    )
+    cutoff = timezone.now() - window
+    ready, waiting, not_counted = [], {}, {}
+    for node in staging_nodes(pin):
+        state: NodeState | None = getattr(node, "state", None)
+        if state is None or state.health_checked_at is None or state.health_checked_at < cutoff:
+            not_counted[node.name] = "no health read recently"
+            continue
+        if state.health_status != HealthStatus.OK or not isinstance(state.health, dict):
+            not_counted[node.name] = f"health {state.health_status}"
+            continue
+        reported = _staged_state(state.health, pin.sha256)
+        if reported in STAGED_READY:
+            ready.append(node.name)
+        else:
+            waiting[node.name] = reported
+    return StagingReport(tuple(ready), waiting, not_counted)
+
+
+def _staged_state(health: dict[str, object], sha256: str) -> str:
+    """What a node's health report says of the model file ``sha256``."""
+    models = health.get("models")
+    if isinstance(models, list) and any(
+        isinstance(m, dict) and m.get("sha256") == sha256 for m in models
+    ):
+        return "loaded"  # it serves it already
+    staged = health.get("staged")
+    for entry in staged if isinstance(staged, list) else []:
+        if isinstance(entry, dict) and entry.get("sha256") == sha256:
+            state = str(entry.get("state"))
+            if state == "failed":
+                return f"failed: {str(entry.get('reason') or '')[:200]}"
+            return state
+    return "not staged on it yet"
+
+
+def go_live_when_ready(pin: ModelPin) -> bool:
+    """Let staged ``pin`` go live if :func:`staging_report` says it may; whether it did."""
+    with transaction.atomic():
+        locked = ModelPin.objects.select_for_update().get(pk=pin.pk)
+        if not locked.staged or not staging_report(locked).ready:
+            return False
+        return _go_live(locked)
+
+
+def advance_staged_pins(pools: Iterable[int] | None = None) -> list[ModelPin]:
+    """:func:`go_live_when_ready` for every verified staged pin (on ``pools``, if given);
+    the pins that went live. Called after each node health read."""
+    pins = ModelPin.objects.filter(staged=True, hash_status__in=SERVABLE_HASH_STATUSES)
+    if pools is not None:
+        pins = pins.filter(pools__in=list(pools)).distinct()
+    return [pin for pin in pins.order_by("created_at") if go_live_when_ready(pin)]
+
+
+def go_live_now(pin: ModelPin) -> ModelPin:
+    """Admin's override: staged ``pin`` goes live without waiting for its nodes (one
+    that is stuck, or reports a failure the admin accepts). Its file must be verified.
+    Nodes that have not prepared it load it when the bundle reaches them (the old
+    version drains first where there is no room). Raises ``ValidationError``."""
+    with transaction.atomic():
+        locked = ModelPin.objects.select_for_update().get(pk=pin.pk)
+        if not locked.staged:
+            raise ValidationError({"staged": "Only a staged pin can go live."})
+        if locked.hash_status not in SERVABLE_HASH_STATUSES:
+            raise ValidationError(
+                {"hash_status": "Its file's hash is not verified: verify it first."}
+            )
+        if not _go_live(locked):
+            raise ValidationError(
+                {"supersedes": "Another pin of this model went live meanwhile; pin anew."}
+            )
+    log.info("model pin %s forced live", locked.pk)
+    return locked
+
+
+def _go_live(staged: ModelPin) -> bool:
     """Enable ``staged`` and retire the pin of its name that serves now, in the caller's
     transaction, so every release built sees one or the other and never neither. If
     another pin of the name went live meanwhile (a newer staged one, a rollback), this
-    one stays staged: going live would silently undo that."""
+    one stays staged: going live would silently undo that. Returns whether it went live."""
     enabled = ModelPin.objects.select_for_update().filter(name=staged.name, enabled=True)
     current = enabled.exclude(pk=staged.pk).first()
     if current is not None and current.pk != staged.supersedes_id:
         log.info("model pin %s stays staged: pin %s went live meanwhile", staged.pk, current.pk)
-        return
+        return False
     if current is not None:
         current.enabled = False
         current.save()
     staged.enabled, staged.staged = True, False
     staged.save()
+    log.info("model pin %s live", staged.pk)
+    return True
 
 
 def roll_back_pin(pin: ModelPin) -> ModelPin:

@@ -105,10 +105,16 @@ async def _health(runtime: Runtime, retrieval: RetrievalService) -> dict[str, An
                 "sha256": e.info.sha256,
                 "context_size": e.info.context_size,
             }
-            for e in runtime.engines.loaded()
+            for e in runtime.serving()
         ],
         # Model files being fetched from the storage link: bytes done of size.
         "model_fetches": runtime.model_files.fetches(),
+        # New versions staged to replace served models: "loaded" (ready to switch at
+        # once), "ready" (file verified; no room to load it beside the old one, which
+        # drains first) or "failed" (with the reason). The control plane lets a staged
+        # pin go live once every node of its pools reports it loaded or ready.
+        "staged": [s.as_dict() for s in runtime.staged.values()],
+        "max_loaded_models": runtime.engines.max_loaded,
         "sessions_open": len(runtime.sessions),
         # Totals only: which clients wait is nobody's business here.
         "engines": [_engine_health(e) for e in runtime.engines.loaded()],
@@ -139,6 +145,8 @@ def _engine_health(engine: Engine) -> dict[str, Any]:
     stats = engine.stats()
     return {
         "name": engine.info.name,
+        # A staged version is loaded beside the one that serves: the version tells them apart.
+        "version": engine.info.version,
         "slots": stats.slots,
         "slots_busy": stats.slots_busy,
         "running": sum(stats.running.values()),

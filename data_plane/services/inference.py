@@ -47,7 +47,7 @@ from data_plane.errors import (
 from data_plane.metrics import TurnTiming
 from data_plane.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
 from data_plane.rate_limits import Reservation
-from data_plane.runtime import Runtime
+from data_plane.runtime import SWITCH_RETRY_AFTER_SECONDS, Runtime
 from data_plane.services.structured import (
     ToolCallReader,
     ToolPlan,
@@ -154,6 +154,8 @@ class InferenceService:
             raise Forbidden("this key may not use that model", param="model")
         engine = self.runtime.engine_for(spec)
         if engine is None:
+            if self.runtime.switching(name):
+                raise _switching()
             raise Unavailable("that model is not loaded on this node")
         return spec, engine
 
@@ -336,6 +338,8 @@ class InferenceService:
         params: SamplingParams,
         prompt: Callable[[], Awaitable[tuple[list[int], Messages | None, dict[str, Any]]]],
     ) -> Turn:
+        if self.runtime.draining(session.engine):
+            raise _switching()
         if session.busy.locked():
             raise Conflict(f"session {session.id} is answering another request")
         await session.busy.acquire()
@@ -345,6 +349,10 @@ class InferenceService:
         try:
             result = Generation()
             engine = session.engine
+            if self.runtime.draining(engine):
+                # Its model version is being retired: this session ends with its
+                # record, and a new one (on the new version) is the way on.
+                raise _switching()
             try:
                 tokens, new_messages, extra = await prompt()
                 if len(tokens) >= engine.info.context_size:  # before it costs the client
@@ -428,6 +436,19 @@ class InferenceService:
         )
         if session.one_shot and not session.closed:
             _, turn.ended = await self.runtime.sessions.end(session, "one_shot")
+
+
+def _switching() -> Unavailable:
+    """503 for a model between versions: a client retries after the wait it is given.
+
+    A session on the old version is ending (with its record); the retry gets 404 for it,
+    and a new session runs on the new version.
+    """
+    return Unavailable(
+        "this model is switching to a new version on this node; retry shortly",
+        code="model_switching",
+        retry_after=SWITCH_RETRY_AFTER_SECONDS,
+    )
 
 
 def _constraint(

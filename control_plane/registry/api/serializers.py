@@ -9,6 +9,7 @@ from rest_framework import serializers
 from control_plane.clients.models import Client
 from control_plane.fleet.models import NodePool
 from control_plane.registry.models import ModelPin
+from control_plane.registry.services import staging_report
 
 IMMUTABLE = ("name", "version", "path", "source", "sha256", "size")
 
@@ -33,6 +34,12 @@ class ModelPinSerializer(serializers.ModelSerializer):
         "takes its place when its file's hash is verified (the current one serves until then).",
     )
 
+    staging = serializers.SerializerMethodField(
+        help_text="A staged pin: whether it may go live, the nodes that report it ready, "
+        "those it waits for (with what they report) and those not counted (not answering "
+        "health). Null for a pin that is not staged."
+    )
+
     class Meta:
         model = ModelPin
         fields = (
@@ -55,6 +62,7 @@ class ModelPinSerializer(serializers.ModelSerializer):
             "staged",
             "supersedes",
             "supersede",
+            "staging",
             "created_at",
             "updated_at",
         )
@@ -70,6 +78,9 @@ class ModelPinSerializer(serializers.ModelSerializer):
         # The one-enabled-pin rule is checked in validate(), with a field error; the
         # (name, version) pair in the service.
         validators: list[Any] = []
+
+    def get_staging(self, pin: ModelPin) -> dict[str, object] | None:
+        return staging_report(pin).as_dict() if pin.staged else None
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         pin = self.instance

@@ -13,7 +13,12 @@ from rest_framework.response import Response
 from control_plane.registry.api.serializers import ModelPinSerializer
 from control_plane.registry.filtersets import ModelPinFilterSet
 from control_plane.registry.models import ModelPin
-from control_plane.registry.services import pin_model, request_pin_verification, roll_back_pin
+from control_plane.registry.services import (
+    go_live_now,
+    pin_model,
+    request_pin_verification,
+    roll_back_pin,
+)
 
 
 class ModelPinViewSet(viewsets.ModelViewSet):
@@ -28,6 +33,7 @@ class ModelPinViewSet(viewsets.ModelViewSet):
     action_permissions = {
         "verify": ["registry.change_modelpin"],
         "rollback": ["registry.change_modelpin"],
+        "go_live": ["registry.change_modelpin"],
     }
 
     def perform_create(self, serializer: Any) -> None:
@@ -68,3 +74,12 @@ class ModelPinViewSet(viewsets.ModelViewSet):
         itself). Answers with the pin that serves now."""
         previous = roll_back_pin(self.get_object())
         return Response(self.get_serializer(previous).data)
+
+    @extend_schema(request=None, responses={200: ModelPinSerializer})
+    @action(detail=True, methods=["post"], url_path="go-live")
+    def go_live(self, request: Request, pk: str | None = None) -> Response:
+        """Force a staged pin live without waiting for its nodes to report it ready (a
+        node that is stuck, or a failure you accept); its file must be verified. Nodes
+        that have not prepared it load it when the new bundle reaches them."""
+        pin = go_live_now(self.get_object())
+        return Response(self.get_serializer(pin).data)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from django.utils import timezone
 
+from control_plane.core.choices import HealthStatus
+from control_plane.fleet.models import NodeState
 from control_plane.registry.models import ModelPin
+from control_plane.registry.services import verify_model_pin
 from shared.config import file_sha256
 from tests.control_plane.factories import ClientFactory, ModelPinFactory, NodeFactory, model_file
 
@@ -120,3 +124,37 @@ def test_gpu_layers_are_set_per_pin_and_reach_the_node_s_engine(admin_api, on_co
     admin_api.patch(f"/api/model-pins/{created.json()['id']}/", {"gpu_layers": None}, format="json")
     (spec,) = build_bundle(node, 2).models
     assert engine_config(spec, Settings(engine={"n_gpu_layers": 12})).n_gpu_layers == 12
+
+
+def test_a_staged_pin_says_whom_it_waits_for_and_an_admin_can_force_it_live(admin_api, auditor_api):
+    ModelPinFactory(name="llm")
+    node = NodeFactory(name="n-a")
+    NodeState.objects.create(
+        node=node,
+        health_status=HealthStatus.OK,
+        health_checked_at=timezone.now(),
+        health={"status": "ok", "models": [], "staged": []},
+    )
+    made = admin_api.post(
+        "/api/model-pins/",
+        {"name": "llm", "version": "v2", "path": str(model_file("llm-v2")), "supersede": True},
+        format="json",
+    )
+    assert made.status_code == 201, made.json()
+    url = f"/api/model-pins/{made.json()['id']}/"
+    verify_model_pin(ModelPin.objects.get(pk=made.json()["id"]))
+
+    staged = admin_api.get(url).json()
+    assert (staged["staged"], staged["enabled"]) == (True, False)
+    assert staged["staging"] == {
+        "ready": False,
+        "ready_on": [],
+        "waiting_on": {"n-a": "not staged on it yet"},
+        "not_counted": {},
+    }
+    assert auditor_api.post(f"{url}go-live/").status_code == 403
+    live = admin_api.post(f"{url}go-live/")
+    assert live.status_code == 200, live.json()
+    assert (live.json()["enabled"], live.json()["staging"]) == (True, None)
+    again = admin_api.post(f"{url}go-live/")
+    assert again.status_code == 400 and "staged" in again.json()
