@@ -134,6 +134,7 @@ AXES_LOCKOUT_TEMPLATE = "accounts/locked_out.html"
 AXES_HTTP_RESPONSE_CODE = 429
 # Kept out of the attempts axes stores: the OTP code and the callback's one-time code.
 AXES_SENSITIVE_PARAMETERS = ["password", "otp_token", "code", "state"]
+AXES_WHITELIST_CALLABLE = "control_plane.accounts.oidc.is_sso_callback"
 AXES_IPWARE_PROXY_ORDER = "left-most"
 if CP.forwarded_for_hops is not None:
     # X-Forwarded-For holds the client and every proxy but the last (that one is

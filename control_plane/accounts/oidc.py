@@ -83,6 +83,18 @@ def _discover(issuer: str, timeout: float) -> ProviderEndpoints:
     return ProviderEndpoints(issuer=issuer, **endpoints)
 
 
+def is_sso_callback(request: Any, credentials: dict[str, Any] | None = None) -> bool:
+    """django-axes' AXES_WHITELIST_CALLABLE: the callback's sign-ins are not counted.
+
+    There is nothing to guess there: state, nonce and PKCE tie the answer to the browser
+    that started it, the code is single-use and the provider checks it (and throttles its
+    own sign-in). Counting its refusals by address would let one user with no role lock
+    everyone behind the same address out of single sign-on.
+    """
+    credentials = credentials or {}
+    return "nonce" in credentials and "password" not in credentials
+
+
 class OperatorOIDCBackend(OIDCAuthenticationBackend):
     """Authenticates the OpenID Connect callback, and nothing else."""
 
@@ -92,7 +104,8 @@ class OperatorOIDCBackend(OIDCAuthenticationBackend):
         self.UserModel = get_user_model()
         self.oidc: OidcSettings = settings.SANCTUM.auth.oidc
         self.OIDC_RP_CLIENT_ID = self.oidc.client_id
-        self.OIDC_RP_CLIENT_SECRET = self.oidc.client_secret()
+        self.OIDC_RP_CLIENT_SECRET = ""  # read at the callback (a bad file can't stop
+        # password sign-ins, for which Django builds this backend too)
         self.OIDC_RP_SIGN_ALGO = self.oidc.sign_algorithm
         self.OIDC_RP_IDP_SIGN_KEY = None
 
@@ -101,6 +114,7 @@ class OperatorOIDCBackend(OIDCAuthenticationBackend):
         # a password form posted to a URL carrying ?code=&state= must not land here.
         if request is None or "nonce" not in kwargs or "password" in kwargs:
             return None
+        self.OIDC_RP_CLIENT_SECRET = self.oidc.client_secret()
         endpoints = provider_endpoints(self.oidc)
         self.issuer = endpoints.issuer
         self.OIDC_OP_TOKEN_ENDPOINT = endpoints.token_endpoint

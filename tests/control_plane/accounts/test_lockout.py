@@ -74,3 +74,16 @@ def test_the_forwarded_address_is_ignored_unless_behind_the_proxy():
     assert settings.AXES_IPWARE_META_PRECEDENCE_ORDER == ["REMOTE_ADDR"]
     two = settings.SANCTUM.model_copy(update={"behind_tls_proxy": True, "proxy_count": 2})
     assert two.forwarded_for_hops == 1
+
+
+def test_single_sign_on_callbacks_are_not_counted(client, rf):
+    from axes.models import AccessAttempt
+    from django.contrib.auth import authenticate
+
+    # What the callback view asks of the backends when the provider's answer is refused.
+    for _ in range(6):
+        assert authenticate(rf.get("/oidc/callback/"), nonce="n", code_verifier="v") is None
+    assert not AccessAttempt.objects.exists()
+
+    _sign_in(client, "wrong")
+    assert AccessAttempt.objects.get().failures_since_start == 1
