@@ -190,8 +190,109 @@ class MetricsSettings(BaseModel):
     )
 
 
+OperatorRole = Literal["admin", "auditor"]
+OIDC_ENDPOINTS = ("authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri")
+
+
+class OidcSettings(BaseModel):
+    """Operators' single sign-on through an OpenID Connect provider (off unless set).
+
+    The provider's endpoints come from its discovery document (``issuer`` +
+    ``/.well-known/openid-configuration``, read at the first sign-in) unless all four are
+    given. The client secret is read from a file (a systemd credential, 0600), never from
+    the environment, so it does not show in ``/proc/PID/environ`` or a unit file.
+    """
+
+    issuer: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="the provider's issuer URL; ID tokens must name it",
+    )
+    authorization_endpoint: str | None = Field(default=None, pattern=r"^https?://")
+    token_endpoint: str | None = Field(default=None, pattern=r"^https?://")
+    userinfo_endpoint: str | None = Field(default=None, pattern=r"^https?://")
+    jwks_uri: str | None = Field(default=None, pattern=r"^https?://")
+    client_id: str | None = None
+    client_secret_file: Path | None = Field(
+        default=None, description="a file holding the client secret (and nothing else)"
+    )
+    provider_name: str = Field(
+        default="single sign-on", description='shown on the login page: "Sign in with ..."'
+    )
+    scopes: str = "openid email profile"
+    roles_claim: str = Field(
+        default="groups",
+        description="the claim listing the user's groups or roles (a dotted path such as "
+        "realm_access.roles reaches into an object)",
+    )
+    admin_groups: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["sanctum-admins"],
+        description="values of the roles claim that make the user an admin",
+    )
+    auditor_groups: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["sanctum-auditors"],
+        description="values of the roles claim that make the user an auditor",
+    )
+    username_claim: str = Field(
+        default="preferred_username",
+        description="the claim a new operator's user name is taken from (then email, sub)",
+    )
+    sign_algorithm: Literal["RS256", "RS384", "RS512", "ES256", "ES384", "ES512"] = "RS256"
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("admin_groups", "auditor_groups", mode="before")
+    @classmethod
+    def _lists_from_text(cls, value: object) -> object:
+        return _split_list(value)
+
+    @model_validator(mode="after")
+    def _complete_or_absent(self) -> OidcSettings:
+        endpoints = [getattr(self, name) for name in OIDC_ENDPOINTS]
+        if not (self.issuer or any(endpoints) or self.client_id or self.client_secret_file):
+            return self
+        problems = []
+        if not self.client_id:
+            problems.append("SANCTUM_CP_AUTH__OIDC__CLIENT_ID is required")
+        if self.client_secret_file is None:
+            problems.append("SANCTUM_CP_AUTH__OIDC__CLIENT_SECRET_FILE is required")
+        elif not self.client_secret_file.is_file():
+            problems.append(
+                f"SANCTUM_CP_AUTH__OIDC__CLIENT_SECRET_FILE: no file at {self.client_secret_file}"
+            )
+        if not self.issuer and not all(endpoints):
+            problems.append(
+                "SANCTUM_CP_AUTH__OIDC__ISSUER is required (or all of "
+                + ", ".join(f"__{name.upper()}" for name in OIDC_ENDPOINTS)
+                + ")"
+            )
+        if set(self.admin_groups) & set(self.auditor_groups):
+            problems.append("SANCTUM_CP_AUTH__OIDC__ADMIN_GROUPS and __AUDITOR_GROUPS overlap")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.client_id is not None
+
+    def client_secret(self) -> str:
+        """The client secret, read from its file (stripped of the trailing newline)."""
+        if self.client_secret_file is None:
+            raise ValueError("no SANCTUM_CP_AUTH__OIDC__CLIENT_SECRET_FILE")
+        secret = self.client_secret_file.read_text(encoding="utf-8").strip()
+        if not secret:
+            raise ValueError("SANCTUM_CP_AUTH__OIDC__CLIENT_SECRET_FILE is empty")
+        return secret
+
+    @property
+    def role_groups(self) -> dict[str, list[str]]:
+        """``{role: provider groups}``, what the roles claim is matched against."""
+        return {"admin": self.admin_groups, "auditor": self.auditor_groups}
+
+
 class AuthSettings(BaseModel):
-    """Operators' REST API tokens (docs/operations.md, "Operator tokens")."""
+    """How operators sign in: API tokens, single sign-on, TOTP and lockout
+    (docs/operations.md, "Operators: single sign-on, MFA and lockout")."""
 
     token_ttl_seconds: int = Field(
         default=30 * 86_400,
@@ -199,6 +300,23 @@ class AuthSettings(BaseModel):
         le=366 * 86_400,
         description="an operator API token expires this long after it is issued",
     )
+    oidc: OidcSettings = OidcSettings()
+    mfa_required_for: Annotated[list[OperatorRole] | None, NoDecode] = Field(
+        default=None,
+        description="roles that must sign in with a TOTP code (default: admin in "
+        "production, nobody in development); production always includes admin",
+    )
+    lockout_failures: int = Field(
+        default=5, ge=1, le=100, description="failed sign-ins (per user name and address)"
+    )
+    lockout_cooloff_seconds: int = Field(default=900, ge=60, description="how long a lockout lasts")
+
+    @field_validator("mfa_required_for", mode="before")
+    @classmethod
+    def _roles_from_text(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return []
+        return _split_list(value)
 
 
 class ControlPlaneSettings(StrictEnvSettings):
@@ -229,7 +347,15 @@ class ControlPlaneSettings(StrictEnvSettings):
     csrf_trusted_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     behind_tls_proxy: bool = Field(
         default=False,
-        description="trust X-Forwarded-Proto from the reverse proxy that terminates TLS",
+        description="trust X-Forwarded-Proto and X-Forwarded-For from the reverse proxy "
+        "that terminates TLS",
+    )
+    proxy_count: int = Field(
+        default=1,
+        ge=1,
+        le=10,
+        description="reverse proxies in front of the control plane (when behind_tls_proxy): "
+        "the client's address is the one the outermost proxy added to X-Forwarded-For",
     )
     ssl_redirect: bool = True
     hsts_seconds: int = Field(default=31_536_000, ge=0)
@@ -278,6 +404,8 @@ class ControlPlaneSettings(StrictEnvSettings):
             problems.append(f"SANCTUM_CP_TLS__CA_DIR: no management CA at {self.tls.ca_dir}")
         if self.debug:
             problems.append("SANCTUM_CP_DEBUG must be off in production")
+        if self.auth.mfa_required_for is not None and "admin" not in self.auth.mfa_required_for:
+            problems.append("SANCTUM_CP_AUTH__MFA_REQUIRED_FOR must include admin in production")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -285,6 +413,19 @@ class ControlPlaneSettings(StrictEnvSettings):
     @property
     def production(self) -> bool:
         return self.environment == "production"
+
+    @property
+    def mfa_required_roles(self) -> list[str]:
+        """Roles whose local accounts must sign in with a TOTP code."""
+        if self.auth.mfa_required_for is not None:
+            return list(self.auth.mfa_required_for)
+        return ["admin"] if self.production else []
+
+    @property
+    def forwarded_for_hops(self) -> int | None:
+        """X-Forwarded-For entries right of the client's that our own proxies wrote (the
+        last proxy is the peer address, not in the header); None: ignore the header."""
+        return self.proxy_count - 1 if self.behind_tls_proxy else None
 
     @property
     def eager_tasks(self) -> bool:

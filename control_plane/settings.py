@@ -30,7 +30,8 @@ ALLOWED_HOSTS = sorted({*CP.allowed_hosts, CP.listen.host, "localhost", "127.0.0
 CSRF_TRUSTED_ORIGINS = CP.csrf_trusted_origins
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Django's admin with the TOTP-aware site (control_plane.accounts.sites) as admin.site.
+    "control_plane.accounts.apps.SanctumAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -41,6 +42,11 @@ INSTALLED_APPS = [
     "knox",
     "django_filters",
     "drf_spectacular",
+    # TOTP for local operators' accounts (control_plane.accounts.mfa).
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    # Lockout after repeated failed sign-ins, per user name and address.
+    "axes",
     "control_plane.core",
     "control_plane.changes",
     "control_plane.accounts",
@@ -60,9 +66,14 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # request.user.is_verified() (django-otp); single sign-on sessions count as verified.
+    "control_plane.accounts.middleware.OperatorOTPMiddleware",
+    "control_plane.accounts.middleware.EnrolmentRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "control_plane.changes.middleware.ChangeContextMiddleware",
+    # Last, as django-axes asks: it turns a lockout into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "control_plane.urls"
@@ -107,6 +118,49 @@ FILE_UPLOAD_HANDLERS = ["control_plane.knowledge.uploads.InMemoryUploadHandler"]
 
 # The auditor's page signs in through the admin's login form (operators are staff users).
 LOGIN_URL = "/admin/login/"
+
+# --- Operators' sign-in (docs/operations.md, "Operators: single sign-on, MFA and lockout")
+# django-axes first: it refuses a locked-out user name and address before any password
+# is checked. Single sign-on's backend only when a provider is configured.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = CP.auth.lockout_failures
+AXES_COOLOFF_TIME = timedelta(seconds=CP.auth.lockout_cooloff_seconds)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "accounts/locked_out.html"
+AXES_HTTP_RESPONSE_CODE = 429
+# Kept out of the attempts axes stores: the OTP code and the callback's one-time code.
+AXES_SENSITIVE_PARAMETERS = ["password", "otp_token", "code", "state"]
+AXES_WHITELIST_CALLABLE = "control_plane.accounts.oidc.is_sso_callback"
+AXES_IPWARE_PROXY_ORDER = "left-most"
+if CP.forwarded_for_hops is not None:
+    # X-Forwarded-For holds the client and every proxy but the last (that one is
+    # REMOTE_ADDR): the client is forwarded_for_hops entries from the right, and anything
+    # to its left was sent by the client itself and is not trusted.
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
+    AXES_IPWARE_PROXY_COUNT = CP.forwarded_for_hops
+    # Count from the right even when the client sent an X-Forwarded-For of its own (a
+    # proxy that appends keeps it): django-ipware's strict mode would then fall back to
+    # REMOTE_ADDR, the proxy, and lock every client out together.
+    IPWARE_STRICT = False
+else:
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+
+OTP_TOTP_ISSUER = "Sanctum control plane"
+
+if CP.auth.oidc.enabled:
+    AUTHENTICATION_BACKENDS.append("control_plane.accounts.oidc.OperatorOIDCBackend")
+    # Read by mozilla-django-oidc's views; the backend reads CP.auth.oidc itself.
+    OIDC_RP_CLIENT_ID = CP.auth.oidc.client_id
+    OIDC_RP_SCOPES = CP.auth.oidc.scopes
+    OIDC_USE_PKCE = True
+    OIDC_USE_NONCE = True
+    OIDC_TIMEOUT = CP.auth.oidc.timeout_seconds
+    OIDC_AUTHENTICATION_CALLBACK_URL = "oidc_authentication_callback"
+    LOGOUT_REDIRECT_URL = "/admin/login/"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

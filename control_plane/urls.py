@@ -1,6 +1,9 @@
 """URLs: the admin console at /admin/, the REST API at /api/ (its OpenAPI schema at
-/api/schema/), the auditors' page at /audit/, and Prometheus's /metrics."""
+/api/schema/), the auditors' page at /audit/, operators' TOTP enrolment at
+/accounts/mfa/enrol/, and single sign-on at /oidc/ (when a provider is configured: its
+redirect URI is /oidc/callback/), and Prometheus's /metrics."""
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path
 from django.views.generic import RedirectView
@@ -31,4 +34,14 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include((api_patterns, "api"))),
     path("audit/", include("control_plane.audit.urls")),
+    path("accounts/", include("control_plane.accounts.urls")),
 ]
+
+if settings.SANCTUM.auth.oidc.enabled:
+    from control_plane.accounts.views import SignInCallbackView, SignInStartView
+
+    urlpatterns += [
+        # The names are mozilla-django-oidc's: its views reverse them.
+        path("oidc/authenticate/", SignInStartView.as_view(), name="oidc_authentication_init"),
+        path("oidc/callback/", SignInCallbackView.as_view(), name="oidc_authentication_callback"),
+    ]

@@ -1,11 +1,22 @@
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 from django.db.models.signals import post_migrate
 
 
+class SanctumAdminConfig(admin_apps.AdminConfig):
+    """Django's admin, with the TOTP-aware site as ``admin.site`` (``sites``)."""
+
+    default = False  # listed by its path in INSTALLED_APPS; AccountsConfig is this app's
+    default_site = "control_plane.accounts.sites.OperatorAdminSite"
+
+
 class AccountsConfig(AppConfig):
+    default = True
     name = "control_plane.accounts"
     label = "accounts"
     verbose_name = "Operators"
+    # Single sign-on identities: admins see them and may unlink one (by deleting it).
+    sanctum_roles = {"admin": ("view", "delete")}
 
     def ready(self) -> None:
         from control_plane.accounts.signals import sync_roles_after_migrate

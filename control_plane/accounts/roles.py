@@ -22,6 +22,10 @@ ALL = ("add", "change", "delete", "view")
 THIRD_PARTY_ROLES: dict[str, dict[str, tuple[str, ...]]] = {
     "auth": {"admin": ALL},
     "knox": {"admin": ALL},
+    # An admin removes an operator's lost TOTP device (they enrol again at next sign-in).
+    "otp_totp": {"admin": ("view", "delete")},
+    # An admin sees failed sign-ins and lifts a lockout by deleting its attempts.
+    "axes": {"admin": ("view", "delete")},
 }
 
 

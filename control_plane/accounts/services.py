@@ -1,18 +1,24 @@
-"""Operator use cases: keep the role groups in step, create operators, issue API tokens."""
+"""Operator use cases: keep the role groups in step, create operators, issue API tokens,
+sign in through the identity provider, enrol a TOTP device."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from knox.models import AuthToken
 
 from control_plane.accounts.choices import Role
+from control_plane.accounts.models import OperatorIdentity
 from control_plane.accounts.roles import permissions_for
 
 if TYPE_CHECKING:
@@ -91,6 +97,145 @@ def issue_api_token(user: User, *, rotate: bool = False) -> str:
             AuthToken.objects.filter(user=user).delete()
         _, token = AuthToken.objects.create(user=user)
     return token
+
+
+# --- Single sign-on (OpenID Connect) -----------------------------------------------------
+
+
+class SignInRefused(Exception):
+    """The provider vouched for someone this control plane does not let in; the message
+    is shown to them (it names the claim and the account, never a token)."""
+
+
+def claim_values(claims: Mapping[str, Any], path: str) -> set[str]:
+    """The strings a claim holds: a list of names, or one name. ``a.b`` reaches into an
+    object (Keycloak's ``realm_access.roles``); anything else counts as nothing."""
+    value: Any = claims
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, list | tuple):
+        return {item for item in value if isinstance(item, str)}
+    return set()
+
+
+def roles_from_claims(
+    claims: Mapping[str, Any], roles_claim: str, role_groups: Mapping[str, Sequence[str]]
+) -> set[str]:
+    """The Sanctum roles whose provider groups the roles claim names."""
+    held = claim_values(claims, roles_claim)
+    return {role for role, groups in role_groups.items() if held & set(groups)}
+
+
+def _username_from_claims(claims: Mapping[str, Any], username_claim: str) -> str:
+    candidate = next(
+        (
+            value
+            for name in (username_claim, "email", "sub")
+            if isinstance(value := claims.get(name), str) and value
+        ),
+        "",
+    )
+    try:
+        UnicodeUsernameValidator()(candidate)
+    except ValidationError:
+        raise SignInRefused(
+            f"the provider's user name {candidate!r} is not a valid operator name"
+        ) from None
+    if len(candidate) > 150:
+        raise SignInRefused("the provider's user name is longer than 150 characters")
+    return candidate
+
+
+def sign_in_with_claims(
+    *,
+    issuer: str,
+    claims: Mapping[str, Any],
+    roles_claim: str,
+    role_groups: Mapping[str, Sequence[str]],
+    username_claim: str = "preferred_username",
+) -> User:
+    """The operator the provider's claims describe, created or brought up to date.
+
+    The user is found by (issuer, subject); a first sign-in creates a staff user without
+    a usable password, named from ``username_claim``, unless a local account already has
+    that name (refused: an IdP user never takes over a local account). The role groups
+    are set to exactly what the claims map to, each time, so a role removed at the
+    provider is removed here; with no role left the user keeps no group and is refused.
+    """
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise SignInRefused("the provider sent no subject (sub) claim")
+    roles = roles_from_claims(claims, roles_claim, role_groups)
+    user_model = get_user_model()
+    with transaction.atomic():
+        identity = (
+            OperatorIdentity.objects.select_for_update()
+            .select_related("user")
+            .filter(issuer=issuer, subject=subject)
+            .first()
+        )
+        if identity is None:
+            if not roles:
+                raise SignInRefused(_no_role_message(roles_claim))
+            username = _username_from_claims(claims, username_claim)
+            if user_model.objects.filter(username=username).exists():
+                raise SignInRefused(
+                    f"the name {username!r} belongs to another account here; ask an admin"
+                )
+            user = user_model.objects.create_user(username)
+            identity = OperatorIdentity.objects.create(user=user, issuer=issuer, subject=subject)
+        user = identity.user
+        email = claims.get("email")
+        if isinstance(email, str):
+            user.email = email
+        user.is_staff = bool(roles)
+        user.save()
+        role_groups_here = Group.objects.filter(name__in=Role.values)
+        user.groups.remove(*[g for g in role_groups_here if g.name not in roles])
+        user.groups.add(*[g for g in role_groups_here if g.name in roles])
+        identity.last_sign_in_at = timezone.now()
+        identity.save(update_fields=["last_sign_in_at"])
+    # Outside the transaction: the groups just taken away stay taken away.
+    if not roles:
+        raise SignInRefused(_no_role_message(roles_claim))
+    if not user.is_active:
+        raise SignInRefused("this account is disabled here; ask an admin")
+    return user
+
+
+def _no_role_message(roles_claim: str) -> str:
+    return (
+        f"your account at the sign-in provider holds no Sanctum role (its {roles_claim!r} "
+        "claim names none of the admin or auditor groups)"
+    )
+
+
+# --- TOTP (local accounts) ---------------------------------------------------------------
+
+
+def start_totp_enrolment(user: User) -> TOTPDevice:
+    """The user's unconfirmed TOTP device, made now or the one still waiting for a code."""
+    device = TOTPDevice.objects.filter(user=user, confirmed=False).first()
+    if device is None:
+        device = TOTPDevice.objects.create(user=user, name="authenticator app", confirmed=False)
+    return device
+
+
+def confirm_totp_enrolment(device: TOTPDevice, token: str) -> bool:
+    """Confirm ``device`` with a code from the app; it then replaces any older device.
+
+    False (and nothing changes) when the code is wrong: the device's own throttling
+    makes each further wrong code wait longer.
+    """
+    with transaction.atomic():
+        if not device.verify_token(token.strip()):
+            return False
+        device.confirmed = True
+        device.save()
+        TOTPDevice.objects.filter(user=device.user).exclude(pk=device.pk).delete()
+    return True
 
 
 # --- Bootstrapping an installation (``sanctum up``) ---------------------------------------

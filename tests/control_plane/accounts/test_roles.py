@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth import authenticate
 from django.contrib.auth.models import Group
+from django.test import RequestFactory
 
 from control_plane.accounts.choices import Role
 from control_plane.accounts.services import bootstrap_demo, create_operator
@@ -14,6 +15,11 @@ from shared.config import hash_api_key
 from tests.control_plane.factories import model_file
 
 pytestmark = pytest.mark.django_db
+
+
+def _sign_in_request():
+    # django-axes keys its lockout on the request's address, so it wants one.
+    return RequestFactory().post("/admin/login/")
 
 
 def test_migrate_creates_the_roles_with_server_side_permissions():
@@ -32,7 +38,7 @@ def test_create_operator_generates_a_password_once():
     again = create_operator("bob", Role.AUDITOR)
 
     assert first.password and again.password is None
-    assert authenticate(username="bob", password=first.password) == first.user
+    assert authenticate(_sign_in_request(), username="bob", password=first.password) == first.user
     assert list(first.user.groups.values_list("name", flat=True)) == ["auditor"]
     assert first.user.is_staff and not first.user.is_superuser
 
@@ -57,7 +63,7 @@ def test_bootstrap_is_idempotent_and_its_printed_credentials_work(on_commit):
     assert Client.objects.count() == 1 and ModelPin.objects.count() == 1
     key = ApiKey.objects.get()  # one slot, rotated: the latest printed key is the one
     assert key.sha256 == hash_api_key(second.api_key) != hash_api_key(first.api_key)
-    assert authenticate(username="admin", password=second.admin.password)
+    assert authenticate(_sign_in_request(), username="admin", password=second.admin.password)
     assert ModelPin.objects.servable().get().clients.get().slug == "demo"
 
 
