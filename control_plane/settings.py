@@ -53,6 +53,11 @@ INSTALLED_APPS = [
     "control_plane.pki",
 ]
 
+# Django's ModelBackend that refuses a scoped auditor all but the audit pages; it must
+# come before any other backend that grants permissions (control_plane.audit.backends;
+# check sanctum.E001).
+AUTHENTICATION_BACKENDS = ["control_plane.audit.backends.ScopedAuditorBackend"]
+
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

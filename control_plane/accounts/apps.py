@@ -6,6 +6,9 @@ class AccountsConfig(AppConfig):
     name = "control_plane.accounts"
     label = "accounts"
     verbose_name = "Operators"
+    # Auditor scopes: admins set them; auditors don't see them (a scoped one holds no
+    # permission outside the audit pages anyway).
+    sanctum_roles = {"admin": ("add", "change", "delete", "view")}
 
     def ready(self) -> None:
         from control_plane.accounts.signals import sync_roles_after_migrate

@@ -8,3 +8,10 @@ class AuditConfig(AppConfig):
     # Roles (see control_plane.accounts.roles): both read; nobody adds, changes or deletes
     # a receipt or a tree head (collection writes them, and only appends).
     sanctum_roles = {"admin": ("view",), "auditor": ("view",)}
+
+    def ready(self) -> None:
+        from django.core import checks
+
+        from control_plane.audit.backends import check_backend_order
+
+        checks.register(check_backend_order, checks.Tags.security)

@@ -2,7 +2,8 @@
 
 Django's own login (the admin's form) and permissions: ``audit.view_receipt``, which
 the ``auditor`` and ``admin`` roles hold. The page only reads; the download link is
-the API's bundle endpoint, which the same session may call.
+the API's bundle endpoint, which the same session may call. A scoped auditor
+(``control_plane.audit.scopes``) is offered only its clients and gets 403 for another.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import admin
 from django.contrib.auth.mixins import LoginRequiredMixin, PermissionRequiredMixin
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, Sum
 from django.urls import reverse
 from django.views.generic import TemplateView
 
 from control_plane.audit.filtersets import MomentField, PeriodForm
-from control_plane.audit.models import Receipt, TreeHead
+from control_plane.audit.models import TreeHead
+from control_plane.audit.scopes import ClientOutOfScope, audit_scope
 from control_plane.audit.services import Period, log_key_info, receipts_for
-from control_plane.clients.models import Client
 
 PAGE_SIZE = 100
 
@@ -47,13 +49,6 @@ class ReceiptSearchForm(PeriodForm):
         cast(forms.ChoiceField, self.fields["client"]).choices = [(c, c) for c in clients]
 
 
-def known_clients() -> list[str]:
-    """Registered clients and any other client id a receipt names."""
-    registered = set(Client.objects.values_list("slug", flat=True))
-    logged = set(Receipt.objects.values_list("client", flat=True).distinct())
-    return sorted(registered | logged)
-
-
 class ReceiptsPage(LoginRequiredMixin, PermissionRequiredMixin, TemplateView):
     """Receipts of one client in one period, their totals, and the bundle link."""
 
@@ -64,7 +59,11 @@ class ReceiptsPage(LoginRequiredMixin, PermissionRequiredMixin, TemplateView):
         context = super().get_context_data(**kwargs)
         request = self.request
         context.update(admin.site.each_context(request))
-        clients = known_clients()
+        scope = audit_scope(request.user)
+        asked = request.GET.get("client")
+        if asked and not scope.allows(asked):
+            raise PermissionDenied(str(ClientOutOfScope(asked)))
+        clients = scope.known_clients()
         form = ReceiptSearchForm(request.GET or None, clients=clients)
         context.update(
             title="Receipts and the ledger",
@@ -76,7 +75,7 @@ class ReceiptsPage(LoginRequiredMixin, PermissionRequiredMixin, TemplateView):
         if form.is_bound and form.is_valid():
             data = form.cleaned_data
             period = Period(data.get("since"), data.get("until"))
-            receipts = receipts_for(data["client"], period).order_by("-log_index")
+            receipts = receipts_for(data["client"], period, scope=scope).order_by("-log_index")
             totals = receipts.aggregate(
                 count=Count("pk"),
                 requests=Sum("request_count"),
