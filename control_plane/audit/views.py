@@ -1,4 +1,5 @@
-"""The auditors' page: receipts by client and period, and the bundle to download.
+"""The auditors' page: receipts by client and period, the bundle to download, and the
+usage charts (also served alone as SVG at ``/audit/charts/NAME.svg``).
 
 Django's own login (the admin's form) and permissions: ``audit.view_receipt``, which
 the ``auditor`` and ``admin`` roles hold. The page only reads; the download link is
@@ -8,6 +9,7 @@ the API's bundle endpoint, which the same session may call. A scoped auditor
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, cast
 from urllib.parse import urlencode
 
@@ -17,11 +19,14 @@ from django.contrib.auth.mixins import LoginRequiredMixin, PermissionRequiredMix
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, Sum
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.urls import reverse
+from django.views import View
 from django.views.generic import TemplateView
 
+from control_plane.audit.charts import CHARTS, DayRange, usage_chart, usage_charts
 from control_plane.audit.filtersets import MomentField, PeriodForm
-from control_plane.audit.models import TreeHead
+from control_plane.audit.models import Receipt, TreeHead
 from control_plane.audit.scopes import ClientOutOfScope, audit_scope
 from control_plane.audit.services import Period, log_key_info, receipts_for
 
@@ -71,6 +76,13 @@ class ReceiptsPage(LoginRequiredMixin, PermissionRequiredMixin, TemplateView):
             clients=clients,
             tree_head=TreeHead.objects.latest_head(),
             log_key=log_key_info(),
+            user_scoped=scope.scoped,
+            charts=[
+                chart.svg()
+                for chart in usage_charts(
+                    scope.receipts(Receipt.objects.all()), DayRange.ending()
+                ).values()
+            ],
         )
         if form.is_bound and form.is_valid():
             data = form.cleaned_data
@@ -98,3 +110,54 @@ class ReceiptsPage(LoginRequiredMixin, PermissionRequiredMixin, TemplateView):
                 bundle_url=f"{reverse('api:audit-bundle')}?{urlencode(params)}",
             )
         return context
+
+
+class ChartForm(forms.Form):
+    """``?since=DATE&until=DATE`` (UTC days, until exclusive; default: the last 14 days
+    to today) ``[&client=ID]``."""
+
+    since = forms.DateField(required=False)
+    until = forms.DateField(required=False)
+    client = forms.CharField(required=False, max_length=128)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        since, until = data.get("since"), data.get("until")
+        try:
+            if until is None:
+                days = DayRange.ending()
+                if since is not None:
+                    days = DayRange(since, days.last)
+            elif since is None:
+                days = DayRange.ending(until - timedelta(days=1))
+            else:
+                days = DayRange(since, until - timedelta(days=1))
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc), code="period") from None
+        data["days"] = days
+        return data
+
+
+class UsageChartView(LoginRequiredMixin, PermissionRequiredMixin, View):
+    """``GET /audit/charts/NAME.svg``: one usage chart (``tokens``, ``requests``,
+    ``durations``) of the receipts the operator may see, as an SVG document."""
+
+    permission_required = "audit.view_receipt"
+
+    def get(self, request: HttpRequest, name: str) -> HttpResponse:
+        if name not in CHARTS:
+            raise Http404(f"no chart {name[:32]!r}")
+        form = ChartForm(request.GET)
+        if not form.is_valid():
+            return HttpResponseBadRequest(form.errors.as_text(), content_type="text/plain")
+        scope = audit_scope(request.user)
+        receipts = scope.receipts(Receipt.objects.all())
+        client = form.cleaned_data.get("client")
+        if client:
+            if not scope.allows(client):
+                raise PermissionDenied(str(ClientOutOfScope(client)))
+            receipts = receipts.for_client(client)
+        chart = usage_chart(name, receipts, form.cleaned_data["days"])
+        response = HttpResponse(chart.svg(), content_type="image/svg+xml; charset=utf-8")
+        response["Cache-Control"] = "private, no-store"
+        return response
