@@ -47,8 +47,8 @@ class AuditorScope(ChangeLoggedModel):
 
     def clean(self) -> None:
         user = getattr(self, "user", None)
-        if user is None:
-            return
+        if user is None or user.pk is None:
+            return  # a user being added on the same form has no groups yet
         if user.is_superuser or user.groups.filter(name=Role.ADMIN).exists():
             raise ValidationError(
                 {"user": "Only auditors are scoped to clients; this operator is an admin."}

@@ -124,3 +124,24 @@ def test_an_admin_scopes_an_auditor_on_its_user_page(clients, admin_user):
     assert page.status_code == 200 and "client scope" in page.content.decode().lower()
     assert saved.status_code == 302, saved.context["errors"] if saved.context else saved
     assert _scope_of("sam").clients == {"acme"}
+
+
+def test_the_add_user_page_takes_a_scope_with_the_new_auditor(clients, admin_user):
+    browser = BrowserClient()
+    browser.force_login(admin_user)
+
+    added = browser.post(
+        "/admin/auth/user/add/",
+        {
+            "username": "newbie",
+            "usable_password": "false",
+            "auditor_scope-TOTAL_FORMS": "1",
+            "auditor_scope-INITIAL_FORMS": "0",
+            "auditor_scope-MIN_NUM_FORMS": "0",
+            "auditor_scope-MAX_NUM_FORMS": "1",
+            "auditor_scope-0-clients": [clients[1].pk],
+        },
+    )
+
+    assert added.status_code == 302, added.content[:2000]
+    assert _scope_of("newbie").clients == {"bank"}
