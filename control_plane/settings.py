@@ -124,7 +124,10 @@ LOGIN_URL = "/admin/login/"
 # is checked. Single sign-on's backend only when a provider is configured.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Django's ModelBackend that refuses a scoped auditor all but the audit pages; it
+    # must come before any other backend that grants permissions, the single sign-on
+    # one included (control_plane.audit.backends; check sanctum.E001).
+    "control_plane.audit.backends.ScopedAuditorBackend",
 ]
 AXES_FAILURE_LIMIT = CP.auth.lockout_failures
 AXES_COOLOFF_TIME = timedelta(seconds=CP.auth.lockout_cooloff_seconds)

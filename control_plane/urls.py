@@ -17,6 +17,7 @@ admin.site.index_title = "Operations"
 
 api_patterns: list[URLPattern | URLResolver] = [
     path("", include("control_plane.core.api.urls")),
+    path("", include("control_plane.accounts.api.urls")),
     path("", include("control_plane.clients.api.urls")),
     path("", include("control_plane.registry.api.urls")),
     path("", include("control_plane.fleet.api.urls")),

@@ -15,8 +15,10 @@ class AccountsConfig(AppConfig):
     name = "control_plane.accounts"
     label = "accounts"
     verbose_name = "Operators"
-    # Single sign-on identities: admins see them and may unlink one (by deleting it).
-    sanctum_roles = {"admin": ("view", "delete")}
+    # Auditor scopes: admins set them. Single sign-on identities: admins see them and
+    # may unlink one (by deleting it); their admin refuses adding and changing. Auditors
+    # see neither (a scoped one holds no permission outside the audit pages anyway).
+    sanctum_roles = {"admin": ("add", "change", "delete", "view")}
 
     def ready(self) -> None:
         from control_plane.accounts.signals import sync_roles_after_migrate

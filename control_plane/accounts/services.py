@@ -1,5 +1,5 @@
-"""Operator use cases: keep the role groups in step, create operators, issue API tokens,
-sign in through the identity provider, enrol a TOTP device."""
+"""Operator use cases: keep the role groups in step, create operators, scope auditors to
+clients, issue API tokens, sign in through the identity provider, enrol a TOTP device."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from knox.models import AuthToken
 
 from control_plane.accounts.choices import Role
-from control_plane.accounts.models import OperatorIdentity
+from control_plane.accounts.models import AuditorScope, OperatorIdentity
 from control_plane.accounts.roles import permissions_for
 
 if TYPE_CHECKING:
     # AUTH_USER_MODEL: operators are django.contrib.auth users.
     from django.contrib.auth.models import User
+
+    from control_plane.clients.models import Client
 
 
 def sync_roles(using: str = "default") -> dict[str, int]:
@@ -60,15 +62,35 @@ def create_operator(
     password: str | None = None,
     reset_password: bool = False,
     email: str = "",
+    clients: Sequence[str] | None = None,
+    all_clients: bool = False,
 ) -> OperatorCredentials:
     """Create (or update) a staff user in exactly one role group.
 
     A new user gets ``password`` or a generated one; an existing user keeps theirs unless
     ``reset_password`` (or an explicit ``password``) says otherwise. The returned
     ``password`` is set only when this call chose it.
+
+    An auditor given ``clients`` (client ids) is scoped to exactly those
+    (:func:`scope_auditor`); ``all_clients`` lifts its scope; neither keeps the scope it
+    has. An admin is never scoped (an admin's old scope, from when it was an auditor, is
+    dropped). Raises ``ValueError`` for an unknown role or client, or clients for an admin.
     """
+    from control_plane.clients.models import Client
+
     if role not in Role.values:
         raise ValueError(f"unknown role {role!r}; expected one of {', '.join(Role.values)}")
+    if role != Role.AUDITOR and (clients is not None or all_clients):
+        raise ValueError("only auditors are scoped to clients")
+    if clients is not None and all_clients:
+        raise ValueError("either clients or all clients, not both")
+    scoped_to = None
+    if clients is not None:
+        wanted = list(dict.fromkeys(clients))
+        scoped_to = list(Client.objects.filter(slug__in=wanted).order_by("slug"))
+        missing = sorted(set(wanted) - {c.slug for c in scoped_to})
+        if missing:
+            raise ValueError(f"no client {', '.join(missing)}")
     sync_roles()
     user_model = get_user_model()
     with transaction.atomic():
@@ -83,7 +105,36 @@ def create_operator(
         user.is_active = True
         user.save()
         user.groups.set([Group.objects.get(name=role)])
+        if role == Role.ADMIN or all_clients:
+            scope_auditor(user, None)
+        elif scoped_to is not None:
+            scope_auditor(user, scoped_to)
     return OperatorCredentials(user=user, password=chosen)
+
+
+def scope_auditor(user: User, clients: Sequence[Client] | None) -> AuditorScope | None:
+    """Scope ``user`` to exactly ``clients`` (an empty list: no client at all), or lift its
+    scope with ``None`` so it audits every client. Logged in the change trail.
+
+    Raises ``django.core.exceptions.ValidationError`` for an admin or a superuser: only
+    auditors are scoped.
+    """
+    with transaction.atomic():
+        scope = AuditorScope.objects.select_for_update().filter(user=user).first()
+        if clients is None:
+            if scope is not None:
+                scope.delete()
+            return None
+        if scope is None:
+            scope = AuditorScope(user=user)
+            scope.full_clean(exclude=["clients"])
+            scope.save()
+        else:
+            scope.full_clean(exclude=["clients"])
+        scope.clients.set(clients)
+    # A user object that already answered a permission check cached its old scope.
+    user.__dict__.pop("_sanctum_audit_scope", None)
+    return scope
 
 
 def issue_api_token(user: User, *, rotate: bool = False) -> str:

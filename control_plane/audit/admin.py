@@ -2,6 +2,9 @@
 
 The ledger is written by collection only and never changed: no add, change or delete
 here for anyone (superusers included), on top of the models' and the database's refusal.
+A scoped auditor's receipt list (and its client filter) holds only its clients'
+(``control_plane.audit.scopes``); the other pages here are not its to see
+(``control_plane.audit.backends``) except tree heads and node keys.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
+from control_plane.audit.charts import DayRange, usage_charts
 from control_plane.audit.models import CollectionState, NodeKey, Receipt, RefusedRecord, TreeHead
+from control_plane.audit.scopes import audit_scope
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -76,6 +81,22 @@ class ReceiptAdmin(ReadOnlyAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return self.fields
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        # The list, its client and node filters, the date drill-down and the detail page
+        # all read this queryset.
+        return audit_scope(request.user).receipts(super().get_queryset(request))
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        # The charts show the last 14 days of every receipt the operator may see, not
+        # the list's filters.
+        charts = usage_charts(self.get_queryset(request), DayRange.ending())
+        extra_context = {
+            **(extra_context or {}),
+            "usage_charts": [chart.svg() for chart in charts.values()],
+            "user_scoped": audit_scope(request.user).scoped,
+        }
+        return super().changelist_view(request, extra_context)
 
     @admin.display(description="leaf hash")
     def leaf_hash_b64(self, obj: Receipt) -> str:

@@ -10,7 +10,11 @@ class AuditConfig(AppConfig):
     sanctum_roles = {"admin": ("view",), "auditor": ("view",)}
 
     def ready(self) -> None:
+        from django.core import checks
+
+        from control_plane.audit.backends import check_backend_order
         from control_plane.audit.metrics import LedgerCollector
         from control_plane.core.metrics import register_collector
 
+        checks.register(check_backend_order, checks.Tags.security)
         register_collector(LedgerCollector())

@@ -48,6 +48,7 @@ from control_plane.audit.ledger import (
 )
 from control_plane.audit.models import CollectionState, Receipt, RefusedRecord, TreeHead
 from control_plane.audit.querysets import ReceiptQuerySet
+from control_plane.audit.scopes import AuditScope
 from control_plane.clients.models import Client
 from control_plane.core.signing import management_auth
 from control_plane.core.tls import management_client
@@ -412,23 +413,35 @@ def client_known(client_id: str) -> bool:
     )
 
 
-def receipts_for(client_id: str, period: Period) -> ReceiptQuerySet:
-    """The client's receipts whose session ended in ``period``, in log order."""
+def receipts_for(client_id: str, period: Period, *, scope: AuditScope) -> ReceiptQuerySet:
+    """The client's receipts whose session ended in ``period``, in log order.
+
+    Raises ``ClientOutOfScope`` when ``scope`` (the asking operator's,
+    ``control_plane.audit.scopes.audit_scope``) does not include the client.
+    """
+    scope.check(client_id)
     return Receipt.objects.for_client(client_id).in_period(period.since, period.until)
 
 
-def client_bundle(client_id: str, period: Period) -> bytes:
+def client_bundle(client_id: str, period: Period, *, scope: AuditScope) -> bytes:
     """The audit bundle of one client and period: the exact bytes to serve.
 
     Every receipt of the client whose session ended in the period and that the latest
     signed tree head covers, each with its inclusion proof against that head, the node
     keys, and the manifest signed by the log key (``shared.ledger.build_bundle``, which
     checks the result with the verifier before it is returned).
+
+    Raises ``ClientOutOfScope`` when ``scope`` does not include the client (checked first,
+    so a scoped operator can't tell another client that exists from one that doesn't),
+    then ``UnknownClient``.
     """
+    scope.check(client_id)
     if not client_known(client_id):
         raise UnknownClient(client_id)
     head = current_tree_head()
-    receipts = list(receipts_for(client_id, period).in_tree(head.size).order_by("log_index"))
+    receipts = list(
+        receipts_for(client_id, period, scope=scope).in_tree(head.size).order_by("log_index")
+    )
     proofs = inclusion_proofs([r.log_index for r in receipts], head.size)
     items = [
         ReceiptProof(index=r.log_index, entry=log_entry(r), inclusion_proof=proof)

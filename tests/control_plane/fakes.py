@@ -93,7 +93,7 @@ class FakeNode:
             model=fields.pop("model", "smollm2-135m-instruct"),
             model_version=fields.pop("model_version", "q4_1"),
             model_sha256=fields.pop("model_sha256", "ab" * 32),
-            started_at=format_timestamp(ended - timedelta(seconds=5)),
+            started_at=format_timestamp(fields.pop("started_at", ended - timedelta(seconds=5))),
             ended_at=format_timestamp(ended),
             ended_by=fields.pop("ended_by", "teardown"),
             request_count=fields.pop("request_count", 1),

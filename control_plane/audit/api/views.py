@@ -2,9 +2,11 @@
 
 Reading needs ``audit.view_receipt`` / ``audit.view_treehead`` (the ``auditor`` and
 ``admin`` roles); no role holds add, change or delete, so every write is 403 (401
-without credentials). Bundles and consistency files are served as the exact bytes
-``shared.ledger`` makes, never through a renderer: the verifier checks them byte for
-byte.
+without credentials). An auditor scoped to some clients
+(``control_plane.audit.scopes``) lists only their receipts and gets 403 for another
+client's receipts or bundle; tree heads, proofs and the log key are global. Bundles
+and consistency files are served as the exact bytes ``shared.ledger`` makes, never
+through a renderer: the verifier checks them byte for byte.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import BaseParser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -38,6 +41,7 @@ from control_plane.audit.api.serializers import (
 from control_plane.audit.filtersets import ReceiptFilterSet
 from control_plane.audit.ledger import current_tree_head
 from control_plane.audit.models import Receipt, TreeHead
+from control_plane.audit.scopes import ClientOutOfScope, audit_scope
 from control_plane.audit.services import (
     UnknownClient,
     UnknownTreeHead,
@@ -98,10 +102,19 @@ class ReceiptViewSet(viewsets.ReadOnlyModelViewSet):
     ordering = ("log_index",)
     lookup_field = "record_id"
 
+    def get_queryset(self) -> QuerySet[Receipt]:
+        # A scoped auditor's receipt of another client is not found (404), like any other.
+        return audit_scope(self.request.user).receipts(super().get_queryset())
+
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         client = request.query_params.get("client")
-        if client and not client_known(client):
-            raise NotFound(f"no client {client[:128]!r}")
+        if client:
+            try:
+                audit_scope(request.user).check(client)
+            except ClientOutOfScope as exc:
+                raise PermissionDenied(str(exc)) from None
+            if not client_known(client):
+                raise NotFound(f"no client {client[:128]!r}")
         return super().list(request, *args, **kwargs)
 
 
@@ -135,7 +148,9 @@ class BundleView(FileView):
         query = _query(BundleQuerySerializer, request)
         client, period = query["client"], query["period"]
         try:
-            data = client_bundle(client, period)
+            data = client_bundle(client, period, scope=audit_scope(request.user))
+        except ClientOutOfScope as exc:
+            raise PermissionDenied(str(exc)) from None
         except UnknownClient:
             raise NotFound(f"no client {client!r}") from None
         stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
