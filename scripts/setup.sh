@@ -20,7 +20,7 @@ cd "$here"
 PY=${PYTHON:-python3.11}
 VENV=.venv
 APT_PACKAGES=(redis-server postgresql nginx wireguard-go wireguard-tools iptables iproute2 tcpdump
-              chromium shellcheck cmake build-essential procps psmisc)
+              chromium shellcheck cmake build-essential procps psmisc prometheus)
 
 LLAMA_BACKEND=${SANCTUM_LLAMA_BACKEND:-}
 
@@ -43,6 +43,11 @@ system() {
   # No recommends: wireguard-tools would otherwise pull a kernel image.
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
+  # The tests start their own Prometheus; the package's daemon (every interface, :9090)
+  # stays off where systemd started it.
+  if command -v systemctl >/dev/null && systemctl is-enabled prometheus >/dev/null 2>&1; then
+    as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 }
 
 # The llama-cpp-python version pyproject.toml pins: a rebuild installs exactly that one.

@@ -30,6 +30,10 @@ SDK through the tunnel and nginx.
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import secrets
 import signal
 import ssl
 import subprocess
@@ -100,6 +104,8 @@ GW_BACKBONE = "10.90.0.3"
 NODE_API = (NODE_BACKBONE, 8000)
 NODE_MGMT = ("10.202.0.1", 8001)
 AGENT = ("10.201.0.1", 8003)
+NODE_METRICS = (NODE_MGMT[0], 9108)  # the scrape listeners, on the management side
+AGENT_METRICS = (AGENT[0], 9109)
 API_BASE = f"https://{TUNNEL_GW}/v1"  # TLS inside the tunnel, the ingress CA's
 
 
@@ -178,9 +184,13 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     require_tools()
     tmp = tmp_path_factory.mktemp("wg")
+    scrape_token = tmp / "metrics.token"  # Prometheus's, for all three (0600)
+    scrape_token.write_text(secrets.token_urlsafe(32))
+    scrape_token.chmod(0o600)
     cp = ControlPlane(
         tmp / "cp",
         None,
+        SANCTUM_CP_METRICS__TOKEN_FILE=str(scrape_token),
         SANCTUM_CP_ROLLOUT__HEALTH_POLL_SECONDS="2",
         SANCTUM_CP_ROLLOUT__CONNECT_TIMEOUT_SECONDS="2",
         # The world is built first and rolled out once, so the gateway can be seen before
@@ -244,6 +254,9 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
         underlay=NODE_UNDERLAY,
         management=NODE_MGMT,
         api_port=NODE_API[1],
+        SANCTUM_DP_METRICS__TOKEN_FILE=str(tmp / "metrics.token"),
+        SANCTUM_DP_METRICS__HOST=NODE_METRICS[0],
+        SANCTUM_DP_METRICS__PORT=str(NODE_METRICS[1]),
     )
     assert node_site.api == NODE_API
 
@@ -302,6 +315,10 @@ def build_world(the_lab: Lab, tmp: Path, cp: ControlPlane) -> World:
         agent=AGENT,
         upstreams=[{"node": "node-1", "host": NODE_API[0], "port": NODE_API[1]}],
         backbone_iface=the_lab.wg_name("gb"),
+        SANCTUM_GW_METRICS__TOKEN_FILE=str(tmp / "metrics.token"),
+        SANCTUM_GW_METRICS__HOST=AGENT_METRICS[0],
+        SANCTUM_GW_METRICS__PORT=str(AGENT_METRICS[1]),
+        SANCTUM_GW_METRICS__REFRESH_SECONDS="1",
     )
     world.gateway_id = gateway.id
     assert gateway.api_base == API_BASE
@@ -653,3 +670,94 @@ def wireguard_go_pids(ns: Namespace) -> list[int]:
         except OSError:
             continue
     return sorted(pids)
+
+
+def test_prometheus_scrapes_the_node_the_gateway_and_the_control_plane(world: World) -> None:
+    """A real Prometheus in the management namespace scrapes all three, each with the
+    bearer token (the node's and the gateway's listeners over TLS with their management
+    certificates); PromQL answers after a chat through the tunnel; a canary sent in that
+    chat is in no scrape, and nowhere in Prometheus's storage."""
+    peer = world.peers[0]
+    marker = new_marker()
+    peer.ns.run(ask, peer, f"Repeat this code: {marker}", 8)
+
+    token = world.tmp / "metrics.token"
+    ca = world.tmp / "cp" / "keys" / "ca" / "management" / "ca.crt"
+    cp_base = world.cp_url.removesuffix("/api")
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "node",
+                "scheme": "https",
+                "tls_config": {"ca_file": str(ca), "server_name": "node-1"},
+                "authorization": {"credentials_file": str(token)},
+                "static_configs": [{"targets": [f"{NODE_METRICS[0]}:{NODE_METRICS[1]}"]}],
+            },
+            {
+                "job_name": "gateway",
+                "scheme": "https",
+                "tls_config": {"ca_file": str(ca), "server_name": GATEWAY},
+                "authorization": {"credentials_file": str(token)},
+                "static_configs": [{"targets": [f"{AGENT_METRICS[0]}:{AGENT_METRICS[1]}"]}],
+            },
+            {
+                "job_name": "control-plane",
+                "authorization": {"credentials_file": str(token)},
+                "static_configs": [{"targets": [cp_base.removeprefix("http://")]}],
+            },
+        ],
+    }
+    home = world.tmp / "prometheus"
+    home.mkdir()
+    (home / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+    port = 9090
+    argv = [
+        "prometheus",
+        f"--config.file={home / 'prometheus.yml'}",
+        f"--storage.tsdb.path={home / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    process = Process("prometheus", world.mgmt.exec_argv(*argv), dict(os.environ))
+    world.processes["prometheus"] = process
+    try:
+        process.wait_for("Server is ready to receive web requests", timeout=60)
+
+        def query(promql: str) -> list[dict[str, Any]]:
+            def get() -> httpx.Response:
+                return httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": promql})
+
+            answer = world.mgmt.run(get)
+            assert answer.status_code == 200, answer.text
+            return list(answer.json()["data"]["result"])
+
+        def value(promql: str) -> float | None:
+            found = query(promql)
+            return float(found[0]["value"][1]) if found else None
+
+        expected: dict[str, float | None] = {
+            'sum(up{job=~"node|gateway|control-plane"})': 3,
+            'sanctum_node_requests_total{route="/v1/chat/completions",status="200"} > 0': None,
+            "sanctum_node_time_to_first_token_seconds_count > 0": None,
+            f'sanctum_node_model_info{{model="{DEFAULT_MODEL_NAME}"}}': 1,
+            "sanctum_gateway_peers": 2,
+            "sanctum_gateway_peers_connected": 2,
+            'sanctum_gateway_nginx_responses_total{status="200"} > 0': None,
+            'sanctum_cp_rollout_state{kind="node",target="node-1",state="in_sync"}': 1,
+            f'sanctum_cp_rollout_state{{kind="gateway",target="{GATEWAY}",state="in_sync"}}': 1,
+            'sanctum_cp_target_healthy{kind="node",target="node-1"}': 1,
+        }
+
+        def holds(promql: str, want: float | None) -> bool:
+            got = value(promql)
+            return got is not None and (want is None or got == want)
+
+        for promql, want in expected.items():
+            check = functools.partial(holds, promql, want)
+            assert wait_until(check, timeout=60), (promql, query(promql))
+        # Every series Prometheus holds from the three, and its storage: no canary.
+        labels = query('{job=~"node|gateway|control-plane"}')
+        assert texts_containing(marker, {"series": json.dumps(labels)}) == []
+    finally:
+        process.stop()
+    assert files_containing(marker, [home]) == []

@@ -55,7 +55,16 @@ WORLD_MARKS = [
         os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root (namespaces)"
     ),
 ]
-TOOLS = ("ip", "wg", "wg-quick", "wireguard-go", "nginx", "iptables-restore", "redis-server")
+TOOLS = (
+    "ip",
+    "wg",
+    "wg-quick",
+    "wireguard-go",
+    "nginx",
+    "iptables-restore",
+    "redis-server",
+    "prometheus",
+)
 PARIS = "What is the capital city of France? Answer in one sentence."
 USERSPACE = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
 BACKBONE_PORT = 51821
@@ -390,11 +399,12 @@ def set_up_gateway(
     agent: tuple[str, int],
     upstreams: list[dict[str, Any]],
     backbone_iface: str,
+    **env: str,
 ) -> GatewaySite:
     """A gateway from boot provisioning to the backbone: its clients' interface (the
     pool's first address, as the agent would set it), its address pool, registration
     with ``upstreams``, enrolment, the agent, and its backbone interface. Nothing is
-    rolled out: the agent holds no config yet."""
+    rolled out: the agent holds no config yet. ``env`` adds to the agent's environment."""
     access = build.access
     state.mkdir()
     tunnel_network = ipaddress.ip_network(pool["ipv4_cidr"])
@@ -425,6 +435,7 @@ def set_up_gateway(
         SANCTUM_GW_LISTEN__HOST=agent[0],
         SANCTUM_GW_LISTEN__PORT=str(agent[1]),
         SANCTUM_GW_FIREWALL__PUBLIC_INTERFACE="eth0",
+        **env,
     )
     build.create("/address-pools/", pool)
     gateway = build.create(
