@@ -357,6 +357,8 @@ def _collect(node: Node, state: CollectionState, outcome: CollectOutcome) -> Non
         public_key_from_pem(key_pem)
     except KeyFileError:
         raise CollectError("the node has no readable public key registered") from None
+    if ledger_status().problem:
+        recover_ledger()  # restored from an older backup: raises if it can't catch up
     after = _start_cursor(node, state)
     acked_cursor = after  # every record at or below it is stored and acknowledged
     unbroken = True  # every record listed in this run so far is stored
@@ -372,7 +374,7 @@ def _collect(node: Node, state: CollectionState, outcome: CollectOutcome) -> Non
             page = _fetch(http, node, after, ledger.page_size)
             remember_node_head(state, page.tree_head)
             if first and ledger_status().problem:
-                recover_ledger()  # restored from an older backup: raises if it can't
+                recover_ledger()  # this node's tree head shows the ledger is behind
             first = False
             outcome.fetched += len(page.records)
             verified, refused = _verify(node, page.records, key_pem)
