@@ -30,7 +30,7 @@ from pathlib import Path
 from django.conf import settings
 
 from control_plane.audit.models import CollectionState
-from control_plane.core.signing import signer
+from control_plane.core.signing import published_keys, signer
 from shared.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_checkpoint
 from shared.keys import public_key_bytes, write_atomically
 from shared.trust import LOG
@@ -65,10 +65,22 @@ def _verified(note: str, key: bytes, name: str, origin: str) -> Checkpoint:
 
 
 def verify_head(note: str) -> Checkpoint:
-    """The checkpoint in ``note`` if the log key signed it for this log; else CheckpointError."""
+    """The checkpoint in ``note`` if a log key signed it for this log; else CheckpointError.
+
+    Any log key the control plane has published counts (the current one first): a head
+    signed before a log-key rotation is still the log's.
+    """
     ledger = settings.SANCTUM.ledger
-    key = public_key_bytes(signer(LOG).public_key())
-    return _verified(note, key, ledger.note_key_name, ledger.origin)
+    current = public_key_bytes(signer(LOG).public_key())
+    others = [public_key_bytes(k) for k in published_keys().public_keys(LOG, now=0)]
+    failure: CheckpointError | None = None
+    for key in dict.fromkeys([current, *others]):
+        try:
+            return _verified(note, key, ledger.note_key_name, ledger.origin)
+        except CheckpointError as exc:
+            failure = failure or exc
+    assert failure is not None
+    raise failure
 
 
 def read_witness_file() -> Witnessed | None:

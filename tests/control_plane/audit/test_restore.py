@@ -190,3 +190,26 @@ def test_a_tree_head_not_signed_by_the_log_key_is_not_believed(usage_node, witne
     assert outcome.error == "" and outcome.tree_size == 1
     witness.write_text(fake.tree_head)
     assert "does not verify" in ledger_status().problem  # the witness file can, loudly
+
+
+def test_a_log_key_rotation_does_not_make_the_kept_tree_heads_strangers(
+    fake_node_factory, witness, committed, tmp_path, monkeypatch
+):
+    from control_plane.core import signing
+
+    monkeypatch.setattr(settings.SANCTUM, "keyring", tmp_path / "keyring")
+    signing.keyring.cache_clear()
+    try:
+        fake, node = fake_node_factory("n1")  # trusting this keyring's management key
+        fake.add_usage("acme")
+        collect(node, committed)
+        old = read_witness_file()
+        signing.keyring().rotate(LOG)  # a log key rotates in one step: the new one signs
+
+        fake.add_usage("acme")
+        outcome = collect(node, committed)
+
+        assert outcome.error == "" and outcome.tree_size == 2
+        assert old is not None and read_witness_file().size == 2
+    finally:
+        signing.keyring.cache_clear()
