@@ -71,6 +71,7 @@ from shared.checkpoint import verifier_key
 from shared.keys import KeyFileError, key_id, public_jwk, public_key_from_pem, public_pem
 from shared.ledger import LedgerError, ReceiptProof, build_bundle, dump_consistency
 from shared.usage import (
+    MAX_COUNT,
     USAGE_ACK_PATH,
     USAGE_PATH,
     USAGE_PLACED_PATH,
@@ -357,6 +358,8 @@ def _collect(node: Node, state: CollectionState, outcome: CollectOutcome) -> Non
         public_key_from_pem(key_pem)
     except KeyFileError:
         raise CollectError("the node has no readable public key registered") from None
+    if not _heads_asked:
+        ask_nodes_for_tree_heads()
     if ledger_status().problem:
         recover_ledger()  # restored from an older backup: raises if it can't catch up
     after = _start_cursor(node, state)
@@ -430,6 +433,36 @@ def resolved_ids(page: UsagePage, cursors: list[int]) -> list[str]:
 
 
 # --- after a restore --------------------------------------------------------------------
+
+_heads_asked = False  # this process has asked every node for its tree head
+
+
+def ask_nodes_for_tree_heads() -> None:
+    """Ask every enabled node for the tree head it holds, and keep what verifies.
+
+    Collection does it once per process before its first append: a control plane started
+    on a restored database then knows the largest tree head any node holds before it logs
+    anything, even without a witness file (a node it can't reach is asked when it is
+    collected). An empty page past every cursor is all it costs.
+    """
+    global _heads_asked
+    ledger = settings.SANCTUM.ledger
+    timeout = httpx.Timeout(ledger.timeout_seconds, connect=ledger.connect_timeout_seconds)
+    for node in Node.objects.enabled():
+        try:
+            with management_client(
+                node.management_url.rstrip("/"),
+                node.name,
+                auth=management_auth(node.name),
+                timeout=timeout,
+            ) as http:
+                page = _fetch(http, node, MAX_COUNT, 1)
+        except (CollectError, httpx.HTTPError, ValueError) as exc:
+            log.info("tree head of node %s not asked: %s", node.name, exc)
+            continue
+        state, _ = CollectionState.objects.get_or_create(node=node)
+        remember_node_head(state, page.tree_head)
+    _heads_asked = True
 
 
 @dataclass

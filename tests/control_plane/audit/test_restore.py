@@ -213,3 +213,32 @@ def test_a_log_key_rotation_does_not_make_the_kept_tree_heads_strangers(
         assert old is not None and read_witness_file().size == 2
     finally:
         signing.keyring.cache_clear()
+
+
+def test_a_control_plane_started_on_a_restored_database_asks_every_node_first(
+    fake_node_factory, committed, check_ledger, monkeypatch
+):
+    """No witness file, two nodes: the one collected first after the restore holds an
+    older tree head than the other. The new process asks both before it logs anything."""
+    from control_plane.audit import services
+
+    fake1, node1 = fake_node_factory("n1")
+    fake2, node2 = fake_node_factory("n2")
+    fake1.add_usage("acme")
+    collect(node1, committed)
+    with backup_then_restore():
+        for _ in range(2):
+            fake2.add_usage("acme")
+        collect(node2, committed)  # only n2 was handed the tree head of 3
+        kept = head_of(3).checkpoint
+    assert fake1.tree_size == 1 and fake2.tree_size == 3
+    monkeypatch.setattr(services, "_heads_asked", False)  # a new process
+    fake1.add_usage("acme")
+
+    outcome = collect(node1, committed)
+
+    assert outcome.error == "" and outcome.tree_size == 4  # n2's two put back first
+    assert head_of(3).checkpoint == kept
+    assert [r.node for r in Receipt.objects.order_by("log_index")] == ["n1", "n2", "n2", "n1"]
+    assert collect(node2, committed).error == ""
+    check_ledger()
