@@ -242,3 +242,17 @@ def test_a_control_plane_started_on_a_restored_database_asks_every_node_first(
     assert [r.node for r in Receipt.objects.order_by("log_index")] == ["n1", "n2", "n2", "n1"]
     assert collect(node2, committed).error == ""
     check_ledger()
+
+
+def test_the_admin_says_the_ledger_is_behind(usage_node, witness, committed, client, admin_user):
+    fake, node = usage_node
+    with backup_then_restore():
+        for _ in range(2):
+            fake.add_usage("acme")
+        collect(node, committed)
+    client.force_login(admin_user)
+
+    page = client.get("/admin/audit/collectionstate/")
+
+    assert page.status_code == 200
+    assert "Ledger behind: 2 records to re-collect" in page.content.decode()  # capitalised
