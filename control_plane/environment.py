@@ -148,6 +148,12 @@ class LedgerSettings(BaseModel):
     max_pages_per_run: int = Field(default=20, ge=1)
     connect_timeout_seconds: float = Field(default=3.0, gt=0)
     timeout_seconds: float = Field(default=20.0, gt=0)
+    witness_file: Path | None = Field(
+        default=None,
+        description="a file outside the database (on another volume, not in the backup set) "
+        "that keeps the newest signed tree head; a control plane restored from an older "
+        "backup refuses to sign until its ledger has grown back to it",
+    )
 
     @property
     def note_key_name(self) -> str:

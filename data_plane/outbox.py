@@ -9,11 +9,23 @@ Files, in ``DATA_DIR/outbox`` (metadata only: usage records hold no content)::
 
     00000000000000000001.seg   segments: append-only, one record per line, named by
     00000000000000000512.seg   the cursor of their first record
-    acks.json                  what the control plane has acknowledged (replaced atomically)
+    00000000000000000001.placed  where the control plane logged the segment's acknowledged
+                               records (append-only, one placement per line)
+    acks.json                  what the control plane has acknowledged, and the newest
+                               signed tree head it handed over (replaced atomically)
 
 A line is ASCII: ``CURSOR <TAB> JWS <TAB> CRC32 <LF>``, the CRC (8 lowercase hex digits)
 taken over ``CURSOR <TAB> JWS``. Cursors increase by one per record (a failed write may
 leave a gap) and are never reused, across restarts too.
+
+A placement line is ASCII: ``CURSOR <TAB> LOG_INDEX <TAB> LOGGED_AT <TAB> LEAF_HASH <TAB>
+CRC32 <LF>``: the ledger index and time the control plane logged the record at, and the
+leaf's hash, as its acknowledgement said. With the record they are the whole ledger leaf,
+so a control plane restored from an older backup can collect the record again and append
+it, byte for byte, at the same index (docs/operations.md, "Backups and restore"); the tree
+head kept in ``acks.json`` tells it how far its ledger had grown. A later line for the
+same cursor wins. Placements are written (and fsynced) before the acknowledgement state,
+and are read like segments: a torn last line is cut off, a line failing its CRC skipped.
 
 Crash consistency. A batch of records is written with one ``write`` and one ``fsync``
 (of the file, and of the directory when the file was just created) before any of them
@@ -52,6 +64,7 @@ from shared.usage import UsageRecordError, parse_timestamp, peek_usage_record
 logger = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".seg"
+PLACED_SUFFIX = ".placed"
 STATE_FILE = "acks.json"
 _SEGMENT_NAME = re.compile(r"(\d{20})\.seg")
 _CRC = re.compile(rb"[0-9a-f]{8}")
@@ -97,6 +110,25 @@ class OutboxRecord:
     cursor: int
     meta: RecordMeta
     jws: str
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """Where the control plane logged a record: ledger index, ``logged_at``, leaf hash."""
+
+    log_index: int
+    logged_at: str
+    leaf_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedRecord:
+    """An acknowledged record still on disk, with its placement."""
+
+    cursor: int
+    meta: RecordMeta
+    jws: str
+    placed: Placed
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +187,32 @@ def segment_name(first: int) -> str:
     return f"{first:020d}{SEGMENT_SUFFIX}"
 
 
+def placed_path(segment: Path) -> Path:
+    return segment.with_suffix(PLACED_SUFFIX)
+
+
+def encode_placement(cursor: int, placed: Placed) -> bytes:
+    body = f"{cursor}\t{placed.log_index}\t{placed.logged_at}\t{placed.leaf_hash}".encode("ascii")
+    return body + b"\t" + f"{zlib.crc32(body):08x}".encode("ascii") + b"\n"
+
+
+_PLACED_TEXT = re.compile(rb"[0-9A-Za-z:.+/=_-]+")
+
+
+def parse_placement(line: bytes) -> tuple[int, Placed] | None:
+    """A complete placement line (without its LF) as (cursor, placement), or None."""
+    body, tab, crc = line.rpartition(b"\t")
+    if not tab or not _CRC.fullmatch(crc) or int(crc, 16) != zlib.crc32(body):
+        return None
+    fields = body.split(b"\t")
+    if len(fields) != 4 or not all(_PLACED_TEXT.fullmatch(f) for f in fields):
+        return None
+    cursor, index, logged_at, leaf = fields
+    if not cursor.isdigit() or not index.isdigit():
+        return None
+    return int(cursor), Placed(int(index), logged_at.decode("ascii"), leaf.decode("ascii"))
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -191,6 +249,10 @@ class UsageOutbox:
         self._sessions: dict[str, int] = {}  # session id -> cursor of its record
         self._pending: list[int] = []  # unacknowledged cursors, increasing
         self._pending_ids: dict[str, int] = {}  # record id -> cursor, pending only
+        self._ids: dict[str, int] = {}  # record id -> cursor, every record on disk
+        self._placed: dict[int, Placed] = {}  # cursor -> where the control plane logged it
+        self._tree_head: str | None = None  # the newest tree head an ack handed over
+        self._tree_size = -1
         self._acked_above: set[int] = set()  # acknowledged by id past acked_through
         self._acked_through = 0
         self._last = 0  # highest cursor written and made durable
@@ -336,6 +398,7 @@ class UsageOutbox:
         self._records[cursor] = record
         record.segment.cursors.append(cursor)
         record.segment.newest_end = max(record.segment.newest_end, meta.ended_at)
+        self._ids[meta.record_id] = cursor
         if meta.session_id in self._sessions:
             logger.warning("outbox holds two records for session=%s", meta.session_id)
         else:
@@ -378,6 +441,7 @@ class UsageOutbox:
                 )
             if end == 0:
                 path.unlink()
+                placed_path(path).unlink(missing_ok=True)
                 removed = True
                 continue
             segment = Segment(first=first, path=path, size=end)
@@ -404,12 +468,33 @@ class UsageOutbox:
                 offset += length
             segment.opened_at = segment.newest_end
             self._segments.append(segment)
+            self._load_placements(segment)
         if removed:
             _fsync_dir(self.directory)
         self._pending.sort()
         self._acked_above &= set(self._records)
         self._next = max(high_water, self._last, self._acked_through) + 1
         return LoadReport(len(self._records), len(self._pending), torn, bad, duplicates)
+
+    def _load_placements(self, segment: Segment) -> None:
+        path = placed_path(segment.path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            with open(path, "r+b") as fh:  # a torn last line: cut off, as for segments
+                fh.truncate(end)
+                fh.flush()
+                os.fsync(fh.fileno())
+        known = set(segment.cursors)
+        for line in data[:end].split(b"\n")[:-1]:
+            parsed = parse_placement(line)
+            if parsed is None or parsed[0] not in known:
+                logger.warning("outbox placement line skipped file=%s", path.name)
+                continue
+            self._placed[parsed[0]] = parsed[1]
 
     def _load_state(self) -> int:
         path = self.directory / STATE_FILE
@@ -426,6 +511,9 @@ class UsageOutbox:
             logger.error("outbox acknowledgement state unreadable; treating all as pending")
             return 0
         self._acked_through, self._acked_above = acked_through, acked
+        head = state.get("tree_head")
+        if isinstance(head, str):
+            self._keep_tree_head(head)
         return high_water
 
     def _save_state(self) -> None:
@@ -435,6 +523,7 @@ class UsageOutbox:
             "acked_through": self._acked_through,
             "acked": sorted(self._acked_above),
             "high_water": max(self._last, self._acked_through),
+            "tree_head": self._tree_head,
         }
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -495,12 +584,30 @@ class UsageOutbox:
 
     # --- acknowledging and compacting --------------------------------------------------
 
-    async def ack(self, cursor: int | None, record_ids: list[str]) -> AckResult:
-        """Mark records as stored by the control plane; durable before it returns."""
-        return await asyncio.to_thread(self._ack, cursor, record_ids)
+    async def ack(
+        self,
+        cursor: int | None,
+        record_ids: list[str],
+        placements: dict[str, Placed] | None = None,
+        tree_head: str | None = None,
+    ) -> AckResult:
+        """Mark records as stored by the control plane; durable before it returns.
 
-    def _ack(self, cursor: int | None, record_ids: list[str]) -> AckResult:
+        ``placements`` (record id -> where it was logged) are kept with the records, and
+        ``tree_head`` (a signed checkpoint note) replaces the one kept if it is larger.
+        """
+        return await asyncio.to_thread(self._ack, cursor, record_ids, placements, tree_head)
+
+    def _ack(
+        self,
+        cursor: int | None,
+        record_ids: list[str],
+        placements: dict[str, Placed] | None = None,
+        tree_head: str | None = None,
+    ) -> AckResult:
         with self._lock:
+            self._write_placements(placements or {})
+            head_changed = tree_head is not None and self._keep_tree_head(tree_head)
             done: set[int] = set()
             if cursor is not None:
                 # A cursor past the last record is not one this node gave out: it
@@ -520,11 +627,72 @@ class UsageOutbox:
                     self._pending_ids.pop(self._records[c].meta.record_id, None)
                 self._acked_above |= done
             new_through = self._pending[0] - 1 if self._pending else self._last
-            if done or new_through != self._acked_through:
+            if done or head_changed or new_through != self._acked_through:
                 self._acked_through = max(self._acked_through, new_through)
                 self._acked_above = {c for c in self._acked_above if c > self._acked_through}
                 self._save_state()
             return AckResult(self._acked_through, len(self._pending), unknown)
+
+    def _write_placements(self, placements: dict[str, Placed]) -> None:
+        """Append the new placements to their segments' ``.placed`` files, fsynced."""
+        lines: dict[Path, list[bytes]] = {}
+        fresh: dict[int, Placed] = {}
+        for record_id, placed in placements.items():
+            cursor = self._ids.get(record_id)
+            if cursor is None or self._placed.get(cursor) == placed:
+                continue  # not held (compacted, or never ours), or known already
+            path = placed_path(self._records[cursor].segment.path)
+            lines.setdefault(path, []).append(encode_placement(cursor, placed))
+            fresh[cursor] = placed
+        for path, chunk in lines.items():
+            created = not path.exists()
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                _write_all(fd, b"".join(chunk))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                _fsync_dir(self.directory)
+        self._placed.update(fresh)
+
+    def _keep_tree_head(self, note: str) -> bool:
+        """Keep ``note`` if it is a checkpoint larger than the one held (not verified here:
+        the control plane checks the signature of what it reads back)."""
+        lines = note.split("\n")
+        if len(lines) < 3 or not lines[1].isdigit() or len(note) > 8192:
+            return False
+        size = int(lines[1])
+        if size <= self._tree_size:
+            return False
+        self._tree_head, self._tree_size = note, size
+        return True
+
+    async def placed_from(self, from_index: int, limit: int) -> tuple[list[PlacedRecord], bool]:
+        """Up to ``limit`` acknowledged records still held whose ledger index is at least
+        ``from_index``, in index order; and whether there are more."""
+        return await asyncio.to_thread(self._placed_from, from_index, limit)
+
+    def _placed_from(self, from_index: int, limit: int) -> tuple[list[PlacedRecord], bool]:
+        with self._lock:
+            wanted = sorted(
+                (p.log_index, c)
+                for c, p in self._placed.items()
+                if p.log_index >= from_index and c in self._records
+            )
+            page = wanted[:limit]
+            read = {r.cursor: r for r in self._read([self._records[c] for _, c in page])}
+            out = [
+                PlacedRecord(c, read[c].meta, read[c].jws, self._placed[c])
+                for _, c in page
+                if c in read
+            ]
+            return out, len(wanted) > limit
+
+    @property
+    def tree_head(self) -> str | None:
+        """The newest signed tree head an acknowledgement handed over (a checkpoint note)."""
+        return self._tree_head
 
     async def compact(self) -> int:
         """Delete segments whose records are all acknowledged and past the retention."""
@@ -549,11 +717,15 @@ class UsageOutbox:
                 if segment is self._active:
                     self._seal_active()
                 segment.path.unlink(missing_ok=True)
+                placed_path(segment.path).unlink(missing_ok=True)
                 self._segments.remove(segment)
                 for cursor in segment.cursors:
                     record = self._records.pop(cursor)
                     if self._sessions.get(record.meta.session_id) == cursor:
                         del self._sessions[record.meta.session_id]
+                    if self._ids.get(record.meta.record_id) == cursor:
+                        del self._ids[record.meta.record_id]
+                    self._placed.pop(cursor, None)
                     self._acked_above.discard(cursor)
                 deleted += 1
             if deleted:

@@ -209,6 +209,7 @@ def validation_summary(exc: ValidationError) -> str:
 
 USAGE_PATH = "/internal/usage"
 USAGE_ACK_PATH = "/internal/usage/ack"
+USAGE_PLACED_PATH = "/internal/usage/placed"
 MAX_PAGE = 1000
 MAX_ACK_IDS = 10_000
 
@@ -240,6 +241,28 @@ class UsagePage(BaseModel):
     records: list[OutboxItem]
     next: Cursor
     more: bool
+    tree_head: str | None = Field(
+        default=None,
+        description="the newest signed tree head the control plane handed this node with an "
+        "acknowledgement (a checkpoint note), kept where a restore of the control plane's "
+        "database can't roll it back",
+    )
+
+
+class Placement(BaseModel):
+    """Where the control plane logged one record: its ledger index and ``logged_at``.
+
+    With the node-signed record they are the whole ledger leaf (``shared.ledger.LogEntry``),
+    so a control plane restored from an older backup can append the leaf again, byte for
+    byte, at the same index. ``leaf_hash`` (standard base64) lets both sides check that.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    record_id: str
+    log_index: Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
+    logged_at: str
+    leaf_hash: str
 
 
 class UsageAck(BaseModel):
@@ -255,6 +278,10 @@ class UsageAck(BaseModel):
 
     cursor: Cursor | None = None
     record_ids: list[str] = Field(default_factory=list, max_length=MAX_ACK_IDS)
+    placements: list[Placement] = Field(default_factory=list, max_length=MAX_ACK_IDS)
+    tree_head: str | None = Field(
+        default=None, max_length=8192, description="the latest signed tree head (checkpoint)"
+    )
 
     @model_validator(mode="after")
     def _something(self) -> UsageAck:
@@ -271,3 +298,28 @@ class UsageAckResult(BaseModel):
     acked_through: Cursor = Field(description="every record at or below this is acknowledged")
     pending: int = Field(description="records still waiting for an acknowledgement")
     unknown_ids: int = Field(description="record_ids this node holds no pending record for")
+
+
+class PlacedItem(BaseModel):
+    """An acknowledged record the node still holds, with where the control plane logged it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cursor: Cursor
+    jws: str
+    placement: Placement
+
+
+class PlacedPage(BaseModel):
+    """``GET /internal/usage/placed?from_index=N&limit=M``: acknowledged records the node
+    still holds (within its receipt retention) whose ledger index is at least ``N``, in
+    index order; what a restored control plane collects again. ``next`` is the index to
+    ask from for the next page; ``more`` whether there is one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node_id: str
+    records: list[PlacedItem]
+    next: Annotated[int, Field(ge=0, strict=True)]
+    more: bool
+    tree_head: str | None = None

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
-from django.http import HttpRequest
+from django.contrib import admin, messages
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
 from control_plane.audit.charts import DayRange, usage_charts
 from control_plane.audit.models import CollectionState, NodeKey, Receipt, RefusedRecord, TreeHead
 from control_plane.audit.scopes import audit_scope
+from control_plane.audit.services import ledger_status
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -141,8 +142,21 @@ class CollectionStateAdmin(ReadOnlyAdmin):
         "last_run_at",
         "collected_total",
         "refused_pending",
+        "node_tree_size",
         "last_error",
     )
+
+    @admin.display(description="tree size the node holds")
+    def node_tree_size(self, obj: CollectionState) -> str:
+        lines = obj.tree_head.split("\n")
+        return lines[1] if len(lines) > 2 else "-"
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        # A restored database: say so above the list, not only in each node's last error.
+        problem = ledger_status().problem
+        if problem:
+            messages.error(request, problem)
+        return super().changelist_view(request, extra_context)
 
 
 @admin.register(RefusedRecord)

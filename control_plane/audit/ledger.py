@@ -10,6 +10,14 @@ subtree hash is a ``LogSubtree`` row keyed by ``(level, index)``, written the mo
 - a root or a proof for any past size is O(log n) lookups; many proofs (a bundle) are
   planned first, fetched in a few batched queries, then computed.
 
+Never behind, never forked: before it signs a tree head, the ledger checks the tree heads
+kept outside the database (``control_plane.audit.witness``: the witness file and what the
+nodes hold). A ledger smaller than one of them was restored from an older backup: it
+refuses to sign (:class:`LedgerBehind`) until :func:`reappend` has put back, at the same
+indexes and byte for byte, the leaves the nodes kept with their acknowledgements. A tree
+at a witnessed size with another root is a fork (:class:`LedgerForked`): an operator's
+decision, never signed over.
+
 The lock: ``pg_advisory_xact_lock`` on PostgreSQL; on SQLite the database's write lock,
 taken at the start of the transaction. Two collectors never interleave appends; the
 unique ``log_index``, ``(level, index)`` and tree-head ``size`` are the backstop.
@@ -33,6 +41,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from control_plane.audit.models import LogSubtree, NodeKey, Receipt, TreeHead
+from control_plane.audit.witness import Witnessed, witnessed_heads, write_witness_file
 from control_plane.core.signing import signer
 from shared.checkpoint import Checkpoint, sign_checkpoint
 from shared.keys import KeyFileError, Signer, key_id, public_key_from_pem
@@ -179,12 +188,59 @@ def consistency(old_size: int, new_size: int) -> list[bytes]:
 # --- tree heads -------------------------------------------------------------------------
 
 
+class LedgerBehind(LedgerError):
+    """The ledger is smaller than a tree head it signed before: restored from an older
+    backup. It signs nothing until the missing records are collected again."""
+
+    def __init__(self, size: int, witnessed: Witnessed, detail: str = "") -> None:
+        self.size = size
+        self.witnessed = witnessed
+        self.missing = witnessed.size - size
+        super().__init__(
+            f"ledger behind: {self.missing} records to re-collect (the ledger holds "
+            f"{size}, the {witnessed.source} holds a signed tree head of {witnessed.size}); "
+            f"signing refused until they are collected again from the nodes"
+            + (f": {detail}" if detail else "")
+        )
+
+
+class LedgerForked(LedgerError):
+    """The tree at a witnessed size has another root than the witnessed tree head."""
+
+    def __init__(self, size: int, witnessed: Witnessed) -> None:
+        self.size = size
+        self.witnessed = witnessed
+        super().__init__(
+            f"ledger forked: the tree of {witnessed.size} leaves has another root than the "
+            f"signed tree head the {witnessed.source} holds; signing refused (an operator's "
+            "decision: see docs/operations.md, Backups and restore)"
+        )
+
+
+def check_not_behind(size: int, root: bytes, store: SubtreeStore | None = None) -> None:
+    """Refuse to sign a tree of ``size`` leaves and ``root`` below or beside a tree head
+    kept outside the database (call under the ledger lock, the subtrees written)."""
+    for head in witnessed_heads():
+        if head.size > size:
+            raise LedgerBehind(size, head)
+        at = root if head.size == size else tree_root(head.size, store)
+        if at != head.root:
+            raise LedgerForked(size, head)
+
+
 def sign_tree_head(size: int, root: bytes) -> TreeHead:
-    """Sign and store the tree head of ``size`` leaves (under the ledger lock)."""
+    """Sign and store the tree head of ``size`` leaves (under the ledger lock).
+
+    Refuses (:class:`LedgerBehind`, :class:`LedgerForked`) a tree that is not an extension
+    of every tree head kept outside the database; once the transaction commits, the new
+    head goes to the witness file.
+    """
+    check_not_behind(size, root)
     checkpoint = Checkpoint(origin=log_origin(), size=size, root_hash=root)
     note = sign_checkpoint(checkpoint, log_key(), name=log_key_name())
     head = TreeHead(size=size, root_hash=root, checkpoint=note, created_at=now_ms())
     head.save()
+    transaction.on_commit(lambda: write_witness_file(note))
     return head
 
 
@@ -415,3 +471,93 @@ def log_entry(receipt: Receipt) -> LogEntry:
     if entry.leaf_hash() != bytes(receipt.leaf_hash):
         raise LedgerError(f"receipt at log index {receipt.log_index} does not match its leaf hash")
     return entry
+
+
+# --- re-appending after a restore --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A record a node kept after its acknowledgement, with where it was logged."""
+
+    verified: Verified
+    log_index: int
+    logged_at: str
+    leaf_hash: bytes
+
+
+def reappend(placed: Sequence[Placed]) -> TreeHead:
+    """Put back the leaves a restore lost, at their own indexes, byte for byte.
+
+    ``placed`` are the records the nodes kept with their placements (index, ``logged_at``,
+    leaf hash). In one transaction under the ledger lock: from the ledger's size on, the
+    indexes must follow one another with no gap up to the largest witnessed tree head;
+    each leaf is rebuilt from the node-signed record and its ``logged_at`` and must hash
+    to the leaf hash the node kept; then the tree head is signed, which checks the roots
+    at every witnessed size. Anything short of that raises and changes nothing.
+    """
+    with transaction.atomic():
+        lock_ledger()
+        head = TreeHead.objects.latest_head()
+        size = head.size if head is not None else 0
+        by_index: dict[int, Placed] = {}
+        for item in placed:
+            if item.log_index < size:
+                continue  # in the ledger already (the restored part, or a run before)
+            other = by_index.get(item.log_index)
+            if other is not None and other.leaf_hash != item.leaf_hash:
+                raise LedgerError(f"two nodes place different records at index {item.log_index}")
+            by_index[item.log_index] = item
+        run: list[Placed] = []
+        while size + len(run) in by_index:
+            run.append(by_index[size + len(run)])
+        heads = witnessed_heads()
+        target = heads[0] if heads else None
+        if target is None or target.size <= size:
+            if head is None:
+                return current_tree_head()
+            check_not_behind(size, bytes(head.root_hash))
+            return head
+        if size + len(run) < target.size:
+            raise LedgerBehind(
+                size,
+                target,
+                f"no node holds the record at ledger index {size + len(run)} (past the "
+                "nodes' receipt retention, or a node that is gone): an operator's decision",
+            )
+        ids = [p.verified.record_id for p in run]
+        for chunk in _chunks(ids):
+            clash = Receipt.objects.filter(record_id__in=chunk).values_list("record_id", flat=True)
+            for record_id in clash:
+                raise LedgerError(f"record {record_id} is in the ledger at another index")
+        rng = compact_range(size)
+        receipts: list[tuple[Any, ...]] = []
+        subtrees: list[tuple[int, int, bytes]] = []
+        keys: dict[tuple[str, str], str] = {}
+        first_logged: datetime | None = None
+        for item in run:
+            v = item.verified
+            entry = LogEntry(record=v.record, node_jws=v.jws, logged_at=item.logged_at)
+            leaf = entry.leaf_hash()
+            if leaf != item.leaf_hash:
+                raise LedgerError(
+                    f"the record placed at index {item.log_index} does not hash to the leaf "
+                    "its node kept"
+                )
+            logged_at = parse_timestamp(item.logged_at)
+            first_logged = first_logged or logged_at
+            index = rng.size
+            subtrees += rng.append(leaf)
+            db_logged_at = connection.ops.adapt_datetimefield_value(logged_at)
+            receipts.append(_receipt_row(entry, index, leaf, db_logged_at, v.node_key_id))
+            keys[(v.record.node_id, v.node_key_id)] = v.node_key_pem
+        _insert(Receipt, _RECEIPT_COLUMNS, receipts)
+        _insert(LogSubtree, ("level", "index", "hash"), subtrees)
+        _remember_node_keys(keys, first_logged or now_ms())
+        log.warning(
+            "ledger re-extended after a restore: %d records put back at indexes %d..%d",
+            len(run),
+            size,
+            rng.size - 1,
+        )
+        return sign_tree_head(rng.size, rng.root())

@@ -187,6 +187,12 @@ class CollectionState(models.Model):
     refused_pending = models.PositiveIntegerField(
         default=0, help_text="Records the node holds that the last run refused."
     )
+    tree_head = models.TextField(
+        "tree head the node holds",
+        blank=True,
+        help_text="The largest signed tree head the node reports it was handed (a copy a "
+        "restore of this database can't roll back).",
+    )
 
     class Meta:
         verbose_name = "collection state"

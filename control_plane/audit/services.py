@@ -17,10 +17,18 @@ A crash between 3 and 4 leaves the records unacknowledged on the node: the next 
 fetches them again, finds them logged, and acknowledges them. Nothing is lost (the node
 keeps a record until it is acknowledged) and nothing is doubled (``record_id`` is unique
 and checked under the lock).
+
+The acknowledgement carries each record's placement (ledger index, ``logged_at``, leaf
+hash) and the latest signed tree head; the node keeps both for its receipt retention.
+After a restore from an older backup the ledger is behind a tree head the node or the
+witness file holds and refuses to sign; :func:`recover_ledger` then collects the
+placed records from every node and puts them back at their indexes (``ledger.reappend``)
+before collection goes on.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -34,8 +42,12 @@ from pydantic import ValidationError
 
 from control_plane.audit.ledger import (
     AppendResult,
+    LedgerBehind,
+    LedgerForked,
+    Placed,
     Verified,
     append,
+    check_not_behind,
     consistency,
     current_tree_head,
     inclusion_proofs,
@@ -45,25 +57,34 @@ from control_plane.audit.ledger import (
     log_origin,
     node_public_keys,
     now_ms,
+    reappend,
+    tree_root,
 )
 from control_plane.audit.models import CollectionState, Receipt, RefusedRecord, TreeHead
 from control_plane.audit.querysets import ReceiptQuerySet
 from control_plane.audit.scopes import AuditScope
+from control_plane.audit.witness import WitnessError, remember_node_head, witnessed_heads
 from control_plane.clients.models import Client
 from control_plane.core.signing import management_auth
 from control_plane.core.tls import management_client
 from control_plane.fleet.models import Node, NodeState
 from shared.checkpoint import verifier_key
 from shared.keys import KeyFileError, key_id, public_jwk, public_key_from_pem, public_pem
-from shared.ledger import ReceiptProof, build_bundle, dump_consistency
+from shared.ledger import LedgerError, ReceiptProof, build_bundle, dump_consistency
 from shared.usage import (
+    MAX_COUNT,
     USAGE_ACK_PATH,
     USAGE_PATH,
+    USAGE_PLACED_PATH,
     OutboxItem,
+    PlacedPage,
+    Placement,
     UsageAck,
     UsagePage,
     UsageRecordError,
+    format_timestamp,
     open_usage_record,
+    parse_timestamp,
     validation_summary,
 )
 
@@ -194,8 +215,32 @@ def _fetch(http: httpx.Client, node: Node, after: int, limit: int) -> UsagePage:
     return page
 
 
-def _ack(http: httpx.Client, cursor: int | None, record_ids: list[str]) -> None:
-    body = UsageAck(cursor=cursor, record_ids=record_ids).model_dump_json(exclude_none=True)
+def _placements(record_ids: set[str]) -> list[Placement]:
+    """Where each of these (logged) records sits in the ledger: what the node keeps."""
+    rows = Receipt.objects.filter(record_id__in=list(record_ids)).values_list(
+        "record_id", "log_index", "logged_at", "leaf_hash"
+    )
+    return [
+        Placement(
+            record_id=str(record_id),
+            log_index=index,
+            logged_at=format_timestamp(logged_at),
+            leaf_hash=base64.b64encode(bytes(leaf)).decode("ascii"),
+        )
+        for record_id, index, logged_at, leaf in rows
+    ]
+
+
+def _ack(
+    http: httpx.Client,
+    cursor: int | None,
+    record_ids: list[str],
+    placements: list[Placement],
+    tree_head: str | None,
+) -> None:
+    body = UsageAck(
+        cursor=cursor, record_ids=record_ids, placements=placements, tree_head=tree_head
+    ).model_dump_json(exclude_none=True)
     try:
         response = http.post(
             USAGE_ACK_PATH, content=body, headers={"Content-Type": "application/json"}
@@ -279,6 +324,10 @@ def collect_node(node: Node) -> CollectOutcome:
     outcome.cursor = state.cursor
     try:
         _collect(node, state, outcome)
+    except (LedgerError, WitnessError) as exc:
+        # Behind or forked: nothing was signed, nothing acknowledged; said plainly.
+        outcome.error = str(exc)[:_MAX_REASON]
+        log.error("collection from node %s stopped: %s", node.name, outcome.error)
     except CollectError as exc:
         outcome.error = str(exc)[:_MAX_REASON]
         log.warning("collection from node %s failed: %s", node.name, outcome.error)
@@ -310,9 +359,14 @@ def _collect(node: Node, state: CollectionState, outcome: CollectOutcome) -> Non
         public_key_from_pem(key_pem)
     except KeyFileError:
         raise CollectError("the node has no readable public key registered") from None
+    if not _heads_asked:
+        ask_nodes_for_tree_heads()
+    if ledger_status().problem:
+        recover_ledger()  # restored from an older backup: raises if it can't catch up
     after = _start_cursor(node, state)
     acked_cursor = after  # every record at or below it is stored and acknowledged
     unbroken = True  # every record listed in this run so far is stored
+    first = True
     timeout = httpx.Timeout(ledger.timeout_seconds, connect=ledger.connect_timeout_seconds)
     with management_client(
         node.management_url.rstrip("/"),
@@ -322,9 +376,19 @@ def _collect(node: Node, state: CollectionState, outcome: CollectOutcome) -> Non
     ) as http:
         for _ in range(ledger.max_pages_per_run):
             page = _fetch(http, node, after, ledger.page_size)
+            remember_node_head(state, page.tree_head)
+            if first and ledger_status().problem:
+                recover_ledger()  # this node's tree head shows the ledger is behind
+            first = False
             outcome.fetched += len(page.records)
             verified, refused = _verify(node, page.records, key_pem)
-            result: AppendResult = append(verified)  # committed when it returns
+            try:
+                result: AppendResult = append(verified)  # committed when it returns
+            except LedgerBehind:
+                # Restored from an older backup: put back what the nodes kept, then
+                # append (raises on if the gap can't be filled: nothing is signed).
+                recover_ledger()
+                result = append(verified)
             for record_id in result.conflicts:
                 at = next(i.cursor for i in page.records if i.record_id == record_id)
                 refused[at] = "the ledger holds a different signed record with this id"
@@ -349,7 +413,8 @@ def _collect(node: Node, state: CollectionState, outcome: CollectOutcome) -> Non
                 else:
                     unbroken = False
             if cursor is not None or ids:
-                _ack(http, cursor, ids)
+                head = result.tree_head.checkpoint if result.tree_head is not None else None
+                _ack(http, cursor, ids, _placements(set(resolved_ids(page, resolved))), head)
                 outcome.acked += len(resolved)
             _resolve_refused(node, resolved)
             if cursor is not None:
@@ -361,6 +426,173 @@ def _collect(node: Node, state: CollectionState, outcome: CollectOutcome) -> Non
             if not page.more:
                 break
     outcome.cursor = acked_cursor
+
+
+def resolved_ids(page: UsagePage, cursors: list[int]) -> list[str]:
+    wanted = set(cursors)
+    return [item.record_id for item in page.records if item.cursor in wanted]
+
+
+# --- after a restore --------------------------------------------------------------------
+
+_heads_asked = False  # this process has asked every node for its tree head
+
+
+def ask_nodes_for_tree_heads() -> None:
+    """Ask every enabled node for the tree head it holds, and keep what verifies.
+
+    Collection does it once per process before its first append: a control plane started
+    on a restored database then knows the largest tree head any node holds before it logs
+    anything, even without a witness file (a node it can't reach is asked when it is
+    collected). An empty page past every cursor is all it costs.
+    """
+    global _heads_asked
+    ledger = settings.SANCTUM.ledger
+    timeout = httpx.Timeout(ledger.timeout_seconds, connect=ledger.connect_timeout_seconds)
+    for node in Node.objects.enabled():
+        try:
+            with management_client(
+                node.management_url.rstrip("/"),
+                node.name,
+                auth=management_auth(node.name),
+                timeout=timeout,
+            ) as http:
+                page = _fetch(http, node, MAX_COUNT, 1)
+        except (CollectError, httpx.HTTPError, ValueError) as exc:
+            log.info("tree head of node %s not asked: %s", node.name, exc)
+            continue
+        state, _ = CollectionState.objects.get_or_create(node=node)
+        remember_node_head(state, page.tree_head)
+    _heads_asked = True
+
+
+@dataclass
+class LedgerStatus:
+    """The ledger against the tree heads kept outside the database."""
+
+    size: int
+    witnessed_size: int | None = None
+    witnessed_by: str = ""
+    problem: str = ""  # empty when the ledger may sign
+
+    @property
+    def behind(self) -> int:
+        return max(0, (self.witnessed_size or 0) - self.size)
+
+    def summary(self) -> str:
+        seen = (
+            f"witnessed={self.witnessed_size} by={self.witnessed_by!r}"
+            if self.witnessed_size is not None
+            else "witnessed=none"
+        )
+        state = self.problem or "ok"
+        return f"ledger size={self.size} {seen} behind={self.behind} status={state}"
+
+
+def ledger_status() -> LedgerStatus:
+    """Whether the ledger may sign: its size against the largest witnessed tree head."""
+    head = TreeHead.objects.latest_head()
+    status = LedgerStatus(size=head.size if head is not None else 0)
+    try:
+        heads = witnessed_heads()
+        if heads:
+            status.witnessed_size, status.witnessed_by = heads[0].size, heads[0].source
+        root = bytes(head.root_hash) if head is not None else tree_root(0)
+        check_not_behind(status.size, root)
+    except (LedgerBehind, LedgerForked, WitnessError) as exc:
+        status.problem = str(exc)
+    return status
+
+
+def _fetch_placed(node: Node, from_index: int) -> list[Placed]:
+    """Every record ``node`` kept with a placement at ``from_index`` or later, verified."""
+    ledger = settings.SANCTUM.ledger
+    key_pem = (node.public_key or "").strip()
+    try:
+        key = public_key_from_pem(key_pem)
+    except KeyFileError:
+        raise CollectError(f"node {node.name} has no readable public key registered") from None
+    kid = key_id(key)
+    timeout = httpx.Timeout(ledger.timeout_seconds, connect=ledger.connect_timeout_seconds)
+    out: list[Placed] = []
+    state, _ = CollectionState.objects.get_or_create(node=node)
+    with management_client(
+        node.management_url.rstrip("/"),
+        node.name,
+        auth=management_auth(node.name),
+        timeout=timeout,
+    ) as http:
+        after = from_index
+        while True:
+            try:
+                response = http.get(
+                    USAGE_PLACED_PATH, params={"from_index": after, "limit": ledger.page_size}
+                )
+            except httpx.HTTPError as exc:
+                raise _http_error(f"node {node.name}: listing placed usage", exc) from None
+            if response.status_code != 200:
+                raise _answer_error(f"node {node.name}: listing placed usage", response)
+            try:
+                page = PlacedPage.model_validate_json(response.content)
+            except ValidationError as exc:
+                raise CollectError(f"malformed placed page: {validation_summary(exc)}") from None
+            if page.node_id != node.name:
+                raise CollectError(f"the node at {node.management_url} is not {node.name!r}")
+            remember_node_head(state, page.tree_head)
+            for item in page.records:
+                placement = item.placement
+                try:
+                    record = open_usage_record(item.jws, {node.name: key})
+                    leaf = base64.b64decode(placement.leaf_hash, validate=True)
+                    parse_timestamp(placement.logged_at)
+                except (UsageRecordError, ValueError) as exc:
+                    log.warning(
+                        "placed record refused node=%s index=%d: %s",
+                        node.name,
+                        placement.log_index,
+                        str(exc)[:_MAX_REASON],
+                    )
+                    continue
+                if record.record_id != placement.record_id:
+                    continue
+                verified = Verified(item.jws, record, kid, key_pem)
+                out.append(Placed(verified, placement.log_index, placement.logged_at, leaf))
+            if not page.more or page.next <= after:
+                break
+            after = page.next
+    return out
+
+
+def recover_ledger() -> LedgerStatus:
+    """Collect again, from every enabled node, the records a restore lost, and put them
+    back at their ledger indexes; then the ledger signs again.
+
+    Raises :class:`~control_plane.audit.ledger.LedgerBehind` (plainly worded) when the
+    nodes can't fill the gap; nothing is signed then.
+    """
+    status = ledger_status()
+    if not status.behind and not status.problem:
+        return status
+    log.warning("%s; collecting the missing records again from the nodes", status.problem)
+    placed: list[Placed] = []
+    unreachable: list[str] = []
+    for node in Node.objects.enabled():
+        try:
+            placed += _fetch_placed(node, status.size)
+        except CollectError as exc:
+            unreachable.append(str(exc))
+            log.warning("re-collection: %s", exc)
+    try:
+        head = reappend(placed)
+    except LedgerBehind as exc:
+        if unreachable:
+            raise LedgerBehind(
+                exc.size, exc.witnessed, "; ".join(unreachable)[:_MAX_REASON]
+            ) from None
+        raise
+    status = ledger_status()
+    log.warning("ledger caught up after a restore: tree size %d", head.size)
+    return status
 
 
 def collect_fleet() -> list[CollectOutcome]:

@@ -22,6 +22,7 @@ from data_plane.api.deps import ControlPlaneSigned, RetrievalDep, RuntimeDep, Si
 from data_plane.config_store import NO_CONFIG, ConfigRejected
 from data_plane.engine.base import Engine
 from data_plane.errors import BadRequest, Unprocessable
+from data_plane.outbox import Placed
 from data_plane.runtime import Runtime
 from data_plane.services.retrieval import RetrievalService
 from shared import management
@@ -32,7 +33,11 @@ from shared.usage import (
     MAX_PAGE,
     USAGE_ACK_PATH,
     USAGE_PATH,
+    USAGE_PLACED_PATH,
     OutboxItem,
+    PlacedItem,
+    PlacedPage,
+    Placement,
     UsageAck,
     UsageAckResult,
     UsagePage,
@@ -137,6 +142,9 @@ async def _health(runtime: Runtime, retrieval: RetrievalService) -> dict[str, An
             "pending": outbox.pending_count,
             "last_cursor": outbox.last_cursor,
             "acked_through": outbox.acked_through,
+            # The newest signed tree head the control plane handed over: a restored
+            # control plane sees here how far its ledger had grown.
+            "tree_head": outbox.tree_head,
         },
     }
 
@@ -175,6 +183,40 @@ async def list_usage(
         ],
         next=records[-1].cursor if records else after,
         more=more,
+        tree_head=runtime.usage.outbox.tree_head,
+    )
+
+
+@router.get(USAGE_PLACED_PATH.removeprefix("/internal"), dependencies=[ControlPlaneSigned])
+async def list_placed(
+    runtime: RuntimeDep,
+    from_index: Annotated[
+        int, Query(ge=0, le=MAX_COUNT, description="records logged at this ledger index or later")
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> PlacedPage:
+    """Acknowledged records still held, with where the control plane logged them, from a
+    ledger index on: what a control plane restored from an older backup collects again."""
+    outbox = runtime.usage.outbox
+    records, more = await outbox.placed_from(from_index, limit)
+    return PlacedPage(
+        node_id=runtime.settings.node_id,
+        records=[
+            PlacedItem(
+                cursor=r.cursor,
+                jws=r.jws,
+                placement=Placement(
+                    record_id=r.meta.record_id,
+                    log_index=r.placed.log_index,
+                    logged_at=r.placed.logged_at,
+                    leaf_hash=r.placed.leaf_hash,
+                ),
+            )
+            for r in records
+        ],
+        next=records[-1].placed.log_index + 1 if records else from_index,
+        more=more,
+        tree_head=outbox.tree_head,
     )
 
 
@@ -189,7 +231,10 @@ async def ack_usage(request: Request, runtime: RuntimeDep) -> UsageAckResult:
             raise BadRequest("body must be a JSON object", code="invalid_json") from None
         raise Unprocessable(validation_summary(exc)) from None
     outbox = runtime.usage.outbox
-    result = await outbox.ack(ack.cursor, list(ack.record_ids))
+    placements = {
+        p.record_id: Placed(p.log_index, p.logged_at, p.leaf_hash) for p in ack.placements
+    }
+    result = await outbox.ack(ack.cursor, list(ack.record_ids), placements, ack.tree_head)
     await outbox.compact()
     return UsageAckResult(
         acked_through=result.acked_through,

@@ -75,6 +75,8 @@ class FakeNode:
         self.last_cursor = 0
         self.ack_failures = 0  # answer this many acks with 503 (a crash before the ack)
         self.usage_requests = 0
+        self.placements: dict[str, dict[str, Any]] = {}  # record id -> placement, from acks
+        self.tree_head: str | None = None  # the largest tree head an ack handed over
 
     @property
     def node_public_pem(self) -> str:
@@ -115,6 +117,18 @@ class FakeNode:
     def pending(self) -> list[int]:
         with self._lock:
             return sorted(c for c in self.outbox if c not in self.acked)
+
+    def forget(self, cursors: set[int]) -> None:
+        """Drop records (past the receipt retention), placements and all."""
+        with self._lock:
+            for cursor in cursors:
+                record_id, _ = self.outbox.pop(cursor)
+                self.placements.pop(record_id, None)
+                self.acked.discard(cursor)
+
+    @property
+    def tree_size(self) -> int:
+        return int(self.tree_head.split("\n")[1]) if self.tree_head else -1
 
     @property
     def url(self) -> str:
@@ -172,6 +186,9 @@ class FakeNode:
                 if urlsplit(self.path).path == "/internal/usage":
                     self._usage()
                     return
+                if urlsplit(self.path).path == "/internal/usage/placed":
+                    self._placed()
+                    return
                 if self.path != "/internal/health":
                     self._send(404, _error("not found", "not_found"))
                     return
@@ -215,6 +232,40 @@ class FakeNode:
                         "records": records,
                         "next": page[-1] if page else after,
                         "more": len(waiting) > len(page),
+                        "tree_head": node.tree_head,
+                    },
+                )
+
+            def _placed(self) -> None:
+                if not self._signed():
+                    return
+                query = parse_qs(urlsplit(self.path).query)
+                start = int(query.get("from_index", ["0"])[0])
+                limit = int(query.get("limit", ["100"])[0])
+                with node._lock:
+                    by_id = {rid: (c, jws) for c, (rid, jws) in node.outbox.items()}
+                    found = sorted(
+                        (p["log_index"], rid)
+                        for rid, p in node.placements.items()
+                        if p["log_index"] >= start and rid in by_id
+                    )
+                    page = found[:limit]
+                    records = [
+                        {
+                            "cursor": by_id[rid][0],
+                            "jws": by_id[rid][1],
+                            "placement": node.placements[rid],
+                        }
+                        for _, rid in page
+                    ]
+                self._send(
+                    200,
+                    {
+                        "node_id": node.name,
+                        "records": records,
+                        "next": page[-1][0] + 1 if page else start,
+                        "more": len(found) > limit,
+                        "tree_head": node.tree_head,
                     },
                 )
 
@@ -239,6 +290,14 @@ class FakeNode:
                         node.acked |= {c for c in node.outbox if c <= ack.cursor}
                     ids = set(ack.record_ids)
                     node.acked |= {c for c, (rid, _) in node.outbox.items() if rid in ids}
+                    held = {rid for rid, _ in node.outbox.values()}
+                    for placement in ack.placements:
+                        if placement.record_id in held:
+                            node.placements[placement.record_id] = placement.model_dump()
+                    if ack.tree_head is not None and (
+                        int(ack.tree_head.split("\n")[1]) > node.tree_size
+                    ):
+                        node.tree_head = ack.tree_head
                     pending = len([c for c in node.outbox if c not in node.acked])
                 self._send(200, {"acked_through": 0, "pending": pending, "unknown_ids": 0})
 

@@ -366,3 +366,76 @@ def test_files_are_private(tmp_path: Path) -> None:
     asyncio.run(run())
     for path in [tmp_path / "outbox", *(tmp_path / "outbox").iterdir()]:
         assert path.stat().st_mode & 0o077 == 0, path
+
+
+# --- placements: what a restored control plane collects again ------------------------------
+
+
+def head(size: int) -> str:
+    """A checkpoint-shaped note (the outbox keeps the largest; the control plane verifies)."""
+    return f"example.org/log\n{size}\n{'A' * 43}=\n\n— example.org/log sig\n"
+
+
+def placed(index: int) -> outbox_module.Placed:
+    return outbox_module.Placed(index, f"2025-03-01T09:00:0{index % 10}.000Z", "B" * 43 + "=")
+
+
+def test_placements_and_the_tree_head_survive_a_restart(tmp_path: Path) -> None:
+    async def run() -> None:
+        box = await opened(tmp_path)
+        written = await fill(box, range(4))
+        ids = {meta.record_id: cursor for cursor, _, meta in written}
+        await box.ack(3, [], {m.record_id: placed(10 + c) for c, _, m in written[:3]}, head(13))
+        await box.ack(None, [], {}, head(12))  # a smaller tree head does not replace it
+        assert box.tree_head == head(13)
+        await box.close()
+
+        again = await opened(tmp_path)
+        assert again.tree_head == head(13)
+        found, more = await again.placed_from(12, 100)
+        assert not more
+        assert [(r.cursor, r.placed) for r in found] == [(2, placed(12)), (3, placed(13))]
+        assert [r.jws for r in found] == [t for c, t, _ in written if c in (2, 3)]
+        assert {r.meta.record_id for r in found} <= set(ids)
+        # the unacknowledged record has no placement and is still offered as pending
+        pending, _ = await again.pending_after(0, 100)
+        assert [r.cursor for r in pending] == [4]
+        await again.close()
+
+    asyncio.run(run())
+
+
+def test_a_torn_placement_line_is_cut_off_and_the_rest_kept(tmp_path: Path) -> None:
+    async def run() -> None:
+        box = await opened(tmp_path)
+        written = await fill(box, range(2))
+        await box.ack(2, [], {m.record_id: placed(c - 1) for c, _, m in written}, head(2))
+        await box.close()
+        (side,) = tmp_path.glob("*.placed")
+        with open(side, "ab") as fh:
+            fh.write(b"3\t7\t2025-03-01T09:00:00.000Z")  # a crash in the middle of a write
+        again = await opened(tmp_path)
+        found, _ = await again.placed_from(0, 100)
+        assert [r.placed.log_index for r in found] == [0, 1]
+        assert side.read_bytes().endswith(b"\n")
+        await again.close()
+
+    asyncio.run(run())
+
+
+def test_placements_go_with_their_segment_when_it_is_compacted(tmp_path: Path) -> None:
+    async def run() -> None:
+        clock = Clock()
+        box = await opened(tmp_path, clock, receipt_retention_seconds=3600)
+        written = await fill(box, range(3))
+        await box.ack(3, [], {m.record_id: placed(c - 1) for c, _, m in written}, head(3))
+        assert len(list(tmp_path.glob("*.placed"))) == 1
+        assert len((await box.placed_from(0, 100))[0]) == 3  # kept for the retention
+        clock.now += 3600 * 24
+        assert await box.compact() == 1
+        assert list(tmp_path.glob("*.placed")) == []
+        assert (await box.placed_from(0, 100))[0] == []
+        assert box.tree_head == head(3)  # the tree head outlives the records
+        await box.close()
+
+    asyncio.run(run())
