@@ -42,6 +42,7 @@ from typing import Any
 import httpx
 
 from shared.config import ModelSpec
+from shared.keys import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class ModelFiles:
                 os.fsync(out.fileno())
             os.replace(part, target)
             placed = True
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except OSError as exc:
             raise ModelFetchFailed(
                 f"model {spec.name}: can't write to the models directory: "
@@ -226,11 +227,3 @@ def _file_blocks(name: str, source: str, size: int) -> Generator[bytes]:
         raise ModelFetchFailed(
             f"model {name}: can't read the source: {exc.strerror or type(exc).__name__}"
         ) from None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_plane.settings import OutboxSettings
+from shared.keys import fsync_dir
 from shared.usage import UsageRecordError, parse_timestamp, peek_usage_record
 
 logger = logging.getLogger(__name__)
@@ -211,14 +212,6 @@ def parse_placement(line: bytes) -> tuple[int, Placed] | None:
     if not cursor.isdigit() or not index.isdigit():
         return None
     return int(cursor), Placed(int(index), logged_at.decode("ascii"), leaf.decode("ascii"))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -377,7 +370,7 @@ class UsageOutbox:
             path = self.directory / segment_name(self._next)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                _fsync_dir(self.directory)  # the new name is durable before any record in it
+                fsync_dir(self.directory)  # the new name is durable before any record in it
                 size = os.fstat(fd).st_size
             except OSError:
                 os.close(fd)
@@ -470,7 +463,7 @@ class UsageOutbox:
             self._segments.append(segment)
             self._load_placements(segment)
         if removed:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         self._pending.sort()
         self._acked_above &= set(self._records)
         self._next = max(high_water, self._last, self._acked_through) + 1
@@ -532,7 +525,7 @@ class UsageOutbox:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     # --- reading -----------------------------------------------------------------------
 
@@ -653,7 +646,7 @@ class UsageOutbox:
             finally:
                 os.close(fd)
             if created:
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
         self._placed.update(fresh)
 
     def _keep_tree_head(self, note: str) -> bool:
@@ -729,7 +722,7 @@ class UsageOutbox:
                     self._acked_above.discard(cursor)
                 deleted += 1
             if deleted:
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
                 logger.info("outbox compacted segments=%d records=%d", deleted, len(self._records))
             return deleted
 

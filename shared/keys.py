@@ -114,6 +114,15 @@ def _write(path: Path, data: bytes, mode: int, *, overwrite: bool = False) -> No
         os.replace(target, path)
 
 
+def fsync_dir(path: Path) -> None:
+    """Make the names in directory ``path`` durable (a rename or a new file in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` in one step, through a temporary file created
     exclusively (never through a planted file or symlink), fsynced before the rename."""

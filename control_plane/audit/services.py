@@ -310,6 +310,18 @@ def _resolve_refused(node: Node, cursors: list[int]) -> None:
         ).update(resolved_at=timezone.now())
 
 
+def _node_http(node: Node) -> httpx.Client:
+    """A client for ``node``'s management listener, as collection talks to it: signed
+    requests for that node, mutual TLS once it is enrolled, the ledger's timeouts."""
+    ledger = settings.SANCTUM.ledger
+    return management_client(
+        node.management_url.rstrip("/"),
+        node.name,
+        auth=management_auth(node.name),
+        timeout=httpx.Timeout(ledger.timeout_seconds, connect=ledger.connect_timeout_seconds),
+    )
+
+
 def collect_node(node: Node) -> CollectOutcome:
     """One collection run from ``node``: fetch, verify, log, sign, then acknowledge.
 
@@ -367,13 +379,7 @@ def _collect(node: Node, state: CollectionState, outcome: CollectOutcome) -> Non
     acked_cursor = after  # every record at or below it is stored and acknowledged
     unbroken = True  # every record listed in this run so far is stored
     first = True
-    timeout = httpx.Timeout(ledger.timeout_seconds, connect=ledger.connect_timeout_seconds)
-    with management_client(
-        node.management_url.rstrip("/"),
-        node.name,
-        auth=management_auth(node.name),
-        timeout=timeout,
-    ) as http:
+    with _node_http(node) as http:
         for _ in range(ledger.max_pages_per_run):
             page = _fetch(http, node, after, ledger.page_size)
             remember_node_head(state, page.tree_head)
@@ -447,16 +453,9 @@ def ask_nodes_for_tree_heads() -> None:
     collected). An empty page past every cursor is all it costs.
     """
     global _heads_asked
-    ledger = settings.SANCTUM.ledger
-    timeout = httpx.Timeout(ledger.timeout_seconds, connect=ledger.connect_timeout_seconds)
     for node in Node.objects.enabled():
         try:
-            with management_client(
-                node.management_url.rstrip("/"),
-                node.name,
-                auth=management_auth(node.name),
-                timeout=timeout,
-            ) as http:
+            with _node_http(node) as http:
                 page = _fetch(http, node, MAX_COUNT, 1)
         except (CollectError, httpx.HTTPError, ValueError) as exc:
             log.info("tree head of node %s not asked: %s", node.name, exc)
@@ -513,15 +512,9 @@ def _fetch_placed(node: Node, from_index: int) -> list[Placed]:
     except KeyFileError:
         raise CollectError(f"node {node.name} has no readable public key registered") from None
     kid = key_id(key)
-    timeout = httpx.Timeout(ledger.timeout_seconds, connect=ledger.connect_timeout_seconds)
     out: list[Placed] = []
     state, _ = CollectionState.objects.get_or_create(node=node)
-    with management_client(
-        node.management_url.rstrip("/"),
-        node.name,
-        auth=management_auth(node.name),
-        timeout=timeout,
-    ) as http:
+    with _node_http(node) as http:
         after = from_index
         while True:
             try:

@@ -13,8 +13,7 @@ import os
 import pytest
 
 from tests.conftest import REPO
-from tests.control_plane.processes import require_tool
-from tests.control_plane.test_admin_browser import CHROMIUM_ARGS
+from tests.control_plane.browser import chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -36,13 +35,6 @@ def _series(page, chart: str) -> list[str]:
 
 
 def test_usage_charts_in_the_browser_admin_and_scoped_auditor(control_plane_factory):
-    chromium = require_tool("chromium")
-    try:
-        from playwright import sync_api
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("playwright is not installed (make setup installs it)")
-        pytest.skip("playwright is not installed")
     cp = control_plane_factory()
     cp.manage("migrate", "-v0")
     printed = cp.manage("bootstrap_demo", "--no-rollout", "--no-auditor")
@@ -51,36 +43,32 @@ def test_usage_charts_in_the_browser_admin_and_scoped_auditor(control_plane_fact
     cp.serve()
     images = REPO / "docs" / "images" if os.environ.get("SANCTUM_DOC_IMAGES") == "1" else None
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            _log_in(
-                page,
-                cp.admin_url,
-                printed["SANCTUM_ADMIN_USER"],
-                printed["SANCTUM_ADMIN_PASSWORD"],
-            )
-            page.goto(cp.admin_url + "audit/receipt/")
-            tokens = page.locator("#chart-tokens")
-            tokens.wait_for(state="visible")
-            assert tokens.bounding_box()["height"] > 200
-            assert _series(page, "tokens") == ["acme", "bank", "clinic"]  # demo: no receipts
-            assert _series(page, "durations") == ["p50", "p90", "p99"]
-            assert page.locator("#chart-tokens rect.bar").count() == 3 * 14
-            assert page.locator("#chart-durations rect.bar").count() == 3 * 3
-            if images:
-                tokens.screenshot(path=images / "usage-tokens.png")
-                page.locator("#chart-durations").screenshot(path=images / "usage-durations.png")
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        _log_in(
+            page,
+            cp.admin_url,
+            printed["SANCTUM_ADMIN_USER"],
+            printed["SANCTUM_ADMIN_PASSWORD"],
+        )
+        page.goto(cp.admin_url + "audit/receipt/")
+        tokens = page.locator("#chart-tokens")
+        tokens.wait_for(state="visible")
+        assert tokens.bounding_box()["height"] > 200
+        assert _series(page, "tokens") == ["acme", "bank", "clinic"]  # demo: no receipts
+        assert _series(page, "durations") == ["p50", "p90", "p99"]
+        assert page.locator("#chart-tokens rect.bar").count() == 3 * 14
+        assert page.locator("#chart-durations rect.bar").count() == 3 * 3
+        if images:
+            tokens.screenshot(path=images / "usage-tokens.png")
+            page.locator("#chart-durations").screenshot(path=images / "usage-durations.png")
 
-            page.context.clear_cookies()
-            _log_in(page, cp.admin_url, "kpmg", auditor["SANCTUM_OPERATOR_PASSWORD"])
-            page.goto(cp.admin_url.replace("/admin/", "/audit/"))
-            requests = page.locator("#chart-requests")
-            requests.wait_for(state="visible")
-            assert _series(page, "requests") == ["bank"]
-            assert "acme" not in page.inner_text("#usage-charts")
-            if images:
-                requests.screenshot(path=images / "usage-requests-scoped.png")
-        finally:
-            browser.close()
+        page.context.clear_cookies()
+        _log_in(page, cp.admin_url, "kpmg", auditor["SANCTUM_OPERATOR_PASSWORD"])
+        page.goto(cp.admin_url.replace("/admin/", "/audit/"))
+        requests = page.locator("#chart-requests")
+        requests.wait_for(state="visible")
+        assert _series(page, "requests") == ["bank"]
+        assert "acme" not in page.inner_text("#usage-charts")
+        if images:
+            requests.screenshot(path=images / "usage-requests-scoped.png")

@@ -23,8 +23,8 @@ import pytest
 from django_otp.oath import TOTP
 
 from tests.conftest import free_port
-from tests.control_plane.processes import Process, require_tool
-from tests.control_plane.test_admin_browser import CHROMIUM_ARGS
+from tests.control_plane.browser import chromium
+from tests.control_plane.processes import Process
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -83,13 +83,6 @@ def _totp(secret_b32: str, steps_ahead: int = 0) -> str:
 def test_operators_sign_in_with_sso_totp_and_lockout(
     control_plane_factory, identity_provider, tmp_path
 ):
-    chromium = require_tool("chromium")
-    try:
-        from playwright import sync_api
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("playwright is not installed (make setup installs it)")
-        pytest.skip("playwright is not installed")
     secret = tmp_path / "oidc-client-secret"
     secret.write_text("not-checked-by-the-mock\n")
     cp = control_plane_factory(
@@ -107,8 +100,7 @@ def test_operators_sign_in_with_sso_totp_and_lockout(
     cp.serve()
     base = cp.admin_url.removesuffix("/admin/")
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         try:
 
             def sso(subject: str, start: str = cp.admin_url):
@@ -195,5 +187,3 @@ def test_operators_sign_in_with_sso_totp_and_lockout(
                     print("page", open_page.url, open_page.content()[:2000])
             print("control plane:", *(p.tail(30) for p in cp.processes))
             raise
-        finally:
-            browser.close()
