@@ -21,7 +21,11 @@ class AccountsConfig(AppConfig):
     sanctum_roles = {"admin": ("add", "change", "delete", "view")}
 
     def ready(self) -> None:
+        from control_plane.accounts.metrics import SignInCollector
         from control_plane.accounts.signals import sync_roles_after_migrate
+        from control_plane.core.metrics import register_collector
+
+        register_collector(SignInCollector())
 
         # Every app's post_migrate, not just ours: permissions of apps listed after this
         # one are created by their own post_migrate, and the roles must include them.

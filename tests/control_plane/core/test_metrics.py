@@ -89,3 +89,20 @@ def test_rollout_health_and_the_ledger_after_a_collection(token, fake_node_facto
     assert found[("sanctum_cp_collection_records", (("node", "node-a"),))] == 2
     assert found[("sanctum_cp_collection_failing", (("node", "node-a"),))] == 0
     assert ("sanctum_cp_collection_last_success_timestamp_seconds", (("node", "node-a"),)) in found
+
+
+def test_failed_sign_ins_and_lockouts_are_counted_never_named(token, settings):
+    from control_plane.accounts.choices import Role
+    from control_plane.accounts.services import create_operator
+
+    create_operator("mallory-target", Role.ADMIN)
+    browser = Client(REMOTE_ADDR="203.0.113.9")
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        browser.post("/admin/login/", {"username": "mallory-target", "password": "wrong"})
+
+    response = Client().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {token}")
+    text = response.content.decode()
+    found = scrape(token)
+    assert found[("sanctum_cp_login_failures", ())] == settings.AXES_FAILURE_LIMIT
+    assert found[("sanctum_cp_lockouts", ())] == 1
+    assert "mallory-target" not in text and "203.0.113.9" not in text
