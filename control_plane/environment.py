@@ -205,8 +205,9 @@ class OidcSettings(BaseModel):
 
     The provider's endpoints come from its discovery document (``issuer`` +
     ``/.well-known/openid-configuration``, read at the first sign-in) unless all four are
-    given. The client secret is read from a file (a systemd credential, 0600), never from
-    the environment, so it does not show in ``/proc/PID/environ`` or a unit file.
+    given; the issuer is required either way (ID tokens must name it). The client secret
+    is read from a file (a systemd credential, 0600), never from the environment, so it
+    does not show in ``/proc/PID/environ`` or a unit file.
     """
 
     issuer: str | None = Field(
@@ -265,11 +266,14 @@ class OidcSettings(BaseModel):
             problems.append(
                 f"SANCTUM_CP_AUTH__OIDC__CLIENT_SECRET_FILE: no file at {self.client_secret_file}"
             )
-        if not self.issuer and not all(endpoints):
+        if not self.issuer:
+            # Even with every endpoint given: the ID token's iss is checked against it.
+            problems.append("SANCTUM_CP_AUTH__OIDC__ISSUER is required")
+        elif any(endpoints) and not all(endpoints):
             problems.append(
-                "SANCTUM_CP_AUTH__OIDC__ISSUER is required (or all of "
-                + ", ".join(f"__{name.upper()}" for name in OIDC_ENDPOINTS)
-                + ")"
+                "give all of "
+                + ", ".join(f"SANCTUM_CP_AUTH__OIDC__{name.upper()}" for name in OIDC_ENDPOINTS)
+                + " or none (then the issuer's discovery document names them)"
             )
         if set(self.admin_groups) & set(self.auditor_groups):
             problems.append("SANCTUM_CP_AUTH__OIDC__ADMIN_GROUPS and __AUDITOR_GROUPS overlap")

@@ -129,6 +129,9 @@ AUTHENTICATION_BACKENDS = [
     # one included (control_plane.audit.backends; check sanctum.E001).
     "control_plane.audit.backends.ScopedAuditorBackend",
 ]
+# An admin may see and delete an operator's TOTP device, never its secret (no key field,
+# no config or QR code page): one rogue admin must not collect every admin's seed.
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 AXES_FAILURE_LIMIT = CP.auth.lockout_failures
 AXES_COOLOFF_TIME = timedelta(seconds=CP.auth.lockout_cooloff_seconds)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]

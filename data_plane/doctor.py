@@ -713,7 +713,9 @@ def diagnose(
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines of a systemd EnvironmentFile (comments and blanks skipped)."""
+    """The ``SANCTUM_DP_*`` lines of a systemd EnvironmentFile (comments, blanks and
+    every other name skipped: the doctor runs iptables, systemctl and nvidia-smi, maybe
+    as root, and a PATH or LD_PRELOAD in that file must not reach them)."""
     values = {}
     for raw in path.read_text().splitlines():
         line = raw.strip()
@@ -723,7 +725,8 @@ def read_env_file(path: Path) -> dict[str, str]:
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
-        values[key.strip()] = value
+        if key.strip().startswith("SANCTUM_DP_"):
+            values[key.strip()] = value
     return values
 
 

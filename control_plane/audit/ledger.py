@@ -486,6 +486,12 @@ class Placed:
     leaf_hash: bytes
 
 
+def _leaf(item: Placed) -> bytes:
+    """The leaf ``item``'s record makes at its ``logged_at``."""
+    v = item.verified
+    return LogEntry(record=v.record, node_jws=v.jws, logged_at=item.logged_at).leaf_hash()
+
+
 def reappend(placed: Sequence[Placed]) -> TreeHead:
     """Put back the leaves a restore lost, at their own indexes, byte for byte.
 
@@ -500,17 +506,6 @@ def reappend(placed: Sequence[Placed]) -> TreeHead:
         lock_ledger()
         head = TreeHead.objects.latest_head()
         size = head.size if head is not None else 0
-        by_index: dict[int, Placed] = {}
-        for item in placed:
-            if item.log_index < size:
-                continue  # in the ledger already (the restored part, or a run before)
-            other = by_index.get(item.log_index)
-            if other is not None and other.leaf_hash != item.leaf_hash:
-                raise LedgerError(f"two nodes place different records at index {item.log_index}")
-            by_index[item.log_index] = item
-        run: list[Placed] = []
-        while size + len(run) in by_index:
-            run.append(by_index[size + len(run)])
         heads = witnessed_heads()
         target = heads[0] if heads else None
         if target is None or target.size <= size:
@@ -518,6 +513,32 @@ def reappend(placed: Sequence[Placed]) -> TreeHead:
                 return current_tree_head()
             check_not_behind(size, bytes(head.root_hash))
             return head
+        by_index: dict[int, Placed] = {}
+        for item in placed:
+            if not size <= item.log_index < target.size:
+                # In the ledger already (the restored part, or a run before), or past
+                # the newest witnessed head: that part goes through collection's own
+                # append, never with a logged_at a node hands back.
+                continue
+            if _leaf(item) != item.leaf_hash:
+                log.warning(
+                    "node %s places a record at index %d that does not hash to the leaf it "
+                    "names: left out",
+                    item.verified.record.node_id,
+                    item.log_index,
+                )
+                continue
+            other = by_index.get(item.log_index)
+            if other is not None and other.leaf_hash != item.leaf_hash:
+                raise LedgerError(
+                    f"nodes {other.verified.record.node_id} and "
+                    f"{item.verified.record.node_id} place different records at index "
+                    f"{item.log_index}: disable the one that is wrong, then collect again"
+                )
+            by_index[item.log_index] = item
+        run: list[Placed] = []
+        while size + len(run) in by_index:
+            run.append(by_index[size + len(run)])
         if size + len(run) < target.size:
             raise LedgerBehind(
                 size,
@@ -538,12 +559,7 @@ def reappend(placed: Sequence[Placed]) -> TreeHead:
         for item in run:
             v = item.verified
             entry = LogEntry(record=v.record, node_jws=v.jws, logged_at=item.logged_at)
-            leaf = entry.leaf_hash()
-            if leaf != item.leaf_hash:
-                raise LedgerError(
-                    f"the record placed at index {item.log_index} does not hash to the leaf "
-                    "its node kept"
-                )
+            leaf = entry.leaf_hash()  # what _leaf(item) checked above
             logged_at = parse_timestamp(item.logged_at)
             first_logged = first_logged or logged_at
             index = rng.size

@@ -503,8 +503,10 @@ def ledger_status() -> LedgerStatus:
     return status
 
 
-def _fetch_placed(node: Node, from_index: int) -> list[Placed]:
-    """Every record ``node`` kept with a placement at ``from_index`` or later, verified."""
+def _fetch_placed(node: Node, from_index: int, upto: int) -> list[Placed]:
+    """Every record ``node`` kept with a placement from ``from_index`` up to ``upto``,
+    verified. A node that keeps answering "more" stops at ``upto``: recovery never
+    pages further than the gap it fills."""
     ledger = settings.SANCTUM.ledger
     key_pem = (node.public_key or "").strip()
     try:
@@ -550,7 +552,7 @@ def _fetch_placed(node: Node, from_index: int) -> list[Placed]:
                     continue
                 verified = Verified(item.jws, record, kid, key_pem)
                 out.append(Placed(verified, placement.log_index, placement.logged_at, leaf))
-            if not page.more or page.next <= after:
+            if not page.more or page.next <= after or page.next >= upto:
                 break
             after = page.next
     return out
@@ -571,7 +573,7 @@ def recover_ledger() -> LedgerStatus:
     unreachable: list[str] = []
     for node in Node.objects.enabled():
         try:
-            placed += _fetch_placed(node, status.size)
+            placed += _fetch_placed(node, status.size, status.size + status.behind)
         except CollectError as exc:
             unreachable.append(str(exc))
             log.warning("re-collection: %s", exc)

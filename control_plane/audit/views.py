@@ -132,7 +132,7 @@ class ChartForm(forms.Form):
                 days = DayRange.ending(until - timedelta(days=1))
             else:
                 days = DayRange(since, until - timedelta(days=1))
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # 0001-01-01 has no day before it
             raise forms.ValidationError(str(exc), code="period") from None
         data["days"] = days
         return data

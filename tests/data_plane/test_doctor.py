@@ -241,3 +241,14 @@ def test_a_pin_by_source_is_checked_where_the_node_keeps_it_and_never_fetched(
     report = node.doctor()
     assert report.has(f"warn  model: {DEFAULT_MODEL_NAME}: not fetched yet"), report.text
     assert not placed.exists()  # the doctor fetches nothing
+
+
+def test_the_env_file_gives_the_doctor_node_settings_only(tmp_path: Path) -> None:
+    from data_plane.doctor import read_env_file
+
+    env = tmp_path / "data-plane.env"
+    env.write_text(
+        "# a node's env file\nSANCTUM_DP_NODE_ID='node-7'\nPATH=/tmp/evil\n"
+        "LD_PRELOAD=/tmp/evil.so\n\nSANCTUM_DP_ENGINE__THREADS=4\n"
+    )
+    assert read_env_file(env) == {"SANCTUM_DP_NODE_ID": "node-7", "SANCTUM_DP_ENGINE__THREADS": "4"}

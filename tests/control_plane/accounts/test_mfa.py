@@ -122,3 +122,37 @@ def test_production_settings_default_to_admins_and_refuse_dropping_them():
     assert cp.model_copy(update={"environment": "production"}).mfa_required_roles == ["admin"]
     with pytest.raises(ValueError, match="MFA_REQUIRED_FOR must include admin"):
         ControlPlaneSettings(environment="production", auth={"mfa_required_for": ["auditor"]})
+
+
+def test_a_session_that_never_showed_a_code_is_signed_out_once_its_user_enrols(client):
+    """Someone holding a password-only session from before the enrolment (a shared
+    first password, say) can't go on using it: not the admin, not the REST API, not the
+    auditors' page."""
+    alice = _operator()
+    stale = client.__class__()
+    stale.force_login(alice)  # signed in with the password alone, no device yet
+    assert stale.get("/api/clients/").status_code == 200
+
+    TOTPDevice.objects.create(user=alice, name="phone", confirmed=True)
+    for path in ("/api/clients/", "/audit/", "/admin/"):
+        response = stale.get(path)
+        assert response.status_code == 302, path
+        assert response["Location"].startswith("/admin/login/"), path
+    assert stale.get("/api/clients/").status_code in (401, 403)  # signed out for good
+
+
+def test_an_admin_sees_another_operators_device_but_never_its_secret(client):
+    bob = _operator("bob")
+    device = TOTPDevice.objects.create(user=bob, name="bob's phone", confirmed=True)
+    alice = _operator("alice")
+    client.force_login(alice)
+    alice_device = TOTPDevice.objects.create(user=alice, name="phone", confirmed=True)
+    session = client.session
+    session["otp_device_id"] = alice_device.persistent_id  # alice showed her code
+    session.save()
+
+    page = client.get(f"/admin/otp_totp/totpdevice/{device.pk}/change/")
+    assert page.status_code == 200
+    assert device.key not in page.content.decode()
+    assert client.get(f"/admin/otp_totp/totpdevice/{device.pk}/config/").status_code == 403
+    assert client.get(f"/admin/otp_totp/totpdevice/{device.pk}/qrcode/").status_code == 403

@@ -109,6 +109,19 @@ def test_oidc_settings_are_all_or_nothing(tmp_path):
         OidcSettings(client_id="sanctum", client_secret_file=tmp_path / "nothing")
     secret = tmp_path / "secret"
     secret.write_text("s3cret\n")
+    endpoints = {
+        name: f"{ISSUER}/{name}"
+        for name in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri")
+    }
+    with pytest.raises(ValueError, match="ISSUER is required"):  # ID tokens are checked on it
+        OidcSettings(client_id="sanctum", client_secret_file=secret, **endpoints)
+    with pytest.raises(ValueError, match="or none"):
+        OidcSettings(
+            issuer=ISSUER,
+            client_id="sanctum",
+            client_secret_file=secret,
+            token_endpoint=endpoints["token_endpoint"],
+        )
     oidc = OidcSettings(
         issuer=ISSUER, client_id="sanctum", client_secret_file=secret, admin_groups="a,b"
     )

@@ -150,11 +150,13 @@ def test_a_bad_period_or_chart_is_refused(usage, auditor_user):
     too_long = browser.get(
         "/audit/charts/tokens.svg", {"since": "2024-01-01", "until": "2025-01-01"}
     )
+    year_one = browser.get("/audit/charts/tokens.svg", {"until": "0001-01-01"})
     unknown = browser.get("/audit/charts/pie.svg")
     anonymous = BrowserClient().get("/audit/charts/tokens.svg")
 
     assert backwards.status_code == 400 and "before it starts" in backwards.content.decode()
     assert too_long.status_code == 400 and "92 days" in too_long.content.decode()
+    assert year_one.status_code == 400  # no day before it: a clear 400, not a 500
     assert unknown.status_code == 404
     assert anonymous.status_code == 302
 

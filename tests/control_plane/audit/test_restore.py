@@ -256,3 +256,34 @@ def test_the_admin_says_the_ledger_is_behind(usage_node, witness, committed, cli
 
     assert page.status_code == 200
     assert "Ledger behind: 2 records to re-collect" in page.content.decode()  # capitalised
+
+
+def test_a_node_that_claims_another_nodes_place_is_left_out_not_obeyed(
+    fake_node_factory, witness, committed, check_ledger
+):
+    """A compromised node hands back one of its own records placed at an index another
+    node's record holds, with that record's leaf hash: its record does not hash to it, so
+    it is left out, and the honest node's records fill the gap."""
+    honest, node = fake_node_factory("n-honest")
+    liar, _ = fake_node_factory("n-liar")
+    for _ in range(2):
+        honest.add_usage("acme")
+    collect(node, committed)
+    with backup_then_restore():
+        for _ in range(2):
+            honest.add_usage("acme")
+        collect(node, committed)
+    assert ledger_status().behind == 2
+
+    taken = min(
+        honest.placements.values(), key=lambda p: p["log_index"] if p["log_index"] >= 2 else 99
+    )
+    record, _ = liar.add_usage("acme")
+    liar.placements[record.record_id] = {**taken, "record_id": record.record_id}
+
+    collect(node, committed)
+
+    assert ledger_status().problem == ""
+    assert Receipt.objects.count() == 4
+    assert not Receipt.objects.filter(record_id=record.record_id).exists()
+    check_ledger()
