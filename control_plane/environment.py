@@ -244,6 +244,11 @@ class OidcSettings(BaseModel):
         default="preferred_username",
         description="the claim a new operator's user name is taken from (then email, sub)",
     )
+    scope_new_auditors: bool = Field(
+        default=True,
+        description="an auditor's first sign-in through the provider scopes it to no "
+        "client (an admin assigns its clients); false: it sees every client",
+    )
     sign_algorithm: Literal["RS256", "RS384", "RS512", "ES256", "ES384", "ES512"] = "RS256"
     timeout_seconds: float = Field(default=10.0, gt=0)
 

@@ -163,6 +163,7 @@ class OperatorOIDCBackend(OIDCAuthenticationBackend):
                 roles_claim=self.oidc.roles_claim,
                 role_groups=self.oidc.role_groups,
                 username_claim=self.oidc.username_claim,
+                scope_new_auditors=self.oidc.scope_new_auditors,
             )
         except SignInRefused as refused:
             # The callback view shows this to the person (a 403 page), not a crash.

@@ -206,6 +206,7 @@ def sign_in_with_claims(
     roles_claim: str,
     role_groups: Mapping[str, Sequence[str]],
     username_claim: str = "preferred_username",
+    scope_new_auditors: bool = True,
 ) -> User:
     """The operator the provider's claims describe, created or brought up to date.
 
@@ -214,6 +215,8 @@ def sign_in_with_claims(
     that name (refused: an IdP user never takes over a local account). The role groups
     are set to exactly what the claims map to, each time, so a role removed at the
     provider is removed here; with no role left the user keeps no group and is refused.
+    With ``scope_new_auditors``, a new auditor starts scoped to no client (an admin
+    assigns its clients); otherwise it sees every client, as the operator's own.
     """
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
@@ -237,6 +240,9 @@ def sign_in_with_claims(
                 )
             user = user_model.objects.create_user(username)
             identity = OperatorIdentity.objects.create(user=user, issuer=issuer, subject=subject)
+            if Role.AUDITOR in roles and Role.ADMIN not in roles and scope_new_auditors:
+                # An empty scope: no client until an admin assigns some.
+                AuditorScope.objects.create(user=user)
         user = identity.user
         email = claims.get("email")
         if isinstance(email, str):
@@ -267,11 +273,20 @@ def _no_role_message(roles_claim: str) -> str:
 
 
 def start_totp_enrolment(user: User) -> TOTPDevice:
-    """The user's unconfirmed TOTP device, made now or the one still waiting for a code."""
-    device = TOTPDevice.objects.filter(user=user, confirmed=False).first()
-    if device is None:
-        device = TOTPDevice.objects.create(user=user, name="authenticator app", confirmed=False)
-    return device
+    """A new unconfirmed TOTP device for ``user``, with a secret made now: one left
+    waiting by an earlier session is deleted, so whoever saw its secret then (a session
+    signed in with a password alone) does not know the one confirmed now."""
+    with transaction.atomic():
+        TOTPDevice.objects.filter(user=user, confirmed=False).delete()
+        return TOTPDevice.objects.create(user=user, name="authenticator app", confirmed=False)
+
+
+def pending_totp_device(user: User, pk: object) -> TOTPDevice | None:
+    """``user``'s unconfirmed device ``pk`` (the one a session was shown), if it is
+    still waiting."""
+    if not isinstance(pk, int):
+        return None
+    return TOTPDevice.objects.filter(user=user, pk=pk, confirmed=False).first()
 
 
 def confirm_totp_enrolment(device: TOTPDevice, token: str) -> bool:

@@ -24,6 +24,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.generic import FormView, View
 from django_otp import login as otp_login
 from django_otp import user_has_device
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from mozilla_django_oidc.views import (
     OIDCAuthenticationCallbackView,
     OIDCAuthenticationRequestView,
@@ -32,7 +33,11 @@ from mozilla_django_oidc.views import (
 from control_plane.accounts.choices import Role
 from control_plane.accounts.mfa import user_roles
 from control_plane.accounts.oidc import REFUSAL_ATTRIBUTE, ProviderUnavailable, provider_endpoints
-from control_plane.accounts.services import confirm_totp_enrolment, start_totp_enrolment
+from control_plane.accounts.services import (
+    confirm_totp_enrolment,
+    pending_totp_device,
+    start_totp_enrolment,
+)
 
 
 def landing_page(user: Any) -> str:
@@ -104,6 +109,9 @@ class TotpCodeForm(forms.Form):
     )
 
 
+PENDING_DEVICE = "sanctum_totp_pending"
+
+
 class TotpEnrolView(LoginRequiredMixin, FormView):
     """Shows a new TOTP secret (QR code and text) and confirms it with a first code."""
 
@@ -123,9 +131,25 @@ class TotpEnrolView(LoginRequiredMixin, FormView):
             return HttpResponseRedirect(reverse("admin:login"))
         return super().dispatch(request, *args, **kwargs)
 
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        # Each visit shows a secret made now, bound to this session (an earlier
+        # session's pending secret is deleted: whoever saw it does not know this one).
+        device = start_totp_enrolment(request.user)  # type: ignore[arg-type]
+        request.session[PENDING_DEVICE] = device.pk
+        return super().get(request, *args, **kwargs)
+
+    def _device(self) -> TOTPDevice:
+        """The secret this session was shown (a wrong code shows it again)."""
+        user: Any = self.request.user
+        device = pending_totp_device(user, self.request.session.get(PENDING_DEVICE))
+        if device is None:
+            device = start_totp_enrolment(user)
+            self.request.session[PENDING_DEVICE] = device.pk
+        return device
+
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
-        device = start_totp_enrolment(self.request.user)  # type: ignore[arg-type]
+        device = self._device()
         svg = io.BytesIO()
         qrcode.make(device.config_url, image_factory=qrcode.image.svg.SvgPathImage).save(svg)
         context.update(admin.site.each_context(self.request))
@@ -138,7 +162,7 @@ class TotpEnrolView(LoginRequiredMixin, FormView):
         return context
 
     def form_valid(self, form: TotpCodeForm) -> HttpResponse:
-        device = start_totp_enrolment(self.request.user)  # type: ignore[arg-type]
+        device = self._device()
         if not confirm_totp_enrolment(device, form.cleaned_data["token"]):
             form.add_error("token", "That code is not right (or came too soon after a wrong one).")
             return self.form_invalid(form)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from control_plane.clients.models import Client
@@ -12,6 +13,19 @@ from control_plane.registry.models import ModelPin
 from control_plane.registry.services import staging_report
 
 IMMUTABLE = ("name", "version", "path", "source", "sha256", "size")
+
+
+class StagingSerializer(serializers.Serializer):
+    """A staged pin's way to going live (``staging_report``): null for a pin not staged."""
+
+    ready = serializers.BooleanField()
+    ready_on = serializers.ListField(child=serializers.CharField(), help_text="nodes ready")
+    waiting_on = serializers.DictField(
+        child=serializers.CharField(), help_text="node -> what it reports instead"
+    )
+    not_counted = serializers.DictField(
+        child=serializers.CharField(), help_text="node -> why it does not hold the pin back"
+    )
 
 
 class ModelPinSerializer(serializers.ModelSerializer):
@@ -79,6 +93,7 @@ class ModelPinSerializer(serializers.ModelSerializer):
         # (name, version) pair in the service.
         validators: list[Any] = []
 
+    @extend_schema_field(StagingSerializer(allow_null=True))
     def get_staging(self, pin: ModelPin) -> dict[str, object] | None:
         return staging_report(pin).as_dict() if pin.staged else None
 

@@ -156,3 +156,16 @@ def test_an_admin_sees_another_operators_device_but_never_its_secret(client):
     assert device.key not in page.content.decode()
     assert client.get(f"/admin/otp_totp/totpdevice/{device.pk}/config/").status_code == 403
     assert client.get(f"/admin/otp_totp/totpdevice/{device.pk}/qrcode/").status_code == 403
+
+
+def test_a_secret_shown_to_an_earlier_session_is_never_the_one_confirmed(client):
+    alice = _operator()
+    earlier = client.__class__()
+    earlier.force_login(alice)
+    assert earlier.get(ENROL).status_code == 200
+    seen_before = TOTPDevice.objects.get(user=alice, confirmed=False)
+
+    client.force_login(alice)
+    device = _enrol(client)
+    assert device.pk != seen_before.pk and device.key != seen_before.key
+    assert not TOTPDevice.objects.filter(pk=seen_before.pk).exists()

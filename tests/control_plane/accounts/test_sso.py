@@ -146,3 +146,14 @@ def test_admins_manage_devices_lockouts_and_identities_and_auditors_do_not():
     wanted = {"delete_totpdevice", "delete_accessattempt", "view_operatoridentity"}
     assert wanted <= codes("admin")
     assert not wanted & codes("auditor")
+
+
+@pytest.mark.django_db
+def test_a_new_auditor_from_the_provider_sees_no_client_until_an_admin_assigns_some():
+    from control_plane.audit.scopes import audit_scope
+
+    auditor = _sign_in(sub="aud-1", groups=("sanctum-auditors",))
+    scope = audit_scope(auditor)
+    assert scope.scoped and not scope.clients
+    admin = _sign_in(sub="adm-1", groups=("sanctum-admins",))
+    assert not audit_scope(admin).scoped
