@@ -48,10 +48,11 @@ async def serve(settings: Settings) -> None:
         require_tls(settings.environment, settings.metrics.host, runtime.tls)
     tracer_provider = configure_tracing(settings.tracing, "sanctum-node")
     await runtime.start()
-    api_app, mgmt_app = create_app(runtime=runtime), create_management_app(runtime)
+    api_app: Any = create_app(runtime=runtime)
+    mgmt_app: Any = create_management_app(runtime)
     if tracer_provider is not None:
-        instrument(api_app, tracer_provider)
-        instrument(mgmt_app, tracer_provider)
+        api_app = instrument(api_app, tracer_provider, client_facing=True)
+        mgmt_app = instrument(mgmt_app, tracer_provider, client_facing=False)
     api = _server(api_app, listen.api_host, listen.api_port)
     mgmt = _server(
         mgmt_app,

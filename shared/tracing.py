@@ -28,7 +28,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Status
+from opentelemetry.trace import SpanContext, Status
 from pydantic import BaseModel, Field
 
 TRACES_PATH = "/v1/traces"
@@ -118,12 +118,19 @@ def _events(span: ReadableSpan) -> list[Event]:
     return kept
 
 
+def _without_state(context: SpanContext | None) -> SpanContext | None:
+    # The trace state is vendors' free text, and a caller may send one: not exported.
+    if context is None:
+        return None
+    return SpanContext(context.trace_id, context.span_id, context.is_remote, context.trace_flags)
+
+
 def scrubbed(span: ReadableSpan) -> ReadableSpan:
     """``span`` with only what may leave the process: see the module docstring."""
     return ReadableSpan(
         name=_span_name(span),
-        context=span.context,
-        parent=span.parent,
+        context=_without_state(span.context),
+        parent=_without_state(span.parent),
         resource=span.resource,
         attributes=_attributes(span.attributes),  # type: ignore[arg-type]
         events=_events(span),

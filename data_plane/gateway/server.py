@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -54,9 +55,10 @@ async def serve(settings: GatewaySettings) -> None:
     tracer_provider = configure_tracing(settings.tracing, "sanctum-gateway")
     await agent.start()
     background = [asyncio.create_task(agent.watch_expiry(), name="config-expiry")]
-    app = create_app(agent)
+    app: Any = create_app(agent)
     if tracer_provider is not None:
-        instrument(app, tracer_provider)
+        # The agent's only listener is the management one: the control plane calls it.
+        app = instrument(app, tracer_provider, client_facing=False)
     servers = [
         make_server(app, settings.listen.host, settings.listen.port, **uvicorn_tls(agent.tls))
     ]

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from data_plane.settings import Settings
-from shared.management import KNOWLEDGE_BASES_PATH
+from shared.management import HEALTH_PATH, KNOWLEDGE_BASES_PATH
 from tests.canary import new_marker, texts_containing
 from tests.conftest import make_tenant, new_node
 from tests.otlp import OtlpReceiver, attributes
@@ -113,3 +113,40 @@ def test_a_node_exports_route_spans_and_generation_counts_without_content(
         assert texts_containing(marker, texts) == []
         assert texts_containing(marker.lower(), texts) == []
         assert texts_containing(alice.key, texts) == []
+
+
+def test_a_clients_trace_context_is_dropped_and_the_control_planes_continued(tmp_path: Path):
+    client_trace, cp_trace = "4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211c80319c"
+    marker = new_marker()
+
+    def traceparent(trace_id: str) -> dict[str, str]:
+        return {
+            "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01",
+            "tracestate": f"vendor={marker}",
+        }
+
+    with OtlpReceiver() as receiver:
+        node = new_node(
+            tmp_path,
+            SANCTUM_DP_TRACING__OTLP_ENDPOINT=receiver.endpoint,
+            SANCTUM_DP_RETRIEVAL__ENABLED="false",
+        )
+        node.start()
+        try:
+            assert httpx.get(
+                f"{node.api}/health/live", headers=traceparent(client_trace)
+            ).is_success
+            health = httpx.get(
+                f"{node.management}{HEALTH_PATH}",
+                headers=traceparent(cp_trace),
+                auth=node.management_auth(),
+            )
+            assert health.status_code < 500
+        finally:
+            node.stop()
+        spans = {span.name: span for _, span in receiver.spans()}
+        texts = receiver.texts()
+    live = spans["GET /health/live"]
+    assert live.trace_id.hex() != client_trace and live.parent_span_id == b""
+    assert spans[f"GET {HEALTH_PATH}"].trace_id.hex() == cp_trace
+    assert texts_containing(marker, texts) == []

@@ -1,7 +1,8 @@
 """shared.tracing's allow-list, through the real FastAPI instrumentation and exporter.
 
-An instrumented FastAPI app answers requests that carry a canary in the path, the
-query string, headers, and an exception message; its spans go by OTLP/HTTP to the test's
+An instrumented FastAPI app, served as the client listener is, answers requests that
+carry a canary in the path, the query string, headers (a trace state among them), and
+an exception message; its spans go by OTLP/HTTP to the test's
 receiver. Exported through the allow-list the canary is nowhere; the same spans exported
 without it do hold it (so the check can fail, and the allow-list is what removes it).
 """
@@ -38,16 +39,26 @@ def _app() -> FastAPI:
     return app
 
 
+CLIENT_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
 def _export(receiver: OtlpReceiver, marker: str, scrub: bool) -> None:
     exporter = OTLPSpanExporter(endpoint=traces_url(receiver.endpoint))
     provider = TracerProvider()
     provider.add_span_processor(
         SimpleSpanProcessor(ContentFreeExporter(exporter) if scrub else exporter)
     )
-    app = _app()
-    instrument(app, provider)
-    headers = {"Authorization": f"Bearer {marker}", "User-Agent": marker, "Host": marker}
-    with TestClient(app, raise_server_exceptions=False, headers=headers) as client:
+    served = instrument(_app(), provider, client_facing=scrub)
+    headers = {
+        "Authorization": f"Bearer {marker}",
+        "User-Agent": marker,
+        "Host": marker,
+        # A client's own trace context: its trace id and a trace state holding content.
+        "traceparent": f"00-{CLIENT_TRACE_ID}-00f067aa0ba902b7-01",
+        "tracestate": f"vendor={marker}",
+        "baggage": f"k={marker}",
+    }
+    with TestClient(served, raise_server_exceptions=False, headers=headers) as client:
         assert client.get(f"/v1/knowledge-bases/{marker}?q={marker}").status_code == 200
         assert client.get(f"/{marker}/{marker}?{marker}=1").status_code == 404
         assert client.get("/v1/echo", params={"q": marker}).status_code == 500
@@ -60,6 +71,7 @@ def test_exported_spans_keep_route_and_status_and_lose_every_trace_of_content():
         _export(receiver, marker, scrub=True)
         spans = [span for _, span in receiver.spans()]
         assert texts_containing(marker, receiver.texts()) == []
+    assert {s.trace_id.hex() for s in spans}.isdisjoint({CLIENT_TRACE_ID})
     names = sorted(s.name for s in spans)
     assert names == ["GET", "GET /v1/echo", "GET /v1/knowledge-bases/{name}"]
     kb = next(s for s in spans if s.name == "GET /v1/knowledge-bases/{name}")
@@ -77,6 +89,7 @@ def test_the_same_spans_unscrubbed_would_carry_the_canary():
     with OtlpReceiver() as receiver:
         _export(receiver, marker, scrub=False)
         assert texts_containing(marker, receiver.texts()) != []
+        assert CLIENT_TRACE_ID in {s.trace_id.hex() for _, s in receiver.spans()}
 
 
 def test_no_endpoint_means_no_provider_and_no_exporter_thread():
