@@ -21,6 +21,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.keyring import KEYRING_DIR
 from shared.settings import StrictEnvSettings
+from shared.tracing import TracingSettings
 from shared.trust import TRUST_FILE
 
 # Django's deploy check wants at least 50 characters and 5 distinct ones.
@@ -382,6 +383,7 @@ class ControlPlaneSettings(StrictEnvSettings):
     knowledge: KnowledgeSettings = KnowledgeSettings()
     auth: AuthSettings = AuthSettings()
     metrics: MetricsSettings = MetricsSettings()
+    tracing: TracingSettings = TracingSettings()
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "SANCTUM_CP_DATABASE_URL")
     )

@@ -23,10 +23,12 @@ from data_plane.runtime import Runtime
 from data_plane.serving import Server, bound_port, make_server
 from data_plane.settings import Settings
 from data_plane.tls import require_tls, uvicorn_tls
+from data_plane.tracing import instrument
 from shared.keys import KeyFileError
 from shared.metrics import MetricsTokenError, read_token, scrape_app
 from shared.pki import CertificateError
 from shared.settings import settings_problems
+from shared.tracing import configure as configure_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +46,16 @@ async def serve(settings: Settings) -> None:
     require_tls(settings.environment, listen.management_host, runtime.tls)
     if settings.metrics.token_file is not None:
         require_tls(settings.environment, settings.metrics.host, runtime.tls)
+    tracer_provider = configure_tracing(settings.tracing, "sanctum-node")
     await runtime.start()
-    api = _server(create_app(runtime=runtime), listen.api_host, listen.api_port)
+    api_app: Any = create_app(runtime=runtime)
+    mgmt_app: Any = create_management_app(runtime)
+    if tracer_provider is not None:
+        api_app = instrument(api_app, tracer_provider, client_facing=True)
+        mgmt_app = instrument(mgmt_app, tracer_provider, client_facing=False)
+    api = _server(api_app, listen.api_host, listen.api_port)
     mgmt = _server(
-        create_management_app(runtime),
+        mgmt_app,
         listen.management_host,
         listen.management_port,
         **uvicorn_tls(runtime.tls),
@@ -100,6 +108,8 @@ async def serve(settings: Settings) -> None:
             await runtime.engines.aclose()
         await asyncio.gather(*tasks, return_exceptions=True)
         await runtime.stop()
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # exports the spans still batched
         logger.info("node stopped node=%s", settings.node_id)
     failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
     if failed or not all(server.started for server in servers):

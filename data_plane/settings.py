@@ -17,6 +17,7 @@ from shared.config import Name
 from shared.listeners import is_loopback
 from shared.metrics import MetricsSettings
 from shared.settings import StrictEnvSettings
+from shared.tracing import TracingSettings
 from shared.trust import TRUST_FILE
 
 
@@ -326,6 +327,7 @@ class Settings(StrictEnvSettings):
     outbox: OutboxSettings = OutboxSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     metrics: NodeMetricsSettings = NodeMetricsSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @model_validator(mode="after")
     def _production_needs_explicit_keys(self) -> Settings:

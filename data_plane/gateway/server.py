@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -22,8 +23,10 @@ from data_plane.gateway.settings import GatewaySettings
 from data_plane.logs import configure_logging
 from data_plane.serving import bound_port, make_server
 from data_plane.tls import require_tls, uvicorn_tls
+from data_plane.tracing import instrument
 from shared.metrics import MetricsTokenError, read_token, scrape_app
 from shared.settings import settings_problems
+from shared.tracing import configure as configure_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +52,15 @@ async def serve(settings: GatewaySettings) -> None:
     require_tls(settings.environment, settings.listen.host, agent.tls)
     if settings.metrics.token_file is not None:
         require_tls(settings.environment, settings.metrics.host, agent.tls)
+    tracer_provider = configure_tracing(settings.tracing, "sanctum-gateway")
     await agent.start()
     background = [asyncio.create_task(agent.watch_expiry(), name="config-expiry")]
+    app: Any = create_app(agent)
+    if tracer_provider is not None:
+        # The agent's only listener is the management one: the control plane calls it.
+        app = instrument(app, tracer_provider, client_facing=False)
     servers = [
-        make_server(
-            create_app(agent), settings.listen.host, settings.listen.port, **uvicorn_tls(agent.tls)
-        )
+        make_server(app, settings.listen.host, settings.listen.port, **uvicorn_tls(agent.tls))
     ]
     metrics = settings.metrics
     if metrics.token_file is not None:
@@ -88,6 +94,8 @@ async def serve(settings: GatewaySettings) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     for job in background:
         job.cancel()
+    if tracer_provider is not None:
+        tracer_provider.shutdown()  # exports the spans still batched
     failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
     if failed or not all(s.started for s in servers):
         raise SystemExit(1)

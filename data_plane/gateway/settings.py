@@ -17,6 +17,7 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.metrics import MetricsSettings
 from shared.settings import StrictEnvSettings
+from shared.tracing import TracingSettings
 from shared.trust import TRUST_FILE
 
 # The repository's infra/ folder: the agent is deployed from a checkout (see
@@ -130,6 +131,7 @@ class GatewaySettings(StrictEnvSettings):
     wireguard: WireGuardSettings = WireGuardSettings()
     firewall: FirewallSettings = FirewallSettings()
     metrics: GatewayMetricsSettings = GatewayMetricsSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @model_validator(mode="after")
     def _production_needs_explicit_paths(self) -> GatewaySettings:

@@ -24,6 +24,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+
 from data_plane.engine.base import (
     ClientBusy,
     Constraint,
@@ -58,9 +60,11 @@ from data_plane.services.structured import (
     with_tools,
 )
 from data_plane.sessions import Session
+from shared import tracing
 from shared.config import ClientSpec, ModelSpec
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 Messages = list[dict[str, str]]
 # Context assembly (retrieval) may rewrite the messages the model sees for one turn and
@@ -90,6 +94,10 @@ class Turn:
     tools: ToolCallReader | None = None  # a chat with tools: reads its calls
     content: list[str] = field(default_factory=list)  # the text given out (not calls)
     timing: TurnTiming | None = None  # its time to first token and between tokens
+    # Tracing on: its "sanctum.generation" span (ids, counts, durations) and the time
+    # of its first piece of text.
+    span: trace.Span | None = None
+    first_piece: float | None = None
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
@@ -132,6 +140,8 @@ class Turn:
                 self.text.append(chunk)
                 if self.timing is not None:
                     self.timing.piece()
+                if self.span is not None and self.first_piece is None:
+                    self.first_piece = time.monotonic()
                 yield chunk
         except EngineError as exc:
             raise Unavailable(str(exc), code="generation_ended") from None
@@ -346,6 +356,8 @@ class InferenceService:
         reservation: Reservation | None = None
         # From here: the client's time to first token includes its prompt's building.
         timing = self.runtime.metrics.turn(session.engine.info.name, client.id)
+        span = _generation_span(client, session) if tracing.enabled() else None
+        begun = time.monotonic()
         try:
             result = Generation()
             engine = session.engine
@@ -355,6 +367,8 @@ class InferenceService:
                 raise _switching()
             try:
                 tokens, new_messages, extra = await prompt()
+                if span is not None:
+                    span.set_attribute("sanctum.prompt_seconds", time.monotonic() - begun)
                 if len(tokens) >= engine.info.context_size:  # before it costs the client
                     raise ContextOverflow(len(tokens), engine.info.context_size)
                 reservation = self.runtime.rate_limits.reserve(
@@ -377,7 +391,12 @@ class InferenceService:
                 raise TooManyRequests(str(exc), code="engine_busy", retry_after=1) from None
             except EngineError as exc:
                 raise Unavailable(str(exc)) from None
-        except BaseException:
+        except BaseException as exc:
+            if span is not None:
+                # The error's type only: its message may echo the request.
+                span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(trace.StatusCode.ERROR)
+                span.end()
             if reservation is not None:
                 self.runtime.rate_limits.settle(reservation, 0)
             session.busy.release()
@@ -394,6 +413,7 @@ class InferenceService:
             extra={"session_id": session.id, **extra},
             reservation=reservation,
             timing=timing,
+            span=span,
         )
         return turn
 
@@ -418,6 +438,8 @@ class InferenceService:
             )
         if turn.timing is not None:
             turn.timing.done(result.prompt_tokens, result.completion_tokens)
+        if turn.span is not None:
+            _end_generation_span(turn)
         session.requests += 1
         session.prompt_tokens += result.prompt_tokens
         session.completion_tokens += result.completion_tokens
@@ -436,6 +458,36 @@ class InferenceService:
         )
         if session.one_shot and not session.closed:
             _, turn.ended = await self.runtime.sessions.end(session, "one_shot")
+
+
+def _generation_span(client: ClientSpec, session: Session) -> trace.Span:
+    """A generation's span, a child of the request's: ids the operator or the node chose.
+
+    Not made current (its stream outlives this call and is resumed from other
+    contexts); it ends in :meth:`InferenceService._finish`.
+    """
+    return tracer.start_span(
+        "sanctum.generation",
+        attributes={
+            "sanctum.client_id": client.id,
+            "sanctum.session_id": session.id,
+            "sanctum.model": session.engine.info.name,
+            "sanctum.one_shot": session.one_shot,
+        },
+    )
+
+
+def _end_generation_span(turn: Turn) -> None:
+    """Counts and durations of a finished (or cut-off) generation; no text."""
+    span, result = turn.span, turn.result
+    assert span is not None
+    span.set_attribute("sanctum.prompt_tokens", result.prompt_tokens)
+    span.set_attribute("sanctum.completion_tokens", result.completion_tokens)
+    span.set_attribute("sanctum.finish_reason", turn.finish_reason or "cancelled")
+    if turn.first_piece is not None:
+        span.set_attribute("sanctum.time_to_first_token_seconds", turn.first_piece - turn.started)
+    span.set_attribute("sanctum.generation_seconds", time.monotonic() - turn.started)
+    span.end()
 
 
 def _switching() -> Unavailable:

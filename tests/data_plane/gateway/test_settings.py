@@ -45,3 +45,10 @@ def test_the_scripts_variables_in_the_same_env_file_pass(monkeypatch: pytest.Mon
     }.items():
         monkeypatch.setenv(name, value)
     assert GatewaySettings().firewall.public_interface == "ens3"
+
+
+def test_tracing_is_a_setting_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SANCTUM_GW_TRACING__OTLP_ENDPOINT", raising=False)
+    assert GatewaySettings().tracing.otlp_endpoint is None
+    monkeypatch.setenv("SANCTUM_GW_TRACING__OTLP_ENDPOINT", "http://10.10.0.1:4318")
+    assert GatewaySettings().tracing.otlp_endpoint == "http://10.10.0.1:4318"
