@@ -30,7 +30,12 @@ from typing import Generic, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from data_plane.model_files import ModelFetchFailed, ModelFileMismatch, ModelFiles
+from data_plane.model_files import (
+    ModelFetchFailed,
+    ModelFetchPending,
+    ModelFileMismatch,
+    ModelFiles,
+)
 from shared import management
 from shared.config import ConfigBundle, ModelSpec, api_key_matches, api_key_prefix, file_sha256
 from shared.envelope import EnvelopeError
@@ -43,16 +48,30 @@ logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=Release)
 NO_CONFIG = "no config applied"
 MODEL_HASH_MISMATCH = "model_hash_mismatch"
+MODEL_FETCH_PENDING = "model_fetch_pending"
+# What a push refused while a model file is fetched is told to wait (Retry-After). The
+# control plane's rollout retries a 5xx with its own backoff, and its health poll pushes
+# again a release that failed; this is the hint for anyone else.
+FETCH_RETRY_AFTER_SECONDS = 30
 
 
 class ConfigRejected(Exception):
     """A release was refused; the last good one keeps serving."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        **extra: object,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
         self.extra = extra
 
 
@@ -127,12 +146,15 @@ class ReleaseStore(Generic[R]):
         trust: TrustStore,
         opener: Callable[[str, list[Ed25519PublicKey]], R],
         check: Callable[[R], None] | None = None,
+        check_saved: Callable[[R], None] | None = None,
     ) -> None:
         self._path = state_dir / f"{name}.jws"
         self._floor_path = state_dir / f"{name}.floor"
         self._target = target
         self._open = opener
         self._check = check
+        # The saved release is checked at start (may wait: nothing is served yet).
+        self._check_saved = check_saved or check
         self.trust = trust
         self.current: R | None = None
         self.floor = self._read_floor()
@@ -212,8 +234,8 @@ class ReleaseStore(Generic[R]):
                 raise ConfigRejected(
                     409, management.STALE_VERSION, "saved release is below the version floor"
                 )
-            if self._check is not None:
-                self._check(release)
+            if self._check_saved is not None:
+                self._check_saved(release)
         except ConfigRejected as exc:
             logger.error("saved release refused code=%s; starting without", exc.code)
             return None
@@ -267,9 +289,11 @@ class ReleaseStore(Generic[R]):
 class ModelFileCheck:
     """sha256 of model files, remembered per (path, size, mtime) so a re-push is cheap.
 
-    A pin with a source has its file fetched first when it is missing
+    A pin with a source has its file fetched when it is missing
     (:class:`~data_plane.model_files.ModelFiles`): the hash computed while it streamed
-    is remembered, so a multi-GB file is not read twice.
+    is remembered, so a multi-GB file is not read twice. A pushed bundle's check
+    (:meth:`check_bundle`) never waits for a fetch: it starts the fetches its models
+    need and refuses the bundle (503 ``model_fetch_pending``) until they are done.
     """
 
     def __init__(self, files: ModelFiles) -> None:
@@ -287,12 +311,24 @@ class ModelFileCheck:
             self._known[key] = file_sha256(path)
         return self._known[key]
 
-    def check(self, spec: ModelSpec) -> None:
-        """Refuse ``spec`` unless its file (fetched now if need be) hashes to its pin."""
+    def _remember(self, spec: ModelSpec) -> None:
+        """Remember the hash of ``spec``'s file, just placed after it hashed right."""
+        self._known[self._key(self.files.path(spec))] = spec.sha256
+
+    def check(self, spec: ModelSpec, *, wait: bool = True) -> None:
+        """Refuse ``spec`` unless its file hashes to its pin. A missing file pinned by
+        source is fetched first, now (``wait``) or in the background, raising
+        :class:`ConfigRejected` 503 ``model_fetch_pending`` meanwhile."""
         path = self.files.path(spec)
         try:
-            if self.files.ensure(spec):
-                self._known[self._key(path)] = spec.sha256
+            if not wait:
+                self.files.start(spec, lambda: self._remember(spec))
+            elif self.files.ensure(spec):
+                self._remember(spec)
+        except ModelFetchPending as exc:
+            raise ConfigRejected(
+                503, MODEL_FETCH_PENDING, str(exc), retry_after=FETCH_RETRY_AFTER_SECONDS
+            ) from None
         except ModelFileMismatch as exc:
             raise ConfigRejected(422, MODEL_HASH_MISMATCH, str(exc)) from None
         except ModelFetchFailed as exc:
@@ -312,6 +348,23 @@ class ModelFileCheck:
             )
 
     def check_bundle(self, bundle: ConfigBundle) -> None:
+        """A pushed bundle's served models, without waiting: every missing file's fetch
+        is started (all of them at once, not one per push), then the bundle is refused
+        while any is on its way. Its staged models are the runtime's, in the background."""
+        pending: ConfigRejected | None = None
+        for spec in bundle.models:
+            try:
+                self.check(spec, wait=False)
+            except ConfigRejected as exc:
+                if exc.code != MODEL_FETCH_PENDING:
+                    raise
+                pending = pending or exc
+        if pending is not None:
+            raise pending
+
+    def check_saved_bundle(self, bundle: ConfigBundle) -> None:
+        """The saved bundle at start: a missing file is fetched now (within its
+        deadline), before the node opens its listeners."""
         for spec in bundle.models:
             self.check(spec)
 
@@ -328,7 +381,15 @@ class ConfigStore(ReleaseStore[ConfigBundle]):
         # Clients the config being applied no longer places here: their keys stop
         # working before that config lets its new clients in (Runtime.apply_config).
         self.leaving: frozenset[str] = frozenset()
-        super().__init__(state_dir, "config", node_id, trust, open_bundle, self.files.check_bundle)
+        super().__init__(
+            state_dir,
+            "config",
+            node_id,
+            trust,
+            open_bundle,
+            self.files.check_bundle,
+            self.files.check_saved_bundle,
+        )
 
     def places(self, client_id: str) -> bool:
         """Whether the config in force names ``client_id`` (placed on this node's pool)."""

@@ -16,8 +16,20 @@ What can't happen, and why:
   start removes; never a partial ``<sha256>.gguf``.
 - Two fetches of one file at once. A fetch holds its sha256's lock; the second caller
   waits and then finds the file placed (or, if the first failed, tries itself).
-- A fetch on the event loop. :meth:`ModelFiles.ensure` blocks; it is called from the
-  config check, which the runtime runs on a worker thread.
+- A fetch on the event loop. :meth:`ModelFiles.ensure` blocks: it runs on a worker
+  thread (a staged model's preparation, the start-up check of the saved config) or on
+  the fetch's own thread (:meth:`ModelFiles.start`).
+- A fetch that lasts as long as the store likes. Each read waits at most the timeout,
+  and the whole fetch has a deadline, ``timeout + size / min rate``
+  (:func:`fetch_deadline_seconds`): past it the fetch is abandoned, its temp file
+  removed, and it fails (:class:`ModelFetchFailed`). A store that sends one byte a
+  minute, or a link too slow for the file, can't keep a fetch, or anything waiting on
+  it, going for longer.
+- A config push waiting on a fetch. The apply path never fetches: it calls
+  :meth:`ModelFiles.start`, which returns at once, raising :class:`ModelFetchPending`
+  while the file is on its way (the push is refused with 503, the rollout retries) and,
+  once, the error of a background fetch that failed. So a slow storage link never holds
+  the runtime's apply lock, and a later push (a revoked key) is not kept waiting.
 
 A placed file is still hashed against its pin before it is loaded (the config store's
 ``ModelFileCheck``, which remembers hashes per path, size and mtime): it may have been
@@ -34,7 +46,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +69,16 @@ class ModelFetchFailed(Exception):
 
 class ModelFileMismatch(Exception):
     """The source served a file that is not the pin's (its size or sha256): not placed."""
+
+
+class ModelFetchPending(Exception):
+    """The file is being fetched in the background: ask again once it is in place."""
+
+
+def fetch_deadline_seconds(timeout_seconds: float, size: int, min_bytes_per_second: int) -> float:
+    """How long a fetch of ``size`` bytes may take in all: the time to connect and get
+    going (one timeout), plus the file at the slowest rate the node accepts."""
+    return timeout_seconds + size / min_bytes_per_second
 
 
 def model_file_path(spec: ModelSpec, models_dir: Path) -> str:
@@ -88,12 +110,20 @@ class _Fetch:
 class ModelFiles:
     """The node's models directory and the fetches into it."""
 
-    def __init__(self, models_dir: Path, timeout_seconds: float) -> None:
+    def __init__(
+        self, models_dir: Path, timeout_seconds: float, min_bytes_per_second: int = 1 << 20
+    ) -> None:
         self.dir = models_dir
         self._timeout = timeout_seconds
+        self._min_rate = min_bytes_per_second
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._fetches: dict[str, _Fetch] = {}
+        # Background fetches (start): started and not finished, and the error of one
+        # that failed, kept until the next start of that file reports it.
+        self._background: set[str] = set()
+        self._failed: dict[str, Exception] = {}
+        self._closing = threading.Event()
         self.dir.mkdir(parents=True, exist_ok=True)
         # Left by a fetch this process's predecessor did not finish; nothing fetches yet.
         for stale in self.dir.glob(f".*{PART_SUFFIX}"):
@@ -106,6 +136,67 @@ class ModelFiles:
         """The fetches running now: model name, sha256, bytes done of size, seconds."""
         with self._guard:
             return [f.summary() for f in self._fetches.values()]
+
+    def missing(self, spec: ModelSpec) -> bool:
+        """Whether ``spec`` names a source whose file is not in place (yet)."""
+        return spec.source is not None and not Path(self.path(spec)).exists()
+
+    def start(self, spec: ModelSpec, placed: Callable[[], None]) -> None:
+        """Return at once if ``spec``'s file needs no fetch; otherwise make sure a fetch
+        of it runs in the background and raise :class:`ModelFetchPending`.
+
+        ``placed`` is called (on the fetch's thread) when that fetch places the file. The
+        error of a background fetch that failed is raised once, by the next call for that
+        file; the call after starts a new fetch.
+        """
+        if spec.source is None:
+            return
+        with self._guard:
+            if spec.sha256 in self._background or spec.sha256 in self._fetches:
+                raise ModelFetchPending(self._pending_message(spec))
+            failed = self._failed.pop(spec.sha256, None)
+            if failed is not None:
+                raise failed
+            if Path(self.path(spec)).exists():
+                return
+            self._background.add(spec.sha256)
+        threading.Thread(
+            target=self._fetch_in_background,
+            args=(spec, placed),
+            name=f"model-fetch-{spec.sha256[:12]}",
+            daemon=True,
+        ).start()
+        raise ModelFetchPending(self._pending_message(spec))
+
+    def _pending_message(self, spec: ModelSpec) -> str:
+        fetch = self._fetches.get(spec.sha256)
+        done = f"{fetch.done} of {fetch.size} bytes" if fetch else "starting"
+        return (
+            f"model {spec.name}: its file is being fetched from the storage link ({done}); "
+            "this config applies once it is in place"
+        )
+
+    def _fetch_in_background(self, spec: ModelSpec, placed: Callable[[], None]) -> None:
+        try:
+            if self.ensure(spec):
+                placed()
+        except (ModelFetchFailed, ModelFileMismatch) as exc:
+            logger.warning("model file fetch failed name=%s: %s", spec.name, exc)
+            with self._guard:
+                self._failed[spec.sha256] = exc
+        except Exception as exc:  # a bug: report it as a failed fetch, not a lost thread
+            logger.exception("model file fetch crashed name=%s", spec.name)
+            with self._guard:
+                self._failed[spec.sha256] = ModelFetchFailed(
+                    f"model {spec.name}: the fetch failed ({type(exc).__name__})"
+                )
+        finally:
+            with self._guard:
+                self._background.discard(spec.sha256)
+
+    def close(self) -> None:
+        """Abandon the fetches running (their temp files are removed); none starts after."""
+        self._closing.set()
 
     def ensure(self, spec: ModelSpec) -> bool:
         """Fetch ``spec``'s file if it names a source and the file is not in place yet.
@@ -131,6 +222,8 @@ class ModelFiles:
     def _fetch(self, spec: ModelSpec, target: Path) -> None:
         assert spec.size is not None  # the contract requires it with a source
         fetch = _Fetch(spec.name, spec.sha256, spec.size)
+        limit = fetch_deadline_seconds(self._timeout, spec.size, self._min_rate)
+        deadline = fetch.started + limit
         with self._guard:
             self._fetches[spec.sha256] = fetch
         placed = False
@@ -140,6 +233,16 @@ class ModelFiles:
             digest = hashlib.sha256()
             with os.fdopen(fd, "wb") as out, contextlib.closing(self._blocks(spec)) as blocks:
                 for block in blocks:
+                    if self._closing.is_set():
+                        raise ModelFetchFailed(f"model {spec.name}: the node is shutting down")
+                    if time.monotonic() > deadline:
+                        # A read waits at most the timeout, so this is reached at most one
+                        # timeout late, however slowly the store trickles.
+                        raise ModelFetchFailed(
+                            f"model {spec.name}: the fetch ran past its deadline of "
+                            f"{limit:.0f} s ({fetch.done} of {spec.size} bytes; "
+                            "SANCTUM_DP_MODEL_FETCH_MIN_BYTES_PER_SECOND)"
+                        )
                     fetch.done += len(block)
                     if fetch.done > spec.size:
                         raise ModelFileMismatch(
@@ -206,7 +309,9 @@ class ModelFiles:
                     raise ModelFileMismatch(
                         f"model {name}: the source serves {int(length)} bytes, the pin says {size}"
                     )
-                yield from response.iter_raw(CHUNK_BYTES)
+                # Blocks as they arrive (a size would buffer until it is reached, and a
+                # trickling store would never let the deadline be checked).
+                yield from response.iter_raw()
         except httpx.HTTPError as exc:
             raise ModelFetchFailed(
                 f"model {name}: fetching from the source failed ({type(exc).__name__})"

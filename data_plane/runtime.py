@@ -6,11 +6,13 @@ knowledge-base index). It is started before the listeners open and stopped after
 close.
 
 Model versions change without a gap (docs/operations.md, "Upgrading a model"). A
-bundle's ``staged`` models are new versions of models it serves: each file is verified
-off the event loop and, if the node has room (``ENGINE__MAX_LOADED_MODELS``), loaded;
-health reports each as ``loaded``, ``ready`` (verified, no room to load it beside the
-old one) or ``failed``. Staged engines serve no one. When a bundle then serves the new
-version:
+bundle's ``staged`` models are new versions of models it serves. They are prepared by a
+background task the apply starts (never under the apply lock, so a slow storage link
+delays no later push): each file is fetched if need be and verified off the event loop
+and, if the node has room (``ENGINE__MAX_LOADED_MODELS``), loaded; health reports each
+as ``fetching`` (its progress is in ``model_fetches``) or ``checking``, then ``loaded``,
+``ready`` (verified, no room to load it beside the old one) or ``failed``. Staged
+engines serve no one. When a bundle then serves the new version:
 
 - with its engine loaded (or room to load it), the switch is instant: the config in
   force names the new engine, so new requests go to it; the old engine *drains* (no new
@@ -61,7 +63,9 @@ COUNTERS_FLUSH_SECONDS = 2.0
 # What a request for a model that is switching versions is told to wait (Retry-After).
 SWITCH_RETRY_AFTER_SECONDS = 2
 
-StagedState = Literal["loaded", "ready", "failed"]
+StagedState = Literal["fetching", "checking", "loaded", "ready", "failed"]
+# States a staged model keeps when a later bundle stages it again.
+PREPARED: tuple[StagedState, ...] = ("loaded", "ready")
 
 
 @dataclass(frozen=True)
@@ -181,7 +185,11 @@ class Runtime:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         state = settings.data_dir / "state"
         trust = TrustStore(settings.trust_keys_path, state / "trust.json")
-        self.model_files = ModelFiles(settings.models_path, settings.model_fetch_timeout_seconds)
+        self.model_files = ModelFiles(
+            settings.models_path,
+            settings.model_fetch_timeout_seconds,
+            settings.model_fetch_min_bytes_per_second,
+        )
         self.config = ConfigStore(state, trust, settings.node_id, self.model_files)
         self.backbone = NodeBackbone(settings)
         # Every management call is a request signed for this node; ids seen survive a
@@ -221,6 +229,8 @@ class Runtime:
         self._switching: frozenset[str] = frozenset()
         self._apply_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        # Preparing the staged models of the config in force (fetch, verify, load).
+        self._staging: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.usage.outbox.open()  # before any session can end
@@ -234,7 +244,7 @@ class Runtime:
                 logger.error("backbone not restored: %s", exc.message)
             for spec in saved[1].models:
                 await self.engines.load(spec)
-            await self._stage(saved[1].staged)
+            self._stage(saved[1].staged)
         self._tasks = [
             asyncio.create_task(self._sweep(), name="session-sweeper"),
             asyncio.create_task(self._compact(), name="outbox-compactor"),
@@ -242,7 +252,8 @@ class Runtime:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        self.model_files.close()  # fetches running are abandoned
+        for task in [*self._tasks, *([self._staging] if self._staging else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -257,9 +268,12 @@ class Runtime:
     async def apply_config(self, token: str) -> ConfigBundle:
         """Verify, load what the bundle pins, then switch; the old config serves until then."""
         async with self._apply_lock:
-            # Checking hashes each pinned file it has not seen, and fetches those pinned
-            # by source that are missing: gigabytes for a real model, so on a worker
-            # thread, never on the loop every stream is served from.
+            # Checking hashes each pinned file it has not seen (gigabytes for a real
+            # model, on local disk): on a worker thread, never on the loop every stream
+            # is served from. A served model's file missing from the models dir is not
+            # waited for: its fetch starts in the background and the bundle is refused
+            # (503 model_fetch_pending) until it is in place, so the storage link never
+            # holds this lock and the pushes after this one are not kept waiting.
             bundle = await asyncio.to_thread(self.config.check, token)
             if bundle.tls is not None:
                 try:
@@ -293,7 +307,7 @@ class Runtime:
             for engine in self.engines.retired((*bundle.models, *bundle.staged)):
                 await self._retire(engine, drain=engine.info.name in served)
             await self._drop_unplaced(placed)
-            await self._stage(bundle.staged)
+            self._stage(bundle.staged)
             return bundle
 
     def not_ready(self) -> str | None:
@@ -388,30 +402,65 @@ class Runtime:
             except Exception as exc:
                 logger.error("model reload failed name=%s: %s", spec.name, type(exc).__name__)
 
-    async def _stage(self, specs: Iterable[ModelSpec]) -> None:
-        """Prepare the new versions a bundle stages: verify each file off the event loop
-        (the same check a served model's file passes), then load it if there is room.
-        A staged model that fails is reported with its reason; the bundle stands."""
-        prepared: dict[str, StagedModel] = {}
+    def _stage(self, specs: Iterable[ModelSpec]) -> None:
+        """Start preparing the new versions a bundle stages, in the background; health
+        shows each one's state from now on. A preparation still running for an earlier
+        bundle is abandoned (a fetch it started goes on, and its file is reused)."""
+        if self._staging is not None:
+            self._staging.cancel()
+        before = self.staged
+        staged: dict[str, StagedModel] = {}
         for spec in specs:
+            kept = before.get(spec.name)
+            if kept is not None and kept.spec == spec and kept.state in PREPARED:
+                staged[spec.name] = kept
+            else:
+                fetching = self.model_files.missing(spec)
+                staged[spec.name] = StagedModel(spec, "fetching" if fetching else "checking")
+        self.staged = staged
+        self._staging = (
+            asyncio.create_task(self._prepare_staged(tuple(staged)), name="staging")
+            if staged
+            else None
+        )
+
+    async def _prepare_staged(self, names: tuple[str, ...]) -> None:
+        """Fetch and verify each staged file off the event loop and without the apply
+        lock (the same check a served model's file passes, with the fetch's deadline),
+        then load it if there is room. A staged model that fails is reported with its
+        reason; the bundle stands.
+
+        Loading takes the apply lock: it changes the engine pool, which an apply reads
+        and changes too (room, retired engines), and it reads the model from local disk
+        only, so the storage link can't stretch it.
+        """
+        for name in names:
+            spec = self.staged[name].spec
             try:
                 await asyncio.to_thread(self.config.files.check, spec)
             except ConfigRejected as exc:
-                prepared[spec.name] = StagedModel(spec, "failed", exc.message)
+                self.staged[name] = StagedModel(spec, "failed", exc.message)
+                logger.info("model staged name=%s state=failed code=%s", spec.name, exc.code)
                 continue
-            if self.engines.get(spec) is None and self.engines.has_room():
-                try:
-                    await self.engines.load(spec)
-                except Exception as exc:
-                    logger.error("staged model load failed: %s", type(exc).__name__)
-                    prepared[spec.name] = StagedModel(
-                        spec, "failed", "the model failed to load on this node"
-                    )
-                    continue
-            state: StagedState = "loaded" if self.engines.get(spec) is not None else "ready"
-            prepared[spec.name] = StagedModel(spec, state)
+            except Exception as exc:  # a bug: reported on the model, not a lost task
+                logger.error("staged model check failed: %s", type(exc).__name__)
+                self.staged[name] = StagedModel(spec, "failed", "the file could not be checked")
+                continue
+            async with self._apply_lock:  # cancelled here if a newer bundle applied
+                state: StagedState = "ready"
+                if self.engines.get(spec) is None and self.engines.has_room():
+                    try:
+                        await self.engines.load(spec)
+                    except Exception as exc:
+                        logger.error("staged model load failed: %s", type(exc).__name__)
+                        self.staged[name] = StagedModel(
+                            spec, "failed", "the model failed to load on this node"
+                        )
+                        continue
+                if self.engines.get(spec) is not None:
+                    state = "loaded"
+                self.staged[name] = StagedModel(spec, state)
             logger.info("model staged name=%s state=%s", spec.name, state)
-        self.staged = prepared
 
     def serving(self) -> list[Engine]:
         """The engines of the models the config in force serves (not staged ones)."""

@@ -314,6 +314,13 @@ class Settings(StrictEnvSettings):
         gt=0,
         description="fetching a model file: connecting, or waiting for its next bytes",
     )
+    model_fetch_min_bytes_per_second: int = Field(
+        default=1 << 20,
+        ge=1,
+        description="the slowest a model file fetch may be on the whole: it is abandoned "
+        "after the timeout plus its size at this rate (1 MiB/s: a 4 GiB file gets about "
+        "70 minutes)",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="client API bodies")
     max_management_body_bytes: int = Field(
         default=64 * 1_048_576, ge=1024, description="management bodies (documents to ingest)"

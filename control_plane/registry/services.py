@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 STAGING_HEALTH_POLLS = 3
 STAGING_HEALTH_SECONDS = 120.0
 # What a node reports for a staged model it can switch to ("ready": file verified, no
-# room to load it beside the old one: it drains the old one first).
+# room to load it beside the old one: it drains the old one first). Anything else
+# ("fetching" its file from the storage link, "checking" its hash, "failed") waits.
 STAGED_READY = ("loaded", "ready")
 
 

@@ -73,6 +73,7 @@ async def put_config(
                 **exc.extra,
             },
             status_code=exc.status,
+            headers={"Retry-After": str(exc.retry_after)} if exc.retry_after else None,
         )
     return {"version": bundle.version, "applied": True}
 
@@ -114,10 +115,12 @@ async def _health(runtime: Runtime, retrieval: RetrievalService) -> dict[str, An
         ],
         # Model files being fetched from the storage link: bytes done of size.
         "model_fetches": runtime.model_files.fetches(),
-        # New versions staged to replace served models: "loaded" (ready to switch at
-        # once), "ready" (file verified; no room to load it beside the old one, which
-        # drains first) or "failed" (with the reason). The control plane lets a staged
-        # pin go live once every node of its pools reports it loaded or ready.
+        # New versions staged to replace served models: "fetching" (its file is on its
+        # way from the storage link: progress in model_fetches) or "checking" (hashing
+        # it), then "loaded" (ready to switch at once), "ready" (file verified; no room
+        # to load it beside the old one, which drains first) or "failed" (with the
+        # reason). The control plane lets a staged pin go live once every node of its
+        # pools reports it loaded or ready.
         "staged": [s.as_dict() for s in runtime.staged.values()],
         "max_loaded_models": runtime.engines.max_loaded,
         "sessions_open": len(runtime.sessions),

@@ -130,7 +130,8 @@ def make_node(tmp_path: Path, model_spec: ModelSpec) -> Callable[..., BuiltNode]
     def make(**pin: object) -> BuiltNode:
         signer = new_node(tmp_path)  # the control plane's dev keys and the node's pair
         node = BuiltNode(data_dir=signer.data_dir, keys=signer.keys, tmp=tmp_path)
-        # Applied as the node applies a pushed config: verified, then committed.
+        # Applied as the node applies a pushed config: its files fetched (a push is
+        # refused until they are in place), verified, then committed.
         state = node.data_dir / "state"
         trust = TrustStore(node.keys / TRUST_FILE, state / "trust.json")
         store = ConfigStore(state, trust, "node-1", ModelFiles(node.data_dir / "models", 10))
@@ -138,6 +139,8 @@ def make_node(tmp_path: Path, model_spec: ModelSpec) -> Callable[..., BuiltNode]
             [model_spec.model_copy(update=pin)], [make_tenant("alice", (DEFAULT_MODEL_NAME,))]
         )
         token = sign_bundle(bundle, signer.cp_key)
+        for spec in bundle.models:
+            store.files.check(spec)
         store.commit(token, store.check(token))
         return node
 

@@ -1,5 +1,7 @@
 """A node fetches a model pinned by source from an nginx artifact store on the storage
 link, and loads it only if it is the pinned file (issue 19: "Models on the storage link").
+A push never waits for a fetch: it is refused (503 ``model_fetch_pending``) while the
+file is on its way, so a slow store can't hold up the pushes after it (a revoked key).
 
 Real parts: nginx serving a directory on loopback, a real node process, the bundled
 model. Each refusal leaves the node serving its previous config, checked with that
@@ -10,19 +12,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from shared import management
 from shared.config import ModelSpec, sign_bundle
 from shared.models import DEFAULT_MODEL_NAME
 from tests.conftest import Node, Tenant, make_tenant, wait_until
 from tests.data_plane.artifact_store import NEEDS_NGINX, ArtifactStore, artifact_store  # noqa: F401
 from tests.data_plane.test_config_apply import serving
+from tests.data_plane.test_model_switch import second_version, settled_staged
 
 pytestmark = [pytest.mark.model, NEEDS_NGINX]
 
@@ -83,6 +85,38 @@ def started_serving(node: Node, model_spec: ModelSpec) -> Tenant:
     return tenant
 
 
+def pending(response: httpx.Response) -> bool:
+    """The node refused a push while the file it needs is fetched (the rollout retries)."""
+    return response.status_code == 503 and response.json()["error"]["code"] == "model_fetch_pending"
+
+
+def push_until_fetched(
+    node: Node, models: list[ModelSpec], tenants: list[Tenant]
+) -> httpx.Response:
+    """Push as the rollout does: the first push starts the fetch and is answered
+    ``model_fetch_pending``; pushed again until the node answers something else."""
+    first = push(node, models, tenants)
+    assert pending(first), first.text
+    assert first.headers["Retry-After"] == "30"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        response = push(node, models, tenants)
+        if not pending(response):
+            return response
+    raise AssertionError("the fetch did not end")
+
+
+def unauthorized(node: Node, key: str) -> bool:
+    r = httpx.post(
+        f"{node.api}/v1/chat/completions",
+        json={"model": DEFAULT_MODEL_NAME, "max_tokens": 2, "messages": []},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+    return r.status_code == 401
+
+
 def test_a_node_fetches_a_pinned_model_from_the_artifact_store_and_serves_it(
     node: Node, store: ArtifactStore, model_spec: ModelSpec
 ) -> None:
@@ -90,7 +124,9 @@ def test_a_node_fetches_a_pinned_model_from_the_artifact_store_and_serves_it(
     assert models_dir(node) == []
     tenant = make_tenant("first", (DEFAULT_MODEL_NAME,))
 
-    response = push(node, [by_source(model_spec, store.url("smollm2.gguf"))], [tenant])
+    response = push_until_fetched(
+        node, [by_source(model_spec, store.url("smollm2.gguf"))], [tenant]
+    )
 
     assert response.status_code == 200, response.text
     assert models_dir(node) == [f"{model_spec.sha256}.gguf"]
@@ -109,7 +145,9 @@ def test_a_corrupted_file_is_refused_and_the_old_config_keeps_serving(
     first = started_serving(node, model_spec)
     second = make_tenant("second", (DEFAULT_MODEL_NAME,))
 
-    response = push(node, [by_source(model_spec, store.url("corrupted.gguf"))], [second])
+    response = push_until_fetched(
+        node, [by_source(model_spec, store.url("corrupted.gguf"))], [second]
+    )
 
     assert response.status_code == 422, response.text
     error = response.json()["error"]
@@ -131,7 +169,9 @@ def test_a_body_shorter_or_longer_than_the_pin_is_refused(
     assert model_spec.path is not None
     size = os.path.getsize(model_spec.path) + off_by
 
-    response = push(node, [by_source(model_spec, store.url("smollm2.gguf"), size=size)], [first])
+    response = push_until_fetched(
+        node, [by_source(model_spec, store.url("smollm2.gguf"), size=size)], [first]
+    )
 
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "model_hash_mismatch"
@@ -140,61 +180,82 @@ def test_a_body_shorter_or_longer_than_the_pin_is_refused(
     assert serving(node, first.key)
 
 
-def test_health_shows_a_fetch_in_progress_while_the_node_keeps_serving(
+def test_a_key_revoked_while_a_model_file_is_fetched_slowly_stops_working_at_once(
     node: Node, store: ArtifactStore, model_spec: ModelSpec
 ) -> None:
-    """The fetch runs off the event loop: while it streams (slowed down by nginx's
-    limit_rate) health answers with its progress and the old config serves chats."""
+    """The security review's case: a push that needs a file from a slow store (nginx's
+    limit_rate) is refused at once, the fetch goes on in the background, and a push
+    that only revokes a key meanwhile applies at once. Once the file is in place, the
+    bundle that pins it applies."""
     first = started_serving(node, model_spec)
     pin = by_source(model_spec, store.url("smollm2.gguf", slow=True))
-    # Signed here: the test's keyring is not for two threads at once.
-    token, auth = sign_bundle(node.bundle([pin], [first]), node.cp_key), node.management_auth()
-    answer: list[httpx.Response] = []
-    pushing = threading.Thread(target=lambda: answer.append(node.put_config(token, auth)))
-    pushing.start()
-    try:
-        fetching = wait_until(lambda: node.health()["model_fetches"], timeout=30, interval=0.05)
-        assert fetching, "no fetch showed in health"
-        (progress,) = fetching
-        assert progress["name"] == DEFAULT_MODEL_NAME
-        assert progress["sha256"] == model_spec.sha256
-        assert progress["size"] == pin.size
-        assert 0 <= progress["bytes_done"] < pin.size
-        assert serving(node, first.key)
-        later = node.health()["model_fetches"]
-        assert later, "the fetch ended before the chat did: slow the store down more"
-        assert later[0]["bytes_done"] > progress["bytes_done"]
-    finally:
-        pushing.join(120)
-    assert answer and answer[0].status_code == 200, answer and answer[0].text
-    assert node.health()["model_fetches"] == []
+
+    refused = push(node, [pin], [first])
+
+    assert pending(refused), refused.text
+    assert refused.headers["Retry-After"] == "30"
+    fetching = wait_until(lambda: node.health()["model_fetches"], timeout=30, interval=0.05)
+    assert fetching, "no fetch showed in health"
+    (progress,) = fetching
+    assert (progress["name"], progress["sha256"]) == (DEFAULT_MODEL_NAME, model_spec.sha256)
+    assert 0 <= progress["bytes_done"] < progress["size"] == pin.size
+    assert node.health()["config_version"] == 1
+
+    # The client's key is revoked (it gets a new one): a bundle without the old key.
+    renewed = make_tenant("first", (DEFAULT_MODEL_NAME,))
+    revoked = push(node, [model_spec], [renewed])
+
+    assert revoked.status_code == 200, revoked.text
+    assert node.health()["model_fetches"], "the fetch ended first: slow the store down more"
+    assert unauthorized(node, first.key)
+    assert serving(node, renewed.key)
+
+    # The rollout's retry once the file is in place: applied, from the file fetched once.
+    placed = [f"{model_spec.sha256}.gguf"]
+    assert wait_until(lambda: models_dir(node) == placed and not node.health()["model_fetches"])
+    applied = push(node, [pin], [renewed])
+    assert applied.status_code == 200, applied.text
     assert models_dir(node) == [f"{model_spec.sha256}.gguf"]
+    assert len(store.fetches("/slow/smollm2.gguf")) == 1
+    assert serving(node, renewed.key)
+    assert unauthorized(node, first.key)
 
 
-def test_a_push_that_times_out_during_a_long_fetch_still_lands_and_its_retry_settles(
-    node: Node, store: ArtifactStore, model_spec: ModelSpec
+def test_a_staged_model_by_source_is_fetched_in_the_background(
+    node: Node, store: ArtifactStore, model_spec: ModelSpec, tmp_path: Path
 ) -> None:
-    """A multi-GB fetch outlasts the control plane's push timeout. The node finishes
-    applying anyway, and the rollout's retry of the same release is told the node holds
-    it (409 stale_version with current_version), which the rollout records as applied."""
+    """Staging a new version by source answers the push at once: health shows it
+    ``fetching`` (its progress in model_fetches) while another push applies, then
+    ``loaded`` (the node has room for both)."""
     first = started_serving(node, model_spec)
-    pin = by_source(model_spec, store.url("smollm2.gguf", slow=True))
-    token = sign_bundle(node.bundle([pin], [first]), node.cp_key)
+    v2 = second_version(model_spec, tmp_path)
+    assert v2.path is not None
+    os.symlink(v2.path, store.root / "staged-v2.gguf")
+    staged = by_source(v2, store.url("staged-v2.gguf", slow=True), size=os.path.getsize(v2.path))
 
-    with pytest.raises(httpx.TimeoutException):
-        httpx.put(
-            f"{node.management}{management.CONFIG_PATH}",
-            content=token,
-            headers={"Content-Type": management.JOSE},
-            auth=node.management_auth(),
-            timeout=1,
-        )
-    assert wait_until(lambda: node.health()["config_version"] == 2, timeout=60)
-    retry = node.put_config(token)
-
-    assert retry.status_code == 409
-    assert (retry.json()["error"]["code"], retry.json()["current_version"]) == (
-        management.STALE_VERSION,
-        2,
+    response = node.put_config(
+        sign_bundle(node.bundle([model_spec], [first], staged=(staged,)), node.cp_key)
     )
-    assert models_dir(node) == [f"{model_spec.sha256}.gguf"]
+
+    assert response.status_code == 200, response.text
+    (entry,) = node.health()["staged"]
+    assert (entry["version"], entry["state"]) == ("v2", "fetching")
+    # Another push meanwhile (a key revoked) applies at once, the staging goes on.
+    renewed = make_tenant("first", (DEFAULT_MODEL_NAME,))
+    again = node.put_config(
+        sign_bundle(node.bundle([model_spec], [renewed], staged=(staged,)), node.cp_key)
+    )
+    assert again.status_code == 200, again.text
+    health = node.health()
+    assert [f["sha256"] for f in health["model_fetches"]] == [v2.sha256], (
+        "the fetch ended first: slow the store down more"
+    )
+    assert [s["state"] for s in health["staged"]] == ["fetching"]
+    assert unauthorized(node, first.key)
+
+    (prepared,) = settled_staged(node)
+    assert (prepared["version"], prepared["state"]) == ("v2", "loaded"), prepared
+    assert node.health()["model_fetches"] == []
+    assert sorted(models_dir(node)) == [f"{v2.sha256}.gguf"]
+    assert len(store.fetches("/slow/staged-v2.gguf")) == 1
+    assert serving(node, renewed.key)

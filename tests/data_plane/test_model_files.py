@@ -11,12 +11,19 @@ import hashlib
 import http.server
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from data_plane.config_store import ConfigRejected, ModelFileCheck
-from data_plane.model_files import ModelFetchFailed, ModelFileMismatch, ModelFiles
+from data_plane.model_files import (
+    ModelFetchFailed,
+    ModelFetchPending,
+    ModelFileMismatch,
+    ModelFiles,
+    fetch_deadline_seconds,
+)
 from shared.config import ModelSpec
 from tests.data_plane.artifact_store import NEEDS_NGINX, ArtifactStore, artifact_store  # noqa: F401
 
@@ -160,3 +167,107 @@ def test_concurrent_fetches_of_one_file_fetch_it_once(store: ArtifactStore, tmp_
     assert placed(tmp_path / "models") == [f"{SHA}.gguf"]
     assert max(len(s) for s in seen) == 1  # one fetch in progress, never two
     assert files.fetches() == []
+
+
+def test_a_fetch_s_deadline_is_the_timeout_plus_its_size_at_the_minimum_rate() -> None:
+    mib = 1 << 20
+    assert fetch_deadline_seconds(60, 0, mib) == 60
+    assert fetch_deadline_seconds(60, 4096 * mib, mib) == 60 + 4096  # 4 GiB: about 70 min
+    assert fetch_deadline_seconds(10, 3 * mib, 512 * 1024) == 16
+
+
+def test_a_fetch_slower_than_the_minimum_rate_is_abandoned_at_its_deadline(
+    tmp_path: Path,
+) -> None:
+    """A store that never stalls long enough for the read timeout but trickles (16 KiB
+    every 0.2 s: 1 MiB would take 13 s) can't keep a fetch going: with a 1 s timeout and
+    a 512 KiB/s minimum, the fetch of 1 MiB is abandoned after about 3 s."""
+    body = CONTENT[: 1 << 20]
+    hung_up = threading.Event()
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                for at in range(0, len(body), 16384):
+                    self.wfile.write(body[at : at + 16384])
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                hung_up.set()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    files = ModelFiles(tmp_path / "models", timeout_seconds=1, min_bytes_per_second=512 * 1024)
+    pin = spec(
+        f"http://127.0.0.1:{server.server_address[1]}/m.gguf",
+        hashlib.sha256(body).hexdigest(),
+        len(body),
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(ModelFetchFailed, match="deadline of 3 s"):
+            files.ensure(pin)
+        took = time.monotonic() - started
+        assert hung_up.wait(10)  # the node hung up on the store
+    finally:
+        server.shutdown()
+    assert took < 13 * 0.75, f"not abandoned early: {took:.1f} s"
+    assert placed(tmp_path / "models") == []  # the temp file is gone too
+    assert files.fetches() == []
+
+
+def _settle(files: ModelFiles, pin: ModelSpec, placed: object) -> None:
+    """Call ``start`` until it stops answering "pending" (raises what it raises then)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            files.start(pin, placed)  # type: ignore[arg-type]
+            return
+        except ModelFetchPending:
+            time.sleep(0.05)
+    raise AssertionError("the background fetch did not finish")
+
+
+def test_start_fetches_in_the_background_and_answers_pending_meanwhile(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    """What a config push calls: it never waits for the store."""
+    files = ModelFiles(tmp_path / "models", timeout_seconds=10)
+    name = "test_start_fetches_in_the_background_and_answers_pending_meanwhile.gguf"
+    pin = spec(store.url(name, slow=True))
+    done: list[str] = []
+
+    with pytest.raises(ModelFetchPending, match="being fetched"):
+        files.start(pin, lambda: done.append("placed"))
+    with pytest.raises(ModelFetchPending):  # asked again meanwhile: no second fetch
+        files.start(pin, lambda: done.append("twice"))
+    _settle(files, pin, lambda: done.append("again"))
+
+    assert done == ["placed"]
+    assert placed(tmp_path / "models") == [f"{SHA}.gguf"]
+    assert len(store.fetches(name)) == 1
+
+
+def test_a_failed_background_fetch_is_reported_once_then_tried_again(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    files = ModelFiles(tmp_path / "models", timeout_seconds=10)
+    wrong = spec(store.url("m.gguf"), sha256="0" * 64)
+
+    with pytest.raises(ModelFetchPending):
+        files.start(wrong, lambda: None)
+    with pytest.raises(ModelFileMismatch):
+        _settle(files, wrong, lambda: None)
+    with pytest.raises(ModelFetchPending):  # the next push tries again
+        files.start(wrong, lambda: None)
+    with pytest.raises(ModelFileMismatch):
+        _settle(files, wrong, lambda: None)
+
+    assert placed(tmp_path / "models") == []
+    assert len(store.fetches("/m.gguf")) >= 2

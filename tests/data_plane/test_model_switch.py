@@ -19,7 +19,7 @@ import pytest
 
 from shared.config import ModelSpec, file_sha256, sign_bundle
 from shared.models import DEFAULT_MODEL_NAME
-from tests.conftest import Node, Tenant, make_tenant, new_node
+from tests.conftest import Node, Tenant, make_tenant, new_node, wait_until
 
 pytestmark = pytest.mark.model
 
@@ -65,8 +65,21 @@ def served_by(node: Node, response: httpx.Response) -> str:
     return node.open_record(response.json()["sanctum"]["usage_record"]).model_sha256
 
 
+def settled_staged(node: Node) -> list[dict[str, Any]]:
+    """The staged models in health once their preparation (in the background) is done."""
+
+    def settled() -> tuple[list[dict[str, Any]]] | None:
+        report: list[dict[str, Any]] = node.health()["staged"]
+        busy = any(s["state"] in ("fetching", "checking") for s in report)
+        return None if busy else (report,)
+
+    result = wait_until(settled, timeout=120)
+    assert result is not None, "the staged models were not prepared in time"
+    return result[0]
+
+
 def staged_report(node: Node) -> list[tuple[str, str]]:
-    return [(s["version"], s["state"]) for s in node.health()["staged"]]
+    return [(s["version"], s["state"]) for s in settled_staged(node)]
 
 
 def serving(node: Node) -> list[str]:
@@ -86,7 +99,7 @@ def test_a_staged_version_is_prepared_ahead_and_switched_to_at_once(
 
         # A staged file that does not match is reported, and the bundle stands.
         push(node, tenant, [model_spec], staged=(broken,))
-        (failed,) = node.health()["staged"]
+        (failed,) = settled_staged(node)
         assert failed["state"] == "failed" and "sha256" in failed["reason"]
         assert served_by(node, chat(node, tenant)) == model_spec.sha256
 

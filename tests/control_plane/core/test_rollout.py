@@ -41,12 +41,19 @@ def test_every_push_and_health_read_is_signed_by_the_control_plane(fake_node_fac
     ]
 
 
-@pytest.mark.parametrize("status", [503, 429])
-def test_a_failing_or_busy_target_fails_the_attempt_and_a_retry_delivers(fake_node_factory, status):
+@pytest.mark.parametrize(
+    ("status", "code"),
+    # model_fetch_pending: a node fetching a model file the release pins (it refuses
+    # the push at once rather than hold its config lock for the storage link).
+    [(503, "busy"), (503, "model_fetch_pending"), (429, "busy")],
+)
+def test_a_failing_or_busy_target_fails_the_attempt_and_a_retry_delivers(
+    fake_node_factory, status, code
+):
     fake, node = fake_node_factory()
     fake.refuse_with = (
         status,
-        {"error": {"message": "try later", "type": "server_error", "param": None, "code": "busy"}},
+        {"error": {"message": "try later", "type": "server_error", "param": None, "code": code}},
     )
     release = create_release(NODES, node)
 
@@ -55,7 +62,7 @@ def test_a_failing_or_busy_target_fails_the_attempt_and_a_retry_delivers(fake_no
 
     release.refresh_from_db()
     assert (release.status, release.attempts) == (ReleaseStatus.FAILED, 1)
-    assert f"HTTP {status} busy: try later" in release.last_error
+    assert f"HTTP {status} {code}: try later" in release.last_error
     fake.refuse_with = None
     assert deliver(NODES, release).status == ReleaseStatus.APPLIED
     assert fake.held_version == release.version

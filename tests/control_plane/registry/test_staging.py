@@ -119,6 +119,23 @@ def test_a_node_that_failed_to_prepare_it_holds_it_back_until_an_admin_forces_it
         go_live_now(v2)
 
 
+def test_a_node_still_fetching_the_file_holds_it_back_until_it_reports_it_loaded():
+    """A pin by source is fetched by each node in the background ("fetching", with its
+    progress in model_fetches, then "checking" its hash): not ready until done."""
+    v1 = ModelPinFactory(name="llm")
+    node = NodeFactory(name="n-a")
+    reports(node, serves=(v1,))
+    v2 = stage_v2(v1)
+
+    for state in ("fetching", "checking"):
+        reports(node, serves=(v1,), staged=((v2, state),))
+        assert advance_staged_pins() == []
+        assert staging_report(v2).waiting_on == {"n-a": state}
+    reports(node, serves=(v1,), staged=((v2, "loaded"),))
+
+    assert advance_staged_pins() == [v2]
+
+
 def test_nodes_down_quiet_disabled_draining_or_elsewhere_do_not_hold_a_pin_back():
     """The rule: counted are enabled, non-draining nodes of a pool that has both pins,
     whose latest health poll answered "ok", no older than two minutes."""
