@@ -118,17 +118,21 @@ def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
 class TurnTiming:
     """One generation's clock: time to its first piece of text, then between pieces."""
 
-    __slots__ = ("_client", "_last", "_metrics", "_model", "_started")
+    __slots__ = ("_client", "_last", "_metrics", "_model", "_started", "first_token_seconds")
 
     def __init__(self, metrics: NodeMetrics, model: str, client: str) -> None:
         self._metrics, self._model, self._client = metrics, model, client
         self._started = time.monotonic()
         self._last: float | None = None
+        # What the histogram observed, kept for the session's usage record (None until
+        # the first piece of text; a turn that gave none has no time to first token).
+        self.first_token_seconds: float | None = None
 
     def piece(self) -> None:
         now = time.monotonic()
         if self._last is None:
-            self._metrics.ttft.labels(self._model).observe(now - self._started)
+            self.first_token_seconds = now - self._started
+            self._metrics.ttft.labels(self._model).observe(self.first_token_seconds)
         else:
             self._metrics.inter_token.labels(self._model).observe(now - self._last)
         self._last = now

@@ -23,6 +23,7 @@ from data_plane.engine.base import Engine, Sequence
 from data_plane.errors import Conflict, NotFound, TooManyRequests, Unauthorized
 from shared.config import ModelSpec
 from shared.routing import new_session_id
+from shared.usage import MAX_TURN_TIMES
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class UsageSummary(BaseModel):
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    first_token_ms: list[int] = []  # the turns' times to first token, in turn order
     started_at: datetime
     ended_at: datetime
     ended_by: EndedBy
@@ -64,11 +66,19 @@ class Session:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Each turn's time to first token in whole milliseconds, in turn order, for the
+    # first MAX_TURN_TIMES turns that gave any text (a duration, never content).
+    first_token_ms: list[int] = field(default_factory=list)
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
     # Per-session extras owned by other components (retrieval's documents, say), each
     # dropped at teardown through its own close hook.
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def first_token(self, seconds: float) -> None:
+        """Note one turn's time to first token (past the first MAX_TURN_TIMES: dropped)."""
+        if len(self.first_token_ms) < MAX_TURN_TIMES:
+            self.first_token_ms.append(max(0, round(seconds * 1000)))
 
     def expired(self, now: float) -> bool:
         return not self.busy.locked() and now - self.last_used > self.ttl_seconds
@@ -83,6 +93,7 @@ class Session:
             requests=self.requests,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
+            first_token_ms=list(self.first_token_ms),
             started_at=self.started_at,
             ended_at=datetime.now(UTC),
             ended_by=ended_by,

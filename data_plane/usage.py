@@ -3,9 +3,9 @@
 The session store calls :meth:`UsageRecorder.on_session_end` for every session that ends
 (teardown, expiry, a one-shot call, shutdown or an unpinned model). It turns the
 session's usage summary into the shared :class:`~shared.usage.UsageRecord` (ids, model,
-times, counts: never content), signs it with the node's key, and returns only once the
-outbox holds it durably; the teardown answer (or a one-shot call's ``sanctum`` field)
-carries the same signed record as the client's copy.
+times, counts, the turns' times to first token: never content), signs it with the node's
+key, and returns only once the outbox holds it durably; the teardown answer (or a one-shot
+call's ``sanctum`` field) carries the same signed record as the client's copy.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def usage_record(summary: UsageSummary, node_id: str) -> UsageRecord:
         request_count=summary.requests,
         prompt_tokens=summary.prompt_tokens,
         completion_tokens=summary.completion_tokens,
+        first_token_ms=tuple(summary.first_token_ms) or None,
     )
 
 

@@ -6,10 +6,15 @@ node signs it with its own Ed25519 key (``shared.envelope``, typ
 hands the same compact JWS to the client (the held copy). The control plane verifies it
 against the key it registered for that node, logs it, and auditors check it offline.
 
-Every field is a string or an integer so the canonical JSON (and so the signature and
-the ledger's leaf hash) is the same in every language: times are RFC 3339 UTC strings
-(``2025-01-31T12:00:00.250Z``), counts are integers no larger than 2**53 - 1 (what a
-JSON number holds exactly everywhere).
+Every field is a string or an integer (or a list of integers) so the canonical JSON (and
+so the signature and the ledger's leaf hash) is the same in every language: times are
+RFC 3339 UTC strings (``2025-01-31T12:00:00.250Z``), counts are integers no larger than
+2**53 - 1 (what a JSON number holds exactly everywhere).
+
+Optional fields came later and are left out of the signed JSON when they hold nothing, so
+a record signed before they existed still parses, re-encodes to the same bytes and keeps
+its leaf hash: ``first_token_ms``, each turn's time to first token in whole milliseconds
+(the session's first ``MAX_TURN_TIMES`` turns).
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ from shared.canonical import CanonicalEncodingError, b64urldecode_canonical, can
 from shared.config import ModelVersion, Name, Sha256Hex
 
 MAX_COUNT = 2**53 - 1
+MAX_TURN_TIMES = 256
+"""A record holds the times to first token of at most this many turns (the first ones)."""
+OPTIONAL_FIELDS = ("first_token_ms",)
+"""Fields added after the first records were signed: omitted from the JSON when empty."""
 ENDED_BY = ("teardown", "expiry", "one_shot", "shutdown")
 """How a session ended: the client tore it down, it sat idle past its ttl, it was the
 one-shot session of a call without a session, or the node ended it because it was
@@ -81,6 +90,7 @@ Timestamp = Annotated[str, BeforeValidator(_timestamp)]
 """An RFC 3339 UTC timestamp string; a timezone-aware ``datetime`` is converted."""
 
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
+Millis = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
 
 
 def new_record_id() -> str:
@@ -111,6 +121,22 @@ class UsageRecord(BaseModel):
     request_count: Count
     prompt_tokens: Count
     completion_tokens: Count
+    first_token_ms: tuple[Millis, ...] | None = Field(
+        default=None,
+        max_length=MAX_TURN_TIMES,
+        description="each turn's time to first token in milliseconds, in turn order (the "
+        f"first {MAX_TURN_TIMES} turns); absent from the signed JSON when no turn was timed",
+    )
+
+    @field_validator("first_token_ms", mode="before")
+    @classmethod
+    def _turn_times(cls, value: Any) -> Any:
+        # JSON has arrays, not tuples: a list is read as the tuple it stands for (strict
+        # validation would refuse it). An empty one is no times at all, so a record has
+        # one JSON form whether a caller passes () or None.
+        if isinstance(value, list):
+            value = tuple(value)
+        return value or None
 
     @field_validator("record_id")
     @classmethod
@@ -130,8 +156,12 @@ class UsageRecord(BaseModel):
         return self
 
     def document(self) -> dict[str, Any]:
-        """The record as the JSON object that gets signed."""
-        return self.model_dump(mode="json")
+        """The record as the JSON object that gets signed (optional fields only if set)."""
+        document = self.model_dump(mode="json")
+        for name in OPTIONAL_FIELDS:
+            if document.get(name) is None:
+                del document[name]
+        return document
 
 
 def sign_usage_record(record: UsageRecord, key: Ed25519PrivateKey) -> str:

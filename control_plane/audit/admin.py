@@ -73,6 +73,7 @@ class ReceiptAdmin(ReadOnlyAdmin):
         "request_count",
         "prompt_tokens",
         "completion_tokens",
+        "first_token_ms",
         "logged_at",
         "leaf_hash_b64",
         "node_key_id",

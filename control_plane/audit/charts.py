@@ -6,11 +6,11 @@ Three charts, each from the receipts an operator may see (pass them through its
 - **tokens per client per day** (prompt plus completion) and **requests per client per
   day**: grouped bars, one series per client (the eight busiest; the rest summed as
   "other clients");
-- **one-shot request duration per node**: p50, p90 and p99 of ``ended_at - started_at``
-  of one-shot sessions (one request each: the whole request, queueing and generation
-  included), per node. It is an upper bound on time to first token, not TTFT: neither
-  receipts nor usage records hold a first-token time (``shared.usage``), so TTFT per
-  node needs node metrics, which don't exist yet.
+- **time to first token per node**: p50, p90 and p99 over every turn of the period's
+  sessions, from the turn times the node signed into each usage record
+  (``first_token_ms``, kept on the receipt). Receipts logged before nodes recorded them
+  have none and count for nothing here. (It replaces a chart of one-shot request
+  durations, which was only an upper bound standing in for this.)
 
 Geometry is computed here; ``audit/charts/bars.svg`` only prints it (autoescaped: client
 and node ids are text, never markup). Every bar carries its series, category and value
@@ -31,8 +31,6 @@ from django.db.models import F, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
-
-from control_plane.audit.choices import EndedBy
 
 DEFAULT_DAYS = 14
 MAX_DAYS = 92
@@ -308,58 +306,60 @@ def percentile(sorted_values: Sequence[float], pct: float) -> float:
     return sorted_values[rank - 1]
 
 
-def durations_by_node(receipts: QuerySet[Any], days: DayRange) -> Chart:
-    """p50, p90, p99 of one-shot request durations per node, in seconds."""
-    rows: Iterable[tuple[str, datetime, datetime]] = (
+def ttft_by_node(receipts: QuerySet[Any], days: DayRange) -> Chart:
+    """p50, p90, p99 of every turn's time to first token per node, in milliseconds.
+
+    Turns count by the day their session ended (like the other charts), so a session
+    belongs to one period, all of its turns with it.
+    """
+    rows: Iterable[tuple[str, list[int]]] = (
         receipts.filter(
-            ended_at__gte=days.since,
-            ended_at__lt=days.until,
-            ended_by=EndedBy.ONE_SHOT,
-            request_count=1,
+            ended_at__gte=days.since, ended_at__lt=days.until, first_token_ms__isnull=False
         )
         .order_by()
-        .values_list("node", "started_at", "ended_at")
+        .values_list("node", "first_token_ms")
+        .iterator()
     )
-    durations: dict[str, list[float]] = defaultdict(list)
-    for node, started, ended in rows:
-        durations[node].append(max(0.0, (ended - started).total_seconds()))
-    nodes = sorted(durations)
-    counts = {node: len(durations[node]) for node in nodes}
+    turns: dict[str, list[float]] = defaultdict(list)
+    for node, times in rows:
+        turns[node].extend(float(ms) for ms in times or ())
+    nodes = sorted(node for node, times in turns.items() if times)
+    counts = {node: len(turns[node]) for node in nodes}
     values: dict[tuple[str, str], float] = {}
     for node in nodes:
-        ordered = sorted(durations[node])
+        ordered = sorted(turns[node])
         for pct in PERCENTILES:
             values[(f"p{pct}", node)] = percentile(ordered, pct)
     return bar_chart(
-        name="durations",
+        name="ttft",
         title=(
-            f"One-shot request duration per node, {days.first.isoformat()} to "
+            f"Time to first token per node, {days.first.isoformat()} to "
             f"{days.last.isoformat()} (UTC)"
         ),
-        unit="seconds",
+        unit="ms",
         categories=nodes,
         series=[f"p{pct}" for pct in PERCENTILES],
         values=values,
-        describe=lambda s, c, v: f"{c} {s}: {v:.3f} s of {counts[c]} one-shot requests",
+        describe=lambda s, c, v: f"{c} {s}: {v:,.0f} ms over {counts[c]:,} turns",
         note=(
-            "Start to end of one-shot calls: an upper bound on time to first token, which "
-            "receipts don't hold (TTFT needs node metrics)."
+            "Every turn, from its arrival at the node (queue and prefill included) to its "
+            "first text, as the node signed it; older receipts hold no times."
         ),
     )
 
 
-CHARTS = ("tokens", "requests", "durations")
+CHARTS = ("tokens", "requests", "ttft")
 
 
 def usage_charts(receipts: QuerySet[Any], days: DayRange) -> dict[str, Chart]:
     """Every chart of ``receipts`` (already scoped) over ``days``, by name."""
     tokens, requests = daily_usage(receipts, days)
-    return {"tokens": tokens, "requests": requests, "durations": durations_by_node(receipts, days)}
+    return {"tokens": tokens, "requests": requests, "ttft": ttft_by_node(receipts, days)}
 
 
 def usage_chart(name: str, receipts: QuerySet[Any], days: DayRange) -> Chart:
     """One chart by name (``CHARTS``); ``KeyError`` for another name."""
-    if name == "durations":
-        return durations_by_node(receipts, days)
+    if name == "ttft":
+        return ttft_by_node(receipts, days)
     tokens, requests = daily_usage(receipts, days)
     return {"tokens": tokens, "requests": requests}[name]

@@ -303,6 +303,7 @@ _RECEIPT_COLUMNS = (
     "request_count",
     "prompt_tokens",
     "completion_tokens",
+    "first_token_ms",
     "node_jws",
     "node_key_id",
     "logged_at",
@@ -318,6 +319,8 @@ def _receipt_row(
     record = entry.record
     # get_field is typed for any field or relation; this one is Receipt's UUIDField.
     record_id = cast("models.UUIDField[Any, Any]", Receipt._meta.get_field("record_id"))
+    first_token_ms = cast("models.JSONField[Any, Any]", Receipt._meta.get_field("first_token_ms"))
+    times = list(record.first_token_ms) if record.first_token_ms else None
     return (
         record_id.get_db_prep_save(uuid.UUID(record.record_id), connection),
         record.client_id,
@@ -332,6 +335,7 @@ def _receipt_row(
         record.request_count,
         record.prompt_tokens,
         record.completion_tokens,
+        first_token_ms.get_db_prep_save(times, connection),
         entry.node_jws,
         kid,
         logged_at,

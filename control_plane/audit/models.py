@@ -59,7 +59,7 @@ class Receipt(AppendOnlyModel):
     The leaf is the canonical JSON of ``{"logged_at", "node_jws", "record"}``
     (``shared.ledger.LogEntry``); ``node_jws`` is kept byte for byte, so the leaf can be
     rebuilt and checked against ``leaf_hash``. The other record fields are copies for
-    listing and filtering. Ids, times and counts only: never content.
+    listing, filtering and the usage charts. Ids, times and counts only: never content.
     """
 
     record_id = models.UUIDField("record ID", unique=True, editable=False)
@@ -75,6 +75,15 @@ class Receipt(AppendOnlyModel):
     request_count = models.PositiveBigIntegerField(editable=False)
     prompt_tokens = models.PositiveBigIntegerField(editable=False)
     completion_tokens = models.PositiveBigIntegerField(editable=False)
+    # NULL when the record holds no times: signed before the field existed, or no turn
+    # gave any text. A JSON list, so it is the same column on SQLite and PostgreSQL.
+    first_token_ms = models.JSONField(
+        "times to first token (ms)",
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Each turn's time to first token in milliseconds, as the node signed it.",
+    )
     node_jws = models.TextField("node-signed record (compact JWS)", editable=False)
     node_key_id = models.CharField("node key ID", max_length=64, editable=False)
     logged_at = models.DateTimeField(db_index=True, editable=False)

@@ -140,7 +140,7 @@ class ChartForm(forms.Form):
 
 class UsageChartView(LoginRequiredMixin, PermissionRequiredMixin, View):
     """``GET /audit/charts/NAME.svg``: one usage chart (``tokens``, ``requests``,
-    ``durations``) of the receipts the operator may see, as an SVG document."""
+    ``ttft``) of the receipts the operator may see, as an SVG document."""
 
     permission_required = "audit.view_receipt"
 

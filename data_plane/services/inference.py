@@ -438,6 +438,8 @@ class InferenceService:
             )
         if turn.timing is not None:
             turn.timing.done(result.prompt_tokens, result.completion_tokens)
+            if turn.timing.first_token_seconds is not None:
+                session.first_token(turn.timing.first_token_seconds)
         if turn.span is not None:
             _end_generation_span(turn)
         session.requests += 1

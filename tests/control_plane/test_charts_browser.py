@@ -56,12 +56,12 @@ def test_usage_charts_in_the_browser_admin_and_scoped_auditor(control_plane_fact
         tokens.wait_for(state="visible")
         assert tokens.bounding_box()["height"] > 200
         assert _series(page, "tokens") == ["acme", "bank", "clinic"]  # demo: no receipts
-        assert _series(page, "durations") == ["p50", "p90", "p99"]
+        assert _series(page, "ttft") == ["p50", "p90", "p99"]
         assert page.locator("#chart-tokens rect.bar").count() == 3 * 14
-        assert page.locator("#chart-durations rect.bar").count() == 3 * 3
+        assert page.locator("#chart-ttft rect.bar").count() == 3 * 3  # 3 nodes
         if images:
             tokens.screenshot(path=images / "usage-tokens.png")
-            page.locator("#chart-durations").screenshot(path=images / "usage-durations.png")
+            page.locator("#chart-ttft").screenshot(path=images / "usage-ttft.png")
 
         page.context.clear_cookies()
         _log_in(page, cp.admin_url, "kpmg", auditor["SANCTUM_OPERATOR_PASSWORD"])

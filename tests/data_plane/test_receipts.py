@@ -92,6 +92,27 @@ def test_teardown_returns_the_node_signed_record(node: Node, tenants: Tenants) -
     assert "France" not in json.dumps(peek_usage_record(answer["usage_record"]))
 
 
+def test_the_record_holds_each_turns_time_to_first_token(node: Node, tenants: Tenants) -> None:
+    sid = open_session(node, tenants.alice)
+    with node.client(tenants.alice) as c:
+        for question in (QUESTION, "And of Italy?"):
+            response = c.post(
+                "/chat/completions",
+                json={**ASK, "messages": [{"role": "user", "content": question}]},
+                headers={"X-Sanctum-Session": sid},
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["usage"]["completion_tokens"] > 0
+    answer = teardown(node, tenants.alice, sid)
+    record = node.open_record(answer["usage_record"])
+    assert record.request_count == 2
+    ttft = record.first_token_ms
+    assert ttft is not None and len(ttft) == 2  # one per turn, in turn order
+    # whole milliseconds, each a plausible time for the bundled model on a CPU
+    assert all(isinstance(ms, int) and 0 < ms < 60_000 for ms in ttft), ttft
+    assert peek_usage_record(answer["usage_record"])["first_token_ms"] == list(ttft)
+
+
 def test_the_record_does_not_verify_with_another_key(node: Node, tenants: Tenants) -> None:
     answer = teardown(node, tenants.alice, open_session(node, tenants.alice))
     with pytest.raises(UsageRecordError):

@@ -19,6 +19,7 @@ from shared.keys import key_id
 from shared.ledger import make_log_entry, verify_bundle, verify_held_receipt
 from shared.usage import (
     ENDED_BY,
+    MAX_TURN_TIMES,
     UsageAck,
     UsageRecord,
     UsageRecordError,
@@ -56,6 +57,57 @@ def test_the_record_holds_only_ids_times_and_counts() -> None:
     canonical_json(document)  # no floats, so the signed bytes are the same everywhere
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         UsageRecord.model_validate({**document, "prompt": "what did the client say"})
+
+
+def test_a_record_without_turn_times_keeps_its_old_bytes() -> None:
+    # Signed before first_token_ms existed: it parses, verifies, and its leaf is unchanged.
+    record = make_record(0, "acme", "node-a")
+    old_document = {
+        "record_id": record.record_id, "session_id": "sess-0", "client_id": "acme",
+        "node_id": "node-a", "model": "smollm2-135m", "model_version": "q8_0",
+        "model_sha256": "5f" * 32, "started_at": "2025-03-01T09:00:00.000Z",
+        "ended_at": "2025-03-01T09:00:42.000Z", "ended_by": "teardown",
+        "request_count": 3, "prompt_tokens": 120, "completion_tokens": 80,
+    }  # fmt: skip
+    token = envelope.sign(old_document, NODE_A, envelope.TYP_USAGE_RECORD)
+    opened = open_usage_record(token, TRUSTED)
+    assert opened == record and opened.first_token_ms is None
+    assert opened.document() == old_document
+    entry = make_log_entry(token, TRUSTED, "2025-03-01T09:01:00.000Z")
+    assert entry.leaf_data() == canonical_json(
+        {"logged_at": "2025-03-01T09:01:00.000Z", "node_jws": token, "record": old_document}
+    )
+    # no times and an empty list are the same record, with one JSON form
+    assert UsageRecord(**{**old_document, "first_token_ms": ()}).document() == old_document
+
+
+def test_turn_times_round_trip() -> None:
+    record = UsageRecord(
+        **{**make_record(0, "acme", "node-a").document(), "first_token_ms": [412, 96, 88]}
+    )
+    assert record.first_token_ms == (412, 96, 88)
+    assert record.document()["first_token_ms"] == [412, 96, 88]
+    opened = open_usage_record(sign_usage_record(record, NODE_A), TRUSTED)
+    assert opened == record and opened.first_token_ms == (412, 96, 88)
+
+
+@pytest.mark.parametrize(
+    "times", [[1.5], [True], [-1], ["12"], [0] * (MAX_TURN_TIMES + 1), "12", 12]
+)
+def test_malformed_turn_times_are_refused(times: object) -> None:
+    document = {**make_record(0, "acme", "node-a").document(), "first_token_ms": times}
+    with pytest.raises(ValidationError):
+        UsageRecord.model_validate(document, strict=True)
+
+
+@pytest.mark.parametrize("times", [[], None])
+def test_a_signed_empty_or_null_turn_times_field_is_not_canonical(times: object) -> None:
+    # The field is absent when there are no times: any other spelling would be a second
+    # byte form of the same record.
+    document = {**make_record(0, "acme", "node-a").document(), "first_token_ms": times}
+    token = envelope.sign(document, NODE_A, envelope.TYP_USAGE_RECORD)
+    with pytest.raises(UsageRecordError, match="canonical JSON"):
+        open_usage_record(token, TRUSTED)
 
 
 def test_timestamps_are_utc_strings() -> None:

@@ -15,6 +15,12 @@ from control_plane.audit.services import Period, parse_moment
 
 class ReceiptSerializer(serializers.ModelSerializer):
     leaf_hash = serializers.CharField(source="leaf_hash_b64", read_only=True)
+    first_token_ms = serializers.ListField(
+        child=serializers.IntegerField(min_value=0),
+        allow_null=True,
+        read_only=True,
+        help_text="Each turn's time to first token in milliseconds (null: not recorded).",
+    )
 
     class Meta:
         model = Receipt
@@ -32,6 +38,7 @@ class ReceiptSerializer(serializers.ModelSerializer):
             "request_count",
             "prompt_tokens",
             "completion_tokens",
+            "first_token_ms",
             "logged_at",
             "log_index",
             "leaf_hash",

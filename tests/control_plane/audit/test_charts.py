@@ -27,17 +27,36 @@ PERIOD = {"since": "2025-03-01", "until": "2025-03-03"}
 def usage(fake_node_factory):
     """acme: two sessions on 1 March (19 tokens, 1 request each) and one on 2 March
     (100 tokens, 3 requests); globex: one on 2 March (5 tokens); ten one-shot calls on n2
-    taking 1 to 10 seconds (acme, 2 March, 2 tokens each)."""
+    (acme, 2 March, 2 tokens each); one acme session the day before the period.
+
+    Turn times to first token: on n1, 80 ms (acme, 1 March; its other session that day
+    is an older record without times), 250, 40 and 30 ms (acme's three turns on 2 March)
+    and 55 ms (globex); on n2, 100 to 1000 ms (the one-shot calls); the session before
+    the period, 99999 ms."""
     fake1, node1 = fake_node_factory("n1")
     fake2, node2 = fake_node_factory("n2")
     for slug in ("acme", "globex"):
         ClientFactory(slug=slug)
-    fake1.add_usage("acme", ended_at=DAY1, prompt_tokens=12, completion_tokens=7)
+    fake1.add_usage(
+        "acme", ended_at=DAY1 - timedelta(days=1), first_token_ms=(99_999,), completion_tokens=9
+    )
+    fake1.add_usage(
+        "acme", ended_at=DAY1, prompt_tokens=12, completion_tokens=7, first_token_ms=(80,)
+    )
     fake1.add_usage(
         "acme", ended_at=DAY1 + timedelta(hours=3), prompt_tokens=12, completion_tokens=7
     )
-    fake1.add_usage("acme", ended_at=DAY2, prompt_tokens=90, completion_tokens=10, request_count=3)
-    fake1.add_usage("globex", ended_at=DAY2, prompt_tokens=4, completion_tokens=1)
+    fake1.add_usage(
+        "acme",
+        ended_at=DAY2,
+        prompt_tokens=90,
+        completion_tokens=10,
+        request_count=3,
+        first_token_ms=(250, 40, 30),
+    )
+    fake1.add_usage(
+        "globex", ended_at=DAY2, prompt_tokens=4, completion_tokens=1, first_token_ms=(55,)
+    )
     for seconds in range(1, 11):
         ended = DAY2 + timedelta(minutes=seconds)
         fake2.add_usage(
@@ -47,8 +66,9 @@ def usage(fake_node_factory):
             ended_by="one_shot",
             prompt_tokens=1,
             completion_tokens=1,
+            first_token_ms=(100 * seconds,),
         )
-    assert collect_node(node1).appended == 4 and collect_node(node2).appended == 10
+    assert collect_node(node1).appended == 5 and collect_node(node2).appended == 10
 
 
 def _browser(user) -> BrowserClient:
@@ -97,18 +117,37 @@ def test_the_requests_chart_counts_requests_not_sessions(usage, auditor_user):
     assert bars[("globex", "2025-03-02")][0] == 1
 
 
-def test_the_durations_chart_shows_one_shot_percentiles_per_node(usage, auditor_user):
-    response = _browser(auditor_user).get("/audit/charts/durations.svg", PERIOD)
+def test_the_ttft_chart_shows_percentiles_of_every_turn_per_node(usage, auditor_user):
+    response = _browser(auditor_user).get("/audit/charts/ttft.svg", PERIOD)
 
+    assert response.status_code == 200
     bars = _bars(response.content)
-    # nearest rank over 1..10 s; n1 served no one-shot call, so it has no bars
+    # nearest rank over every turn in the period: n1's 30, 40, 55, 80, 250 ms (the
+    # session before the period and the record without times count for nothing), and
+    # n2's 100 to 1000 ms
     assert {k: v[0] for k, v in bars.items()} == {
-        ("p50", "n2"): 5.0,
-        ("p90", "n2"): 9.0,
-        ("p99", "n2"): 10.0,
+        ("p50", "n1"): 55,
+        ("p90", "n1"): 250,
+        ("p99", "n1"): 250,
+        ("p50", "n2"): 500,
+        ("p90", "n2"): 900,
+        ("p99", "n2"): 1000,
     }
-    assert bars[("p90", "n2")][1] == "n2 p90: 9.000 s of 10 one-shot requests"
-    assert "time to first token" in response.content.decode()
+    assert bars[("p90", "n2")][1] == "n2 p90: 900 ms over 10 turns"
+    assert bars[("p50", "n1")][1] == "n1 p50: 55 ms over 5 turns"
+    assert "Time to first token per node" in response.content.decode()
+
+
+def test_a_ttft_chart_for_one_client_counts_only_its_turns(usage, auditor_user):
+    bars = _bars(
+        _browser(auditor_user).get("/audit/charts/ttft.svg", {**PERIOD, "client": "globex"}).content
+    )
+
+    assert {k: v[0] for k, v in bars.items()} == {
+        ("p50", "n1"): 55,
+        ("p90", "n1"): 55,
+        ("p99", "n1"): 55,
+    }
 
 
 def test_a_scoped_auditors_charts_show_only_its_clients(usage):
@@ -116,7 +155,7 @@ def test_a_scoped_auditors_charts_show_only_its_clients(usage):
     browser = _browser(globex_only)
 
     tokens = browser.get("/audit/charts/tokens.svg", PERIOD)
-    durations = browser.get("/audit/charts/durations.svg", PERIOD)
+    ttft = browser.get("/audit/charts/ttft.svg", PERIOD)
     other = browser.get("/audit/charts/tokens.svg", {**PERIOD, "client": "acme"})
 
     assert {k for k in _bars(tokens.content)} == {
@@ -124,7 +163,12 @@ def test_a_scoped_auditors_charts_show_only_its_clients(usage):
         ("globex", "2025-03-02"),
     }
     assert "acme" not in tokens.content.decode()
-    assert _bars(durations.content) == {}  # the one-shot calls were acme's
+    # globex's one turn only: n2 served acme alone, so it has no bars
+    assert {k: v[0] for k, v in _bars(ttft.content).items()} == {
+        ("p50", "n1"): 55,
+        ("p90", "n1"): 55,
+        ("p99", "n1"): 55,
+    }
     assert other.status_code == 403
 
 
@@ -136,7 +180,7 @@ def test_charts_are_on_the_auditors_page_and_the_admins_receipt_list(usage, admi
 
     assert page.status_code == receipts.status_code == 200
     for text in (page.content.decode(), receipts.content.decode()):
-        assert 'id="chart-tokens"' in text and 'id="chart-durations"' in text
+        assert 'id="chart-tokens"' in text and 'id="chart-ttft"' in text
         assert now.date().isoformat() in text  # the last 14 days, to today
     assert "acme" not in page.content.decode().split('id="usage-charts"')[1]
 

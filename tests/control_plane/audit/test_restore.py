@@ -75,8 +75,8 @@ def test_a_restored_ledger_refuses_to_sign_recollects_and_extends_the_same_tree(
         fake.add_usage("acme")
     assert collect(node, committed).tree_size == 3
     with backup_then_restore():
-        for _ in range(3):
-            fake.add_usage("acme")
+        for i in range(3):
+            fake.add_usage("acme", first_token_ms=(120 + i, 40))
         assert collect(node, committed).tree_size == 6
         auditor_kept = head_of(6).checkpoint  # an auditor downloads the tree head
         lost = sorted(Receipt.objects.filter(log_index__gte=3).values_list("node_jws", flat=True))
@@ -98,6 +98,9 @@ def test_a_restored_ledger_refuses_to_sign_recollects_and_extends_the_same_tree(
     assert ledger_status().problem == ""
     receipts = list(Receipt.objects.order_by("log_index"))
     assert sorted(r.node_jws for r in receipts[3:6]) == lost
+    # rebuilt from the signed records, columns and all (the charts read the turn times)
+    assert [r.first_token_ms for r in receipts[3:6]] == [[120, 40], [121, 40], [122, 40]]
+    assert [r.first_token_ms for r in receipts[:3]] == [None, None, None]
     assert receipts[6].node_jws == new
     assert len({r.record_id for r in receipts}) == len(receipts) == 7  # each once
     assert fake.pending == []
