@@ -50,6 +50,17 @@ class NodeState:
     engines: list[EngineState] = field(default_factory=list)
 
 
+# Per loaded model: (series name after sanctum_node_, EngineState field, help).
+_PER_ENGINE = (
+    ("slots", "slots", "KV sequences decoded together"),
+    ("slots_busy", "slots_busy", "sequences decoding now"),
+    ("generations_running", "running", "generations holding a slot"),
+    ("generations_waiting", "waiting", "generations waiting for a slot"),
+    ("parked_sequences", "parked_sequences", "KV states parked in RAM"),
+    ("parked_bytes", "parked_bytes", "RAM held by parked KV states"),
+)
+
+
 class _StateCollector(Collector):
     def __init__(self, read: Callable[[], NodeState]) -> None:
         self._read = read
@@ -83,30 +94,14 @@ class _StateCollector(Collector):
         models = InfoMetricFamily(
             "sanctum_node_model", "the loaded models", labels=["model", "version", "sha256"]
         )
-        per_engine = {
-            "slots": "KV sequences decoded together",
-            "slots_busy": "sequences decoding now",
-            "generations_running": "generations holding a slot",
-            "generations_waiting": "generations waiting for a slot",
-            "parked_sequences": "KV states parked in RAM",
-            "parked_bytes": "RAM held by parked KV states",
-        }
         families = {
-            key: GaugeMetricFamily(f"sanctum_node_{key}", text, labels=["model"])
-            for key, text in per_engine.items()
+            attr: GaugeMetricFamily(f"sanctum_node_{name}", text, labels=["model"])
+            for name, attr, text in _PER_ENGINE
         }
         for e in state.engines:
             models.add_metric([e.name, e.version, e.sha256], {})
-            values = {
-                "slots": e.slots,
-                "slots_busy": e.slots_busy,
-                "generations_running": e.running,
-                "generations_waiting": e.waiting,
-                "parked_sequences": e.parked_sequences,
-                "parked_bytes": e.parked_bytes,
-            }
-            for key, family in families.items():
-                family.add_metric([e.name], values[key])
+            for attr, family in families.items():
+                family.add_metric([e.name], getattr(e, attr))
         yield models
         yield from families.values()
 
