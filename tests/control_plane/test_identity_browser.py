@@ -184,6 +184,6 @@ def test_operators_sign_in_with_sso_totp_and_lockout(
             # What the browser last saw and what the servers said, for a failure in CI.
             for context in browser.contexts:
                 for open_page in context.pages:
-                    print("page", open_page.url, open_page.content()[:2000])
+                    print("page", open_page.url, open_page.title())
             print("control plane:", *(p.tail(30) for p in cp.processes))
             raise
