@@ -13,8 +13,18 @@ RFC 3339 UTC strings (``2025-01-31T12:00:00.250Z``), counts are integers no larg
 
 Optional fields came later and are left out of the signed JSON when they hold nothing, so
 a record signed before they existed still parses, re-encodes to the same bytes and keeps
-its leaf hash: ``first_token_ms``, each turn's time to first token in whole milliseconds
-(the session's first ``MAX_TURN_TIMES`` turns).
+its leaf hash:
+
+- ``first_token_ms``: each turn's time to first token in whole milliseconds (the
+  session's first ``MAX_TURN_TIMES`` turns);
+- ``config_version``: the signed config the node had applied when the session ended;
+- ``release_digest``: the node's software release (``shared.software``), the digest of
+  its release manifest;
+- ``statement_index``: the ledger index of the node statement (``shared.attestation``)
+  that was current when the session ended, once the control plane had logged it;
+- ``commitments``: per turn that carried a client's commitment nonce, keyed hashes of
+  the canonical request and of the answer (``shared.commitment``): they say nothing to
+  anyone without the client's nonce.
 """
 
 from __future__ import annotations
@@ -47,7 +57,13 @@ from shared.config import ModelVersion, Name, Sha256Hex
 MAX_COUNT = 2**53 - 1
 MAX_TURN_TIMES = 256
 """A record holds the times to first token of at most this many turns (the first ones)."""
-OPTIONAL_FIELDS = ("first_token_ms",)
+OPTIONAL_FIELDS = (
+    "first_token_ms",
+    "config_version",
+    "release_digest",
+    "statement_index",
+    "commitments",
+)
 """Fields added after the first records were signed: omitted from the JSON when empty."""
 ENDED_BY = ("teardown", "expiry", "one_shot", "shutdown")
 """How a session ended: the client tore it down, it sat idle past its ttl, it was the
@@ -98,6 +114,20 @@ def new_record_id() -> str:
     return str(uuid.uuid4())
 
 
+class Commitment(BaseModel):
+    """One turn's content commitment: HMAC-SHA256 under the client's nonce (hex).
+
+    ``turn`` counts the session's requests from 0; ``request`` and ``answer`` are keyed
+    hashes of the canonical JSON of what was asked and answered (``shared.commitment``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    turn: Count
+    request: Sha256Hex
+    answer: Sha256Hex
+
+
 class UsageRecord(BaseModel):
     """One ended session: identifiers, the pinned model, times and counts. No content.
 
@@ -128,7 +158,24 @@ class UsageRecord(BaseModel):
         f"first {MAX_TURN_TIMES} turns); absent from the signed JSON when no turn was timed",
     )
 
-    @field_validator("first_token_ms", mode="before")
+    config_version: Annotated[int, Field(ge=1, le=MAX_COUNT, strict=True)] | None = Field(
+        default=None, description="the node's applied config version when the session ended"
+    )
+    release_digest: Sha256Hex | None = Field(
+        default=None, description="the node's software release digest (shared.software)"
+    )
+    statement_index: Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)] | None = Field(
+        default=None,
+        description="ledger index of the node statement current when the session ended",
+    )
+    commitments: tuple[Commitment, ...] | None = Field(
+        default=None,
+        max_length=MAX_TURN_TIMES,
+        description="content commitments of the turns that carried a client nonce "
+        f"(the first {MAX_TURN_TIMES})",
+    )
+
+    @field_validator("first_token_ms", "commitments", mode="before")
     @classmethod
     def _turn_times(cls, value: Any) -> Any:
         # JSON has arrays, not tuples: a list is read as the tuple it stands for (strict
