@@ -36,6 +36,8 @@ TYP_REQUEST = "sanctum-request+jws"
 TYP_TREE_HEAD = "sanctum-tree-head+jws"
 TYP_AUDIT_MANIFEST = "sanctum-audit-manifest+jws"
 TYP_HEALTH = "sanctum-health+jws"
+TYP_NODE_STATEMENT = "sanctum-node-statement+jws"
+TYP_RELEASE_LIST = "sanctum-allowed-releases+jws"
 
 
 # joserfc refuses payloads over 128,000 bytes by default; an audit manifest lists every

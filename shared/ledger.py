@@ -295,7 +295,8 @@ class ReceiptProof:
     inclusion_proof: Sequence[bytes]
 
 
-def _b64(data: bytes) -> str:
+def b64_text(data: bytes) -> str:
+    """Standard base64 with padding, the way ledger files carry hashes."""
     return base64.b64encode(data).decode("ascii")
 
 
@@ -306,7 +307,8 @@ def _timestamp_text(value: datetime | str) -> str:
     return value
 
 
-def _detached(token: str) -> str:
+def detached_jws(token: str) -> str:
+    """A compact JWS with its payload left out (RFC 7515 appendix F)."""
     header, _payload, signature = token.split(".")
     return f"{header}..{signature}"
 
@@ -350,7 +352,7 @@ def build_bundle(
             {
                 "index": r.index,
                 "record_id": r.entry.record.record_id,
-                "leaf_hash": _b64(r.entry.leaf_hash()),
+                "leaf_hash": b64_text(r.entry.leaf_hash()),
             }
             for r in items
         ],
@@ -361,12 +363,12 @@ def build_bundle(
         "log_key": {"name": log_key_name, "jwk": public_jwk(log_key.public_key())},
         "checkpoint": checkpoint,
         "manifest": manifest,
-        "manifest_signature": _detached(signature),
+        "manifest_signature": detached_jws(signature),
         "receipts": [
             {
                 "index": r.index,
                 "entry": r.entry.document(),
-                "inclusion_proof": [_b64(h) for h in r.inclusion_proof],
+                "inclusion_proof": [b64_text(h) for h in r.inclusion_proof],
             }
             for r in items
         ],
@@ -395,7 +397,7 @@ def dump_consistency(
         "checkpoint": checkpoint,
         "log_key": {"name": log_key_name, "jwk": public_jwk(log_key)},
         "old_size": old_size,
-        "consistency_proof": [_b64(h) for h in proof],
+        "consistency_proof": [b64_text(h) for h in proof],
     }
     ConsistencyFile.model_validate(document)
     return canonical_json(document) + b"\n"
@@ -479,7 +481,8 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-def _load_json(data: bytes, what: str) -> Any:
+def load_strict_json(data: bytes, what: str) -> Any:
+    """Parse UTF-8 JSON, refusing duplicate keys (two parsers could read them differently)."""
     try:
         return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except UnicodeDecodeError:
@@ -495,7 +498,7 @@ class _Parsed:
     entries: dict[int, LogEntry]  # by log index, entries whose every check held
 
 
-def _verify_detached(manifest: dict[str, Any], detached: str, key: Ed25519PublicKey) -> None:
+def _verifydetached_jws(manifest: dict[str, Any], detached: str, key: Ed25519PublicKey) -> None:
     parts = detached.split(".")
     if len(parts) != 3 or parts[1] != "":
         raise envelope.EnvelopeError("manifest signature is not a detached compact JWS")
@@ -568,7 +571,7 @@ def _run_checks(
 
     # 1. The file is exactly the canonical encoding of what it says.
     try:
-        raw = _load_json(data, "bundle file")
+        raw = load_strict_json(data, "bundle file")
         if not isinstance(raw, dict):
             raise ValueError("bundle file is not a JSON object")
         if canonical_json(raw) + b"\n" != data:
@@ -713,7 +716,7 @@ def _run_checks(
 
     # 7. Signatures: the manifest and the checkpoint by the log key, records by nodes.
     try:
-        _verify_detached(raw["manifest"], bundle.manifest_signature, trusted)
+        _verifydetached_jws(raw["manifest"], bundle.manifest_signature, trusted)
         report.passed.append(f"manifest signature by the log key (kid {key_id(trusted)})")
     except envelope.EnvelopeError as exc:
         fail("manifest signature", str(exc))
@@ -844,7 +847,7 @@ def verify_held_receipt(
 def _checkpoint_source(data: bytes, what: str) -> tuple[str, LogKey | None]:
     """The checkpoint text in a file: a bare note, or a JSON file carrying one."""
     if data.lstrip().startswith(b"{"):
-        raw = _load_json(data, what)
+        raw = load_strict_json(data, what)
         if not isinstance(raw, dict) or not isinstance(raw.get("checkpoint"), str):
             raise ValueError(f"{what} holds no checkpoint")
         key = None
@@ -882,7 +885,7 @@ def verify_consistency_files(
         report.fail("old tree head", str(exc))
         return report
     try:
-        raw = _load_json(new, "NEW")
+        raw = load_strict_json(new, "NEW")
         new_file = ConsistencyFile.model_validate(raw)
     except ValueError as exc:  # ValidationError is a ValueError
         message = validation_summary(exc) if isinstance(exc, ValidationError) else str(exc)
