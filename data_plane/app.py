@@ -23,7 +23,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from data_plane.api import knowledge_bases, management
-from data_plane.api.routes import embeddings, health, openai, receipts, sessions, usage
+from data_plane.api.routes import (
+    attestation,
+    embeddings,
+    health,
+    openai,
+    receipts,
+    sessions,
+    usage,
+)
 from data_plane.errors import ApiError, PayloadTooLarge, TooManyRequests
 from data_plane.fair_queue import QueueFull
 from data_plane.rate_limits import RateLimited
@@ -199,6 +207,7 @@ CLIENT_ROUTERS = (
     sessions.router,
     receipts.router,
     usage.router,
+    attestation.router,
     health.router,
 )
 MANAGEMENT_ROUTERS = (management.router, knowledge_bases.router)

@@ -19,6 +19,7 @@ says so in its health until the control plane's next one arrives.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -157,6 +158,8 @@ class ReleaseStore(Generic[R]):
         self._check_saved = check_saved or check
         self.trust = trust
         self.current: R | None = None
+        # SHA-256 of the current release's compact JWS, as applied (node statements).
+        self.current_sha256: str | None = None
         self.floor = self._read_floor()
         if self.floor > 0 and trust.adopted is None:
             trust.lose()
@@ -240,6 +243,7 @@ class ReleaseStore(Generic[R]):
             logger.error("saved release refused code=%s; starting without", exc.code)
             return None
         self.current = release
+        self.current_sha256 = hashlib.sha256(token.encode("ascii")).hexdigest()
         self._raise_floor(release.version)
         logger.info("release loaded from disk version=%d", release.version)
         return token, release
@@ -249,6 +253,7 @@ class ReleaseStore(Generic[R]):
         self._raise_floor(release.version)
         write_atomically(self._path, token.encode("ascii"))
         self.current = release
+        self.current_sha256 = hashlib.sha256(token.encode("ascii")).hexdigest()
         self.trust.adopt(release.trust)
 
     # --- state ---------------------------------------------------------------------

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -35,8 +38,14 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from data_plane.attestation import Attestor
 from data_plane.backbone import NodeBackbone
-from data_plane.config_store import ConfigRejected, ConfigStore, TrustStore
+from data_plane.config_store import (
+    MODEL_HASH_MISMATCH,
+    ConfigRejected,
+    ConfigStore,
+    TrustStore,
+)
 from data_plane.engine.base import ClientCaps, Engine, EngineError, ModelInfo
 from data_plane.engine.llama import EngineConfig, LlamaEngine
 from data_plane.fair_queue import FairExecutor
@@ -113,6 +122,15 @@ def engine_config(spec: ModelSpec, settings: Settings) -> EngineConfig:
     )
 
 
+class ModelFileChanged(EngineError):
+    """The bytes llama.cpp loaded are not the pinned ones."""
+
+
+def _fd_sha256(fd: int) -> str:
+    with open(f"/proc/self/fd/{fd}", "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _key(spec: ModelSpec) -> tuple[str, str]:
     return (spec.name, spec.sha256)
 
@@ -125,6 +143,8 @@ class EnginePool:
         self._engines: dict[tuple[str, str], Engine] = {}
         self._closed = False
         self.max_loaded = settings.engine.max_loaded_models
+        # sha256 of each loaded engine's file as llama.cpp mapped it (node statements).
+        self.mapped: dict[tuple[str, str], str] = {}
 
     def get(self, spec: ModelSpec) -> Engine | None:
         return self._engines.get(_key(spec))
@@ -143,18 +163,53 @@ class EnginePool:
                 raise EngineError("the node is shutting down")
             # Loading takes a while; it runs off the event loop.
             started = time.monotonic()
-            engine = await LlamaEngine.load(engine_config(spec, self._settings))
+            engine, mapped = await self._load_mapped(spec)
             if self._closed:  # the pool closed while it loaded
                 await engine.aclose()
                 raise EngineError("the node is shutting down")
             self._engines[key] = engine
+            self.mapped[key] = mapped
             logger.info("model loaded name=%s seconds=%.2f", spec.name, time.monotonic() - started)
         return self._engines[key]
+
+    async def _load_mapped(self, spec: ModelSpec) -> tuple[Engine, str]:
+        """Load ``spec`` from one open file and hash that same file after the load.
+
+        The config's check hashed the file by its path; llama.cpp opening the path again
+        could map other bytes (a file replaced or changed in between). So llama.cpp is
+        given this process's open descriptor (``/proc/self/fd/N``: the same inode, whatever
+        the path names now) and, once it has mapped it, the same inode is hashed again: an
+        engine whose mapped bytes are not the pinned ones is closed and refused
+        (:class:`ModelFileChanged`), and what node statements claim is this hash.
+        """
+        path = model_file_path(spec, self._settings.models_path)
+        fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            config = dataclasses.replace(
+                engine_config(spec, self._settings), path=f"/proc/self/fd/{fd}"
+            )
+            engine = await LlamaEngine.load(config)
+            try:
+                mapped = await asyncio.to_thread(_fd_sha256, fd)
+            except BaseException:
+                await engine.aclose()
+                raise
+        finally:
+            os.close(fd)
+        if mapped != spec.sha256:
+            await engine.aclose()
+            raise ModelFileChanged(
+                f"model {spec.name}: the bytes loaded hash to {mapped}, the pin says "
+                f"{spec.sha256}; the file changed after it was checked"
+            )
+        return engine, mapped
 
     def retired(self, keep: Iterable[ModelSpec]) -> list[Engine]:
         """Take out the engines of models not in ``keep`` (unpinned, or an old version)."""
         kept = {_key(m) for m in keep}
         gone = [k for k in self._engines if k not in kept]
+        for k in gone:
+            self.mapped.pop(k, None)
         return [self._engines.pop(k) for k in gone]
 
     async def aclose(self) -> None:
@@ -201,10 +256,16 @@ class Runtime:
         )
         self.node_key = node_signing_key(settings)
         self.tls = ManagementTLS(settings.tls_path, settings.node_id)
-        self.usage = UsageRecorder(
-            settings.node_id, self.node_key, UsageOutbox(settings.outbox_dir, settings.outbox)
-        )
         self.engines = EnginePool(settings)
+        self.attestor = Attestor(
+            settings, self.node_key, self.config, self.tls, self.engines.mapped, self.engines.loaded
+        )
+        self.usage = UsageRecorder(
+            settings.node_id,
+            self.node_key,
+            UsageOutbox(settings.outbox_dir, settings.outbox),
+            self.attestor.record_fields,
+        )
         self.sessions = SessionStore(settings.node_id, max_open=settings.sessions.max_open)
         self.sessions.admits = self.config.admits
         self.sessions.add_end_hook(self.usage.on_session_end)
@@ -388,6 +449,8 @@ class Runtime:
             logger.error("model load failed: %s", type(exc).__name__)
             if making_room and self.config.current is not None:
                 await self._reload(self.config.current.models)
+            if isinstance(exc, ModelFileChanged):
+                raise ConfigRejected(422, MODEL_HASH_MISMATCH, str(exc)) from None
             raise ConfigRejected(
                 422, "model_unavailable", "a pinned model failed to load on this node"
             ) from None

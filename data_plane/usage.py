@@ -11,6 +11,7 @@ call's ``sanctum`` field) carries the same signed record as the client's copy.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,8 +30,14 @@ from shared.usage import (
 logger = logging.getLogger(__name__)
 
 
-def usage_record(summary: UsageSummary, node_id: str) -> UsageRecord:
-    """The contract's record of an ended session (a fresh record id each call)."""
+def usage_record(
+    summary: UsageSummary, node_id: str, software: Mapping[str, Any] | None = None
+) -> UsageRecord:
+    """The contract's record of an ended session (a fresh record id each call).
+
+    ``software``: the node's ``config_version``, ``release_digest`` and
+    ``statement_index`` when the session ended (``Attestor.record_fields``).
+    """
     return UsageRecord(
         record_id=new_record_id(),
         session_id=summary.session_id,
@@ -46,16 +53,24 @@ def usage_record(summary: UsageSummary, node_id: str) -> UsageRecord:
         prompt_tokens=summary.prompt_tokens,
         completion_tokens=summary.completion_tokens,
         first_token_ms=tuple(summary.first_token_ms) or None,
+        **(software or {}),
     )
 
 
 class UsageRecorder:
     """Makes, signs and stores usage records; finds a client's record again."""
 
-    def __init__(self, node_id: str, key: Ed25519PrivateKey, outbox: UsageOutbox) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        key: Ed25519PrivateKey,
+        outbox: UsageOutbox,
+        software: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
         self.node_id = node_id
         self._key = key
         self.outbox = outbox
+        self._software = software
 
     async def on_session_end(self, session: Session, summary: UsageSummary) -> dict[str, Any]:
         """The session store's end hook: returns ``{"usage_record": JWS}`` once durable."""
@@ -63,7 +78,8 @@ class UsageRecorder:
             # A call refused before it ran: its one-shot session served nothing, and the
             # caller got an error, not a session id to hold a record for.
             return {}
-        record = usage_record(summary, self.node_id)
+        software = self._software() if self._software is not None else None
+        record = usage_record(summary, self.node_id, software)
         token = sign_usage_record(record, self._key)
         meta = RecordMeta(
             record_id=record.record_id,

@@ -66,6 +66,7 @@ from shared.ledger import (
 from shared.merkle import ProofError, leaf_hash, verify_inclusion
 from shared.usage import (
     MAX_COUNT,
+    Placement,
     Timestamp,
     UsageRecordError,
     check_compact_jws,
@@ -75,6 +76,8 @@ from shared.usage import (
     validation_summary,
 )
 
+ATTESTATION_PATH = "/internal/attestation"
+ATTESTATION_PLACED_PATH = "/internal/attestation/placed"
 STATEMENT_FORMAT = "sanctum-node-statement/1"
 PROOF_FORMAT = "sanctum-statement-proof/1"
 RELEASES_FORMAT = "sanctum-allowed-releases/1"
@@ -225,6 +228,18 @@ def open_statement(token: str) -> NodeStatement:
     return statement
 
 
+def peek_statement(token: str) -> dict[str, Any]:
+    """The statement's JSON object, UNVERIFIED (the caller verified it before)."""
+    try:
+        check_compact_jws(token, "statement")
+        raw = load_strict_json(b64urldecode_canonical(token.split(".")[1]), "statement payload")
+    except (UsageRecordError, ValueError) as exc:
+        raise StatementError(str(exc)) from None
+    if not isinstance(raw, dict):
+        raise StatementError("statement payload is not a JSON object")
+    return raw
+
+
 # --- the ledger leaf ---------------------------------------------------------------------
 
 
@@ -252,6 +267,23 @@ def make_statement_entry(node_jws: str, logged_at: datetime | str) -> StatementE
     statement = open_statement(node_jws)
     stamp = logged_at if isinstance(logged_at, str) else format_timestamp(logged_at)
     return StatementEntry(statement=statement, node_jws=node_jws, logged_at=stamp)
+
+
+class PlacedStatement(_Strict):
+    """A logged statement of this node, as the control plane placed it."""
+
+    claims_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    jws: str
+    placement: Placement
+
+
+class StatementPlaced(_Strict):
+    """``POST /internal/attestation/placed``: where the control plane logged a statement."""
+
+    jws: str = Field(max_length=16384)
+    log_index: int = Field(ge=0, le=MAX_COUNT, strict=True)
+    logged_at: str
+    leaf_hash: str
 
 
 # --- the proof file and the allowed releases --------------------------------------------
@@ -461,7 +493,12 @@ def _check_receipt(
         problems.append("its config version is not the statement's")
     if record.model_sha256 not in {m.sha256 for m in statement.models}:
         problems.append("its model file is not one the statement lists")
-    if index is not None and record.statement_index != index:
+    if record.statement_index is None:
+        report.warnings.append(
+            f"receipt {record.record_id} was signed before this node's statement was logged: "
+            "it binds the release, config and model, not a log index"
+        )
+    elif index is not None and record.statement_index != index:
         problems.append(
             f"it names statement index {record.statement_index}, the logged statement is at {index}"
         )
@@ -470,7 +507,12 @@ def _check_receipt(
     else:
         report.passed.append(
             f"receipt {record.record_id} was signed by this node under this release, config "
-            "and model" + (" and names this logged statement" if index is not None else "")
+            "and model"
+            + (
+                " and names this logged statement"
+                if index is not None and record.statement_index == index
+                else ""
+            )
         )
 
 

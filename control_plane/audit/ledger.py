@@ -40,9 +40,10 @@ from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from control_plane.audit.models import LogSubtree, NodeKey, Receipt, TreeHead
+from control_plane.audit.models import LogSubtree, NodeKey, Receipt, Statement, TreeHead
 from control_plane.audit.witness import Witnessed, witnessed_heads, write_witness_file
 from control_plane.core.signing import signer
+from shared.attestation import StatementEntry, peek_statement
 from shared.checkpoint import Checkpoint, sign_checkpoint
 from shared.keys import KeyFileError, Signer, key_id, public_key_from_pem
 from shared.ledger import LedgerError, LogEntry
@@ -423,6 +424,77 @@ def append(verified: Sequence[Verified]) -> AppendResult:
     return result
 
 
+def _statement_row(entry: StatementEntry, index: int, leaf: bytes, kid: str) -> Statement:
+    statement = entry.statement
+    return Statement(
+        node=statement.node_id,
+        claims_sha256=statement.claims_sha256(),
+        release_digest=statement.release_digest,
+        config_version=statement.config.version if statement.config else None,
+        loaded_models=[m.model_dump() for m in statement.models],
+        issued_at=parse_timestamp(statement.issued_at),
+        node_jws=entry.node_jws,
+        node_key_id=kid,
+        logged_at=parse_timestamp(entry.logged_at),
+        log_index=index,
+        leaf_hash=leaf,
+    )
+
+
+def append_statement(node_jws: str, node_key_id: str, node_key_pem: str) -> tuple[Statement, bool]:
+    """Log a verified node statement, unless the node's latest logged one claims the same.
+
+    Returns the logged statement and whether this call logged it. One transaction under
+    the ledger lock, like :func:`append`; the caller has verified the statement (its
+    node, its key, its nonce).
+    """
+    with transaction.atomic():
+        lock_ledger()
+        logged_at = now_ms()
+        entry = StatementEntry.model_validate(
+            {
+                "statement": peek_statement(node_jws),
+                "node_jws": node_jws,
+                "logged_at": format_timestamp(logged_at),
+            },
+            strict=False,
+        )
+        claims = entry.statement.claims_sha256()
+        latest = Statement.objects.filter(node=entry.statement.node_id).order_by("-log_index")
+        last = latest.first()
+        if last is not None and last.claims_sha256 == claims:
+            return last, False
+        head = TreeHead.objects.latest_head()
+        size = head.size if head is not None else 0
+        rng = compact_range(size)
+        leaf = entry.leaf_hash()
+        subtrees = rng.append(leaf)
+        row = _statement_row(entry, size, leaf, node_key_id)
+        row.save()
+        _insert(LogSubtree, ("level", "index", "hash"), subtrees)
+        _remember_node_keys({(entry.statement.node_id, node_key_id): node_key_pem}, logged_at)
+        sign_tree_head(rng.size, rng.root())
+    log.info("statement of node %s logged at index %d", row.node, row.log_index)
+    return row, True
+
+
+def statement_entry(statement: Statement) -> StatementEntry:
+    """The ledger leaf of a logged statement, checked against its leaf hash."""
+    entry = StatementEntry.model_validate(
+        {
+            "statement": peek_statement(statement.node_jws),
+            "node_jws": statement.node_jws,
+            "logged_at": format_timestamp(statement.logged_at),
+        },
+        strict=False,
+    )
+    if entry.leaf_hash() != bytes(statement.leaf_hash):
+        raise LedgerError(
+            f"statement at log index {statement.log_index} does not match its leaf hash"
+        )
+    return entry
+
+
 def _remember_node_keys(keys: dict[tuple[str, str], str], when: datetime) -> None:
     if not keys:
         return
@@ -490,21 +562,52 @@ class Placed:
     leaf_hash: bytes
 
 
-def _leaf(item: Placed) -> bytes:
-    """The leaf ``item``'s record makes at its ``logged_at``."""
+@dataclass(frozen=True)
+class PlacedStatement:
+    """A node statement its node kept with where it was logged (verified by the caller)."""
+
+    node_jws: str
+    node_key_id: str
+    node_key_pem: str
+    log_index: int
+    logged_at: str
+    leaf_hash: bytes
+
+    def entry(self) -> StatementEntry:
+        return StatementEntry.model_validate(
+            {
+                "statement": peek_statement(self.node_jws),
+                "node_jws": self.node_jws,
+                "logged_at": self.logged_at,
+            },
+            strict=False,
+        )
+
+
+def _node_of(item: Placed | PlacedStatement) -> str:
+    if isinstance(item, PlacedStatement):
+        return str(peek_statement(item.node_jws).get("node_id", "?"))[:64]
+    return item.verified.record.node_id
+
+
+def _leaf(item: Placed | PlacedStatement) -> bytes:
+    """The leaf ``item``'s record (or statement) makes at its ``logged_at``."""
+    if isinstance(item, PlacedStatement):
+        return item.entry().leaf_hash()
     v = item.verified
     return LogEntry(record=v.record, node_jws=v.jws, logged_at=item.logged_at).leaf_hash()
 
 
-def reappend(placed: Sequence[Placed]) -> TreeHead:
+def reappend(placed: Sequence[Placed | PlacedStatement]) -> TreeHead:
     """Put back the leaves a restore lost, at their own indexes, byte for byte.
 
-    ``placed`` are the records the nodes kept with their placements (index, ``logged_at``,
-    leaf hash). In one transaction under the ledger lock: from the ledger's size on, the
-    indexes must follow one another with no gap up to the largest witnessed tree head;
-    each leaf is rebuilt from the node-signed record and its ``logged_at`` and must hash
-    to the leaf hash the node kept; then the tree head is signed, which checks the roots
-    at every witnessed size. Anything short of that raises and changes nothing.
+    ``placed`` are the records (and statements) the nodes kept with their placements
+    (index, ``logged_at``, leaf hash). In one transaction under the ledger lock: from the
+    ledger's size on, the indexes must follow one another with no gap up to the largest
+    witnessed tree head; each leaf is rebuilt from the node-signed record (or statement)
+    and its ``logged_at`` and must hash to the leaf hash the node kept; then the tree head
+    is signed, which checks the roots at every witnessed size. Anything short of that
+    raises and changes nothing.
     """
     with transaction.atomic():
         lock_ledger()
@@ -517,7 +620,7 @@ def reappend(placed: Sequence[Placed]) -> TreeHead:
                 return current_tree_head()
             check_not_behind(size, bytes(head.root_hash))
             return head
-        by_index: dict[int, Placed] = {}
+        by_index: dict[int, Placed | PlacedStatement] = {}
         for item in placed:
             if not size <= item.log_index < target.size:
                 # In the ledger already (the restored part, or a run before), or past
@@ -528,19 +631,19 @@ def reappend(placed: Sequence[Placed]) -> TreeHead:
                 log.warning(
                     "node %s places a record at index %d that does not hash to the leaf it "
                     "names: left out",
-                    item.verified.record.node_id,
+                    _node_of(item),
                     item.log_index,
                 )
                 continue
             other = by_index.get(item.log_index)
             if other is not None and other.leaf_hash != item.leaf_hash:
                 raise LedgerError(
-                    f"nodes {other.verified.record.node_id} and "
-                    f"{item.verified.record.node_id} place different records at index "
+                    f"nodes {_node_of(other)} and "
+                    f"{_node_of(item)} place different records at index "
                     f"{item.log_index}: disable the one that is wrong, then collect again"
                 )
             by_index[item.log_index] = item
-        run: list[Placed] = []
+        run: list[Placed | PlacedStatement] = []
         while size + len(run) in by_index:
             run.append(by_index[size + len(run)])
         if size + len(run) < target.size:
@@ -550,7 +653,7 @@ def reappend(placed: Sequence[Placed]) -> TreeHead:
                 f"no node holds the record at ledger index {size + len(run)} (past the "
                 "nodes' receipt retention, or a node that is gone): an operator's decision",
             )
-        ids = [p.verified.record_id for p in run]
+        ids = [p.verified.record_id for p in run if isinstance(p, Placed)]
         for chunk in _chunks(ids):
             clash = Receipt.objects.filter(record_id__in=chunk).values_list("record_id", flat=True)
             for record_id in clash:
@@ -560,18 +663,27 @@ def reappend(placed: Sequence[Placed]) -> TreeHead:
         subtrees: list[tuple[int, int, bytes]] = []
         keys: dict[tuple[str, str], str] = {}
         first_logged: datetime | None = None
+        statements: list[Statement] = []
         for item in run:
-            v = item.verified
-            entry = LogEntry(record=v.record, node_jws=v.jws, logged_at=item.logged_at)
-            leaf = entry.leaf_hash()  # what _leaf(item) checked above
             logged_at = parse_timestamp(item.logged_at)
             first_logged = first_logged or logged_at
             index = rng.size
+            if isinstance(item, PlacedStatement):
+                said = item.entry()
+                leaf = said.leaf_hash()  # what _leaf(item) checked above
+                subtrees += rng.append(leaf)
+                statements.append(_statement_row(said, index, leaf, item.node_key_id))
+                keys[(said.statement.node_id, item.node_key_id)] = item.node_key_pem
+                continue
+            v = item.verified
+            entry = LogEntry(record=v.record, node_jws=v.jws, logged_at=item.logged_at)
+            leaf = entry.leaf_hash()  # what _leaf(item) checked above
             subtrees += rng.append(leaf)
             db_logged_at = connection.ops.adapt_datetimefield_value(logged_at)
             receipts.append(_receipt_row(entry, index, leaf, db_logged_at, v.node_key_id))
             keys[(v.record.node_id, v.node_key_id)] = v.node_key_pem
         _insert(Receipt, _RECEIPT_COLUMNS, receipts)
+        Statement.objects.bulk_create(statements)
         _insert(LogSubtree, ("level", "index", "hash"), subtrees)
         _remember_node_keys(keys, first_logged or now_ms())
         log.warning(

@@ -31,6 +31,7 @@ __all__ = [
     "NodeKey",
     "Receipt",
     "RefusedRecord",
+    "Statement",
     "TreeHead",
 ]
 
@@ -102,6 +103,38 @@ class Receipt(AppendOnlyModel):
     @property
     def leaf_hash_b64(self) -> str:
         return base64.b64encode(bytes(self.leaf_hash)).decode("ascii")
+
+
+class Statement(AppendOnlyModel):
+    """A node statement the control plane verified and logged: a ledger leaf of its own type.
+
+    The leaf is the canonical JSON of ``{"logged_at", "node_jws", "statement"}``
+    (``shared.attestation.StatementEntry``). One per distinct claims of a node: what it
+    runs (release, llama.cpp build, model files as mapped, config, engine settings,
+    keys), so an auditor can list what ran where and when. The other fields are copies
+    for listing; ``node_jws`` is kept byte for byte.
+    """
+
+    node = models.CharField("node ID", max_length=128, db_index=True, editable=False)
+    claims_sha256 = models.CharField("claims SHA-256", max_length=64, editable=False)
+    release_digest = models.CharField(max_length=64, db_index=True, editable=False)
+    config_version = models.PositiveBigIntegerField(null=True, blank=True, editable=False)
+    loaded_models = models.JSONField(
+        editable=False, help_text="The models the node had loaded: name, version, sha256."
+    )
+    issued_at = models.DateTimeField(editable=False)
+    node_jws = models.TextField("node-signed statement (compact JWS)", editable=False)
+    node_key_id = models.CharField("node key ID", max_length=64, editable=False)
+    logged_at = models.DateTimeField(db_index=True, editable=False)
+    log_index = models.PositiveBigIntegerField(unique=True, editable=False)
+    leaf_hash = models.BinaryField(max_length=32, editable=False)
+
+    class Meta:
+        ordering = ("log_index",)
+        verbose_name = "node statement"
+
+    def __str__(self) -> str:
+        return f"#{self.log_index} {self.node} {self.claims_sha256[:12]}"
 
 
 class LogSubtree(AppendOnlyModel):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -38,15 +39,17 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from control_plane.audit.ledger import (
     AppendResult,
     LedgerBehind,
     LedgerForked,
     Placed,
+    PlacedStatement,
     Verified,
     append,
+    append_statement,
     check_not_behind,
     consistency,
     current_tree_head,
@@ -58,9 +61,16 @@ from control_plane.audit.ledger import (
     node_public_keys,
     now_ms,
     reappend,
+    statement_entry,
     tree_root,
 )
-from control_plane.audit.models import CollectionState, Receipt, RefusedRecord, TreeHead
+from control_plane.audit.models import (
+    CollectionState,
+    Receipt,
+    RefusedRecord,
+    Statement,
+    TreeHead,
+)
 from control_plane.audit.querysets import ReceiptQuerySet
 from control_plane.audit.scopes import AuditScope
 from control_plane.audit.witness import WitnessError, remember_node_head, witnessed_heads
@@ -68,8 +78,26 @@ from control_plane.clients.models import Client
 from control_plane.core.signing import management_auth
 from control_plane.core.tls import management_client
 from control_plane.fleet.models import Node, NodeState
+from shared.attestation import (
+    ATTESTATION_PATH,
+    ATTESTATION_PLACED_PATH,
+    StatementError,
+    StatementPlaced,
+    build_allowed_releases,
+    build_statement_proof,
+    open_statement,
+)
+from shared.attestation import PlacedStatement as StatementPlacement
 from shared.checkpoint import verifier_key
-from shared.keys import KeyFileError, key_id, public_jwk, public_key_from_pem, public_pem
+from shared.keys import (
+    KeyFileError,
+    b64url,
+    key_id,
+    public_jwk,
+    public_key_bytes,
+    public_key_from_pem,
+    public_pem,
+)
 from shared.ledger import LedgerError, ReceiptProof, build_bundle, dump_consistency
 from shared.usage import (
     MAX_COUNT,
@@ -122,6 +150,8 @@ class CollectOutcome:
     tree_size: int | None = None
     error: str = ""
     skipped: bool = False  # another run holds this node's lease
+    statement_index: int | None = None  # where the node's current statement is logged
+    statement_error: str = ""
 
     def summary(self) -> str:
         if self.skipped:
@@ -131,6 +161,8 @@ class CollectOutcome:
             f"already={self.already} refused={self.refused} acked={self.acked} "
             f"cursor={self.cursor} tree_size={self.tree_size}"
         )
+        if self.statement_error:
+            text = f"{text} statement_error={self.statement_error!r}"
         return f"{text} error={self.error!r}" if self.error else text
 
 
@@ -213,6 +245,65 @@ def _fetch(http: httpx.Client, node: Node, after: int, limit: int) -> UsagePage:
     if any(c <= after for c in cursors) or cursors != sorted(set(cursors)):
         raise CollectError("usage page cursors are not increasing from the one asked for")
     return page
+
+
+def _attest(http: httpx.Client, node: Node, key_pem: str) -> int:
+    """Ask the node for its statement (a nonce of ours), log it if its claims are new,
+    and tell the node where it is logged; returns the log index.
+
+    Raises :class:`CollectError` when the node's answer is not a statement of its own,
+    for this nonce, signed by the key registered for it.
+    """
+    nonce = b64url(secrets.token_bytes(32))
+    try:
+        response = http.get(ATTESTATION_PATH, params={"nonce": nonce})
+    except httpx.HTTPError as exc:
+        raise _http_error("asking for the node's statement", exc) from None
+    if response.status_code != 200:
+        raise _answer_error("asking for the node's statement", response)
+    token = response.text.strip()
+    try:
+        statement = open_statement(token)
+    except StatementError as exc:
+        raise CollectError(f"the node's statement: {exc}"[:_MAX_REASON]) from None
+    registered = public_key_from_pem(key_pem)
+    if statement.node_id != node.name:
+        raise CollectError(f"the node's statement names node {statement.node_id[:64]!r}")
+    if public_key_bytes(statement.signing_key()) != public_key_bytes(registered):
+        raise CollectError("the node's statement is not signed by the key registered for it")
+    if statement.nonce != nonce:
+        raise CollectError("the node's statement answers another nonce")
+    row, logged = append_statement(token, key_id(registered), key_pem)
+    placed = StatementPlaced(
+        jws=row.node_jws,
+        log_index=row.log_index,
+        logged_at=format_timestamp(row.logged_at),
+        leaf_hash=base64.b64encode(bytes(row.leaf_hash)).decode("ascii"),
+    )
+    try:
+        response = http.post(
+            ATTESTATION_PLACED_PATH,
+            content=placed.model_dump_json(),
+            headers={"Content-Type": "application/json"},
+        )
+    except httpx.HTTPError as exc:
+        raise _http_error("telling the node where its statement is logged", exc) from None
+    if response.status_code != 200:
+        raise _answer_error("telling the node where its statement is logged", response)
+    if logged:
+        log.info("node %s: new statement logged at index %d", node.name, row.log_index)
+    return row.log_index
+
+
+def attest_node(node: Node) -> int:
+    """Log ``node``'s current statement now (after it applied a config, say)."""
+    key_pem = (node.public_key or "").strip()
+    try:
+        public_key_from_pem(key_pem)
+    except KeyFileError:
+        raise CollectError("the node has no readable public key registered") from None
+    with _node_http(node) as http:
+        return _attest(http, node, key_pem)
 
 
 def _placements(record_ids: set[str]) -> list[Placement]:
@@ -380,6 +471,14 @@ def _collect(node: Node, state: CollectionState, outcome: CollectOutcome) -> Non
     unbroken = True  # every record listed in this run so far is stored
     first = True
     with _node_http(node) as http:
+        # The statement first: the records the node signs from now on name its index.
+        # A node whose statement fails is still collected (its records are its own
+        # signed word); the failure is reported with the outcome.
+        try:
+            outcome.statement_index = _attest(http, node, key_pem)
+        except CollectError as exc:
+            outcome.statement_error = str(exc)[:_MAX_REASON]
+            log.warning("node %s statement not logged: %s", node.name, outcome.statement_error)
         for _ in range(ledger.max_pages_per_run):
             page = _fetch(http, node, after, ledger.page_size)
             remember_node_head(state, page.tree_head)
@@ -503,7 +602,7 @@ def ledger_status() -> LedgerStatus:
     return status
 
 
-def _fetch_placed(node: Node, from_index: int, upto: int) -> list[Placed]:
+def _fetch_placed(node: Node, from_index: int, upto: int) -> list[Placed | PlacedStatement]:
     """Every record ``node`` kept with a placement from ``from_index`` up to ``upto``,
     verified. A node that keeps answering "more" stops at ``upto``: recovery never
     pages further than the gap it fills."""
@@ -514,7 +613,7 @@ def _fetch_placed(node: Node, from_index: int, upto: int) -> list[Placed]:
     except KeyFileError:
         raise CollectError(f"node {node.name} has no readable public key registered") from None
     kid = key_id(key)
-    out: list[Placed] = []
+    out: list[Placed | PlacedStatement] = []
     state, _ = CollectionState.objects.get_or_create(node=node)
     with _node_http(node) as http:
         after = from_index
@@ -555,6 +654,54 @@ def _fetch_placed(node: Node, from_index: int, upto: int) -> list[Placed]:
             if not page.more or page.next <= after or page.next >= upto:
                 break
             after = page.next
+        out += _fetch_placed_statements(http, node, key_pem, from_index, upto)
+    return out
+
+
+def _fetch_placed_statements(
+    http: httpx.Client, node: Node, key_pem: str, from_index: int, upto: int
+) -> list[PlacedStatement]:
+    """The statements ``node`` kept with where they were logged, in ``[from_index, upto)``,
+    each its own, signed by its registered key."""
+    key = public_key_from_pem(key_pem)
+    try:
+        response = http.get(ATTESTATION_PLACED_PATH)
+    except httpx.HTTPError as exc:
+        raise _http_error(f"node {node.name}: listing placed statements", exc) from None
+    if response.status_code == 404:
+        return []  # a node from before statements
+    if response.status_code != 200:
+        raise _answer_error(f"node {node.name}: listing placed statements", response)
+    try:
+        items = TypeAdapter(list[StatementPlacement]).validate_json(response.content)
+    except ValidationError as exc:
+        raise CollectError(f"malformed placed statements: {validation_summary(exc)}") from None
+    out: list[PlacedStatement] = []
+    for item in items:
+        placement = item.placement
+        if not from_index <= placement.log_index < upto:
+            continue
+        try:
+            statement = open_statement(item.jws)
+            if statement.node_id != node.name or public_key_bytes(
+                statement.signing_key()
+            ) != public_key_bytes(key):
+                raise ValueError("not this node's statement")
+            leaf = base64.b64decode(placement.leaf_hash, validate=True)
+            parse_timestamp(placement.logged_at)
+        except (StatementError, ValueError) as exc:
+            log.warning(
+                "placed statement refused node=%s index=%d: %s",
+                node.name,
+                placement.log_index,
+                str(exc)[:_MAX_REASON],
+            )
+            continue
+        out.append(
+            PlacedStatement(
+                item.jws, key_id(key), key_pem, placement.log_index, placement.logged_at, leaf
+            )
+        )
     return out
 
 
@@ -569,7 +716,7 @@ def recover_ledger() -> LedgerStatus:
     if not status.behind and not status.problem:
         return status
     log.warning("%s; collecting the missing records again from the nodes", status.problem)
-    placed: list[Placed] = []
+    placed: list[Placed | PlacedStatement] = []
     unreachable: list[str] = []
     for node in Node.objects.enabled():
         try:
@@ -705,6 +852,38 @@ def consistency_file(old_size: int, new_size: int | None = None) -> bytes:
         proof=consistency(old_size, head.size),
         log_key=log_key().public_key(),
         log_key_name=log_key_name(),
+    )
+
+
+class UnknownStatement(LookupError):
+    """No logged statement at that index."""
+
+
+def statement_proof(index: int) -> bytes:
+    """The proof file of the statement logged at ``index``: its entry, an inclusion
+    proof and the latest signed tree head (``shared.attestation.build_statement_proof``)."""
+    found = Statement.objects.filter(log_index=index).first()
+    if found is None:
+        raise UnknownStatement(f"no node statement is logged at index {index}")
+    head = current_tree_head()
+    (proof,) = inclusion_proofs([found.log_index], head.size)
+    return build_statement_proof(
+        entry=statement_entry(found),
+        index=found.log_index,
+        checkpoint=head.checkpoint,
+        inclusion_proof=proof,
+        log_key=log_key().public_key(),
+        log_key_name=log_key_name(),
+    )
+
+
+def allowed_releases_file() -> bytes:
+    """The release digests the control plane allows now, signed by the log key."""
+    from control_plane.registry.models import SoftwareRelease
+
+    rows = SoftwareRelease.objects.filter(allowed=True).values_list("digest", "name")
+    return build_allowed_releases(
+        list(rows), generated_at=now_ms(), log_key=log_key(), log_key_name=log_key_name()
     )
 
 

@@ -19,6 +19,13 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from data_plane.api.deps import ControlPlaneSigned, RetrievalDep, RuntimeDep, SignedClaims
+from data_plane.api.routes.attestation import statement_token
+from shared.attestation import (
+    ATTESTATION_PATH,
+    ATTESTATION_PLACED_PATH,
+    PlacedStatement,
+    StatementPlaced,
+)
 from data_plane.config_store import NO_CONFIG, ConfigRejected
 from data_plane.engine.base import Engine
 from data_plane.errors import BadRequest, Unprocessable
@@ -244,3 +251,33 @@ async def ack_usage(request: Request, runtime: RuntimeDep) -> UsageAckResult:
         pending=result.pending,
         unknown_ids=result.unknown_ids,
     )
+
+
+@router.get(ATTESTATION_PATH.removeprefix("/internal"), dependencies=[ControlPlaneSigned])
+async def get_statement(
+    runtime: RuntimeDep, nonce: Annotated[str, Query(max_length=128)]
+) -> Response:
+    """The node's statement for the control plane's nonce (``application/jose``)."""
+    return Response(statement_token(runtime, nonce), media_type=management.JOSE)
+
+
+@router.post(ATTESTATION_PLACED_PATH.removeprefix("/internal"), dependencies=[ControlPlaneSigned])
+async def statement_placed(request: Request, runtime: RuntimeDep) -> PlacedStatement:
+    """Where the control plane logged one of this node's statements; the usage records
+    signed from now on while its claims hold name that index."""
+    try:
+        placed = StatementPlaced.model_validate_json(await request.body())
+        return runtime.attestor.place(placed)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise BadRequest("body must be a JSON object", code="invalid_json") from None
+        raise Unprocessable(validation_summary(exc)) from None
+    except ValueError as exc:
+        raise Unprocessable(str(exc)) from None
+
+
+@router.get(ATTESTATION_PLACED_PATH.removeprefix("/internal"), dependencies=[ControlPlaneSigned])
+async def list_statements_placed(runtime: RuntimeDep) -> list[PlacedStatement]:
+    """The logged statements this node keeps, newest first (a restored control plane
+    puts them back at their indexes)."""
+    return runtime.attestor.placed()

@@ -8,6 +8,12 @@
 - ``sanctum verify --consistency OLD NEW``: the tree head in NEW (a consistency file from
   the control plane) extends the one saved in OLD (a checkpoint, or a bundle or
   consistency file holding one).
+- ``sanctum verify --statement FILE --nonce N [--proof FILE] [--releases FILE]
+  [--expect-model SHA256]... [--receipt HELD]``: a node's statement of what it runs
+  (``shared.attestation``): signed by the key it names, for your nonce, recent; with
+  ``--proof`` the same claims are logged in the ledger under a signed tree head; with
+  ``--releases`` its release is one the control plane allows; each expected model file
+  is loaded; a held receipt was signed by that node under that release and config.
 
 ``--log-key FILE`` pins the control plane's log key: its published key set
 (``control-plane-keys.json``, every log key it has signed with, so tree heads signed
@@ -27,6 +33,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from shared.attestation import DEFAULT_MAX_AGE_SECONDS, verify_statement
 from shared.checkpoint import CheckpointError, parse_verifier_key
 from shared.keys import KeyFileError, key_id, load_public_key
 from shared.ledger import (
@@ -46,6 +53,9 @@ DESCRIPTION = """\
   sanctum verify --receipt HELD BUNDLE   the same, and that the usage record you were
                                          handed at the end of a session is in it
   sanctum verify --consistency OLD NEW   the tree head in NEW extends the one in OLD
+  sanctum verify --statement FILE --nonce N [--proof FILE] [--releases FILE]
+                 [--expect-model SHA256]... [--receipt HELD]
+                                         a node's signed statement of what it runs
 
 Exit status 0 when every check holds, 1 when one fails, 2 on unreadable input."""
 
@@ -67,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "files", nargs="+", metavar="FILE", help="BUNDLE, or OLD NEW with --consistency"
+        "files", nargs="*", metavar="FILE", help="BUNDLE, or OLD NEW with --consistency"
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -89,6 +99,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or note verifier key)",
     )
     parser.add_argument("--origin", help="the log's expected origin (checkpoint first line)")
+    statement = parser.add_argument_group("node statements")
+    statement.add_argument(
+        "--statement",
+        metavar="FILE",
+        type=Path,
+        help="a node statement (the compact JWS GET /v1/attestation answered)",
+    )
+    statement.add_argument("--nonce", help="the nonce you sent with that request")
+    statement.add_argument(
+        "--proof", metavar="FILE", type=Path, help="the statement proof file (control plane)"
+    )
+    statement.add_argument(
+        "--releases",
+        metavar="FILE",
+        type=Path,
+        help="the allowed-releases file (control plane, signed by its log key)",
+    )
+    statement.add_argument(
+        "--expect-model",
+        metavar="SHA256",
+        action="append",
+        default=[],
+        help="a model file hash the node must have loaded (repeatable)",
+    )
+    statement.add_argument(
+        "--max-age",
+        metavar="SECONDS",
+        type=float,
+        default=DEFAULT_MAX_AGE_SECONDS,
+        help=f"refuse a statement issued longer ago (default {DEFAULT_MAX_AGE_SECONDS})",
+    )
     parser.set_defaults(func=run)
 
 
@@ -160,8 +201,48 @@ def _consistency_headline(report: ConsistencyReport) -> str:
     return f"log {report.origin} grew from {report.old_size} to {report.new_size} consistently"
 
 
+def _run_statement(args: argparse.Namespace) -> int:
+    if args.files or args.consistency or not args.nonce:
+        print(
+            "error: sanctum verify --statement FILE --nonce N takes no other FILE", file=sys.stderr
+        )
+        return EXIT_USAGE
+    try:
+        key = load_log_key(args.log_key)[1] if args.log_key else None
+        token = _read(args.statement, "statement").decode("ascii", errors="replace")
+        held = (
+            _read(args.receipt, "held receipt").decode("ascii", errors="replace")
+            if args.receipt is not None
+            else None
+        )
+        report = verify_statement(
+            token,
+            nonce=args.nonce,
+            proof=_read(args.proof, "statement proof") if args.proof else None,
+            releases=_read(args.releases, "allowed releases") if args.releases else None,
+            log_key=key,
+            expect_models=args.expect_model,
+            receipt=held,
+            max_age_seconds=args.max_age,
+        )
+    except _InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    said = report.statement
+    headline = (
+        f"node {said.node_id} runs release {said.release_digest[:16]}... with "
+        f"{len(said.models)} model(s)"
+        + (f"; logged at index {report.log_index}" if report.log_index is not None else "")
+        if said is not None
+        else "statement"
+    )
+    return _print_report(report, headline)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the verification the arguments ask for; return the exit status."""
+    if args.statement is not None:
+        return _run_statement(args)
     files = [Path(f) for f in args.files]
     want = 2 if args.consistency else 1
     if len(files) != want:

@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
+from shared.attestation import make_statement, open_statement, sign_statement
 from shared.config import open_bundle
 from shared.envelope import EnvelopeError
 from shared.keys import generate_private_key, public_pem
@@ -77,6 +78,11 @@ class FakeNode:
         self.usage_requests = 0
         self.placements: dict[str, dict[str, Any]] = {}  # record id -> placement, from acks
         self.tree_head: str | None = None  # the largest tree head an ack handed over
+        # Node statements (shared.attestation): off by default, so the ledger indexes
+        # of the tests written before statements stay as they were.
+        self.statements = False
+        self.config_version = 1  # what the statement claims; change it for new claims
+        self.placed_statements: list[dict[str, Any]] = []  # what the control plane posted
 
     @property
     def node_public_pem(self) -> str:
@@ -182,7 +188,44 @@ class FakeNode:
                 self.end_headers()
                 self.wfile.write(token)
 
+            def _statement(self) -> None:
+                if not self._signed():
+                    return
+                query = parse_qs(urlsplit(self.path).query)
+                said = make_statement(
+                    node_id=node.name,
+                    nonce=query.get("nonce", [""])[0],
+                    release_digest="ab" * 32,
+                    llama_cpp={"version": "0.3.36", "library_sha256": "cd" * 32},
+                    models=[{"name": "smollm2", "version": "q4_1", "sha256": "ef" * 32}],
+                    config={"version": node.config_version, "sha256": "01" * 32},
+                    engine_settings_sha256="23" * 32,
+                    signing_key=node.node_key.public_key(),
+                    management_tls_sha256=None,
+                )
+                token = sign_statement(said, node.node_key).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/jose")
+                self.send_header("Content-Length", str(len(token)))
+                self.end_headers()
+                self.wfile.write(token)
+
             def do_GET(self) -> None:
+                if node.statements and urlsplit(self.path).path == "/internal/attestation":
+                    self._statement()
+                    return
+                if node.statements and self.path == "/internal/attestation/placed":
+                    if not self._signed():
+                        return
+                    with node._lock:
+                        placed = list(node.placed_statements)
+                    data = json.dumps(placed).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 if urlsplit(self.path).path == "/internal/usage":
                     self._usage()
                     return
@@ -271,6 +314,30 @@ class FakeNode:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if node.statements and self.path == "/internal/attestation/placed":
+                    if not self._signed(body):
+                        return
+                    placed = json.loads(body)
+                    with node._lock:
+                        node.placed_statements = [
+                            p
+                            for p in node.placed_statements
+                            if p["placement"]["log_index"] != placed["log_index"]
+                        ]
+                        node.placed_statements.append(
+                            {
+                                "claims_sha256": open_statement(placed["jws"]).claims_sha256(),
+                                "jws": placed["jws"],
+                                "placement": {
+                                    "record_id": "statement",
+                                    "log_index": placed["log_index"],
+                                    "logged_at": placed["logged_at"],
+                                    "leaf_hash": placed["leaf_hash"],
+                                },
+                            }
+                        )
+                    self._send(200, {"ok": True})
+                    return
                 if self.path != "/internal/usage/ack":
                     self._send(404, _error("not found", "not_found"))
                     return

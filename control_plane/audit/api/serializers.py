@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Any
 
@@ -9,7 +10,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from control_plane.audit.models import Receipt, TreeHead
+from control_plane.audit.models import Receipt, Statement, TreeHead
 from control_plane.audit.services import Period, parse_moment
 
 
@@ -46,6 +47,30 @@ class ReceiptSerializer(serializers.ModelSerializer):
             "node_jws",
         )
         read_only_fields = fields
+
+
+class StatementSerializer(serializers.ModelSerializer):
+    leaf_hash = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Statement
+        fields = (
+            "log_index",
+            "node",
+            "claims_sha256",
+            "release_digest",
+            "config_version",
+            "loaded_models",
+            "issued_at",
+            "logged_at",
+            "leaf_hash",
+            "node_key_id",
+            "node_jws",
+        )
+        read_only_fields = fields
+
+    def get_leaf_hash(self, obj: Statement) -> str:
+        return base64.b64encode(bytes(obj.leaf_hash)).decode("ascii")
 
 
 class TreeHeadSerializer(serializers.ModelSerializer):

@@ -36,19 +36,23 @@ from control_plane.audit.api.serializers import (
     ConsistencyQuerySerializer,
     LogKeySerializer,
     ReceiptSerializer,
+    StatementSerializer,
     TreeHeadSerializer,
 )
 from control_plane.audit.filtersets import ReceiptFilterSet
 from control_plane.audit.ledger import current_tree_head
-from control_plane.audit.models import Receipt, TreeHead
+from control_plane.audit.models import Receipt, Statement, TreeHead
 from control_plane.audit.scopes import ClientOutOfScope, audit_scope
 from control_plane.audit.services import (
     UnknownClient,
+    UnknownStatement,
     UnknownTreeHead,
+    allowed_releases_file,
     client_bundle,
     client_known,
     consistency_file,
     log_key_info,
+    statement_proof,
 )
 
 log = logging.getLogger(__name__)
@@ -130,6 +134,44 @@ class TreeHeadViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=False, methods=["get"])
     def latest(self, request: Request) -> Response:
         return Response(TreeHeadSerializer(current_tree_head()).data)
+
+
+class StatementViewSet(viewsets.ReadOnlyModelViewSet):
+    """Logged node statements, by log index: what each node said it ran, and since when
+    (``?node=NAME``). ``<index>/proof/`` is the proof file ``sanctum verify --statement``
+    checks a client's fresh statement against."""
+
+    queryset = Statement.objects.all()
+    serializer_class = StatementSerializer
+    lookup_field = "log_index"
+    lookup_value_regex = r"[0-9]+"
+    ordering_fields = ("log_index",)
+    ordering = ("log_index",)
+
+    def get_queryset(self) -> QuerySet[Statement]:
+        node = self.request.query_params.get("node")
+        queryset = super().get_queryset()
+        return queryset.filter(node=node) if node else queryset
+
+    @extend_schema(responses={(200, "application/json"): OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["get"])
+    def proof(self, request: Request, log_index: str) -> HttpResponse:
+        try:
+            data = statement_proof(int(log_index))
+        except UnknownStatement as exc:
+            raise NotFound(str(exc)) from None
+        return FileView.file(data, "application/json", f"sanctum-statement-{log_index}.json")
+
+
+class AllowedReleasesView(FileView):
+    """``GET /api/audit/releases/``: the release digests the control plane allows, signed
+    by the log key (``sanctum verify --statement ... --releases FILE``)."""
+
+    queryset = Statement.objects.all()  # audit.view_statement
+
+    @extend_schema(responses={(200, "application/json"): OpenApiTypes.OBJECT})
+    def get(self, request: Request) -> HttpResponse:
+        return self.file(allowed_releases_file(), "application/json", "sanctum-releases.json")
 
 
 class BundleView(FileView):

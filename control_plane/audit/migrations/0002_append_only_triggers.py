@@ -23,17 +23,17 @@ $$;
 """
 
 
-def create_triggers(apps, schema_editor):
+def create_triggers(apps, schema_editor, tables=TABLES):
     vendor = schema_editor.connection.vendor
     if vendor == "postgresql":
         schema_editor.execute(PG_FUNCTION, None)  # no parameters: its % are literal
-        for table in TABLES:
+        for table in tables:
             schema_editor.execute(
                 f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
                 "FOR EACH ROW EXECUTE FUNCTION audit_refuse_change()"
             )
     elif vendor == "sqlite":
-        for table in TABLES:
+        for table in tables:
             for op in ("UPDATE", "DELETE"):
                 schema_editor.execute(
                     f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
@@ -43,15 +43,15 @@ def create_triggers(apps, schema_editor):
         raise RuntimeError(f"no append-only triggers for database {vendor!r}")
 
 
-def drop_triggers(apps, schema_editor):
+def drop_triggers(apps, schema_editor, tables=TABLES):
     vendor = schema_editor.connection.vendor
-    for table in TABLES:
+    for table in tables:
         if vendor == "postgresql":
             schema_editor.execute(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}")
         elif vendor == "sqlite":
             for op in ("update", "delete"):
                 schema_editor.execute(f"DROP TRIGGER IF EXISTS {table}_no_{op}")
-    if vendor == "postgresql":
+    if vendor == "postgresql" and tables == TABLES:
         schema_editor.execute("DROP FUNCTION IF EXISTS audit_refuse_change()")
 
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from control_plane.audit.ledger import Verified
-from control_plane.audit.models import Receipt, TreeHead
+from control_plane.audit.ledger import Verified, statement_entry
+from control_plane.audit.models import Receipt, Statement, TreeHead
 from control_plane.core.signing import signer
 from control_plane.fleet.models import Node
 from shared.checkpoint import open_checkpoint
@@ -51,10 +51,18 @@ def verified(fake: FakeNode, count: int, client_id: str = "acme", **fields) -> l
 
 
 def assert_ledger_consistent(log_key) -> None:
-    """Indexes are 0..n-1, each tree head is signed and is the root of its prefix."""
-    receipts = list(Receipt.objects.order_by("log_index"))
-    assert [r.log_index for r in receipts] == list(range(len(receipts)))
-    tree = InMemoryTree(bytes(r.leaf_hash) for r in receipts)
+    """Indexes of the leaves (receipts and statements) are 0..n-1, each tree head is
+    signed and is the root of its prefix, each leaf hash is its entry's."""
+    leaves = sorted(
+        [
+            *((r.log_index, bytes(r.leaf_hash)) for r in Receipt.objects.all()),
+            *((s.log_index, bytes(s.leaf_hash)) for s in Statement.objects.all()),
+        ]
+    )
+    assert [index for index, _ in leaves] == list(range(len(leaves)))
+    for statement in Statement.objects.all():
+        statement_entry(statement)  # raises unless it rebuilds to its leaf hash
+    tree = InMemoryTree(leaf for _, leaf in leaves)
     for head in TreeHead.objects.order_by("size"):
         checkpoint = open_checkpoint(head.checkpoint, log_key)
         assert checkpoint.size == head.size

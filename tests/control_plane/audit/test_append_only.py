@@ -1,4 +1,4 @@
-"""Receipts, log subtrees, tree heads and node keys can't be changed or deleted: not by
+"""Receipts, statements, log subtrees, tree heads and node keys can't be changed or deleted: not by
 the models, not in the admin, not through the API, not by SQL around the ORM."""
 
 from __future__ import annotations
@@ -13,21 +13,24 @@ from control_plane.audit.models import (
     LogSubtree,
     NodeKey,
     Receipt,
+    Statement,
     TreeHead,
 )
 from control_plane.audit.services import collect_node
 
 pytestmark = pytest.mark.django_db
 
-LEDGER = (Receipt, LogSubtree, TreeHead, NodeKey)
+LEDGER = (Receipt, Statement, LogSubtree, TreeHead, NodeKey)
 
 
 @pytest.fixture
 def logged(usage_node):
     fake, node = usage_node
+    fake.statements = True  # a statement is logged too
     for _ in range(3):
         fake.add_usage("acme")
     assert collect_node(node).appended == 3
+    assert Statement.objects.count() == 1
     return Receipt.objects.order_by("log_index").first()
 
 
@@ -140,6 +143,7 @@ def test_the_api_refuses_every_write(logged, who, request):
     expected = 401 if who == "anon_api" else 403
     detail = f"/api/audit/receipts/{logged.record_id}/"
     head = TreeHead.objects.latest_head()
+    heads = TreeHead.objects.count()
     attempts = [
         api.post("/api/audit/receipts/", {"client": "acme"}, format="json"),
         api.put(detail, {"prompt_tokens": 1}, format="json"),
@@ -149,7 +153,11 @@ def test_the_api_refuses_every_write(logged, who, request):
         api.delete(f"/api/audit/tree-heads/{head.size}/"),
         api.post("/api/audit/bundle/?client=acme", {}, format="json"),
         api.post("/api/audit/consistency/?old=1", {}, format="json"),
+        api.post("/api/audit/statements/", {"node": "n1"}, format="json"),
+        api.delete("/api/audit/statements/0/"),
+        api.post("/api/audit/releases/", {}, format="json"),
     ]
 
     assert [r.status_code for r in attempts] == [expected] * len(attempts)
-    assert Receipt.objects.count() == 3 and TreeHead.objects.count() == 1
+    assert Receipt.objects.count() == 3 and TreeHead.objects.count() == heads
+    assert Statement.objects.count() == 1

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import transaction
 
 from control_plane.audit.ledger import LedgerBehind, LedgerForked, append, consistency
-from control_plane.audit.models import CollectionState, Receipt, TreeHead
+from control_plane.audit.models import CollectionState, Receipt, Statement, TreeHead
 from control_plane.audit.services import collect_node, ledger_status
 from control_plane.audit.witness import read_witness_file
 from control_plane.core.signing import signer
@@ -113,6 +113,34 @@ def test_a_restored_ledger_refuses_to_sign_recollects_and_extends_the_same_tree(
         old.size, latest.size, old.root_hash, bytes(latest.root_hash), consistency(6, latest.size)
     )
     assert read_witness_file().size == 7 and fake.tree_size == 7
+
+
+def test_statements_a_restore_lost_are_put_back_at_their_indexes(
+    usage_node, witness, committed, check_ledger
+):
+    fake, node = usage_node
+    fake.statements = True
+    for _ in range(2):
+        fake.add_usage("acme")
+    first = collect(node, committed)
+    assert (first.statement_index, first.tree_size) == (0, 3)  # the statement, then records
+    with backup_then_restore():
+        fake.config_version = 2  # the node applied a new config: new claims
+        fake.add_usage("acme")
+        outcome = collect(node, committed)
+        assert (outcome.statement_index, outcome.tree_size) == (3, 5)
+        lost = Statement.objects.get(log_index=3).node_jws
+    assert Statement.objects.count() == 1 and TreeHead.objects.latest_head().size == 3
+    assert [p["placement"]["log_index"] for p in fake.placed_statements] == [0, 3]
+
+    fake.add_usage("acme")
+    again = collect(node, committed)
+    assert again.error == "" and again.tree_size == 6  # both put back, then the new record
+    assert again.statement_index == 3  # its claims were logged before: not logged twice
+    assert Statement.objects.get(log_index=3).node_jws == lost
+    assert list(Receipt.objects.values_list("log_index", flat=True)) == [1, 2, 4, 5]
+    assert ledger_status().problem == ""
+    check_ledger()
 
 
 def test_the_nodes_alone_catch_a_restore_without_a_witness_file(

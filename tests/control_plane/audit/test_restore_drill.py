@@ -92,9 +92,9 @@ def test_restore_an_older_backup_and_the_ledger_stays_whole(control_plane_factor
             )
             api_key = printed["SANCTUM_API_KEY"]
 
-            # Collect; back up; collect more.
+            # Collect (the node's statement first, then its records); back up; collect more.
             end_sessions(node, api_key, 3)
-            assert tree_size(cp) == 3
+            assert tree_size(cp) == 4
             backup = tmp_path / "backups" / "sanctum.dump"
             backup.parent.mkdir()
             subprocess.run(
@@ -103,13 +103,13 @@ def test_restore_an_older_backup_and_the_ledger_stays_whole(control_plane_factor
                 timeout=120,
             )
             end_sessions(node, api_key, 3)
-            assert tree_size(cp) == 6
+            assert tree_size(cp) == 7
 
             # An auditor keeps the tree head of this moment.
             cp.serve()
             with cp.api(printed["SANCTUM_AUDITOR_TOKEN"]) as auditor:
                 kept = auditor.get("/audit/checkpoint/")
-            assert kept.status_code == 200 and kept.text.split("\n")[1] == "6"
+            assert kept.status_code == 200 and kept.text.split("\n")[1] == "7"
             auditor_head = tmp_path / "auditor" / "head-before-restore.txt"
             auditor_head.parent.mkdir()
             auditor_head.write_bytes(kept.content)
@@ -130,7 +130,7 @@ def test_restore_an_older_backup_and_the_ledger_stays_whole(control_plane_factor
                 check=True,
                 timeout=120,
             )
-            assert db.query("SELECT max(size) FROM audit_treehead") == [(3,)]
+            assert db.query("SELECT max(size) FROM audit_treehead") == [(4,)]
 
             # Behind: it says so, and signs nothing, even with the node out of reach.
             status = run_manage(cp, "ledger_status")
@@ -142,19 +142,20 @@ def test_restore_an_older_backup_and_the_ledger_stays_whole(control_plane_factor
             refused = run_manage(cp, "collect_usage")
             assert refused.returncode != 0
             assert "ledger behind: 3 records to re-collect" in refused.stdout
-            assert db.query("SELECT max(size) FROM audit_treehead") == [(3,)]
+            assert db.query("SELECT max(size) FROM audit_treehead") == [(4,)]
             assert db.query("SELECT count(*) FROM audit_receipt") == [(3,)]
 
-            # The node is back: the lost records are collected again, then the new one.
+            # The node is back: the lost records are collected again, then the new one
+            # (its statement is the one logged before the backup: nothing new to log).
             node.start()
-            assert tree_size(cp) == 7
+            assert tree_size(cp) == 8
             ok = run_manage(cp, "ledger_status")
             assert ok.returncode == 0 and "SANCTUM_LEDGER_STATUS=ok" in ok.stdout
 
             cp.serve()
             with cp.api(printed["SANCTUM_AUDITOR_TOKEN"]) as auditor:
                 bundle = auditor.get("/audit/bundle/", params={"client": CLIENT_ID})
-                consistency = auditor.get("/audit/consistency/", params={"old": 6})
+                consistency = auditor.get("/audit/consistency/", params={"old": 7})
             assert bundle.status_code == 200 and consistency.status_code == 200
         finally:
             cp.stop()
