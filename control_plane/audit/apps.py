@@ -15,6 +15,21 @@ class AuditConfig(AppConfig):
         from control_plane.audit.backends import check_backend_order
         from control_plane.audit.metrics import LedgerCollector
         from control_plane.core.metrics import register_collector
+        from control_plane.core.rollout import release_applied
+        from control_plane.fleet.models import Node
 
         checks.register(check_backend_order, checks.Tags.security)
         register_collector(LedgerCollector())
+        release_applied.connect(
+            _attest_after_apply, sender=Node, dispatch_uid="sanctum-attest-after-apply"
+        )
+
+
+def _attest_after_apply(sender: type, target: object, **kwargs: object) -> None:
+    from django.db import transaction
+
+    from control_plane.audit.tasks import attest_node_statement
+
+    pk = getattr(target, "pk", None)
+    if pk is not None:
+        transaction.on_commit(lambda: attest_node_statement.delay(pk))

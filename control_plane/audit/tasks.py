@@ -8,13 +8,16 @@ idempotent, and a node keeps every record until it is acknowledged.
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError
 
-from control_plane.audit.services import collect_node
+from control_plane.audit.services import CollectError, attest_node, collect_node
 from control_plane.fleet.models import Node
 
+log = logging.getLogger(__name__)
 _ledger = settings.SANCTUM.ledger
 # Each page: a fetch and an ack (connect + read timeouts each), and the append between.
 _COLLECT_TIME_LIMIT = int(
@@ -48,3 +51,17 @@ def collect_fleet_usage() -> int:
     for node_id in node_ids:
         collect_node_usage.delay(node_id)
     return len(node_ids)
+
+
+@shared_task(acks_late=True, time_limit=120, autoretry_for=(OperationalError,), max_retries=3)
+def attest_node_statement(node_id: int) -> int | None:
+    """Log the node's statement now (it applied a config: what it runs changed), so the
+    records it signs from now on name it. Collection does the same on each run."""
+    node = Node.objects.filter(pk=node_id, enabled=True).first()
+    if node is None:
+        return None
+    try:
+        return attest_node(node)
+    except CollectError as exc:
+        log.warning("statement of node %s not logged: %s", node.name, exc)
+        return None

@@ -47,6 +47,7 @@ import httpx
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models import Max
+from django.dispatch import Signal
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -65,6 +66,10 @@ from shared.signed_request import SignedRequestAuth, SignedRequestError, open_an
 from shared.trust import TARGET_PURPOSES, KeySet
 
 log = logging.getLogger(__name__)
+
+release_applied = Signal()
+"""Sent when a target answered 200 to a push: ``sender`` its model, ``target``, ``version``.
+(The audit app logs a node's new statement then: what it runs changed.)"""
 
 _MAX_REASON = 500
 # What changes with every release, and so never makes one out of date.
@@ -420,7 +425,9 @@ def deliver(kind: RolloutKind[Any, ReleaseT, Any], release: ReleaseT) -> PushOut
 
     if response.status_code == 200:
         log.info("%s %s applied version %s", kind.name, target.name, locked.version)
-        return _finish(kind, locked, ReleaseStatus.APPLIED, held=locked.version)
+        outcome = _finish(kind, locked, ReleaseStatus.APPLIED, held=locked.version)
+        release_applied.send(sender=kind.target_model, target=target, version=locked.version)
+        return outcome
     code, reason = _error_reason(response)
     if response.status_code == 409 and code == STALE_VERSION:
         return _settle_stale(kind, locked, response, reason)
