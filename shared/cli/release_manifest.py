@@ -1,10 +1,11 @@
 """``sanctum release-manifest``: the manifest of this environment's release and its digest.
 
 Prints the release digest (``shared.software``); ``--out FILE`` also writes the manifest
-(canonical JSON and a newline) for the control plane (``manage.py allow_release
---manifest FILE``, or ``POST /api/releases/``). ``--verify`` reads every installed file
-and checks it against its distribution's RECORD, and, with ``--against FILE``, this
-environment against a manifest written before: exit status 1 on any difference.
+(canonical JSON and a newline) for the control plane (``python -m control_plane
+allow_release --manifest FILE``, or ``POST /api/software-releases/``). ``--verify`` reads
+every installed file and checks it against its distribution's RECORD, and, with
+``--against FILE``, this environment against a manifest written before: exit status 1 on
+any difference.
 """
 
 from __future__ import annotations
