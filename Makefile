@@ -2,13 +2,15 @@
 #   make demo   the whole platform on embedded defaults, a chat with retrieval, a receipt
 #   make test   installs what is missing, starts the services the tests need, runs them
 #   make bench  the benchmarks (not part of make test); results go to docs/benchmarks.md
+#   make lock   rewrites the hashed lock (requirements/*.txt) that the set-up installs
+#   make release-manifest  writes var/release/manifest.json and prints the release digest
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test bench lint setup setup-python setup-system services clean
+.PHONY: demo test bench lint lock release-manifest setup setup-python setup-system services clean
 
 setup-python:
 	@scripts/setup.sh python
@@ -34,6 +36,13 @@ lint: setup-python
 test: setup services lint
 	$(PY) -m pytest
 	DATABASE_URL=$$(scripts/test-services.sh database-url) $(PY) -m pytest -m postgres_suite tests/control_plane
+
+# After a change to pyproject.toml's dependencies (pip-compile is one of the dev tools).
+lock: setup-python
+	@VENV=$(VENV) scripts/lock.sh
+
+release-manifest: setup-python
+	$(VENV)/bin/sanctum release-manifest --out var/release/manifest.json
 
 bench: setup services
 	$(PY) -m tests.bench

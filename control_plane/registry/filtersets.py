@@ -1,8 +1,8 @@
-"""API filters for model pins."""
+"""API filters for model pins and software releases."""
 
 import django_filters
 
-from control_plane.registry.models import ModelPin
+from control_plane.registry.models import ModelPin, SoftwareRelease
 
 
 class ModelPinFilterSet(django_filters.FilterSet):
@@ -16,3 +16,9 @@ class ModelPinFilterSet(django_filters.FilterSet):
             "enabled": ["exact"],
             "hash_status": ["exact"],
         }
+
+
+class SoftwareReleaseFilterSet(django_filters.FilterSet):
+    class Meta:
+        model = SoftwareRelease
+        fields = {"digest": ["exact"], "name": ["exact"], "allowed": ["exact"]}

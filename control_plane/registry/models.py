@@ -1,4 +1,5 @@
-"""Model pins: a model name pinned to one version of one GGUF file, by its sha256."""
+"""Model pins: a model name pinned to one version of one GGUF file, by its sha256. Software
+releases: the digests of the release manifests (``shared.software``) nodes may run."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from control_plane.clients.models import Client
 from control_plane.clients.validators import bundle_name_validator, model_version_validator
 from control_plane.fleet.models import NodePool
 from control_plane.registry.choices import HashStatus
-from control_plane.registry.querysets import ModelPinQuerySet
+from control_plane.registry.querysets import ModelPinQuerySet, SoftwareReleaseQuerySet
+from shared.canonical import CanonicalJSONError
 from shared.config import MAX_SOURCE_CHARS, artifact_source_problem
+from shared.software import FORMAT as MANIFEST_FORMAT
+from shared.software import release_digest
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -184,3 +188,71 @@ class ModelPin(ChangeLoggedModel):
             # Nothing for the control plane to hash: usable at once, nodes verify.
             self.hash_status = HashStatus.DECLARED
         super().save(*args, **kwargs)
+
+
+class SoftwareRelease(ChangeLoggedModel):
+    """A release of the node software, known by its digest: the SHA-256 of its release
+    manifest (``shared.software``: every installed distribution's RECORD hash, the
+    project's source and lock), which a node states when asked who it is (issue 17).
+
+    ``allowed`` says the operators accept nodes running it; ``allowed_release_digests``
+    is what the rest of the control plane reads. ``manifest``, when uploaded, is the
+    document the digest is of, so an auditor can see what the release holds; it must
+    hash to ``digest``. ``name`` is a free label ("2026.12.1").
+    """
+
+    digest = models.CharField(
+        max_length=64,
+        unique=True,
+        help_text="SHA-256 of the release manifest's canonical JSON (64 lowercase hex), "
+        "as `sanctum release-manifest` prints it.",
+    )
+    name = models.CharField(max_length=64, blank=True, help_text='A label, e.g. "2026.12.1".')
+    manifest = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The release manifest (`sanctum release-manifest --out FILE`); its digest "
+        "must be the one given.",
+    )
+    allowed = models.BooleanField(default=False, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    allowed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    disallowed_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = SoftwareReleaseQuerySet.as_manager()
+
+    # The digest is public (nodes state it); the manifest is not logged: it is large, and
+    # fixed once uploaded (the digest stands for it).
+    change_logged_fields = ("digest", "name", "allowed", "allowed_at", "disallowed_at")
+
+    class Meta:
+        ordering = ("-created_at", "-pk")
+        verbose_name = "software release"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.digest[:12]})" if self.name else self.digest[:12]
+
+    def clean(self) -> None:
+        """The digest is a SHA-256, and an uploaded manifest is the one it is of."""
+        super().clean()
+        if not _SHA256.match(self.digest or ""):
+            raise ValidationError(
+                {"digest": "Give the release digest: 64 lowercase hex characters."}
+            )
+        if self.manifest is None:
+            return
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != MANIFEST_FORMAT:
+            raise ValidationError(
+                {"manifest": f"Not a release manifest: its format must be {MANIFEST_FORMAT}."}
+            )
+        try:
+            actual = release_digest(self.manifest)
+        except CanonicalJSONError as exc:
+            raise ValidationError({"manifest": f"Not canonical JSON: {exc}."}) from None
+        if actual != self.digest:
+            raise ValidationError(
+                {
+                    "manifest": f"This manifest's digest is {actual}, not {self.digest}: "
+                    "upload the manifest of that release, or give its own digest."
+                }
+            )

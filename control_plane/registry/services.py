@@ -1,6 +1,7 @@
 """Model-pin use cases: pin a version (by path or by source), compute and verify its
 file's sha256, stage a new version on its nodes and let it go live when they are ready,
-roll back.
+roll back. And the software releases nodes may run: record one (by its digest, with its
+manifest if given), allow it, disallow it, and the list of allowed digests.
 
 Staging (docs/operations.md, "Upgrading a model"): a staged pin whose file is verified
 travels in the ``staged`` part of the bundles of the nodes that serve the pin it
@@ -17,6 +18,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -28,9 +30,11 @@ from control_plane.clients.models import Client
 from control_plane.core.choices import HealthStatus
 from control_plane.fleet.models import Node, NodePool, NodeState, default_pool_id
 from control_plane.registry.choices import HashStatus
-from control_plane.registry.models import ModelPin
+from control_plane.registry.models import ModelPin, SoftwareRelease
 from control_plane.registry.querysets import SERVABLE_HASH_STATUSES
+from shared.canonical import CanonicalJSONError
 from shared.config import file_sha256
+from shared.software import release_digest
 
 log = logging.getLogger(__name__)
 
@@ -353,3 +357,63 @@ def roll_back_pin(pin: ModelPin) -> ModelPin:
         previous.save()
     log.info("model pin %s rolled back to %s", locked.pk, previous.pk)
     return previous
+
+
+# --- software releases ----------------------------------------------------------------
+
+
+def record_release(
+    *,
+    digest: str = "",
+    name: str = "",
+    manifest: dict[str, Any] | None = None,
+) -> SoftwareRelease:
+    """Record a release by its ``digest``, or by its ``manifest`` (the digest is then
+    computed from it; both given, they must agree). A new release is not allowed yet:
+    :func:`allow_release` does that, as its own decision in the trail.
+
+    Raises ``ValidationError`` (by field) for a malformed digest, a manifest that is not
+    one or hashes to another digest, and a digest already recorded.
+    """
+    if not digest and manifest is not None:
+        try:
+            digest = release_digest(manifest)
+        except (CanonicalJSONError, TypeError) as exc:
+            raise ValidationError({"manifest": f"Not canonical JSON: {exc}."}) from None
+    with transaction.atomic():
+        if SoftwareRelease.objects.filter(digest=digest).exists():
+            raise ValidationError({"digest": f"Release {digest[:12]}... is already recorded."})
+        release = SoftwareRelease(digest=digest, name=name, manifest=manifest)
+        release.full_clean()
+        release.save()
+    log.info("software release %s recorded", release.pk)
+    return release
+
+
+def allow_release(release: SoftwareRelease) -> SoftwareRelease:
+    """Accept nodes that run ``release`` (a no-op for one already allowed)."""
+    return _set_allowed(release, allowed=True)
+
+
+def disallow_release(release: SoftwareRelease) -> SoftwareRelease:
+    """Stop accepting ``release`` (a no-op for one not allowed)."""
+    return _set_allowed(release, allowed=False)
+
+
+def _set_allowed(release: SoftwareRelease, *, allowed: bool) -> SoftwareRelease:
+    with transaction.atomic():
+        locked = SoftwareRelease.objects.select_for_update().get(pk=release.pk)
+        if locked.allowed != allowed:
+            locked.allowed = allowed
+            if allowed:
+                locked.allowed_at = timezone.now()
+            else:
+                locked.disallowed_at = timezone.now()
+            locked.save()
+            log.info("software release %s allowed=%s", locked.pk, allowed)
+    return locked
+
+
+def allowed_release_digests() -> list[str]:
+    """The digests of the releases nodes may run, sorted."""
+    return sorted(SoftwareRelease.objects.allowed().values_list("digest", flat=True))

@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "shared.cli.enrol",
     "shared.cli.doctor",
     "shared.cli.verify",
+    "shared.cli.release_manifest",
 )
 
 

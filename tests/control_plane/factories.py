@@ -11,9 +11,11 @@ from factory.django import DjangoModelFactory
 from control_plane.clients.models import ApiKey, Client
 from control_plane.fleet.models import Node, NodePool, default_pool_id
 from control_plane.registry.choices import HashStatus
-from control_plane.registry.models import ModelPin
+from control_plane.registry.models import ModelPin, SoftwareRelease
 from shared.config import file_sha256, new_api_key
 from shared.keys import generate_private_key, public_pem
+from shared.software import FORMAT as MANIFEST_FORMAT
+from shared.software import release_digest
 
 _MODEL_DIR = Path(tempfile.mkdtemp(prefix="sanctum-cp-models-"))
 
@@ -82,3 +84,26 @@ class NodeFactory(DjangoModelFactory):
     public_key = factory.LazyFunction(
         lambda: public_pem(generate_private_key().public_key()).decode()
     )
+
+
+def release_manifest_of(n: int) -> dict[str, object]:
+    """A small release manifest: one distribution, a source hash (not this environment's)."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "python": "3.11.7",
+        "distributions": [
+            {"name": "llama-cpp-python", "version": "0.3.36", "record_sha256": f"{n:064x}"}
+        ],
+        "source": {"sha256": "ab" * 32, "files": n, "requirements": {}},
+    }
+
+
+class SoftwareReleaseFactory(DjangoModelFactory):
+    """A recorded release with its manifest, not allowed."""
+
+    class Meta:
+        model = SoftwareRelease
+
+    manifest = factory.Sequence(release_manifest_of)
+    digest = factory.LazyAttribute(lambda o: release_digest(o.manifest))
+    name = factory.Sequence(lambda n: f"2026.12.{n}")

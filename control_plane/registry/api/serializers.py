@@ -1,4 +1,4 @@
-"""API representation of model pins."""
+"""API representation of model pins and software releases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from control_plane.clients.models import Client
 from control_plane.fleet.models import NodePool
-from control_plane.registry.models import ModelPin
+from control_plane.registry.models import ModelPin, SoftwareRelease
 from control_plane.registry.services import staging_report
 
 IMMUTABLE = ("name", "version", "path", "source", "sha256", "size")
@@ -114,3 +114,55 @@ class ModelPinSerializer(serializers.ModelSerializer):
                         {"enabled": f"{pin.name} already has an enabled pin; disable it first."}
                     )
         return attrs
+
+
+class SoftwareReleaseSerializer(serializers.ModelSerializer):
+    """A release in a list: everything but the manifest (whether it has one)."""
+
+    digest = serializers.CharField(
+        required=False,
+        max_length=64,
+        help_text="SHA-256 of the release manifest (`sanctum release-manifest` prints it); "
+        "may be left out when the manifest is given.",
+    )
+    manifest = serializers.JSONField(
+        write_only=True,
+        required=False,
+        allow_null=True,
+        help_text="The release manifest (`sanctum release-manifest --out FILE`): the digest "
+        "is checked against it.",
+    )
+    has_manifest = serializers.SerializerMethodField()
+
+    class Meta:
+        model = SoftwareRelease
+        fields = (
+            "id",
+            "digest",
+            "name",
+            "manifest",
+            "has_manifest",
+            "allowed",
+            "created_at",
+            "allowed_at",
+            "disallowed_at",
+        )
+        read_only_fields = ("allowed", "created_at", "allowed_at", "disallowed_at")
+        # Uniqueness and the digest-manifest match are the service's (record_release).
+        validators: list[Any] = []
+
+    def get_has_manifest(self, release: SoftwareRelease) -> bool:
+        return release.manifest is not None
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs.get("digest") and attrs.get("manifest") is None:
+            raise serializers.ValidationError(
+                {"digest": "Give the release digest, its manifest, or both."}
+            )
+        return attrs
+
+
+class SoftwareReleaseDetailSerializer(SoftwareReleaseSerializer):
+    """One release, with the manifest uploaded for it."""
+
+    manifest = serializers.JSONField(read_only=True, allow_null=True)

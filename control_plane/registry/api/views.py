@@ -1,21 +1,28 @@
-"""Thin API views for model pins."""
+"""Thin API views for model pins and software releases."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
-from rest_framework import status, viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from control_plane.registry.api.serializers import ModelPinSerializer
-from control_plane.registry.filtersets import ModelPinFilterSet
-from control_plane.registry.models import ModelPin
+from control_plane.registry.api.serializers import (
+    ModelPinSerializer,
+    SoftwareReleaseDetailSerializer,
+    SoftwareReleaseSerializer,
+)
+from control_plane.registry.filtersets import ModelPinFilterSet, SoftwareReleaseFilterSet
+from control_plane.registry.models import ModelPin, SoftwareRelease
 from control_plane.registry.services import (
+    allow_release,
+    disallow_release,
     go_live_now,
     pin_model,
+    record_release,
     request_pin_verification,
     roll_back_pin,
 )
@@ -83,3 +90,48 @@ class ModelPinViewSet(viewsets.ModelViewSet):
         that have not prepared it load it when the new bundle reaches them."""
         pin = go_live_now(self.get_object())
         return Response(self.get_serializer(pin).data)
+
+
+class SoftwareReleaseViewSet(
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Software releases by digest. Recording one does not allow it: ``allow`` and
+    ``disallow`` are each an operator's decision of their own in the change trail. A
+    release is fixed once recorded (a new build is a new digest), so there is no edit."""
+
+    queryset = SoftwareRelease.objects.all()
+    filterset_class = SoftwareReleaseFilterSet
+    search_fields = ("digest", "name")
+    ordering_fields = ("created_at", "name")
+    action_permissions = {
+        "allow": ["registry.change_softwarerelease"],
+        "disallow": ["registry.change_softwarerelease"],
+    }
+
+    def get_serializer_class(self) -> type[SoftwareReleaseSerializer]:
+        if self.action == "retrieve":
+            return SoftwareReleaseDetailSerializer
+        return SoftwareReleaseSerializer
+
+    def perform_create(self, serializer: Any) -> None:
+        data = serializer.validated_data
+        serializer.instance = record_release(
+            digest=data.get("digest", ""),
+            name=data.get("name", ""),
+            manifest=data.get("manifest"),
+        )
+
+    @extend_schema(request=None, responses={200: SoftwareReleaseSerializer})
+    @action(detail=True, methods=["post"])
+    def allow(self, request: Request, pk: str | None = None) -> Response:
+        """Accept nodes that run this release."""
+        return Response(self.get_serializer(allow_release(self.get_object())).data)
+
+    @extend_schema(request=None, responses={200: SoftwareReleaseSerializer})
+    @action(detail=True, methods=["post"])
+    def disallow(self, request: Request, pk: str | None = None) -> Response:
+        """Stop accepting nodes that run this release."""
+        return Response(self.get_serializer(disallow_release(self.get_object())).data)

@@ -140,5 +140,7 @@ def test_the_openapi_schema_covers_the_resources(admin_api):
         "/api/nodes/",
         "/api/nodes/{id}/rollout/",
         "/api/releases/",
+        "/api/software-releases/",
+        "/api/software-releases/{id}/allow/",
     ):
         assert path in paths
