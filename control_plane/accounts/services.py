@@ -349,7 +349,8 @@ def bootstrap_demo(
     an API token (for ``sanctum kb``);
     an auditor operator with an API token (for the demo's bundle download); a demo
     client (given ``knowledge_bases`` added to those it may search); the model pinned
-    and its hash verified now (the rollout needs it); the demo client's key, rotated so
+    and its hash verified now (the rollout needs it); this installation's software
+    release allowed (the demo's node runs it); the demo client's key, rotated so
     the returned secret is the one that works; the node registered; and a rollout to
     it. Running it again converges on the same state.
     """
@@ -362,7 +363,7 @@ def bootstrap_demo(
     from control_plane.fleet.rollout import NODES
     from control_plane.knowledge.models import KnowledgeBase
     from control_plane.registry.models import ModelPin
-    from control_plane.registry.services import pin_model, verify_model_pin
+    from control_plane.registry.services import allow_this_release, pin_model, verify_model_pin
 
     admin = create_operator(admin_username, Role.ADMIN, reset_password=reset_admin_password)
     auditor, auditor_token = None, ""
@@ -407,6 +408,8 @@ def bootstrap_demo(
         if not pin.clients.filter(pk=client.pk).exists():
             pin.clients.add(client)
         pin = verify_model_pin(pin)
+        # The node of a demo runs from this very installation: its release is allowed.
+        allow_this_release()
 
         slot = ApiKey.objects.filter(
             client=client, name=DEMO_KEY_NAME, revoked_at__isnull=True

@@ -78,6 +78,7 @@ from control_plane.clients.models import Client
 from control_plane.core.signing import management_auth
 from control_plane.core.tls import management_client
 from control_plane.fleet.models import Node, NodeState
+from control_plane.registry.models import SoftwareRelease
 from shared.attestation import (
     ATTESTATION_PATH,
     ATTESTATION_PLACED_PATH,
@@ -879,9 +880,7 @@ def statement_proof(index: int) -> bytes:
 
 def allowed_releases_file() -> bytes:
     """The release digests the control plane allows now, signed by the log key."""
-    from control_plane.registry.models import SoftwareRelease
-
-    rows = SoftwareRelease.objects.filter(allowed=True).values_list("digest", "name")
+    rows = SoftwareRelease.objects.allowed().values_list("digest", "name")
     return build_allowed_releases(
         list(rows), generated_at=now_ms(), log_key=log_key(), log_key_name=log_key_name()
     )

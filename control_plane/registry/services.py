@@ -34,7 +34,7 @@ from control_plane.registry.models import ModelPin, SoftwareRelease
 from control_plane.registry.querysets import SERVABLE_HASH_STATUSES
 from shared.canonical import CanonicalJSONError
 from shared.config import file_sha256
-from shared.software import release_digest
+from shared.software import release_digest, release_manifest
 
 log = logging.getLogger(__name__)
 
@@ -412,6 +412,17 @@ def _set_allowed(release: SoftwareRelease, *, allowed: bool) -> SoftwareRelease:
             locked.save()
             log.info("software release %s allowed=%s", locked.pk, allowed)
     return locked
+
+
+def allow_this_release(name: str = "this installation") -> SoftwareRelease:
+    """Record (if new) and allow the release this control plane's own installation is:
+    for a node that runs from the same installation (``sanctum up``, the demo)."""
+    manifest = release_manifest()
+    digest = release_digest(manifest)
+    release = SoftwareRelease.objects.filter(digest=digest).first()
+    if release is None:
+        release = record_release(digest=digest, name=name, manifest=manifest)
+    return allow_release(release)
 
 
 def allowed_release_digests() -> list[str]:

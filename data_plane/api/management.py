@@ -20,12 +20,6 @@ from pydantic import ValidationError
 
 from data_plane.api.deps import ControlPlaneSigned, RetrievalDep, RuntimeDep, SignedClaims
 from data_plane.api.routes.attestation import statement_token
-from shared.attestation import (
-    ATTESTATION_PATH,
-    ATTESTATION_PLACED_PATH,
-    PlacedStatement,
-    StatementPlaced,
-)
 from data_plane.config_store import NO_CONFIG, ConfigRejected
 from data_plane.engine.base import Engine
 from data_plane.errors import BadRequest, Unprocessable
@@ -33,6 +27,12 @@ from data_plane.outbox import Placed
 from data_plane.runtime import Runtime
 from data_plane.services.retrieval import RetrievalService
 from shared import management
+from shared.attestation import (
+    ATTESTATION_PATH,
+    ATTESTATION_PLACED_PATH,
+    PlacedStatement,
+    StatementPlaced,
+)
 from shared.keys import key_id, public_jwk
 from shared.signed_request import sign_answer
 from shared.usage import (

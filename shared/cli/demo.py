@@ -7,7 +7,10 @@ show the usage summary that is all the platform keeps, and the node-signed usage
 auditor would, it waits for the control plane to log that record, downloads the demo
 client's audit bundle through the control plane's API, and verifies it offline with the
 control plane's log key pinned (``shared.ledger``, what ``sanctum verify`` runs).
-Last, it loads a small document set (``demo_docs/``) into the demo client's knowledge
+Then it asks the node, with a fresh nonce, for its signed statement of what it runs, and
+checks it against the ledger, the allowed releases and the held receipt
+(``shared.attestation``, what ``sanctum verify --statement`` runs). Last, it loads a
+small document set (``demo_docs/``) into the demo client's knowledge
 base with ``sanctum kb ingest``, as an operator would, and asks a question those
 documents answer, showing the sources.
 """
@@ -30,9 +33,10 @@ from typing import IO, Any
 
 import httpx
 
+from shared.attestation import verify_statement
 from shared.cli.up import NODE_NAME
 from shared.cli.verify import load_log_key
-from shared.keys import NODE, KeyFileError, key_id, load_public_key
+from shared.keys import NODE, KeyFileError, b64url, key_id, load_public_key
 from shared.ledger import verify_held_receipt
 from shared.trust import TRUST_FILE
 from shared.usage import UsageRecord, UsageRecordError, open_usage_record
@@ -188,6 +192,7 @@ def walk_through(lines: dict[str, str], data_dir: Path) -> None:
         say(json.dumps({k: v for k, v in summary.items() if k != "usage_record"}, indent=2))
         record = show_usage_record(client, session, summary["usage_record"], data_dir)
     verify_ledger(lines, record, summary["usage_record"], data_dir)
+    verify_node_statement(lines, record, summary["usage_record"], data_dir)
 
 
 def show_usage_record(
@@ -276,6 +281,74 @@ def verify_ledger(lines: dict[str, str], record: UsageRecord, held: str, data_di
         f"  the same offline: sanctum verify --log-key {key_file} "
         f"--receipt {saved / f'held-{record.record_id}.jws'} "
         f"{saved / f'bundle-{record.client_id}.json'}"
+    )
+
+
+def verify_node_statement(
+    lines: dict[str, str], record: UsageRecord, held: str, data_dir: Path
+) -> None:
+    """Ask the node what it runs (a fresh nonce), get its logged statement's proof and the
+    allowed releases from the control plane, and check all of it with the held receipt."""
+    nonce = b64url(os.urandom(32))
+    say(f"\nattestation: asking the node what it runs, with a fresh nonce {nonce[:12]}...")
+    headers = {"Authorization": f"Bearer {lines['SANCTUM_API_KEY']}"}
+    with httpx.Client(base_url=lines["SANCTUM_API_BASE"], headers=headers, timeout=60) as api:
+        answer = api.get("/attestation", params={"nonce": nonce})
+        answer.raise_for_status()
+        statement = answer.text
+    auditor = {"Authorization": f"Token {lines['SANCTUM_AUDITOR_TOKEN']}"}
+    with httpx.Client(base_url=lines["SANCTUM_CP_API"], headers=auditor, timeout=60) as cp:
+        index = record.statement_index
+        if index is None:  # the record was signed before the statement was logged
+            listed = cp.get("audit/statements/", params={"node": record.node_id})
+            listed.raise_for_status()
+            rows = listed.json()
+            rows = rows.get("results", rows) if isinstance(rows, dict) else rows
+            if not rows:
+                raise LedgerCheckFailed(f"no statement of node {record.node_id} is logged")
+            index = rows[-1]["log_index"]
+        proof = cp.get(f"audit/statements/{index}/proof/")
+        proof.raise_for_status()
+        releases = cp.get("audit/releases/")
+        releases.raise_for_status()
+    key_file = data_dir / "keys" / TRUST_FILE
+    _, log_key = load_log_key(key_file)
+    report = verify_statement(
+        statement,
+        nonce=nonce,
+        proof=proof.content,
+        releases=releases.content,
+        log_key=log_key,
+        expect_models=[record.model_sha256],
+        receipt=held,
+    )
+    say("verifying the node's statement, the log key pinned as before:")
+    for line in report.passed:
+        say(f"  ok    {line}")
+    for warning in report.warnings:
+        say(f"  note  {warning}")
+    if not report.ok:
+        for failure in report.failures:
+            say(f"  FAIL  {failure}")
+        raise LedgerCheckFailed(f"the node's statement did not verify ({len(report.failures)})")
+    saved = data_dir / "audit"
+    (saved / "statement.jws").write_text(statement + "\n")
+    (saved / "statement-proof.json").write_bytes(proof.content)
+    (saved / "releases.json").write_bytes(releases.content)
+    said = report.statement
+    assert said is not None
+    say(
+        f"node verified: {said.node_id} runs release {said.release_digest[:16]}..., "
+        f"llama-cpp-python {said.llama_cpp.version}, config version "
+        f"{said.config.version if said.config else '-'}, the model file "
+        f"{record.model_sha256[:16]}... as mapped; logged at index {report.log_index}."
+    )
+    say(
+        f"  the same offline: sanctum verify --statement {saved / 'statement.jws'} "
+        f"--nonce {nonce} --proof {saved / 'statement-proof.json'} "
+        f"--releases {saved / 'releases.json'} --log-key {key_file} "
+        f"--expect-model {record.model_sha256} "
+        f"--receipt {saved / f'held-{record.record_id}.jws'} --max-age 86400"
     )
 
 

@@ -434,3 +434,25 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         timeout=120,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    # It ends by checking the node's statement: the same offline, and a stale nonce fails.
+    assert "node verified: node-1 runs release" in result.stdout
+    assert "the statement claims exactly what the logged statement claims" in result.stdout
+    command = result.stdout.split("sanctum verify --statement ")[1].splitlines()[0].split()
+    nonce = command[command.index("--nonce") + 1]
+
+    def verify_statement_cli(the_nonce: str) -> subprocess.CompletedProcess[str]:
+        args = [the_nonce if a == nonce else a for a in command]
+        return subprocess.run(
+            [sys.executable, "-m", "shared.cli", "verify", "--statement", *args],
+            cwd=REPO,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    fresh = verify_statement_cli(nonce)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert "is allowed" in fresh.stdout and "is loaded" in fresh.stdout
+    stale = verify_statement_cli("A" * 43)
+    assert stale.returncode == 1 and "nonce" in stale.stderr
