@@ -10,17 +10,19 @@ import base64
 import json
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from shared.cli.main import main
 from shared.commitment import NONCE_HEADER, CommitmentError, verify_commitment
 from shared.models import DEFAULT_MODEL_NAME
 from shared.usage import UsageRecord
 from tests.canary import new_marker, texts_containing
-from tests.conftest import Node, Tenant, Tenants
+from tests.conftest import NODE, Node, Tenant, Tenants
 
 pytestmark = pytest.mark.model
 
@@ -64,10 +66,14 @@ def open_session(node: Node, tenant: Tenant) -> str:
 
 
 def teardown(node: Node, tenant: Tenant, sid: str) -> UsageRecord:
+    return node.open_record(held_receipt(node, tenant, sid))
+
+
+def held_receipt(node: Node, tenant: Tenant, sid: str) -> str:
     with node.client(tenant) as c:
         response = c.delete(f"/sessions/{sid}")
     assert response.status_code == 200, response.text
-    return node.open_record(response.json()["usage_record"])
+    return str(response.json()["usage_record"])
 
 
 def ask(text: str) -> list[Any]:
@@ -80,7 +86,7 @@ def flip(text: str) -> str:
 
 
 def test_a_session_commits_to_each_turn_that_sent_a_nonce(
-    node: Node, tenants: Tenants, alice: Recorder
+    node: Node, tenants: Tenants, alice: Recorder, tmp_path: Path
 ) -> None:
     sid = open_session(node, tenants.alice)
     session = {"X-Sanctum-Session": sid}
@@ -110,7 +116,8 @@ def test_a_session_commits_to_each_turn_that_sent_a_nonce(
             extra_headers={**session, NONCE_HEADER: third},
         )
     ]
-    record = teardown(node, tenants.alice, sid)
+    held = held_receipt(node, tenants.alice, sid)
+    record = node.open_record(held)
     assert record.request_count == 3
     assert [c.turn for c in record.commitments or ()] == [0, 2]
 
@@ -131,6 +138,16 @@ def test_a_session_commits_to_each_turn_that_sent_a_nonce(
             verify_commitment(record, turn, nonce, asked, _changed_answer(answer))
     with pytest.raises(CommitmentError, match="no commitment for turn 1"):
         verify_commitment(record, 1, first, alice.bodies[1], whole)
+
+    # and as a client would check it offline, with the saved files and the node's key
+    files = {name: tmp_path / name for name in ("held.jws", "req.json", "ans.json")}
+    files["held.jws"].write_text(held)
+    files["req.json"].write_text(json.dumps(asked2))
+    files["ans.json"].write_text(json.dumps(chunks))
+    args = ["verify", "--commitment", files["held.jws"], "--request", files["req.json"]]
+    args += ["--answer", files["ans.json"], "--node-key", node.keys / f"{NODE}.pub"]
+    assert main([*map(str, args), "--nonce", third, "--turn", "2"]) == 0
+    assert main([*map(str, args), "--nonce", flip(third), "--turn", "2"]) == 1
 
 
 def _changed_answer(answer: Any) -> Any:
