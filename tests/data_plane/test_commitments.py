@@ -233,3 +233,49 @@ def test_neither_the_prompt_nor_the_nonce_reaches_the_logs(
     for held in record.commitments:
         assert held.request not in logs["node output"]
         assert held.answer not in logs["node output"]
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_a_tool_call_answer_commits_the_same_streamed_or_whole(
+    node: Node, tenants: Tenants, alice: Recorder
+) -> None:
+    sid = open_session(node, tenants.alice)
+    nonces = [new_nonce(), new_nonce()]
+    answers: list[Any] = []
+    for stream, nonce in zip((False, True), nonces, strict=True):
+        result = alice.sdk.chat.completions.create(
+            model=MODEL,
+            messages=ask("What is the weather like in Paris today?"),
+            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            max_tokens=60,
+            temperature=0,
+            stream=stream,
+            extra_headers={"X-Sanctum-Session": sid, NONCE_HEADER: nonce},
+        )
+        answers.append(
+            [c.model_dump() for c in result] if stream else result.model_dump()  # type: ignore[union-attr]
+        )
+    record = teardown(node, tenants.alice, sid)
+    whole, chunks = answers
+    assert whole["choices"][0]["finish_reason"] == "tool_calls"
+    assert any(c["choices"] and c["choices"][0]["delta"]["tool_calls"] for c in chunks)
+    verify_commitment(record, 0, nonces[0], alice.bodies[0], whole)
+    verify_commitment(record, 1, nonces[1], alice.bodies[1], chunks)
+    changed = json.loads(json.dumps(whole))
+    changed["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] += " "
+    with pytest.raises(CommitmentError, match="answer does not match"):
+        verify_commitment(record, 0, nonces[0], alice.bodies[0], changed)
