@@ -23,7 +23,7 @@ from data_plane.engine.base import Engine, Sequence
 from data_plane.errors import Conflict, NotFound, TooManyRequests, Unauthorized
 from shared.config import ModelSpec
 from shared.routing import new_session_id
-from shared.usage import MAX_TURN_TIMES
+from shared.usage import MAX_TURN_TIMES, Commitment
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class UsageSummary(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     first_token_ms: list[int] = []  # the turns' times to first token, in turn order
+    commitments: list[Commitment] = []  # keyed hashes (shared.commitment), in turn order
     started_at: datetime
     ended_at: datetime
     ended_by: EndedBy
@@ -69,6 +70,9 @@ class Session:
     # Each turn's time to first token in whole milliseconds, in turn order, for the
     # first MAX_TURN_TIMES turns that gave any text (a duration, never content).
     first_token_ms: list[int] = field(default_factory=list)
+    # The content commitments of the turns whose client sent a nonce, for the first
+    # MAX_TURN_TIMES of them: keyed hashes, meaningless without the client's nonce.
+    commitments: list[Commitment] = field(default_factory=list)
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
     # Per-session extras owned by other components (retrieval's documents, say), each
@@ -79,6 +83,11 @@ class Session:
         """Note one turn's time to first token (past the first MAX_TURN_TIMES: dropped)."""
         if len(self.first_token_ms) < MAX_TURN_TIMES:
             self.first_token_ms.append(max(0, round(seconds * 1000)))
+
+    def commit(self, commitment: Commitment) -> None:
+        """Keep one turn's content commitment (past the first MAX_TURN_TIMES: dropped)."""
+        if len(self.commitments) < MAX_TURN_TIMES:
+            self.commitments.append(commitment)
 
     def expired(self, now: float) -> bool:
         return not self.busy.locked() and now - self.last_used > self.ttl_seconds
@@ -94,6 +103,7 @@ class Session:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             first_token_ms=list(self.first_token_ms),
+            commitments=list(self.commitments),
             started_at=self.started_at,
             ended_at=datetime.now(UTC),
             ended_by=ended_by,

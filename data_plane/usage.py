@@ -3,7 +3,8 @@
 The session store calls :meth:`UsageRecorder.on_session_end` for every session that ends
 (teardown, expiry, a one-shot call, shutdown or an unpinned model). It turns the
 session's usage summary into the shared :class:`~shared.usage.UsageRecord` (ids, model,
-times, counts, the turns' times to first token: never content), signs it with the node's
+times, counts, the turns' times to first token, the content commitments a client asked
+for: never content), signs it with the node's
 key, and returns only once the outbox holds it durably; the teardown answer (or a one-shot
 call's ``sanctum`` field) carries the same signed record as the client's copy.
 """
@@ -53,6 +54,7 @@ def usage_record(
         prompt_tokens=summary.prompt_tokens,
         completion_tokens=summary.completion_tokens,
         first_token_ms=tuple(summary.first_token_ms) or None,
+        commitments=tuple(summary.commitments) or None,
         **(software or {}),
     )
 

@@ -1,9 +1,27 @@
 """Canonical JSON: the one byte form of a document that signatures and hashes cover.
 
-Keys sorted, no insignificant whitespace, UTF-8, no NaN or infinities. For the documents
-Sanctum signs (strings, integers, booleans, nulls, lists and objects) this is the
-RFC 8785 (JCS) form. Floats are refused: their text form differs between JSON libraries,
-and a hash that depends on the library would not verify offline.
+The form is RFC 8785, the JSON Canonicalization Scheme (JCS), produced by the
+``rfc8785`` package: object keys sorted by their UTF-16 code units, no insignificant
+whitespace, UTF-8, strings escaped as ECMAScript does, numbers in ECMAScript's shortest
+round-trip form. Two entry points, one mechanism:
+
+- :func:`canonical_json` for the documents Sanctum itself signs and hashes (usage
+  records, config bundles, ledger files, key ids). Floats are refused: those contracts
+  hold strings, integers (within +-(2**53 - 1), what a JSON number holds exactly),
+  booleans, nulls, lists and objects, never a float, and a number written as ``1.5``
+  in one contract and ``3/2`` in another has no business being signed. For such
+  documents (ASCII keys, no floats) the bytes are the same as the ``json.dumps``
+  form used before JCS, so every record, receipt and bundle signed earlier keeps its
+  signature and leaf hash (``tests/shared/test_canonical.py`` proves it on files the
+  old code produced).
+- :func:`jcs` for documents that hold a client's JSON (content commitments,
+  ``shared.commitment``): floats are allowed and take JCS's number form, and an
+  integer beyond +-(2**53 - 1) is the IEEE 754 double it denotes (as in any JCS
+  implementation that reads JSON numbers as doubles). Its errors never quote the
+  document: they may concern client content.
+
+Both refuse what JCS can't encode: NaN and infinities, lone surrogates in a string or
+key (not UTF-8), non-string keys, and values that are not JSON.
 
 Also the canonical base64 and base64url decoders, for hashes and signatures carried as
 text inside signed or hashed files.
@@ -12,39 +30,88 @@ text inside signed or hashed files.
 from __future__ import annotations
 
 import base64
-import json
+import math
 import re
 from typing import Any
+
+import rfc8785
+
+_SAFE_INT = 2**53 - 1
 
 
 class CanonicalJSONError(ValueError):
     """The value can't be put in canonical form (a float, or a non-JSON type)."""
 
 
-def _check(value: Any, path: str) -> None:
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return
+def _string(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CanonicalJSONError(
+            f"{where} holds a lone surrogate (not Unicode text, so not JSON)"
+        ) from None
+
+
+def _normalise(value: Any, path: str | None, *, floats: bool) -> Any:
+    """``value`` checked for JCS (and, under :func:`jcs`, big integers made doubles).
+
+    ``path`` is where the value sits, for error messages; None when it must not be told
+    (client documents: a key could be content)."""
+    where = (path or "$") if path is not None else "a value"
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        if -_SAFE_INT <= value <= _SAFE_INT:
+            return value
+        if not floats:
+            raise CanonicalJSONError(f"integer at {where} is beyond +-(2**53 - 1)")
+        try:
+            return float(value)
+        except OverflowError:
+            raise CanonicalJSONError("an integer is too large for a JSON number") from None
+    if isinstance(value, str):
+        _string(value, f"string at {where}" if path is not None else "a string")
+        return value
     if isinstance(value, float):
-        raise CanonicalJSONError(f"float at {path or '$'}: use an integer or a string")
+        if not floats:
+            raise CanonicalJSONError(f"float at {where}: use an integer or a string")
+        if math.isnan(value) or math.isinf(value):
+            raise CanonicalJSONError(f"{where} is NaN or infinite, which JSON can't hold")
+        return value
     if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check(item, f"{path}[{i}]")
-        return
+        return [
+            _normalise(item, None if path is None else f"{path}[{i}]", floats=floats)
+            for i, item in enumerate(value)
+        ]
     if isinstance(value, dict):
+        out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise CanonicalJSONError(f"non-string key at {path or '$'}")
-            _check(item, f"{path}.{key}")
-        return
-    raise CanonicalJSONError(f"{type(value).__name__} at {path or '$'} is not JSON")
+                raise CanonicalJSONError(f"non-string key at {where}")
+            _string(key, f"key at {where}" if path is not None else "a key")
+            out[key] = _normalise(item, None if path is None else f"{path}.{key}", floats=floats)
+        return out
+    raise CanonicalJSONError(f"{type(value).__name__} at {where} is not JSON")
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError as exc:  # checked above; kept as a last guard
+        raise CanonicalJSONError(f"not canonicalizable: {type(exc).__name__}") from None
 
 
 def canonical_json(value: Any) -> bytes:
-    """Return the canonical UTF-8 bytes of ``value``."""
-    _check(value, "")
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    """The RFC 8785 (JCS) bytes of a document Sanctum signs: no floats allowed."""
+    return _dumps(_normalise(value, "", floats=False))
+
+
+def jcs(value: Any) -> bytes:
+    """The RFC 8785 (JCS) bytes of any JSON value, floats included (client documents).
+
+    Errors say what is wrong, never where or with what text.
+    """
+    return _dumps(_normalise(value, None, floats=True))
 
 
 # --- canonical base64 -------------------------------------------------------------------

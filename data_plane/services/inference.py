@@ -61,6 +61,7 @@ from data_plane.services.structured import (
 )
 from data_plane.sessions import Session
 from shared import tracing
+from shared.commitment import TurnCommitment, answer_document
 from shared.config import ClientSpec, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,9 @@ class Turn:
     # of its first piece of text.
     span: trace.Span | None = None
     first_piece: float | None = None
+    # A chat whose client sent a commitment nonce: the nonce and its request's hash,
+    # until the turn ends (shared.commitment). Never logged.
+    commitment: TurnCommitment | None = None
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
@@ -124,6 +128,17 @@ class Turn:
                 yield tail
             if self.tools.calls:
                 yield self.tools.calls
+
+    def message(self) -> dict[str, Any]:
+        """The assistant's message of a whole (not streamed) chat answer."""
+        content = "".join(self.content)
+        if not self.tool_calls:
+            return {"role": "assistant", "content": content}
+        return {
+            "role": "assistant",
+            "content": content.strip() or None,
+            "tool_calls": self.tool_calls,
+        }
 
     def reply(self) -> str:
         """The assistant's turn as the transcript keeps it (calls in the tool format)."""
@@ -274,8 +289,14 @@ class InferenceService:
     # --- turns ---------------------------------------------------------------------------
 
     async def start_chat(
-        self, client: ClientSpec, req: ChatCompletionRequest, session_id: str | None
+        self,
+        client: ClientSpec,
+        req: ChatCompletionRequest,
+        session_id: str | None,
+        commitment: TurnCommitment | None = None,
     ) -> Turn:
+        """A chat turn, started; ``commitment`` (the client's nonce and its request's
+        hash) makes its end add a content commitment to the session's record."""
         self._check_messages(len(req.messages))
         self._check_size(req, req.content_chars(), "messages")
         params = self._params(client, req, req.token_limit())
@@ -293,6 +314,7 @@ class InferenceService:
         )
         if plan is not None:
             turn.tools = ToolCallReader(plan.names())
+        turn.commitment = commitment
         return turn
 
     async def start_completion(
@@ -442,6 +464,11 @@ class InferenceService:
                 session.first_token(turn.timing.first_token_seconds)
         if turn.span is not None:
             _end_generation_span(turn)
+        if turn.commitment is not None and result.finish_reason is not None:
+            # A completed turn only: one cut off gave its client no whole answer.
+            answer = answer_document(turn.message(), turn.finish_reason)
+            session.commit(turn.commitment.answered(session.requests, answer))
+        turn.commitment = None  # the nonce goes with the turn
         session.requests += 1
         session.prompt_tokens += result.prompt_tokens
         session.completion_tokens += result.completion_tokens

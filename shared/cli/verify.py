@@ -14,6 +14,13 @@
   ``--proof`` the same claims are logged in the ledger under a signed tree head; with
   ``--releases`` its release is one the control plane allows; each expected model file
   is loaded; a held receipt was signed by that node under that release and config.
+- ``sanctum verify --commitment HELD --request REQ.json --answer ANS.json --nonce NONCE
+  [--turn K] (--node-key KEY | BUNDLE)``: the held record commits, at turn K (default
+  0), to the request body REQ.json sent and the answer ANS.json received (the response
+  JSON, a JSON array of its streamed chunks, or the saved ``data:`` lines of the
+  stream), under the nonce (its base64url text, or ``@FILE`` holding it). The record is
+  checked against the node's public key (``--node-key``: PEM or JWK), or, given a
+  BUNDLE, as ``--receipt`` checks it, in the ledger (``shared.commitment``).
 
 ``--log-key FILE`` pins the control plane's log key: its published key set
 (``control-plane-keys.json``, every log key it has signed with, so tree heads signed
@@ -35,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.attestation import DEFAULT_MAX_AGE_SECONDS, verify_statement
 from shared.checkpoint import CheckpointError, parse_verifier_key
+from shared.commitment import CommitmentError, verify_commitment
 from shared.keys import KeyFileError, key_id, load_public_key
 from shared.ledger import (
     BundleReport,
@@ -46,6 +54,7 @@ from shared.ledger import (
     verify_held_receipt,
 )
 from shared.trust import LOG, KeySet
+from shared.usage import UsageRecord, UsageRecordError, open_usage_record, peek_usage_record
 
 DESCRIPTION = """\
   sanctum verify BUNDLE                  node signatures, inclusion proofs, tree head
@@ -56,6 +65,10 @@ DESCRIPTION = """\
   sanctum verify --statement FILE --nonce N [--proof FILE] [--releases FILE]
                  [--expect-model SHA256]... [--receipt HELD]
                                          a node's signed statement of what it runs
+  sanctum verify --commitment HELD --request REQ.json --answer ANS.json --nonce NONCE
+                 [--turn K] (--node-key KEY | BUNDLE)
+                                         the held record commits to that request and
+                                         answer (turn K of its session, default 0)
 
 Exit status 0 when every check holds, 1 when one fails, 2 on unreadable input."""
 
@@ -77,7 +90,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "files", nargs="*", metavar="FILE", help="BUNDLE, or OLD NEW with --consistency"
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="BUNDLE, or OLD NEW with --consistency (optional with --commitment)",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -90,6 +106,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="HELD",
         type=Path,
         help="a client-held node-signed usage record (compact JWS) that must be in BUNDLE",
+    )
+    mode.add_argument(
+        "--commitment",
+        metavar="HELD",
+        type=Path,
+        help="a held usage record (compact JWS) whose content commitment to check",
+    )
+    commitment = parser.add_argument_group("content commitments (with --commitment)")
+    commitment.add_argument(
+        "--request", metavar="REQ", type=Path, help="the request body sent (JSON)"
+    )
+    commitment.add_argument(
+        "--answer",
+        metavar="ANS",
+        type=Path,
+        help="the answer: the response JSON, a JSON array of its chunks, or the stream",
+    )
+    commitment.add_argument(
+        "--nonce",
+        help="the nonce you sent (base64url), or @FILE holding it: the commitment's, or "
+        "the one sent with the statement's request (with --statement)",
+    )
+    commitment.add_argument(
+        "--turn", type=int, default=0, help="the turn (the session's request number, from 0)"
+    )
+    commitment.add_argument(
+        "--node-key",
+        metavar="KEY",
+        type=Path,
+        help="the node's public key (PEM or JWK); else the BUNDLE's node keys",
     )
     parser.add_argument(
         "--log-key",
@@ -106,7 +152,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="a node statement (the compact JWS GET /v1/attestation answered)",
     )
-    statement.add_argument("--nonce", help="the nonce you sent with that request")
     statement.add_argument(
         "--proof", metavar="FILE", type=Path, help="the statement proof file (control plane)"
     )
@@ -202,12 +247,13 @@ def _consistency_headline(report: ConsistencyReport) -> str:
 
 
 def _run_statement(args: argparse.Namespace) -> int:
-    if args.files or args.consistency or not args.nonce:
+    if args.files or args.consistency or args.commitment or not args.nonce:
         print(
             "error: sanctum verify --statement FILE --nonce N takes no other FILE", file=sys.stderr
         )
         return EXIT_USAGE
     try:
+        nonce = _nonce(args.nonce)
         key = load_log_key(args.log_key)[1] if args.log_key else None
         token = _read(args.statement, "statement").decode("ascii", errors="replace")
         held = (
@@ -217,7 +263,7 @@ def _run_statement(args: argparse.Namespace) -> int:
         )
         report = verify_statement(
             token,
-            nonce=args.nonce,
+            nonce=nonce,
             proof=_read(args.proof, "statement proof") if args.proof else None,
             releases=_read(args.releases, "allowed releases") if args.releases else None,
             log_key=key,
@@ -239,11 +285,98 @@ def _run_statement(args: argparse.Namespace) -> int:
     return _print_report(report, headline)
 
 
+def _json_file(path: Path, what: str) -> object:
+    try:
+        return json.loads(_read(path, what))
+    except ValueError:
+        raise _InputError(f"{what} {path} is not JSON") from None
+
+
+def _answer_file(path: Path) -> object:
+    """The answer: a JSON object or array, or a saved stream of ``data:`` lines."""
+    data = _read(path, "answer")
+    if not data.lstrip().startswith(b"data:"):
+        return _json_file(path, "answer")
+    chunks = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        if line.startswith("data:") and line[5:].strip() != "[DONE]":
+            try:
+                chunks.append(json.loads(line[5:]))
+            except ValueError:
+                raise _InputError(f"answer {path} has a data: line that is not JSON") from None
+    return chunks
+
+
+def _nonce(text: str | None) -> str:
+    if not text:
+        raise _InputError("--commitment and --statement need --nonce")
+    if text.startswith("@"):
+        return _read(Path(text[1:]), "nonce file").decode("ascii", errors="replace").strip()
+    return text
+
+
+def _node_key(path: Path) -> Ed25519PublicKey:
+    try:
+        text = _read(path, "node key").decode("utf-8", errors="replace").strip()
+        if text.startswith("{"):
+            return PublicJwk.model_validate(json.loads(text)).public_key()
+        return load_public_key(path)
+    except (KeyFileError, ValueError) as exc:
+        raise _InputError(f"node key {path} is not an Ed25519 public key: {exc}") from None
+
+
+def _check_commitment(args: argparse.Namespace, files: list[Path]) -> int:
+    """``--commitment``: the held record's commitment at ``--turn`` opens to the files."""
+    if args.request is None or args.answer is None:
+        raise _InputError("--commitment needs --request and --answer")
+    if (args.node_key is None) == (len(files) == 0) or len(files) > 1:
+        raise _InputError("--commitment needs either --node-key or one BUNDLE")
+    held = _read(args.commitment, "held receipt").decode("ascii", errors="replace").strip()
+    request, answer = _json_file(args.request, "request"), _answer_file(args.answer)
+    nonce = _nonce(args.nonce)
+    if not isinstance(request, dict):
+        raise _InputError(f"request {args.request} is not a JSON object")
+    if not isinstance(answer, (dict, list)):
+        raise _InputError(f"answer {args.answer} is not a JSON object or array")
+    try:
+        if args.node_key is not None:
+            node_id = str(peek_usage_record(held).get("node_id"))
+            record = open_usage_record(held, {node_id: _node_key(args.node_key)})
+            print(f"  ok    held receipt {args.commitment} is signed by node {node_id}")
+        else:
+            name, key = load_log_key(args.log_key, files[0]) if args.log_key else (None, None)
+            bundle = _read(files[0], "bundle")
+            report = verify_held_receipt(
+                held, bundle, log_key=key, log_key_name=name, origin=args.origin
+            )
+            if not report.ok:
+                return _print_report(report, "")
+            for line in report.passed:
+                print(f"  ok    {line}")
+            record = UsageRecord.model_validate(peek_usage_record(held))  # verified above
+        verify_commitment(record, args.turn, nonce, request, answer)
+    except (UsageRecordError, CommitmentError) as exc:
+        print(f"  FAIL  {exc}", file=sys.stderr)
+        print("FAILED: the commitment does not hold", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"OK: turn {args.turn} of session {record.session_id} (record {record.record_id}) "
+        f"commits to {args.request} and {args.answer}"
+    )
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the verification the arguments ask for; return the exit status."""
     if args.statement is not None:
         return _run_statement(args)
     files = [Path(f) for f in args.files]
+    if args.commitment is not None:
+        try:
+            return _check_commitment(args, files)
+        except _InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     want = 2 if args.consistency else 1
     if len(files) != want:
         usage = "--consistency OLD NEW" if args.consistency else "BUNDLE"

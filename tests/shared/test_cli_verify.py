@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
+import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,8 +15,11 @@ import pytest
 from shared.canonical import canonical_json
 from shared.checkpoint import verifier_key
 from shared.cli.main import main
+from shared.commitment import TurnCommitment, answer_from_response
 from shared.keys import private_pem, public_jwk, public_pem
-from tests.shared.conftest import ORIGIN, SampleLedger, fixed_key
+from shared.ledger import make_log_entry
+from shared.usage import sign_usage_record
+from tests.shared.conftest import ORIGIN, T0, SampleLedger, fixed_key, make_record
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -189,3 +195,130 @@ def test_a_log_key_file_that_is_not_a_key_exits_2(
     junk.write_text("hello")
     assert main(["verify", str(files["bundle"]), "--log-key", str(junk)]) == 2
     assert f"error: log key {junk} is not an Ed25519 public key" in capsys.readouterr().err
+
+
+# --- content commitments ------------------------------------------------------------------
+
+NONCE = base64.urlsafe_b64encode(bytes(range(100, 132))).rstrip(b"=").decode()
+REQUEST = {
+    "model": "smollm2-135m",
+    "messages": [{"role": "user", "content": "Quelle heure est-il ?"}],
+    "sanctum": {"commitment_nonce": NONCE},
+}
+RESPONSE = {
+    "object": "chat.completion",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Midi."},
+            "finish_reason": "stop",
+        }
+    ],
+}
+STREAM = (
+    'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+    'data: {"choices":[{"index":0,"delta":{"content":"Mi"}}]}\n\n'
+    'data: {"choices":[{"index":0,"delta":{"content":"di."}}]}\n\n'
+    'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    "data: [DONE]\n\n"
+)
+
+
+@pytest.fixture
+def committed(tmp_path: Path) -> dict[str, Path]:
+    """A held record whose turn 1 commits to REQUEST and RESPONSE, in a bundle."""
+    ledger = SampleLedger()
+    ledger.add("acme")
+    held = TurnCommitment(base64.urlsafe_b64decode(NONCE + "="), REQUEST).answered(
+        1, answer_from_response(RESPONSE)
+    )
+    record = make_record(1, "acme", "node-a").model_copy(update={"commitments": (held,)})
+    token = sign_usage_record(record, ledger.node_keys["node-a"])
+    ledger.append(make_log_entry(token, ledger.node_public_keys, T0 + timedelta(minutes=5)))
+    paths = {
+        name: tmp_path / name
+        for name in ("held.jws", "req.json", "ans.json", "stream.txt", "nonce", "node.pub")
+    }
+    paths["bundle"] = tmp_path / "bundle.json"
+    paths["bundle"].write_bytes(ledger.bundle("acme"))
+    paths["held.jws"].write_text(token + "\n")
+    paths["req.json"].write_text(json.dumps(REQUEST, indent=2))
+    paths["ans.json"].write_text(json.dumps(RESPONSE))
+    paths["stream.txt"].write_text(STREAM)
+    paths["nonce"].write_text(NONCE + "\n")
+    paths["node.pub"].write_bytes(public_pem(ledger.node_keys["node-a"].public_key()))
+    paths["node.jwk"] = tmp_path / "node.jwk"
+    paths["node.jwk"].write_text(json.dumps(public_jwk(ledger.node_keys["node-a"].public_key())))
+    return paths
+
+
+def commitment_args(p: dict[str, Path], *more: str | Path, **change: str | Path) -> list[str]:
+    args: dict[str, str | Path] = {
+        "--commitment": p["held.jws"],
+        "--request": p["req.json"],
+        "--answer": p["ans.json"],
+        "--nonce": NONCE,
+        "--turn": "1",
+        **change,
+    }
+    return ["verify", *[str(x) for kv in args.items() for x in kv], *map(str, more)]
+
+
+def test_a_commitment_opens_with_the_transcript_and_the_nonce(
+    committed: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for extra in (["--node-key", committed["node.pub"]], ["--node-key", committed["node.jwk"]]):
+        assert main(commitment_args(committed, *extra)) == 0
+        assert f"OK: turn 1 of session sess-1 (record {uuid.UUID(int=2, version=4)!s})" in (
+            capsys.readouterr().out
+        )
+    # the streamed answer as saved, the nonce from a file, the record checked in a bundle
+    args = commitment_args(committed, committed["bundle"], **{"--answer": committed["stream.txt"]})
+    args[args.index(NONCE)] = f"@{committed['nonce']}"
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "held receipt" in out and "is the ledger's entry at log index 1" in out
+    assert "OK: turn 1 of session sess-1" in out
+
+
+def test_one_changed_byte_of_request_answer_or_nonce_exits_1(
+    committed: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = ["--node-key", str(committed["node.pub"])]
+    request = tmp_path / "req2.json"
+    request.write_text(committed["req.json"].read_text().replace("heure", "heurE"))
+    answer = tmp_path / "ans2.json"
+    answer.write_text(committed["ans.json"].read_text().replace("Midi.", "Midi!"))
+    nonce = NONCE[:-2] + ("A" if NONCE[-2] != "A" else "B") + NONCE[-1]
+    for change, message in [
+        ({"--request": request}, "turn 1: the request does not match the commitment"),
+        ({"--answer": answer}, "turn 1: the answer does not match the commitment"),
+        ({"--nonce": nonce}, "turn 1: the request does not match the commitment"),
+        ({"--turn": "0"}, "sess-1 holds no commitment for turn 0 (it holds turns: 1)"),
+    ]:
+        assert main(commitment_args(committed, *node, **change)) == 1
+        err = capsys.readouterr().err
+        assert message in err and "FAIL  " in err and "FAILED: the commitment does not hold" in err
+    other = tmp_path / "other.pub"
+    other.write_bytes(public_pem(fixed_key(42).public_key()))
+    assert main(commitment_args(committed, "--node-key", str(other))) == 1
+    assert "signed by an untrusted key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        ("--request", "--commitment needs --request and --answer"),
+        ("--nonce", "--commitment needs --nonce"),
+    ],
+)
+def test_a_commitment_check_without_its_inputs_exits_2(
+    committed: dict[str, Path], drop: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = commitment_args(committed, "--node-key", committed["node.pub"])
+    at = args.index(drop)
+    del args[at : at + 2]
+    assert main(args) == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert main(commitment_args(committed)) == 2  # neither a node key nor a bundle
+    assert "either --node-key or one BUNDLE" in capsys.readouterr().err

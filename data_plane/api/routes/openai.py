@@ -5,10 +5,10 @@ from __future__ import annotations
 import codecs
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -20,9 +20,10 @@ from data_plane.api.deps import (
     SessionHeader,
 )
 from data_plane.engine.base import TokenLogprob
-from data_plane.errors import ApiError
+from data_plane.errors import ApiError, BadRequest
 from data_plane.protocol import ChatCompletionRequest, CompletionRequest
 from data_plane.services.inference import InferenceService, Turn
+from shared.commitment import NONCE_HEADER, CommitmentError, TurnCommitment, nonce_of
 from shared.config import ModelSpec
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -190,14 +191,6 @@ def _tool_call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _message(turn: Turn) -> dict[str, Any]:
-    """The assistant's message of a whole (not streamed) chat answer."""
-    content = "".join(turn.content)
-    if not turn.tool_calls:
-        return {"role": "assistant", "content": content}
-    return {"role": "assistant", "content": content.strip() or None, "tool_calls": turn.tool_calls}
-
-
 def _streamed(
     service: InferenceService,
     turn: Turn,
@@ -244,14 +237,31 @@ def _streamed(
     return _TurnResponse(service, turn, events())
 
 
+async def _commitment(request: Request, nonce: str | None) -> TurnCommitment | None:
+    """The turn's commitment if the client sent a nonce (400 for a bad one).
+
+    The request hash covers the JSON the client sent: the body FastAPI parsed (and
+    Starlette keeps), not the model validated from it, which fills in defaults."""
+    raw = await request.json()
+    try:
+        key = nonce_of(raw, nonce)
+        return None if key is None else TurnCommitment(key, raw)
+    except CommitmentError as exc:
+        param = "sanctum.commitment_nonce" if nonce is None else NONCE_HEADER
+        raise BadRequest(str(exc), param=param, code="invalid_commitment") from None
+
+
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
+    request: Request,
     body: ChatCompletionRequest,
     client: LimitedClientDep,
     service: InferenceDep,
     session_id: SessionHeader = None,
+    nonce: Annotated[str | None, Header(alias=NONCE_HEADER)] = None,
 ) -> JSONResponse | StreamingResponse:
-    turn = await service.start_chat(client, body, session_id)
+    commitment = await _commitment(request, nonce)
+    turn = await service.start_chat(client, body, session_id, commitment)
     logprobs = _Logprobs(turn, body.top_logprobs_wanted() is not None)
     common = {
         "id": f"chatcmpl-{turn.id}",
@@ -290,7 +300,7 @@ async def chat_completions(
             "choices": [
                 {
                     "index": 0,
-                    "message": _message(turn),
+                    "message": turn.message(),
                     "logprobs": logprobs.chat(),
                     "finish_reason": turn.finish_reason,
                 }
