@@ -49,6 +49,7 @@ from shared.canonical import (
     b64decode_canonical,
     b64urldecode_canonical,
     canonical_json,
+    decode_nonce,
 )
 from shared.checkpoint import CheckpointError, open_checkpoint
 from shared.config import Name, Sha256Hex
@@ -81,8 +82,6 @@ ATTESTATION_PLACED_PATH = "/internal/attestation/placed"
 STATEMENT_FORMAT = "sanctum-node-statement/1"
 PROOF_FORMAT = "sanctum-statement-proof/1"
 RELEASES_FORMAT = "sanctum-allowed-releases/1"
-MIN_NONCE_BYTES = 16
-MAX_NONCE_BYTES = 64
 DEFAULT_MAX_AGE_SECONDS = 300
 """A statement older than this (by its ``issued_at``) fails verification by default."""
 
@@ -94,11 +93,9 @@ class StatementError(ValueError):
 def check_nonce(value: str) -> str:
     """A nonce as the contract spells it: canonical base64url of 16 to 64 bytes."""
     try:
-        raw = b64urldecode_canonical(value, what="nonce")
+        decode_nonce(value)
     except CanonicalEncodingError as exc:
         raise ValueError(str(exc)) from None
-    if not MIN_NONCE_BYTES <= len(raw) <= MAX_NONCE_BYTES:
-        raise ValueError(f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes")
     return value
 
 

@@ -152,3 +152,27 @@ def b64urldecode_canonical(text: str, *, length: int | None = None, what: str = 
     if base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii") != text:
         raise CanonicalEncodingError(f"{what} is not in canonical base64url")
     return _check_length(data, length, what)
+
+
+NONCE_MIN_BYTES = 16
+NONCE_MAX_BYTES = 64
+
+
+def decode_nonce(text: object, *, what: str = "nonce") -> bytes:
+    """A client's nonce (commitments, node statements): 16 to 64 bytes in canonical
+    unpadded base64url. The message names ``what``, never the value."""
+    if not isinstance(text, str):
+        raise CanonicalEncodingError(f"{what} must be a base64url string")
+    if len(text) > 4 * NONCE_MAX_BYTES:  # don't decode a megabyte to refuse it
+        raise CanonicalEncodingError(f"{what} must be {NONCE_MIN_BYTES} to {NONCE_MAX_BYTES} bytes")
+    try:
+        nonce = b64urldecode_canonical(text, what=what)
+    except CanonicalEncodingError:
+        raise CanonicalEncodingError(
+            f"{what} must be base64url without padding (RFC 4648 section 5), in its canonical form"
+        ) from None
+    if not NONCE_MIN_BYTES <= len(nonce) <= NONCE_MAX_BYTES:
+        raise CanonicalEncodingError(
+            f"{what} must be {NONCE_MIN_BYTES} to {NONCE_MAX_BYTES} bytes, got {len(nonce)}"
+        )
+    return nonce

@@ -65,13 +65,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.canonical import CanonicalEncodingError, CanonicalJSONError, b64urldecode_canonical, jcs
+from shared.canonical import CanonicalEncodingError, CanonicalJSONError, decode_nonce, jcs
 from shared.usage import Commitment, UsageRecord
 
 NONCE_HEADER = "X-Sanctum-Commitment-Nonce"
 NONCE_FIELD = "commitment_nonce"
-MIN_NONCE_BYTES = 16
-MAX_NONCE_BYTES = 64
 REQUEST_TAG = b"sanctum/commitment/request/v1\n"
 ANSWER_TAG = b"sanctum/commitment/answer/v1\n"
 _TAGS = {"request": REQUEST_TAG, "answer": ANSWER_TAG}
@@ -86,25 +84,10 @@ class CommitmentError(ValueError):
 
 def parse_nonce(text: object) -> bytes:
     """The nonce's bytes: ``text`` must be 16 to 64 bytes in canonical unpadded base64url."""
-    if not isinstance(text, str):
-        raise CommitmentError("the commitment nonce must be a base64url string")
-    if len(text) > 4 * MAX_NONCE_BYTES:  # don't decode a megabyte to refuse it
-        raise CommitmentError(
-            f"the commitment nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes"
-        )
     try:
-        nonce = b64urldecode_canonical(text, what="the commitment nonce")
-    except CanonicalEncodingError:
-        raise CommitmentError(
-            "the commitment nonce must be base64url without padding (RFC 4648 section 5), "
-            "in its canonical form"
-        ) from None
-    if not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
-        raise CommitmentError(
-            f"the commitment nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes, "
-            f"got {len(nonce)}"
-        )
-    return nonce
+        return decode_nonce(text, what="the commitment nonce")
+    except CanonicalEncodingError as exc:
+        raise CommitmentError(str(exc)) from None
 
 
 def nonce_of(body: Mapping[str, Any], header: str | None) -> bytes | None:
