@@ -210,6 +210,23 @@ def test_a_bad_nonce_is_refused_with_400_without_echoing_it(
     assert nonce not in json.dumps(error)
 
 
+@pytest.mark.parametrize("where", ["body", "header"])
+def test_a_nonce_sent_to_completions_is_refused_not_ignored(
+    node: Node, alice: Recorder, where: str
+) -> None:
+    nonce = new_nonce()
+    extra: dict[str, Any] = (
+        {"extra_body": {"sanctum": {"commitment_nonce": nonce}}}
+        if where == "body"
+        else {"extra_headers": {NONCE_HEADER: nonce}}
+    )
+    with pytest.raises(openai.BadRequestError) as caught:
+        alice.sdk.completions.create(model=MODEL, prompt="Say hello.", max_tokens=4, **extra)
+    error = caught.value.body
+    assert isinstance(error, dict) and error["code"] == "commitment_unsupported"
+    assert nonce not in json.dumps(error)
+
+
 def test_neither_the_prompt_nor_the_nonce_reaches_the_logs(
     node: Node, tenants: Tenants, alice: Recorder
 ) -> None:

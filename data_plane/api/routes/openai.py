@@ -23,7 +23,13 @@ from data_plane.engine.base import TokenLogprob
 from data_plane.errors import ApiError, BadRequest
 from data_plane.protocol import ChatCompletionRequest, CompletionRequest
 from data_plane.services.inference import InferenceService, Turn
-from shared.commitment import NONCE_HEADER, CommitmentError, TurnCommitment, nonce_of
+from shared.commitment import (
+    NONCE_FIELD,
+    NONCE_HEADER,
+    CommitmentError,
+    TurnCommitment,
+    nonce_of,
+)
 from shared.config import ModelSpec
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -314,11 +320,22 @@ async def chat_completions(
 
 @router.post("/completions", response_model=None)
 async def completions(
+    request: Request,
     body: CompletionRequest,
     client: LimitedClientDep,
     service: InferenceDep,
     session_id: SessionHeader = None,
+    nonce: Annotated[str | None, Header(alias=NONCE_HEADER)] = None,
 ) -> JSONResponse | StreamingResponse:
+    raw = await request.json()
+    options = raw.get("sanctum") if isinstance(raw, dict) else None
+    if nonce is not None or (isinstance(options, dict) and NONCE_FIELD in options):
+        # Asked for and silently not made, a commitment would fail the client later.
+        raise BadRequest(
+            "content commitments are made for /v1/chat/completions only",
+            param="sanctum.commitment_nonce" if nonce is None else NONCE_HEADER,
+            code="commitment_unsupported",
+        )
     turn = await service.start_completion(client, body, session_id)
     prefix = body.prompt_text() if body.echo else ""
     logprobs = _Logprobs(turn, body.top_logprobs_wanted() is not None, len(prefix))
