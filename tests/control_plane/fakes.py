@@ -84,6 +84,22 @@ class FakeNode:
         self.config_version = 1  # what the statement claims; change it for new claims
         self.placed_statements: list[dict[str, Any]] = []  # what the control plane posted
 
+    def statement(self, nonce: str) -> str:
+        """The statement this node answers for ``nonce`` (its claims: fixed but for the
+        config version)."""
+        said = make_statement(
+            node_id=self.name,
+            nonce=nonce,
+            release_digest="ab" * 32,
+            llama_cpp={"version": "0.3.36", "library_sha256": "cd" * 32},
+            models=[{"name": "smollm2", "version": "q4_1", "sha256": "ef" * 32}],
+            config={"version": self.config_version, "sha256": "01" * 32},
+            engine_settings_sha256="23" * 32,
+            signing_key=self.node_key.public_key(),
+            management_tls_sha256=None,
+        )
+        return sign_statement(said, self.node_key)
+
     @property
     def node_public_pem(self) -> str:
         return public_pem(self.node_key.public_key()).decode()
@@ -192,18 +208,7 @@ class FakeNode:
                 if not self._signed():
                     return
                 query = parse_qs(urlsplit(self.path).query)
-                said = make_statement(
-                    node_id=node.name,
-                    nonce=query.get("nonce", [""])[0],
-                    release_digest="ab" * 32,
-                    llama_cpp={"version": "0.3.36", "library_sha256": "cd" * 32},
-                    models=[{"name": "smollm2", "version": "q4_1", "sha256": "ef" * 32}],
-                    config={"version": node.config_version, "sha256": "01" * 32},
-                    engine_settings_sha256="23" * 32,
-                    signing_key=node.node_key.public_key(),
-                    management_tls_sha256=None,
-                )
-                token = sign_statement(said, node.node_key).encode()
+                token = node.statement(query.get("nonce", [""])[0]).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/jose")
                 self.send_header("Content-Length", str(len(token)))
