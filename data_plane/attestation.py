@@ -35,11 +35,12 @@ from shared.attestation import (
     PlacedStatement,
     StatementError,
     StatementPlaced,
+    check_nonce,
     make_statement,
     open_statement,
     sign_statement,
 )
-from shared.canonical import canonical_json
+from shared.canonical import jcs
 from shared.keys import write_atomically
 from shared.software import release_digest
 from shared.usage import Placement
@@ -52,10 +53,12 @@ between two collections."""
 
 
 def llama_build() -> dict[str, str]:
-    """llama-cpp-python's version and the SHA-256 over its shared libraries (name, hash)."""
-    lib = Path(llama_cpp.__file__).resolve().parent / "lib"
+    """llama-cpp-python's version and the SHA-256 over the shared libraries of the
+    directory the loaded ``libllama`` came from (name, hash): ``LLAMA_CPP_LIB_PATH`` may
+    point it elsewhere than the package's own ``lib``."""
+    loaded = Path(llama_cpp.llama_cpp._lib._name).resolve()
     lines = []
-    for path in sorted(p for p in lib.glob("*.so*") if p.is_file()):
+    for path in sorted(p for p in loaded.parent.glob("*.so*") if p.is_file()):
         with path.open("rb") as f:
             lines.append(f"{path.name} {hashlib.file_digest(f, 'sha256').hexdigest()}\n")
     digest = hashlib.sha256("".join(lines).encode()).hexdigest()
@@ -63,7 +66,11 @@ def llama_build() -> dict[str, str]:
 
 
 def engine_settings_sha256(settings: Settings) -> str:
-    return hashlib.sha256(canonical_json(settings.engine.model_dump(mode="json"))).hexdigest()
+    return hashlib.sha256(jcs(settings.engine.model_dump(mode="json"))).hexdigest()
+
+
+class BadNonce(ValueError):
+    """The asker's nonce is not of the contract's form."""
 
 
 class Attestor:
@@ -109,7 +116,11 @@ class Attestor:
         return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
     def statement(self, nonce: str) -> tuple[NodeStatement, str]:
-        """A fresh statement for ``nonce`` and its JWS (raises ValueError on a bad nonce)."""
+        """A fresh statement for ``nonce`` and its JWS (raises :class:`BadNonce`)."""
+        try:
+            check_nonce(nonce)
+        except ValueError as exc:
+            raise BadNonce(str(exc)) from None
         statement = self._build(nonce)
         return statement, sign_statement(statement, self._key)
 
@@ -188,12 +199,20 @@ class Attestor:
         return None
 
     def record_fields(self) -> dict[str, Any]:
-        """What every usage record signed now carries about the node's software."""
+        """What every usage record signed now carries about the node's software.
+
+        Never raises: a record is made at every session's end, and a statement that
+        can't be built (a certificate unreadable, say) only leaves its index out."""
         release = self._config.current
+        try:
+            index = self.current_index()
+        except Exception as exc:  # a record is worth more than its statement index
+            logger.error("statement not built for a usage record: %s", type(exc).__name__)
+            index = None
         return {
             "config_version": release.version if release is not None else None,
             "release_digest": self.release_digest,
-            "statement_index": self.current_index(),
+            "statement_index": index,
         }
 
 

@@ -126,9 +126,21 @@ class ModelFileChanged(EngineError):
     """The bytes llama.cpp loaded are not the pinned ones."""
 
 
-def _fd_sha256(fd: int) -> str:
-    with open(f"/proc/self/fd/{fd}", "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def _load_from_one_file(config: EngineConfig) -> tuple[LlamaEngine, str]:
+    """In a worker thread: open the model file, load it through that descriptor, hash
+    the same inode, close the descriptor (see ``EnginePool._load_mapped``)."""
+    fd = os.open(config.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        engine = LlamaEngine(dataclasses.replace(config, path=f"/proc/self/fd/{fd}"))
+        try:
+            with open(f"/proc/self/fd/{fd}", "rb") as f:
+                mapped = hashlib.file_digest(f, "sha256").hexdigest()
+        except BaseException:
+            asyncio.run(engine.aclose())  # this worker thread runs no event loop
+            raise
+    finally:
+        os.close(fd)
+    return engine, mapped
 
 
 def _key(spec: ModelSpec) -> tuple[str, str]:
@@ -180,22 +192,12 @@ class EnginePool:
         given this process's open descriptor (``/proc/self/fd/N``: the same inode, whatever
         the path names now) and, once it has mapped it, the same inode is hashed again: an
         engine whose mapped bytes are not the pinned ones is closed and refused
-        (:class:`ModelFileChanged`), and what node statements claim is this hash.
+        (:class:`ModelFileChanged`), and what node statements claim is this hash. Open,
+        load, hash and close run in one worker thread, so a cancelled caller can't close
+        the descriptor under llama.cpp.
         """
-        path = model_file_path(spec, self._settings.models_path)
-        fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            config = dataclasses.replace(
-                engine_config(spec, self._settings), path=f"/proc/self/fd/{fd}"
-            )
-            engine = await LlamaEngine.load(config)
-            try:
-                mapped = await asyncio.to_thread(_fd_sha256, fd)
-            except BaseException:
-                await engine.aclose()
-                raise
-        finally:
-            os.close(fd)
+        config = engine_config(spec, self._settings)
+        engine, mapped = await asyncio.to_thread(_load_from_one_file, config)
         if mapped != spec.sha256:
             await engine.aclose()
             raise ModelFileChanged(

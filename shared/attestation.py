@@ -17,9 +17,10 @@ the management link) and gets a compact JWS (``alg`` EdDSA, ``typ``
               "management_tls_sha256": "<hex SHA-256 of its TLS certificate (DER)>" | null}}
 
 Everything but ``nonce`` and ``issued_at`` is the statement's *claims*; their digest
-(``claims_sha256``) names what ran. The control plane logs each distinct claims of each
-node once, as a ledger leaf of its own type (:class:`StatementEntry`), and tells the node
-the leaf's index, which the node's usage records then carry (``statement_index``).
+(``claims_sha256``) names what ran. The control plane logs a node's statement when its
+claims differ from the node's latest logged ones, as a ledger leaf of its own type
+(:class:`StatementEntry`), and tells the node the leaf's index, which the node's usage
+records then carry (``statement_index``).
 
 What it proves: that the node holding that key said, at that time and for that nonce,
 that it runs these bytes. Not what the hardware did: there is no TEE here, and an
@@ -136,7 +137,7 @@ class NodeStatement(_Strict):
     issued_at: Timestamp
     release_digest: Sha256Hex
     llama_cpp: LlamaBuild
-    models: list[StatementModel] = Field(max_length=64)
+    models: list[StatementModel] = Field(max_length=1024)
     config: AppliedConfig | None
     engine_settings_sha256: Sha256Hex
     keys: NodeKeys
@@ -383,7 +384,11 @@ def _log_key(
 
 
 def _check_proof(
-    data: bytes, statement: NodeStatement, log_key: Ed25519PublicKey | None, report: StatementReport
+    data: bytes,
+    statement: NodeStatement,
+    log_key: Ed25519PublicKey | None,
+    report: StatementReport,
+    origin: str | None = None,
 ) -> StatementEntry | None:
     try:
         proof = StatementProof.model_validate(load_strict_json(data, "statement proof"))
@@ -397,7 +402,7 @@ def _check_proof(
     if key is None:
         return None
     try:
-        checkpoint = open_checkpoint(proof.checkpoint, key, name=proof.log_key.name)
+        checkpoint = open_checkpoint(proof.checkpoint, key, name=proof.log_key.name, origin=origin)
     except CheckpointError as exc:
         report.fail("statement proof", f"checkpoint: {exc}")
         return None
@@ -432,7 +437,8 @@ def _check_proof(
         report.fail(
             "logged statement",
             "the statement's claims (release, models, config, settings or keys) differ from "
-            "the ones logged for this node",
+            f"the ones logged for this node at index {proof.index} (a statement of another "
+            "key, or the node changed since: check against its latest logged statement)",
         )
     else:
         report.passed.append("the statement claims exactly what the logged statement claims")
@@ -524,14 +530,16 @@ def verify_statement(
     receipt: str | None = None,
     max_age_seconds: float | None = DEFAULT_MAX_AGE_SECONDS,
     now: datetime | None = None,
+    origin: str | None = None,
 ) -> StatementReport:
     """Check a node statement the way a client would (see docs/audit.md).
 
     Signature (under the key it names, which must be the logged statement's), the
-    asker's nonce and the statement's age; with ``proof``, that the same claims are in
-    the ledger; with ``releases``, that its release is allowed; each of
+    asker's nonce and the statement's age; ``proof`` (required: without it the key is
+    anyone's), that the same claims are in the ledger, under a tree head of the log
+    ``origin`` when given; with ``releases``, that its release is allowed; each of
     ``expect_models`` (sha256) is among its models; a held ``receipt`` was signed by
-    this node under this release, config and model (and names the logged index).
+    this node under the logged statement's release, config and model (and names its index).
     """
     report = StatementReport(log_key_pinned=log_key is not None)
     try:
@@ -554,9 +562,15 @@ def verify_statement(
             report.fail("freshness", f"issued {age:.0f} s from now (more than {max_age_seconds})")
     logged: StatementEntry | None = None
     if proof is not None:
-        logged = _check_proof(proof, statement, log_key, report)
+        logged = _check_proof(proof, statement, log_key, report, origin)
     else:
-        report.warnings.append("no statement proof given: whether it is in the ledger is unchecked")
+        # Without the logged statement nothing ties the key the statement names to the
+        # node: anyone's key would verify.
+        report.fail(
+            "anchor",
+            "no statement proof given: the key the statement names is not tied to the node "
+            "(get the proof of its logged statement from the control plane)",
+        )
     if releases is not None:
         _check_releases(releases, statement, log_key, report)
     else:
@@ -568,7 +582,12 @@ def verify_statement(
         else:
             report.passed.append(f"model {sha[:16]}... is loaded")
     if receipt is not None:
+        # Against the logged statement (the receipt may be older than the node's claims
+        # now), else against the fresh one.
         _check_receipt(
-            receipt.strip(), statement, report.log_index if logged is not None else None, report
+            receipt.strip(),
+            logged.statement if logged is not None else statement,
+            report.log_index if logged is not None else None,
+            report,
         )
     return report

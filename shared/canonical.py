@@ -52,12 +52,19 @@ def _string(text: str, where: str) -> None:
         ) from None
 
 
-def _normalise(value: Any, path: str | None, *, floats: bool) -> Any:
+MAX_DEPTH = 64
+"""Arrays and objects nest at most this deep: deeper, a document is refused (the
+recursion would otherwise end in a RecursionError, and a client's JSON is unbounded)."""
+
+
+def _normalise(value: Any, path: str | None, *, floats: bool, depth: int = 0) -> Any:
     """``value`` checked for JCS (and, under :func:`jcs`, big integers made doubles).
 
     ``path`` is where the value sits, for error messages; None when it must not be told
     (client documents: a key could be content)."""
     where = (path or "$") if path is not None else "a value"
+    if depth > MAX_DEPTH:
+        raise CanonicalJSONError(f"JSON nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
@@ -80,7 +87,9 @@ def _normalise(value: Any, path: str | None, *, floats: bool) -> Any:
         return value
     if isinstance(value, (list, tuple)):
         return [
-            _normalise(item, None if path is None else f"{path}[{i}]", floats=floats)
+            _normalise(
+                item, None if path is None else f"{path}[{i}]", floats=floats, depth=depth + 1
+            )
             for i, item in enumerate(value)
         ]
     if isinstance(value, dict):
@@ -89,7 +98,9 @@ def _normalise(value: Any, path: str | None, *, floats: bool) -> Any:
             if not isinstance(key, str):
                 raise CanonicalJSONError(f"non-string key at {where}")
             _string(key, f"key at {where}" if path is not None else "a key")
-            out[key] = _normalise(item, None if path is None else f"{path}.{key}", floats=floats)
+            out[key] = _normalise(
+                item, None if path is None else f"{path}.{key}", floats=floats, depth=depth + 1
+            )
         return out
     raise CanonicalJSONError(f"{type(value).__name__} at {where} is not JSON")
 

@@ -26,10 +26,22 @@ class AuditConfig(AppConfig):
 
 
 def _attest_after_apply(sender: type, target: object, **kwargs: object) -> None:
+    import logging
+
     from django.db import transaction
+    from kombu.exceptions import OperationalError as BrokerError
 
     from control_plane.audit.tasks import attest_node_statement
 
     pk = getattr(target, "pk", None)
+
+    def queue() -> None:
+        try:
+            attest_node_statement.delay(pk)
+        except BrokerError as exc:  # the next collection logs it instead
+            logging.getLogger(__name__).warning(
+                "statement of node %s not queued: %s", pk, type(exc).__name__
+            )
+
     if pk is not None:
-        transaction.on_commit(lambda: attest_node_statement.delay(pk))
+        transaction.on_commit(queue)

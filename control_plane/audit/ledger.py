@@ -448,6 +448,14 @@ def append_statement(node_jws: str, node_key_id: str, node_key_pem: str) -> tupl
     the ledger lock, like :func:`append`; the caller has verified the statement (its
     node, its key, its nonce).
     """
+    claims = StatementEntry.model_validate(
+        {"statement": peek_statement(node_jws), "node_jws": node_jws, "logged_at": now_ms()},
+        strict=False,
+    ).statement.claims_sha256()
+    node = str(peek_statement(node_jws).get("node_id"))
+    last = Statement.objects.filter(node=node).order_by("-log_index").first()
+    if last is not None and last.claims_sha256 == claims:
+        return last, False  # the common case: nothing changed, no ledger lock taken
     with transaction.atomic():
         lock_ledger()
         logged_at = now_ms()

@@ -109,7 +109,7 @@ class Statement(AppendOnlyModel):
     """A node statement the control plane verified and logged: a ledger leaf of its own type.
 
     The leaf is the canonical JSON of ``{"logged_at", "node_jws", "statement"}``
-    (``shared.attestation.StatementEntry``). One per distinct claims of a node: what it
+    (``shared.attestation.StatementEntry``). One each time a node's claims change: what it
     runs (release, llama.cpp build, model files as mapped, config, engine settings,
     keys), so an auditor can list what ran where and when. The other fields are copies
     for listing; ``node_jws`` is kept byte for byte.

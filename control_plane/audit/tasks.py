@@ -19,9 +19,13 @@ from control_plane.fleet.models import Node
 
 log = logging.getLogger(__name__)
 _ledger = settings.SANCTUM.ledger
-# Each page: a fetch and an ack (connect + read timeouts each), and the append between.
+# Each page: a fetch and an ack (connect + read timeouts each), and the append between;
+# before them, the node's statement and where it was logged (two more calls).
 _COLLECT_TIME_LIMIT = int(
-    _ledger.max_pages_per_run * 2 * (_ledger.connect_timeout_seconds + _ledger.timeout_seconds) + 60
+    (_ledger.max_pages_per_run + 1)
+    * 2
+    * (_ledger.connect_timeout_seconds + _ledger.timeout_seconds)
+    + 60
 )
 
 

@@ -195,10 +195,11 @@ class SoftwareRelease(ChangeLoggedModel):
     manifest (``shared.software``: every installed distribution's RECORD hash, the
     project's source and lock), which a node states when asked who it is (issue 17).
 
-    ``allowed`` says the operators accept nodes running it; ``allowed_release_digests``
-    is what the rest of the control plane reads. ``manifest``, when uploaded, is the
-    document the digest is of, so an auditor can see what the release holds; it must
-    hash to ``digest``. ``name`` is a free label ("2026.12.1").
+    ``allowed`` says the operators vouch for nodes running it: the allowed-releases file
+    auditors and clients check node statements against lists the allowed ones (nothing
+    refuses a node that runs another; its statement fails that check). ``manifest``, when
+    uploaded, is the document the digest is of, so an auditor can see what the release
+    holds; it must hash to ``digest``. ``name`` is a free label ("2026.12.1").
     """
 
     digest = models.CharField(

@@ -391,7 +391,8 @@ def record_release(
 
 
 def allow_release(release: SoftwareRelease) -> SoftwareRelease:
-    """Accept nodes that run ``release`` (a no-op for one already allowed)."""
+    """Vouch for nodes that run ``release``: it is in the allowed-releases file from now
+    on (a no-op for one already allowed)."""
     return _set_allowed(release, allowed=True)
 
 

@@ -254,7 +254,8 @@ def _run_statement(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         nonce = _nonce(args.nonce)
-        key = load_log_key(args.log_key)[1] if args.log_key else None
+        # From a key set, the log key the proof file names (a rotated key verifies too).
+        key = load_log_key(args.log_key, args.proof)[1] if args.log_key else None
         token = _read(args.statement, "statement").decode("ascii", errors="replace")
         held = (
             _read(args.receipt, "held receipt").decode("ascii", errors="replace")
@@ -270,6 +271,7 @@ def _run_statement(args: argparse.Namespace) -> int:
             expect_models=args.expect_model,
             receipt=held,
             max_age_seconds=args.max_age,
+            origin=args.origin,
         )
     except _InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

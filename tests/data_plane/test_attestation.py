@@ -69,7 +69,9 @@ def test_the_statement_says_what_the_node_runs(
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"].startswith("application/jose")
     report = verify_statement(answer.text, nonce=n, expect_models=[spec.sha256])
-    assert report.ok, [str(f) for f in report.failures]
+    # Everything holds but the anchor: no control plane here has logged it (the tests of
+    # the control plane and the demo check that part).
+    assert [f.check for f in report.failures] == ["anchor"], [str(f) for f in report.failures]
     said = report.statement
     assert said is not None and said.node_id == "node-1"
     assert [(m.name, m.sha256) for m in said.models] == [(spec.name, spec.sha256)]

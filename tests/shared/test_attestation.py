@@ -157,10 +157,12 @@ def test_another_nodes_key_fails(world: World) -> None:
     # names, but that is not the key of node-a's logged statement.
     n = nonce()
     token = sign_statement(statement_for("node-a", 3, n), fixed_key(3))
-    report = world.check(token, n, receipt=world.receipt())
+    report = world.check(token, n)
     assert not report.ok
     assert "claims" in failures(report)
-    assert "receipt" in failures(report)
+    # Without the proof nothing ties a key to a node: that alone fails.
+    alone = verify_statement(token, nonce=n, now=NOW)
+    assert not alone.ok and "anchor" in failures(alone)
 
 
 def test_a_statement_signed_by_a_key_it_does_not_name_fails(world: World) -> None:
@@ -265,3 +267,25 @@ def test_the_statement_round_trips(world: World) -> None:
     opened = open_statement(sign_statement(statement, fixed_key(2)))
     assert opened == statement
     assert opened.claims_sha256() == world.entry.statement.claims_sha256()
+
+
+def test_an_older_receipt_is_checked_against_its_logged_statement(world: World) -> None:
+    # The node's config was renewed since the receipt: the fresh statement's claims are not
+    # those logged at the receipt's index (said so), but the receipt holds against them.
+    n = nonce()
+    renewed = statement_for("node-a", 2, n, config={"version": 8, "sha256": "44" * 32})
+    report = world.check(sign_statement(renewed, fixed_key(2)), n, receipt=world.receipt())
+    assert [f.check for f in report.failures] == ["logged statement"]
+    assert any("names this logged statement" in p for p in report.passed)
+    report = world.check(
+        sign_statement(renewed, fixed_key(2)), n, receipt=world.receipt(config_version=8)
+    )
+    assert "its config version is not the statement's" in failures(report)
+
+
+def test_a_receipt_signed_before_its_statement_was_logged_is_a_note(world: World) -> None:
+    n = nonce()
+    token = sign_statement(statement_for("node-a", 2, n), fixed_key(2))
+    report = world.check(token, n, receipt=world.receipt(statement_index=None))
+    assert report.ok, failures(report)
+    assert any("signed before" in w for w in report.warnings)

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from data_plane.api.deps import LimitedClientDep, RuntimeDep
+from data_plane.attestation import BadNonce
 from data_plane.errors import BadRequest
 from shared import management
 
@@ -40,7 +41,7 @@ def statement_token(runtime: RuntimeDep, nonce: str) -> str:
     """The signed statement for ``nonce`` (400 ``invalid_nonce`` for a malformed one)."""
     try:
         _statement, token = runtime.attestor.statement(nonce)
-    except ValueError:
+    except BadNonce:
         raise BadRequest(
             "nonce must be base64url without padding of 16 to 64 bytes",
             param="nonce",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
 from collections.abc import AsyncIterator, Callable
@@ -251,7 +252,11 @@ async def _commitment(request: Request, nonce: str | None) -> TurnCommitment | N
     raw = await request.json()
     try:
         key = nonce_of(raw, nonce)
-        return None if key is None else TurnCommitment(key, raw)
+        if key is None:
+            return None
+        # Canonicalising a client's document is pure Python over up to the body limit:
+        # off the event loop every stream is served from.
+        return await asyncio.to_thread(TurnCommitment, key, raw)
     except CommitmentError as exc:
         param = "sanctum.commitment_nonce" if nonce is None else NONCE_HEADER
         raise BadRequest(str(exc), param=param, code="invalid_commitment") from None
