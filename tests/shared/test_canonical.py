@@ -111,3 +111,20 @@ def test_signed_contracts_still_refuse_floats_and_unsafe_integers() -> None:
     with pytest.raises(CanonicalJSONError, match="beyond"):
         canonical_json({"n": 2**53})
     assert canonical_json({"n": 2**53 - 1}) == b'{"n":9007199254740991}'
+
+
+def test_deep_nesting_is_refused_not_a_recursion_error() -> None:
+    from shared.canonical import MAX_DEPTH
+    from shared.commitment import CommitmentError, commit
+
+    deep: object = "x"
+    for _ in range(600):
+        deep = [deep]
+    with pytest.raises(CanonicalJSONError, match="nested deeper"):
+        jcs(deep)
+    with pytest.raises(CommitmentError):
+        commit(b"n" * 32, {"messages": deep}, "request")
+    shallow: object = "x"
+    for _ in range(MAX_DEPTH):
+        shallow = [shallow]
+    assert jcs(shallow).startswith(b"[[")
