@@ -300,13 +300,16 @@ def verify_node_statement(
     with httpx.Client(base_url=lines["SANCTUM_CP_API"], headers=auditor, timeout=60) as cp:
         index = record.statement_index
         if index is None:  # the record was signed before the statement was logged
-            listed = cp.get("audit/statements/", params={"node": record.node_id})
+            listed = cp.get(
+                "audit/statements/",
+                params={"node": record.node_id, "ordering": "-log_index", "limit": 1},
+            )
             listed.raise_for_status()
             rows = listed.json()
             rows = rows.get("results", rows) if isinstance(rows, dict) else rows
             if not rows:
                 raise LedgerCheckFailed(f"no statement of node {record.node_id} is logged")
-            index = rows[-1]["log_index"]
+            index = rows[0]["log_index"]  # the node's latest
         proof = cp.get(f"audit/statements/{index}/proof/")
         proof.raise_for_status()
         releases = cp.get("audit/releases/")
