@@ -159,7 +159,9 @@ def test_a_health_answer_not_signed_by_the_nodes_registered_key_is_not_believed(
 
 def test_a_version_the_node_was_never_sent_does_not_steer_the_next_one(fake_node_factory):
     fake, node = fake_node_factory()
-    fake.held_version = 2**62  # what a compromised node could claim in a signed answer
+    # What a compromised node could claim in a signed answer (past any version issued;
+    # canonical JSON holds integers up to 2**53 - 1 only, so that is the most it can sign).
+    fake.held_version = 2**53 - 1
     state = check_health(NODES, node)
     assert state.applied_version is None
     assert "not issued here" in state.health_error
