@@ -11,8 +11,8 @@ token counts for every system:
 (d) llama.cpp's ``llama-server`` with 1 and with 8 concurrent clients: 8 parallel slots,
     continuous batching, prompt caching off; built by scripts/build-llama-server.sh from
     the llama.cpp source vendored in the pinned llama-cpp-python (the same revision as the
-    engine). Where it could not be built or started, its rows are skipped and the report
-    says why;
+    engine), or the binary SANCTUM_BENCH_LLAMA_SERVER names. Where there is none or it
+    does not start, its rows are skipped and the report says why;
 (r) the raw limits: low-level ``llama_decode`` in this process with no sampling and no
     serving, for one sequence, for 8 sequences batched, and for the 8 prompts' prefill.
 
@@ -408,19 +408,22 @@ def _llama_cpp_server(path: str) -> Iterator[str]:
 
 def _llama_server_binary() -> tuple[Path | None, str]:
     """llama.cpp's ``llama-server`` as scripts/build-llama-server.sh left it (``make
-    bench`` builds it first), or why there is none."""
+    bench`` builds it first) or as SANCTUM_BENCH_LLAMA_SERVER names it, or why there is
+    none."""
     if GPU_LAYERS:
         return None, "it is built for the CPU only and this run offloads layers to a GPU"
     named = os.environ.get("SANCTUM_BENCH_LLAMA_SERVER")
     if named:
         binary = Path(named)
-    else:
-        where = subprocess.run(
-            ["bash", str(LLAMA_SERVER_BUILD), "path"], capture_output=True, text=True, check=False
-        )
-        if where.returncode != 0:
-            return None, f"scripts/build-llama-server.sh path failed: {where.stderr.strip()}"
-        binary = Path(where.stdout.strip())
+        if not os.access(binary, os.X_OK):
+            return None, f"SANCTUM_BENCH_LLAMA_SERVER names {binary}, not an executable"
+        return binary, ""
+    where = subprocess.run(
+        ["bash", str(LLAMA_SERVER_BUILD), "path"], capture_output=True, text=True, check=False
+    )
+    if where.returncode != 0:
+        return None, f"scripts/build-llama-server.sh path failed: {where.stderr.strip()}"
+    binary = Path(where.stdout.strip())
     if not os.access(binary, os.X_OK):
         return None, (
             f"{binary} is not built: run scripts/build-llama-server.sh (make bench does), "
