@@ -410,14 +410,17 @@ def _llama_server_binary() -> tuple[Path | None, str]:
     """llama.cpp's ``llama-server`` as scripts/build-llama-server.sh left it (``make
     bench`` builds it first) or as SANCTUM_BENCH_LLAMA_SERVER names it, or why there is
     none."""
-    if GPU_LAYERS:
-        return None, "it is built for the CPU only and this run offloads layers to a GPU"
     named = os.environ.get("SANCTUM_BENCH_LLAMA_SERVER")
     if named:
         binary = Path(named)
         if not os.access(binary, os.X_OK):
             return None, f"SANCTUM_BENCH_LLAMA_SERVER names {binary}, not an executable"
         return binary, ""
+    if GPU_LAYERS:
+        return None, (
+            "scripts/build-llama-server.sh builds for the CPU only and this run offloads "
+            "layers to a GPU (SANCTUM_BENCH_LLAMA_SERVER may name a GPU build)"
+        )
     where = subprocess.run(
         ["bash", str(LLAMA_SERVER_BUILD), "path"], capture_output=True, text=True, check=False
     )
@@ -473,7 +476,7 @@ def _llama_server(binary: Path, path: str) -> Iterator[str]:
                 "--flash-attn",
                 "on",
                 "--n-gpu-layers",
-                "0",
+                str(GPU_LAYERS),
                 "--no-webui",
             ],
             stdout=log,
