@@ -1,7 +1,9 @@
 # Sanctum: two commands do all the set-up on a fresh Debian machine.
 #   make demo   the whole platform on embedded defaults, a chat with retrieval, a receipt
 #   make test   installs what is missing, starts the services the tests need, runs them
-#   make bench  the benchmarks (not part of make test); results go to docs/benchmarks.md
+#   make bench  the benchmarks (not part of make test); results go to docs/benchmarks.md;
+#               builds llama.cpp's llama-server first (cached under var/bench), the engine
+#               benchmark's baseline
 #   make lock   rewrites the hashed lock (requirements/*.txt) that the set-up installs
 #   make release-manifest  writes var/release/manifest.json and prints the release digest
 SHELL := /bin/bash
@@ -44,7 +46,11 @@ lock: setup-python
 release-manifest: setup-python
 	$(VENV)/bin/sanctum release-manifest --out var/release/manifest.json
 
+# A llama-server that fails to build does not stop the other benchmarks: the engine
+# benchmark then skips its rows and says why in its section.
 bench: setup services
+	@VENV=$(VENV) scripts/build-llama-server.sh >/dev/null \
+	  || echo "llama-server could not be built: the engine benchmark skips its rows" >&2
 	$(PY) -m tests.bench
 
 clean:
