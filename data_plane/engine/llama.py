@@ -18,6 +18,13 @@ by default: its CPU kernel walks each query's own keys in order and skips masked
 so a session's logits do not depend on which other sessions share the batch (greedy
 output is the same alone or batched).
 
+With speculation on, a decoding session may also put a draft of its next tokens, looked
+up in its own history, into the room the step has left (:mod:`.speculation`); its
+sampler picks each row in order and the first pick that differs ends its turn in the
+step, the refused draft's cells removed (``_verify``). A one-token batch is rounded
+differently from a larger one by llama.cpp's CPU kernels, so a near-tie may go either
+way with or without drafts (docs/engine.md).
+
 At most ``max_sequences`` generations run at once and ``max_queue`` more may wait for a
 slot; past that, callers get :class:`EngineBusy` (HTTP 429). Each client has caps of its
 own (:class:`ClientCaps`: running generations, queue places, parked RAM); a client at
