@@ -101,7 +101,7 @@ class EngineSettings(BaseModel):
         default=256 << 20, ge=0, description="RAM for one client's parked KV state"
     )
     speculation: Literal["prompt_lookup", "off"] = Field(
-        default="prompt_lookup",
+        default="off",
         description="speculative decoding: prompt_lookup drafts a session's next tokens "
         "from its own prompt and output and verifies them in the same step (same output "
         "token for token); off decodes one token a step",

@@ -145,7 +145,7 @@ class EngineConfig:
     client_max_queued: int = 16
     client_max_parked_bytes: int = 256 << 20
     grammar_cache: int = 64  # parsed grammars kept for reuse (each session gets a copy)
-    speculation: str = "prompt_lookup"  # or "off": drafts from the session's own tokens
+    speculation: str = "off"  # or "prompt_lookup": drafts from the session's own tokens
     max_draft: int = 8  # draft tokens one session may verify in a step
 
 

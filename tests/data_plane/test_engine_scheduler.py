@@ -55,8 +55,8 @@ def engine(model_spec: ModelSpec) -> Iterator[LlamaEngine]:
 
 
 @pytest.fixture(scope="module")
-def engine_without_drafts(model_spec: ModelSpec) -> Iterator[LlamaEngine]:
-    e = make_engine(model_spec, speculation="off")
+def engine_with_drafts(model_spec: ModelSpec) -> Iterator[LlamaEngine]:
+    e = make_engine(model_spec, speculation="prompt_lookup")
     yield e
     asyncio.run(e.aclose())
 
@@ -106,10 +106,10 @@ def run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 def test_greedy_output_is_the_same_alone_and_beside_seven_others(
     speculation: str, request: pytest.FixtureRequest
 ) -> None:
-    """With drafts (the default) and without: a session's drafts come from its own
+    """Without drafts (the default) and with: a session's drafts come from its own
     tokens and are verified in its own cells, whatever else shares the step."""
     engine: LlamaEngine = request.getfixturevalue(
-        "engine" if speculation == "prompt_lookup" else "engine_without_drafts"
+        "engine_with_drafts" if speculation == "prompt_lookup" else "engine"
     )
     assert engine.config.speculation == speculation
     prompts = [chat(engine, p) for p in PROMPTS]
