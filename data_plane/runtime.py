@@ -119,6 +119,8 @@ def engine_config(spec: ModelSpec, settings: Settings) -> EngineConfig:
         client_max_running=es.client_max_running,
         client_max_queued=es.client_max_queued,
         client_max_parked_bytes=es.client_max_parked_bytes,
+        speculation=es.speculation,
+        max_draft=es.speculation_max_draft,
     )
 
 

@@ -100,6 +100,15 @@ class EngineSettings(BaseModel):
     client_max_parked_bytes: int = Field(
         default=256 << 20, ge=0, description="RAM for one client's parked KV state"
     )
+    speculation: Literal["prompt_lookup", "off"] = Field(
+        default="off",
+        description="speculative decoding: prompt_lookup drafts a session's next tokens "
+        "from its own prompt and output and verifies them in the same step (same output "
+        "token for token); off decodes one token a step",
+    )
+    speculation_max_draft: int = Field(
+        default=8, ge=1, le=64, description="draft tokens one session may verify in a step"
+    )
     max_loaded_models: int | None = Field(
         default=None,
         ge=1,

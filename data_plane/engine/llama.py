@@ -18,6 +18,13 @@ by default: its CPU kernel walks each query's own keys in order and skips masked
 so a session's logits do not depend on which other sessions share the batch (greedy
 output is the same alone or batched).
 
+With speculation on, a decoding session may also put a draft of its next tokens, looked
+up in its own history, into the room the step has left (:mod:`.speculation`); its
+sampler picks each row in order and the first pick that differs ends its turn in the
+step, the refused draft's cells removed (``_verify``). A one-token batch is rounded
+differently from a larger one by llama.cpp's CPU kernels, so a near-tie may go either
+way with or without drafts (docs/engine.md).
+
 At most ``max_sequences`` generations run at once and ``max_queue`` more may wait for a
 slot; past that, callers get :class:`EngineBusy` (HTTP 429). Each client has caps of its
 own (:class:`ClientCaps`: running generations, queue places, parked RAM); a client at
@@ -79,6 +86,7 @@ from data_plane.engine.base import (
 from data_plane.engine.base import Sequence as BaseSequence
 from data_plane.engine.chat_template import CHATML, ChatTemplate
 from data_plane.engine.grammar import GrammarFilter
+from data_plane.engine.speculation import PromptLookup
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +145,8 @@ class EngineConfig:
     client_max_queued: int = 16
     client_max_parked_bytes: int = 256 << 20
     grammar_cache: int = 64  # parsed grammars kept for reuse (each session gets a copy)
+    speculation: str = "off"  # or "prompt_lookup": drafts from the session's own tokens
+    max_draft: int = 8  # draft tokens one session may verify in a step
 
 
 @dataclass(eq=False)
@@ -152,6 +162,8 @@ class LlamaSequence(BaseSequence):
     evaluated: int = 0  # tokens decoded into this sequence's own cells, over its life
     parked: int = 0  # times its state was moved to RAM
     restored: int = 0  # times it was restored from RAM
+    drafted: int = 0  # draft tokens decoded to be verified, over its life
+    draft_taken: int = 0  # of those, the ones its sampler chose (kept in its cells)
 
 
 @dataclass(eq=False)
@@ -167,6 +179,7 @@ class _Work:
     stopped: asyncio.Future[None]  # resolved once the scheduler let go of the work
     sampler: Any = None
     next_token: int | None = None
+    lookup: PromptLookup | None = None  # its drafts, from its own tokens (speculation on)
     caps: ClientCaps | None = None
     cancelled: bool = False
     finished: bool = False
@@ -992,6 +1005,7 @@ class LlamaEngine(Engine):
         )
         n = 0
         sample_at: list[tuple[_Work, int]] = []
+        decoding: list[tuple[_Work, int]] = []  # (work, its row), for drafts
         # Every decoding session advances one token per step: fair turns by construction.
         for work in self._active:
             token = work.next_token
@@ -1003,6 +1017,7 @@ class LlamaEngine(Engine):
             seq.tokens.append(token)
             seq.evaluated += 1
             sample_at.append((work, n))
+            decoding.append((work, n))
             work.next_token = None
             n += 1
         # Prompts share what is left, round robin; while others decode or wait for a
@@ -1041,13 +1056,99 @@ class LlamaEngine(Engine):
                     logits[n - 1] = True
                     sample_at.append((work, n - 1))
                 budget -= take
+        # Drafts take only the room the step has left (speculation.py): each drafted
+        # session's tokens follow its own, with logits on every one.
+        drafts: dict[_Work, list[int]] = {}
+        room = self._batch_cap - n
+        for work, _ in decoding:
+            if room <= 0:
+                break
+            draft = self._draft(work, room)
+            if not draft:
+                continue
+            seq = work.seq
+            p = len(seq.tokens)
+            for token in draft:
+                tokens[n], pos[n], n_seq_id[n], logits[n] = token, p, 1, True
+                seq_id[n][0] = seq.slot
+                n += 1
+                p += 1
+            seq.tokens.extend(draft)
+            drafts[work] = list(range(n - len(draft), n))
+            room -= len(draft)
         batch.n_tokens = n
         rc = llama.llama_decode(self._ctx, batch)
         if rc != 0:
             raise EngineError(f"llama_decode returned {rc}")
         for work, index in sample_at:
+            rows = drafts.get(work)
+            if rows is not None:
+                self._verify(work, [index, *rows])
+                continue
             token = llama.llama_sampler_sample(work.sampler, self._ctx, index)
             self._on_token(work, token, index)
+
+    def _draft(self, work: _Work, room: int) -> list[int]:
+        """Tokens to verify after ``work``'s next one (already in its token list), from
+        its own history only; at most ``room``, and never past its max_tokens or its
+        context."""
+        if self.config.speculation != "prompt_lookup":
+            return []
+        seq = work.seq
+        limit = min(
+            room,
+            self.config.max_draft,
+            # The row of its next token yields one token; each draft token one more.
+            work.params.max_tokens - work.result.completion_tokens - 1,
+            # Positions stay where decoding one token at a time would reach.
+            self.n_ctx_seq - 1 - len(seq.tokens),
+        )
+        if limit <= 0:
+            return []
+        if work.lookup is None:
+            work.lookup = PromptLookup(self.config.max_draft)
+        work.lookup.sync(seq.tokens)
+        if len(work.lookup.tokens) != len(seq.tokens):
+            return []  # (not caught up with a replayed history)
+        return work.lookup.draft(limit)
+
+    def _verify(self, work: _Work, rows: list[int]) -> None:
+        """Sample ``work``'s rows in order, as one token a step would: row 0 holds the
+        logits after its next token, row r after draft token r. While the sampler picks
+        the draft's next token, that token is already decoded and the next row holds
+        what comes after it; the first pick that differs (or ends the generation, or
+        comes from the last row) is where it stops. The draft's cells past that are
+        removed, so the sequence's cells and tokens are what they would have been
+        without the draft.
+
+        Exact for every sampler chain: each row is sampled with the generation's own
+        chain, in the order and from the same state as without a draft (its grammar,
+        penalties and random draws advance once per chosen token). With temperature > 0
+        this is the standard acceptance rule for a draft proposed with probability 1:
+        the draft token is kept with its probability p(x) under the request's sampling,
+        and otherwise the token drawn is one from p with x left out, renormalised."""
+        seq, lookup = work.seq, work.lookup
+        assert lookup is not None
+        drafted = len(rows) - 1
+        draft = seq.tokens[len(seq.tokens) - drafted :]
+        del seq.tokens[len(seq.tokens) - drafted :]
+        taken = 0
+        for r, index in enumerate(rows):
+            token = llama.llama_sampler_sample(work.sampler, self._ctx, index)
+            self._on_token(work, token, index)
+            if work.finished or r == drafted or token != draft[r]:
+                break
+            work.next_token = None  # decoded already, at this row
+            seq.tokens.append(token)
+            seq.evaluated += 1
+            taken += 1
+        seq.drafted += drafted
+        seq.draft_taken += taken
+        lookup.verified(drafted, taken)
+        if taken < drafted:
+            assert seq.slot is not None
+            if not llama.llama_memory_seq_rm(self._mem, seq.slot, len(seq.tokens), -1):
+                raise EngineError("could not remove a refused draft's cells")
 
     def _on_token(self, work: _Work, token: int, index: int) -> None:
         if llama.llama_vocab_is_eog(self._vocab, token):
@@ -1106,6 +1207,7 @@ class LlamaEngine(Engine):
         if work.sampler is not None:
             llama.llama_sampler_free(work.sampler)
             work.sampler = None
+        work.lookup = None
         work.seq.active = False
         work.seq.last_used = time.monotonic()
         if reason is None:

@@ -54,6 +54,13 @@ def engine(model_spec: ModelSpec) -> Iterator[LlamaEngine]:
     asyncio.run(e.aclose())
 
 
+@pytest.fixture(scope="module")
+def engine_with_drafts(model_spec: ModelSpec) -> Iterator[LlamaEngine]:
+    e = make_engine(model_spec, speculation="prompt_lookup")
+    yield e
+    asyncio.run(e.aclose())
+
+
 @dataclass(frozen=True)
 class Out:
     text: str
@@ -95,7 +102,16 @@ def run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 # --- determinism ---------------------------------------------------------------------------
 
 
-def test_greedy_output_is_the_same_alone_and_beside_seven_others(engine: LlamaEngine) -> None:
+@pytest.mark.parametrize("speculation", ["prompt_lookup", "off"])
+def test_greedy_output_is_the_same_alone_and_beside_seven_others(
+    speculation: str, request: pytest.FixtureRequest
+) -> None:
+    """Without drafts (the default) and with: a session's drafts come from its own
+    tokens and are verified in its own cells, whatever else shares the step."""
+    engine: LlamaEngine = request.getfixturevalue(
+        "engine_with_drafts" if speculation == "prompt_lookup" else "engine"
+    )
+    assert engine.config.speculation == speculation
     prompts = [chat(engine, p) for p in PROMPTS]
     long_prompts = [
         engine.chat_tokens([{"role": "user", "content": long_text(n)}]) for n in (40, 45)
