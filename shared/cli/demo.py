@@ -37,7 +37,7 @@ from shared.attestation import verify_statement
 from shared.cli.up import NODE_NAME
 from shared.cli.verify import load_log_key
 from shared.keys import NODE, KeyFileError, b64url, key_id, load_public_key
-from shared.ledger import verify_held_receipt
+from shared.ledger import Report, verify_held_receipt
 from shared.trust import TRUST_FILE
 from shared.usage import UsageRecord, UsageRecordError, open_usage_record
 
@@ -223,6 +223,18 @@ def show_usage_record(
     return record
 
 
+def show_report(report: Report, what: str) -> None:
+    """Print what held, the notes and what failed; raise when anything failed."""
+    for line in report.passed:
+        say(f"  ok    {line}")
+    for warning in report.warnings:
+        say(f"  note  {warning}")
+    if not report.ok:
+        for failure in report.failures:
+            say(f"  FAIL  {failure}")
+        raise LedgerCheckFailed(f"{what} did not verify ({len(report.failures)} failures)")
+
+
 def verify_ledger(lines: dict[str, str], record: UsageRecord, held: str, data_dir: Path) -> None:
     """Wait until the control plane has logged ``record``, download the client's bundle as
     an auditor, and verify it and the held copy with the log key pinned.
@@ -259,16 +271,7 @@ def verify_ledger(lines: dict[str, str], record: UsageRecord, held: str, data_di
     _, log_key = load_log_key(key_file)
     report = verify_held_receipt(held, bundle, log_key=log_key)
     say(f"verifying it offline, log key pinned to {key_file} (kid {key_id(log_key)[:16]}...):")
-    for line in report.passed:
-        say(f"  ok    {line}")
-    for warning in report.warnings:
-        say(f"  note  {warning}")
-    if not report.ok:
-        for failure in report.failures:
-            say(f"  FAIL  {failure}")
-        raise LedgerCheckFailed(
-            f"the audit bundle did not verify ({len(report.failures)} failures)"
-        )
+    show_report(report, "the audit bundle")
     saved = data_dir / "audit"
     saved.mkdir(exist_ok=True)
     (saved / f"bundle-{record.client_id}.json").write_bytes(bundle)
@@ -326,14 +329,7 @@ def verify_node_statement(
         receipt=held,
     )
     say("verifying the node's statement, the log key pinned as before:")
-    for line in report.passed:
-        say(f"  ok    {line}")
-    for warning in report.warnings:
-        say(f"  note  {warning}")
-    if not report.ok:
-        for failure in report.failures:
-            say(f"  FAIL  {failure}")
-        raise LedgerCheckFailed(f"the node's statement did not verify ({len(report.failures)})")
+    show_report(report, "the node's statement")
     saved = data_dir / "audit"
     (saved / "statement.jws").write_text(statement + "\n")
     (saved / "statement-proof.json").write_bytes(proof.content)
