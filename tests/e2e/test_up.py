@@ -175,12 +175,17 @@ def test_up_collects_receipts_an_auditor_downloads_and_verifies(up: Up) -> None:
             time.sleep(0.5)
         bundle = auditor.get("audit/bundle/", params={"client": "demo"}).content
         assert auditor.post("audit/receipts/", json={}).status_code == 403
+        listed = auditor.get("audit/receipts/", params={"client": "demo"}).json()["results"]
+        statements = auditor.get("audit/statements/").json()["results"]
 
     published = KeySet.parse(Path(up.lines["SANCTUM_LOG_KEY"]).read_bytes())
     (log_key,) = published.public_keys(LOG)
     report = verify_held_receipt(held, bundle, log_key=log_key)
     assert report.ok, [str(f) for f in report.failures]
-    assert report.held_log_index == 0
+    # The node's statement was logged first (when it applied its config): the receipt
+    # follows it in the log.
+    assert statements and statements[0]["log_index"] == 0
+    assert report.held_log_index == listed[0]["log_index"] > 0
 
 
 def test_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

@@ -309,7 +309,7 @@ def test_one_changed_byte_of_request_answer_or_nonce_exits_1(
     ("drop", "message"),
     [
         ("--request", "--commitment needs --request and --answer"),
-        ("--nonce", "--commitment needs --nonce"),
+        ("--nonce", "--commitment and --statement need --nonce"),
     ],
 )
 def test_a_commitment_check_without_its_inputs_exits_2(
