@@ -6,7 +6,8 @@ model's bytes as llama.cpp mapped them (``EnginePool``), the applied config's ve
 and hash, the engine settings' hash, the node's signing key and its management TLS
 certificate's fingerprint.
 
-The control plane logs each distinct claims once and posts back where
+The control plane logs a statement when its claims differ from the node's latest
+logged ones and posts back where
 (``POST /internal/attestation/placed``); the node keeps those placements in
 ``state/attestation.json`` (the logged JWS with them, so a restored control plane can
 be handed them again), and its usage records name the logged statement whose claims
