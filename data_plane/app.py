@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -106,6 +106,55 @@ class BodySizeLimit:
         await JSONResponse(err.body(), status_code=err.status)(scope, receive, send)
 
 
+class AccessLog:
+    """One log line and one metric per request, when its response starts: method, route
+    template, status and time. Also adds the client's rate-limit state to every answer
+    (OpenAI sends it with each one; its SDK reads it).
+
+    Plain ASGI: a streamed answer's chunks pass straight through (a ``BaseHTTPMiddleware``
+    would move each one through a memory stream and a task switch: per token, on the
+    event loop that shares the cores with llama.cpp).
+    """
+
+    def __init__(self, app: ASGIApp, listener: str) -> None:
+        self.app = app
+        self.listener = listener
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        logged = False
+
+        def log(status: int) -> None:
+            nonlocal logged
+            logged = True
+            # The route template: no ids, no query string (an unmatched path is "-").
+            route = getattr(scope.get("route"), "path", None)
+            seconds = time.monotonic() - started
+            logger.info("%s %s %d %.1fms", scope["method"], route or "-", status, seconds * 1000)
+            scope["app"].state.runtime.metrics.request(self.listener, route, status, seconds)
+
+        async def observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                limited = scope.get("state", {}).get("rate_limited")
+                if limited is not None:
+                    # (A rate-limit refusal already carries the state it was refused at.)
+                    headers = MutableHeaders(scope=message)
+                    for name, value in limited().items():
+                        headers.setdefault(name, value)
+                log(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        except Exception:
+            if not logged:
+                log(500)  # the server's error handler answers 500
+            raise
+
+
 def _install_common(app: FastAPI, max_body_bytes: int, listener: str) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -164,25 +213,7 @@ def _install_common(app: FastAPI, max_body_bytes: int, listener: str) -> None:
         logger.error("unhandled error", exc_info=exc)  # the formatter withholds the message
         return _error(500, "internal error", "server_error", "internal_error")
 
-    @app.middleware("http")
-    async def access_log(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        started = time.monotonic()
-        response = await call_next(request)
-        limited = getattr(request.state, "rate_limited", None)
-        if limited is not None:
-            # OpenAI sends a client's rate-limit state with every answer; its SDK reads
-            # it. (A rate-limit refusal already carries the state it was refused at.)
-            for name, value in limited().items():
-                response.headers.setdefault(name, value)
-        route = getattr(request.scope.get("route"), "path", None)
-        seconds = time.monotonic() - started
-        # The route template: no ids, no query string (an unmatched path is "-").
-        logger.info(
-            "%s %s %d %.1fms", request.method, route or "-", response.status_code, seconds * 1000
-        )
-        request.app.state.runtime.metrics.request(listener, route, response.status_code, seconds)
-        return response
-
+    app.add_middleware(AccessLog, listener=listener)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)  # outermost
 
 
