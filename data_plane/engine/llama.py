@@ -56,6 +56,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict, deque
@@ -366,6 +367,12 @@ class LlamaEngine(Engine):
         self._thread = threading.Thread(
             target=self._run, name=f"engine-{config.info.name}", daemon=True
         )
+        # Each step's output for the event loops goes by way of a courier thread (_carry).
+        self._deliveries: queue.SimpleQueue[list[tuple[_Work, Any]] | None] = queue.SimpleQueue()
+        self._courier = threading.Thread(
+            target=self._carry, name=f"engine-courier-{config.info.name}", daemon=True
+        )
+        self._courier.start()
         self._thread.start()
         logger.info(
             "engine loaded model=%s slots=%d ctx_per_seq=%d batch=%d prefill_chunk=%d "
@@ -636,16 +643,27 @@ class LlamaEngine(Engine):
                 self._flush()
 
     def _flush(self) -> None:
-        """Hand this step's text and endings to the event loops: one wake-up per loop."""
-        if not self._outbox:
-            return
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Work, Any]]] = {}
-        for work, item in self._outbox:
-            by_loop.setdefault(work.loop, []).append((work, item))
-        self._outbox.clear()
-        for loop, items in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
-                loop.call_soon_threadsafe(_deliver, items)
+        """Hand this step's text and endings to the courier."""
+        if self._outbox:
+            self._deliveries.put(self._outbox)
+            self._outbox = []
+
+    def _carry(self) -> None:
+        """The courier: wakes the event loops with each step's output, one wake-up per
+        loop and step, in the order the steps made it.
+
+        Not done by the scheduler itself: the wake-up is a system call, which lets go of
+        the GIL, and the woken loop takes it; the scheduler would then wait for the loop
+        to finish its work (the chunks it frames and writes) before it could start its
+        next decode. From this thread, that work overlaps the decode instead (the
+        scheduler hands over with a queue put, which keeps the GIL)."""
+        while (items := self._deliveries.get()) is not None:
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Work, Any]]] = {}
+            for work, item in items:
+                by_loop.setdefault(work.loop, []).append((work, item))
+            for loop, batch in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
+                    loop.call_soon_threadsafe(_deliver, batch)
 
     def _works(self) -> list[_Work]:
         """Every unfinished generation, running ones first."""
@@ -1239,6 +1257,8 @@ class LlamaEngine(Engine):
             self._stopping = True
             self._cond.notify()
         await asyncio.to_thread(self._thread.join)
+        self._deliveries.put(None)  # after the scheduler's last output
+        await asyncio.to_thread(self._courier.join)
         for seq in self._slots:
             if seq is not None:
                 seq.slot = None
