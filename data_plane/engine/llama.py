@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import queue
 import threading
@@ -367,8 +368,8 @@ class LlamaEngine(Engine):
         self._thread = threading.Thread(
             target=self._run, name=f"engine-{config.info.name}", daemon=True
         )
-        # Each step's output for the event loops goes by way of a courier thread (_carry).
-        self._deliveries: queue.SimpleQueue[list[tuple[_Work, Any]] | None] = queue.SimpleQueue()
+        # What the scheduler hands the event loops goes by way of a courier (_carry).
+        self._deliveries: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._courier = threading.Thread(
             target=self._carry, name=f"engine-courier-{config.info.name}", daemon=True
         )
@@ -494,12 +495,13 @@ class LlamaEngine(Engine):
         fut: asyncio.Future[Any] = loop.create_future()
 
         def run() -> None:
+            value, error = None, None
             try:
                 value = fn()
             except BaseException as exc:  # handed to the awaiting coroutine
-                loop.call_soon_threadsafe(_settle, fut, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, fut, value, None)
+                error = exc
+            # By the courier, after the output of the steps before it (_carry).
+            self._deliveries.put(functools.partial(_post, loop, _settle, fut, value, error))
 
         with self._cond:
             if self._stopping:
@@ -643,27 +645,27 @@ class LlamaEngine(Engine):
                 self._flush()
 
     def _flush(self) -> None:
-        """Hand this step's text and endings to the courier."""
-        if self._outbox:
-            self._deliveries.put(self._outbox)
-            self._outbox = []
+        """Hand this step's text and endings to the courier: one wake-up per loop."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Work, Any]]] = {}
+        for work, item in self._outbox:
+            by_loop.setdefault(work.loop, []).append((work, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            self._deliveries.put(functools.partial(_post, loop, _deliver, items))
 
     def _carry(self) -> None:
-        """The courier: wakes the event loops with each step's output, one wake-up per
-        loop and step, in the order the steps made it.
+        """The courier: wakes the event loops with what the scheduler hands them (each
+        step's output, each command's result), in the order it was handed over.
 
         Not done by the scheduler itself: the wake-up is a system call, which lets go of
         the GIL, and the woken loop takes it; the scheduler would then wait for the loop
         to finish its work (the chunks it frames and writes) before it could start its
         next decode. From this thread, that work overlaps the decode instead (the
         scheduler hands over with a queue put, which keeps the GIL)."""
-        while (items := self._deliveries.get()) is not None:
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Work, Any]]] = {}
-            for work, item in items:
-                by_loop.setdefault(work.loop, []).append((work, item))
-            for loop, batch in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
-                    loop.call_soon_threadsafe(_deliver, batch)
+        while (deliver := self._deliveries.get()) is not None:
+            deliver()
 
     def _works(self) -> list[_Work]:
         """Every unfinished generation, running ones first."""
@@ -1290,6 +1292,12 @@ def _wipe(seq: LlamaSequence) -> None:
     if seq.saved is not None:
         ctypes.memset(seq.saved, 0, len(seq.saved))
     seq.saved, seq.saved_size = None, 0
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """Run ``callback(*args)`` on ``loop`` (from another thread)."""
+    with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
+        loop.call_soon_threadsafe(callback, *args)
 
 
 def _deliver(items: list[tuple[_Work, Any]]) -> None:
