@@ -1,6 +1,7 @@
 """The llama.cpp engine: one context per pinned model, decoding many sessions together.
 
-One scheduler thread owns the llama.cpp context. Each open session holds a
+One scheduler thread owns the llama.cpp context (a courier thread hands what it makes
+to the event loops: ``_carry``). Each open session holds a
 :class:`LlamaSequence`; while it generates it is bound to one of the context's sequence
 ids (a *slot*). The context keeps one KV stream per slot (``kv_unified=False``), so a
 slot's cells are its own: nothing is shared between slots, not even a common prefix.
