@@ -106,6 +106,11 @@ class SamplingParams:
             or self.frequency_penalty != 0.0
         ) and self.penalty_last_n != 0
 
+    def raw_greedy(self) -> bool:
+        """The likeliest token of the logits as the model gave them (temperature 0, no
+        bias, no penalty), whatever constraint then filters them."""
+        return self.temperature <= 0 and not self.logit_bias and not self.penalised()
+
 
 @dataclass(frozen=True)
 class TokenLogprob:

@@ -181,6 +181,7 @@ class _Work:
     queue: asyncio.Queue[Any]
     stopped: asyncio.Future[None]  # resolved once the scheduler let go of the work
     sampler: Any = None
+    greedy: bool = False  # its chain is greedy alone: the argmax of its row (_sample)
     next_token: int | None = None
     lookup: PromptLookup | None = None  # its drafts, from its own tokens (speculation on)
     caps: ClientCaps | None = None
@@ -276,6 +277,7 @@ class _TokenStream(AsyncGenerator[str, None]):
         # write: no lock in a finalizer, and the scheduler is awake while work runs.)
         if not self._work.finished:
             self._work.cancelled = True
+            self._engine._reap_due = True
 
 
 class LlamaEngine(Engine):
@@ -349,6 +351,8 @@ class LlamaEngine(Engine):
         self._outbox: list[tuple[_Work, Any]] = []
         self._rr = 0  # round-robin start for prompt chunks
         self._steps = 0
+        # Set (after a work's ``cancelled``) when one is cancelled; bare writes.
+        self._reap_due = False
         self._running: dict[str, int] = {}  # active generations by client
         self._admitted_at: dict[str, int] = {}  # by client: its latest admission's number
         self._admissions = 0
@@ -582,6 +586,7 @@ class LlamaEngine(Engine):
         with self._cond:
             if not work.finished and not work.cancelled:
                 work.cancelled = True
+                self._reap_due = True
                 # Its place counts as free now; its slot is let go of at the next step.
                 self._uncount(work)
                 self._cond.notify()
@@ -674,6 +679,9 @@ class LlamaEngine(Engine):
             return [*self._active, *(w for q in self._waiting.values() for w in q)]
 
     def _reap_cancelled(self) -> None:
+        if not self._reap_due:
+            return
+        self._reap_due = False  # before the look: a cancel after it sets it again
         for work in [w for w in self._works() if w.cancelled]:
             self._finish(work, None)
 
@@ -681,6 +689,8 @@ class LlamaEngine(Engine):
         """Give free slots to waiting generations, client by client (see the module's
         docstring); park idle sessions, or pause another client's generation, to free
         one."""
+        if not self._waiting:  # (read without the lock: a newcomer is seen next step)
+            return
         out_of_slots = False
         paused_now: set[str] = set()  # clients paused in this pass wait for free slots
         while True:
@@ -909,6 +919,7 @@ class LlamaEngine(Engine):
             del seq.tokens[keep:]
         work.pending = prompt[keep:]
         work.sampler = self._sampler(work.params)
+        work.greedy = work.params.constraint is None and work.params.raw_greedy()
         self._active.append(work)
 
     def _sampler(self, params: SamplingParams) -> Any:
@@ -995,17 +1006,14 @@ class LlamaEngine(Engine):
             grammar = llama.llama_sampler_clone(self._parsed(params.constraint))
         # Greedy: the filter's exact shortcut holds while the greedy choice follows the
         # logits as the model gave them (no bias or penalty reshapes them after it).
-        exact = params.temperature <= 0 and not params.logit_bias and not params.penalised()
-        gate = GrammarFilter(grammar, greedy=exact)
+        gate = GrammarFilter(grammar, greedy=params.raw_greedy())
         llama.llama_sampler_chain_add(chain, gate.sampler)
 
     def _token_logprob(self, index: int, token: int, top: int) -> TokenLogprob:
         """The model's log-probability of ``token`` and of the ``top`` likeliest tokens at
         batch row ``index``: a log-softmax of the row's raw logits, before any sampler
         (bias, penalties, temperature, cuts), as OpenAI reports them."""
-        row = np.ctypeslib.as_array(
-            llama.llama_get_logits_ith(self._ctx, index), shape=(self.vocab_size,)
-        )
+        row = self._logits_row(index)
         peak = float(row.max())
         norm = peak + float(np.log(np.exp(row - peak, dtype=np.float64).sum()))
         best: tuple[tuple[bytes, float], ...] = ()
@@ -1106,8 +1114,26 @@ class LlamaEngine(Engine):
             if rows is not None:
                 self._verify(work, [index, *rows])
                 continue
-            token = llama.llama_sampler_sample(work.sampler, self._ctx, index)
-            self._on_token(work, token, index)
+            self._on_token(work, self._sample(work, index), index)
+
+    def _sample(self, work: _Work, index: int) -> int:
+        """``work``'s next token from batch row ``index``, picked by its sampler chain.
+
+        A chain that is greedy alone picks the likeliest token, the first of equal ones:
+        that is read here straight from the row. ``llama_sampler_sample`` would first copy
+        the whole vocabulary into a candidate array it allocates on every call: measured
+        here 96 us a token this way against 122 (reading the row, fresh from the decode's
+        threads, is most of what is left)."""
+        if work.greedy:
+            return int(self._logits_row(index).argmax())
+        return int(llama.llama_sampler_sample(work.sampler, self._ctx, index))
+
+    def _logits_row(self, index: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Batch row ``index``'s raw logits, a view of llama.cpp's buffer (valid until the
+        next decode)."""
+        return np.ctypeslib.as_array(
+            llama.llama_get_logits_ith(self._ctx, index), shape=(self.vocab_size,)
+        )
 
     def _draft(self, work: _Work, room: int) -> list[int]:
         """Tokens to verify after ``work``'s next one (already in its token list), from
@@ -1155,7 +1181,7 @@ class LlamaEngine(Engine):
         del seq.tokens[len(seq.tokens) - drafted :]
         taken = 0
         for r, index in enumerate(rows):
-            token = llama.llama_sampler_sample(work.sampler, self._ctx, index)
+            token = self._sample(work, index)
             self._on_token(work, token, index)
             if work.finished or r == drafted or token != draft[r]:
                 break

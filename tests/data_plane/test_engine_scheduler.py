@@ -70,10 +70,14 @@ class Out:
 
 
 async def complete(
-    engine: LlamaEngine, seq: LlamaSequence, prompt: list[int], max_tokens: int = 48
+    engine: LlamaEngine,
+    seq: LlamaSequence,
+    prompt: list[int],
+    max_tokens: int = 48,
+    params: SamplingParams | None = None,
 ) -> Out:
     result = Generation()
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    params = params or SamplingParams(max_tokens=max_tokens, temperature=0.0)
     stream = await engine.generate(seq, prompt, params, result)
     text = "".join([chunk async for chunk in stream])
     return Out(
@@ -155,6 +159,34 @@ def test_greedy_output_is_the_same_alone_and_beside_seven_others(
     assert together == alone
     assert all(0 < n < len(p) for n, p in zip(prefilled, long_prompts, strict=True))
     assert mixed == alone[:6]
+
+
+def test_greedy_read_from_the_logits_picks_what_llama_cpps_sampler_picks(
+    engine: LlamaEngine,
+) -> None:
+    """A plain greedy generation takes the argmax of its row itself (``_sample``); a zero
+    bias on one token leaves the logits as they are but puts the generation through
+    llama.cpp's own chain (bias, then its greedy sampler): the same tokens, prompt by
+    prompt."""
+    prompts = [chat(engine, p) for p in PROMPTS]
+    plain = SamplingParams(max_tokens=48, temperature=0.0)
+    through_chain = SamplingParams(max_tokens=48, temperature=0.0, logit_bias=((0, 0.0),))
+    assert plain.raw_greedy() and not through_chain.raw_greedy()
+
+    async def main() -> list[tuple[Out, Out]]:
+        pairs = []
+        for prompt in prompts:
+            outs = []
+            for params in (plain, through_chain):
+                seq = await engine.open_sequence()
+                outs.append(await complete(engine, seq, prompt, params=params))
+                await engine.close_sequence(seq)
+            pairs.append((outs[0], outs[1]))
+        return pairs
+
+    pairs = run(main)
+    assert all(a.completion_tokens >= 8 for a, _ in pairs)
+    assert [a for a, _ in pairs] == [b for _, b in pairs]
 
 
 # --- isolation -----------------------------------------------------------------------------
