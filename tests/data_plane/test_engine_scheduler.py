@@ -180,6 +180,8 @@ def test_greedy_read_from_the_logits_picks_what_llama_cpps_sampler_picks(
             for params in (plain, through_chain):
                 seq = await engine.open_sequence()
                 outs.append(await complete(engine, seq, prompt, params=params))
+                assert seq.work is not None  # which way it picked:
+                assert seq.work.greedy is (params is plain)
                 await engine.close_sequence(seq)
             pairs.append((outs[0], outs[1]))
         return pairs
